@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv if it is missing and
+# (re)installs the project only when pyproject.toml or constraints.txt changed since the last install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.confide-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo demo-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Unit tests only (tiny random models), for a quick loop while developing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/confide demo
+
+demo-fast: $(STAMP)
+	$(BIN)/confide demo --fast
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/he.py --quick
+	$(BIN)/python benchmarks/dp.py --quick
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

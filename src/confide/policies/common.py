@@ -1,0 +1,53 @@
+"""Pieces shared by both policy kinds."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from confide.identity import IdentityError, unb64
+
+_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _check_id(value: str) -> str:
+    if not _ID_PATTERN.match(value):
+        raise ValueError(
+            "must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _check_key(value: str) -> str:
+    try:
+        unb64(value, "key", 32)
+    except IdentityError as exc:
+        raise ValueError(f"{exc}; expected the base64 of a 32-byte public key") from None
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_check_id)]
+"""A federation or institution id: safe in file names and URLs."""
+
+PublicKeyB64 = Annotated[str, AfterValidator(_check_key)]
+"""A raw 32-byte public key (Ed25519 or X25519), base64-encoded, as `confide keys init` prints it."""
+
+
+class FieldProblem(ValueError):
+    """A cross-field validation failure that knows which field, relative to the model, is at fault.
+
+    Pydantic reports model-level validators at the model's own location; raising this lets the
+    loader point at the exact entry (say, the second of two duplicate roster members) and its line.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StrictModel(BaseModel):
+    """Base for every policy section: unknown keys are errors, values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)

@@ -1,0 +1,160 @@
+"""The federation policy: the coordinator's file that says who takes part and how rounds run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from confide.policies.common import FieldProblem, Identifier, PublicKeyB64, StrictModel
+
+
+class RosterMember(StrictModel):
+    """One member institution and the public half of its identity (from `confide keys init`)."""
+
+    id: Identifier = Field(description="The institution's id; must equal `institution_id` in its own policy.")
+    signing_key: PublicKeyB64 = Field(description="Ed25519 public key (base64) that verifies its requests and ledger.")
+    sealing_key: PublicKeyB64 = Field(description="X25519 public key (base64) the CKKS secret key is sealed to.")
+
+
+class ModelSettings(StrictModel):
+    """The foundation model everyone fine-tunes, and the task."""
+
+    source: str = Field(
+        description="`bundled:minilm-l6`, `random:tiny-bert`, `random:tiny-gpt2`, or a local Hugging Face directory.",
+        min_length=1,
+    )
+    task: Literal["sequence_classification", "causal_lm"] = Field(
+        "sequence_classification", description="What the adapter is trained for."
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Class names for sequence classification, in output order; records' labels must be among them.",
+    )
+    max_length_tokens: int = Field(128, ge=8, le=4096, description="Inputs are truncated to this many tokens.")
+
+    @model_validator(mode="after")
+    def _labels_fit_task(self) -> "ModelSettings":
+        if self.task == "sequence_classification":
+            if len(self.labels) < 2:
+                raise FieldProblem(("labels",), "sequence_classification needs at least 2 labels")
+            for index, label in enumerate(self.labels):
+                if label in self.labels[:index]:
+                    raise FieldProblem(("labels", index), f"duplicate label {label!r}")
+        return self
+
+
+class AdapterSettings(StrictModel):
+    """LoRA settings (peft `LoraConfig`)."""
+
+    rank: int = Field(8, ge=1, le=512, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input during training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"], min_length=1, description="Names of the modules LoRA wraps."
+    )
+    freeze_a: bool = Field(
+        True,
+        description="Freeze the A matrices and train B only (FFA-LoRA): the federated average is then exact "
+        "and DP noise is not multiplied across two factors.",
+    )
+
+
+class LocalTraining(StrictModel):
+    """What each institution does locally in one round (DP-SGD)."""
+
+    steps_per_round: int = Field(10, ge=1, description="Optimizer steps per round.")
+    expected_batch_size: int = Field(
+        32, ge=1, description="Expected logical batch size; the Poisson sample rate is this over the dataset size."
+    )
+    max_physical_batch_size: int = Field(16, ge=1, description="Largest batch held in memory at once.")
+    learning_rate: float = Field(5e-3, gt=0, le=10, description="Optimizer learning rate.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
+
+
+class PrivacyRequirements(StrictModel):
+    """What every member's DP-SGD must satisfy."""
+
+    delta: float = Field(1e-5, gt=0, lt=1, description="The delta every member accounts with.")
+    accountant: Literal["prv", "rdp"] = Field("prv", description="Accountant used to compute epsilon.")
+    min_noise_multiplier: float = Field(0.0, ge=0, description="Smallest noise multiplier a member may use.")
+    max_round_epsilon: float | None = Field(
+        None, gt=0, description="Most epsilon any member may spend in one round (None: no federation-wide cap)."
+    )
+
+
+class CkksSettings(StrictModel):
+    """CKKS encryption parameters (checked against the 128-bit security table when keys are made)."""
+
+    poly_modulus_degree: int = Field(8192, description="Ring dimension N: a power of two, 4096 to 32768.")
+    coeff_mod_bit_sizes: list[int] = Field(
+        default_factory=lambda: [60, 40, 60], min_length=2, description="Bit sizes of the coefficient modulus primes."
+    )
+    scale_bits: int = Field(40, ge=20, le=60, description="log2 of the CKKS encoding scale.")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> "CkksSettings":
+        n = self.poly_modulus_degree
+        if n < 4096 or n > 32768 or n & (n - 1):
+            raise FieldProblem(("poly_modulus_degree",), "must be a power of two between 4096 and 32768")
+        return self
+
+
+class ReleaseRules(StrictModel):
+    """Whether and how the final adapter may leave the key holders."""
+
+    to_coordinator: bool = Field(
+        False, description="Release the final adapter to the coordinator (only if every member's policy allows it)."
+    )
+    max_releases_per_key: int = Field(1, ge=0, description="Decrypted values released per CKKS key, at most.")
+
+
+class FederationPolicy(StrictModel):
+    """The federation file: roster, model, adapter, rounds, privacy requirements, encryption, release."""
+
+    kind: Literal["federation"] = Field(description="Always `federation` for this kind of file.")
+    version: Literal[1] = Field(1, description="Schema version of this file.")
+    federation_id: Identifier = Field(description="The federation's id.")
+    roster: list[RosterMember] = Field(min_length=1, description="Member institutions.")
+    key_holder: Identifier | None = Field(
+        None, description="The member that generates the CKKS keys (default: the first in the roster)."
+    )
+    model: ModelSettings
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+    rounds: int = Field(ge=1, le=10_000, description="Number of federated rounds.")
+    training: LocalTraining = Field(default_factory=LocalTraining)
+    min_institutions: int = Field(2, ge=1, description="A round is summed only with at least this many uploads.")
+    round_deadline_s: float = Field(600.0, gt=0, description="Seconds after opening that a round stops waiting.")
+    privacy: PrivacyRequirements = Field(default_factory=PrivacyRequirements)
+    encryption: Literal["ckks"] = Field("ckks", description="How updates are protected in transit and at the coordinator.")
+    ckks: CkksSettings = Field(default_factory=CkksSettings)
+    release: ReleaseRules = Field(default_factory=ReleaseRules)
+    seed: int = Field(0, ge=0, description="Seeds the initial adapter: every member starts from identical weights.")
+
+    @model_validator(mode="after")
+    def _roster_consistent(self) -> "FederationPolicy":
+        seen: dict[str, int] = {}
+        for index, member in enumerate(self.roster):
+            for field in ("id", "signing_key", "sealing_key"):
+                value = getattr(member, field)
+                if value in seen:
+                    raise FieldProblem(
+                        ("roster", index, field),
+                        f"duplicate roster entry: same {field} as roster.{seen[value]}",
+                    )
+                seen[value] = index
+        ids = [m.id for m in self.roster]
+        if self.key_holder is not None and self.key_holder not in ids:
+            raise FieldProblem(("key_holder",), f"{self.key_holder!r} is not in the roster")
+        if self.min_institutions > len(self.roster):
+            raise FieldProblem(
+                ("min_institutions",), f"{self.min_institutions} exceeds the roster size ({len(ids)})"
+            )
+        return self
+
+    @property
+    def key_holder_id(self) -> str:
+        return self.key_holder or self.roster[0].id
+
+    def member(self, institution_id: str) -> RosterMember | None:
+        return next((m for m in self.roster if m.id == institution_id), None)

@@ -1,0 +1,62 @@
+"""The `confide` command as a user runs it: a real subprocess, exit codes, and no tracebacks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def confide(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "confide.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_version_and_help():
+    result = confide("--version")
+    assert result.returncode == 0 and result.stdout.startswith("confide ")
+    assert "policy" in confide("--help").stdout
+
+
+def test_policy_check_accepts_the_examples():
+    result = confide("policy", "check", *sorted(EXAMPLES.glob("*.yaml")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok ") == 4
+
+
+def test_policy_check_reports_bad_input_as_lines_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = (EXAMPLES / "hospital-a.yaml").read_text()
+    bad.write_text(text.replace("min_cohort: 2", "min_cohort: -1"))
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("min_cohort:"))) + 1
+    result = confide("policy", "check", EXAMPLES / "federation.yaml", bad)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{bad}:{line}: min_cohort:")
+
+
+def test_policy_explain_exit_codes(tmp_path):
+    result = confide("policy", "explain", EXAMPLES / "federation.yaml", EXAMPLES / "hospital-b.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "may join" in result.stdout
+    strict = tmp_path / "strict.yaml"
+    text = (EXAMPLES / "hospital-b.yaml").read_text().replace("min_cohort: 2", "min_cohort: 3")
+    strict.write_text(text.replace("path: data/", f"path: {EXAMPLES}/data/"))
+    result = confide("policy", "explain", EXAMPLES / "federation.yaml", strict)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "may not join" in result.stdout
+    result = confide("policy", "explain", EXAMPLES / "federation.yaml", tmp_path / "missing.yaml")
+    assert result.returncode == 2 and "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keys_init_writes_private_files_0600_and_refuses_to_overwrite(tmp_path):
+    result = confide("keys", "init", "--out", tmp_path / "clinic")
+    assert result.returncode == 0, result.stderr
+    assert "fingerprint:" in result.stdout and "signing_key:" in result.stdout
+    for name in ("signing.key", "sealing.key"):
+        assert (tmp_path / "clinic" / name).stat().st_mode & 0o777 == 0o600
+    again = confide("keys", "init", "--out", tmp_path / "clinic")
+    assert again.returncode == 2 and "already holds an identity" in again.stderr
