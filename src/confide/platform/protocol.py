@@ -1,0 +1,248 @@
+"""The coordinator's side of the round protocol as plain data and pure transitions.
+
+No I/O, no clock, no randomness: every function takes the state and the facts (including `now`)
+and returns a new state or raises `ProtocolViolation`. The in-process simulation and the HTTP
+coordinator both drive exactly these functions; only where blobs and state are stored differs.
+
+Round life cycle::
+
+    open --(first upload)--> collecting --(quorum reached)--> summed --(next round opens)--> closed
+       \\____________________(deadline passes below min_institutions)__________________--> failed
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from confide.errors import BadInput
+
+RoundStatus = Literal["open", "collecting", "summed", "closed", "failed"]
+FederationStatus = Literal["setup", "running", "finished"]
+
+
+class ProtocolViolation(BadInput):
+    """A message that the protocol does not allow now. `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Upload:
+    institution: str
+    envelope_sha256: str
+    size_bytes: int
+    received_at: float
+
+
+@dataclass
+class Round:
+    index: int
+    status: RoundStatus
+    opened_at: float
+    deadline_at: float
+    uploads: dict[str, Upload] = field(default_factory=dict)
+    declined: dict[str, str] = field(default_factory=dict)
+    sum_sha256: str | None = None
+    contributors: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+    def responded(self) -> set[str]:
+        return set(self.uploads) | set(self.declined)
+
+
+@dataclass
+class KeySetup:
+    """Published by the key holder: the public CKKS context, one sealed secret per member, the layout."""
+
+    key_id: str
+    public_context_sha256: str
+    layout_hash: str
+    sealed_for: list[str]
+
+
+@dataclass
+class FederationState:
+    federation_id: str
+    members: list[str]
+    key_holder: str
+    min_institutions: int
+    total_rounds: int
+    round_deadline_s: float
+    status: FederationStatus = "setup"
+    key_setup: KeySetup | None = None
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def current(self) -> Round | None:
+        return self.rounds[-1] if self.rounds else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FederationState":
+        data = copy.deepcopy(data)
+        key = data.pop("key_setup")
+        rounds = [
+            Round(**{**r, "uploads": {k: Upload(**u) for k, u in r["uploads"].items()}}) for r in data.pop("rounds")
+        ]
+        return cls(**data, key_setup=KeySetup(**key) if key else None, rounds=rounds)
+
+
+def new_federation(
+    federation_id: str,
+    members: list[str],
+    key_holder: str,
+    min_institutions: int,
+    total_rounds: int,
+    round_deadline_s: float,
+) -> FederationState:
+    """The state of a federation that has been created but whose keys are not set up yet."""
+    if key_holder not in members:
+        raise ProtocolViolation(f"key holder {key_holder!r} is not a member", 400)
+    return FederationState(federation_id, list(members), key_holder, min_institutions, total_rounds, round_deadline_s)
+
+
+def _require_member(state: FederationState, institution: str) -> None:
+    if institution not in state.members:
+        raise ProtocolViolation(f"{institution!r} is not a member of {state.federation_id}", 403)
+
+
+def publish_keys(state: FederationState, by: str, setup: KeySetup) -> FederationState:
+    """The key holder publishes the key set-up. Only once, only by the key holder, sealed for every member."""
+    _require_member(state, by)
+    if by != state.key_holder:
+        raise ProtocolViolation(f"only the key holder ({state.key_holder}) publishes keys", 403)
+    if state.key_setup is not None:
+        if state.key_setup == setup:
+            return state  # an idempotent retry after a lost reply
+        raise ProtocolViolation("keys are already published for this federation")
+    missing = sorted(set(state.members) - set(setup.sealed_for))
+    if missing:
+        raise ProtocolViolation(f"no sealed key for {', '.join(missing)}", 400)
+    new = copy.deepcopy(state)
+    new.key_setup = setup
+    new.status = "running"
+    return new
+
+
+def open_next_round(state: FederationState, now: float) -> FederationState:
+    """Close the finished round (if any) and open the next; mark the federation finished after the last."""
+    if state.status == "setup":
+        raise ProtocolViolation("keys are not set up yet")
+    if state.status == "finished":
+        raise ProtocolViolation("the federation has finished")
+    current = state.current
+    if current is not None and current.status in ("open", "collecting"):
+        raise ProtocolViolation(f"round {current.index} is still {current.status}")
+    new = copy.deepcopy(state)
+    if new.current is not None and new.current.status == "summed":
+        new.current.status = "closed"
+    if len(new.rounds) >= new.total_rounds:
+        new.status = "finished"
+        return new
+    index = len(new.rounds) + 1
+    new.rounds.append(Round(index, "open", now, now + new.round_deadline_s))
+    return new
+
+
+def _open_round(state: FederationState, round_index: int, now: float) -> Round:
+    current = state.current
+    if current is None or current.index != round_index:
+        raise ProtocolViolation(f"round {round_index} is not the current round", 409)
+    if current.status not in ("open", "collecting"):
+        raise ProtocolViolation(f"round {round_index} is {current.status}, not accepting contributions", 409)
+    if now > current.deadline_at:
+        raise ProtocolViolation(f"round {round_index} passed its deadline", 409)
+    return current
+
+
+def accept_upload(
+    state: FederationState, institution: str, round_index: int, key_id: str, layout_hash: str,
+    envelope_sha256: str, size_bytes: int, now: float,
+) -> FederationState:
+    """Record an upload whose envelope header was already validated.
+
+    A repeated upload with the same envelope hash is accepted again without change (a retry); a
+    different envelope for a round the institution already uploaded to is refused (no double
+    counting).
+    """
+    _require_member(state, institution)
+    assert state.key_setup is not None, "a round is open only after key set-up"
+    current = _open_round(state, round_index, now)
+    if key_id != state.key_setup.key_id:
+        raise ProtocolViolation(f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)
+    if layout_hash != state.key_setup.layout_hash:
+        raise ProtocolViolation("envelope adapter layout differs from the federation's", 422)
+    previous = current.uploads.get(institution)
+    if previous is not None:
+        if previous.envelope_sha256 == envelope_sha256:
+            return state
+        raise ProtocolViolation(f"{institution} already uploaded a different update for round {round_index}", 409)
+    if institution in current.declined:
+        raise ProtocolViolation(f"{institution} declined round {round_index}", 409)
+    new = copy.deepcopy(state)
+    new.current.uploads[institution] = Upload(institution, envelope_sha256, size_bytes, now)
+    new.current.status = "collecting"
+    return new
+
+
+def record_decline(state: FederationState, institution: str, round_index: int, reason: str, now: float) -> FederationState:
+    """An institution says it will not take part in this round (its reason is kept)."""
+    _require_member(state, institution)
+    current = _open_round(state, round_index, now)
+    if institution in current.uploads:
+        raise ProtocolViolation(f"{institution} already uploaded for round {round_index}", 409)
+    if current.declined.get(institution) == reason:
+        return state
+    new = copy.deepcopy(state)
+    new.current.declined[institution] = reason
+    return new
+
+
+def sum_decision(state: FederationState, now: float) -> Literal["wait", "sum", "fail"]:
+    """What the coordinator should do with the current round now.
+
+    Sum as soon as every member has answered (uploaded or declined) with at least `min_institutions`
+    uploads, or once the deadline passes with enough of them; fail when it cannot reach quorum
+    (everyone answered, or the deadline passed, with too few uploads).
+    """
+    current = state.current
+    if current is None or current.status not in ("open", "collecting"):
+        return "wait"
+    enough = len(current.uploads) >= state.min_institutions
+    everyone = current.responded() >= set(state.members)
+    if everyone or now > current.deadline_at:
+        return "sum" if enough else "fail"
+    return "wait"
+
+
+def record_sum(state: FederationState, round_index: int, sum_sha256: str, contributors: list[str]) -> FederationState:
+    """The coordinator added the current round's uploads: remember who is in the sum and its hash."""
+    current = state.current
+    if current is None or current.index != round_index or current.status not in ("open", "collecting"):
+        raise ProtocolViolation(f"round {round_index} cannot be summed now")
+    if sorted(contributors) != sorted(current.uploads):
+        raise ProtocolViolation("the sum must cover exactly the accepted uploads", 500)
+    if len(contributors) < state.min_institutions:
+        raise ProtocolViolation(f"only {len(contributors)} uploads, min_institutions is {state.min_institutions}")
+    new = copy.deepcopy(state)
+    new.current.status = "summed"
+    new.current.sum_sha256 = sum_sha256
+    new.current.contributors = sorted(contributors)
+    return new
+
+
+def fail_round(state: FederationState, round_index: int, reason: str) -> FederationState:
+    """Mark the current round failed (no sum is published; members keep their adapters)."""
+    current = state.current
+    if current is None or current.index != round_index or current.status not in ("open", "collecting"):
+        raise ProtocolViolation(f"round {round_index} cannot fail now")
+    new = copy.deepcopy(state)
+    new.current.status = "failed"
+    new.current.failure = reason
+    return new
