@@ -1,0 +1,239 @@
+"""The coordinator: the round protocol plus durable state, ciphertext blobs and the encrypted sum.
+
+The protocol rules live in `protocol` as pure functions; this class only loads the state, applies a
+transition, and makes the result durable (SQLite for state, content-addressed files for blobs). The
+in-process simulation and the HTTP service both use it, so a federation behaves the same either way.
+
+What the coordinator holds: the public CKKS context (loading refuses one with a secret key), the
+envelopes members upload, and the encrypted sums. It never holds a secret key or a plaintext update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confide.aggregation.envelope import read_header, sum_envelopes
+from confide.aggregation.keys import PublicContext
+from confide.identity import Identity, b64
+from confide.platform import protocol
+from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
+
+MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The coordinator's signed statement that it accepted an upload."""
+
+    federation: str
+    round: int
+    institution: str
+    envelope_sha256: str
+    signature: str = ""
+
+    def message(self) -> bytes:
+        body = {"federation": self.federation, "round": self.round, "institution": self.institution,
+                "envelope_sha256": self.envelope_sha256}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict:
+        return {"federation": self.federation, "round": self.round, "institution": self.institution,
+                "envelope_sha256": self.envelope_sha256, "signature": self.signature}
+
+
+class StateStore:
+    """Coordinator state in SQLite: the federation state as one JSON snapshot, plus an event log.
+
+    Each transition is written in one transaction, so a crash leaves the previous or the next state,
+    never a mix.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS federation (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, kind TEXT, detail TEXT)"
+        )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, "
+            "signature TEXT, PRIMARY KEY (round, institution))"
+        )
+
+    def load(self, federation_id: str) -> FederationState | None:
+        row = self.db.execute("SELECT state FROM federation WHERE id = ?", (federation_id,)).fetchone()
+        return FederationState.from_dict(json.loads(row[0])) if row else None
+
+    def save(self, state: FederationState, kind: str, detail: dict, receipt: Receipt | None = None) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO federation (id, state, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                (state.federation_id, json.dumps(state.to_dict()), now),
+            )
+            self.db.execute("INSERT INTO events (time, kind, detail) VALUES (?, ?, ?)", (now, kind, json.dumps(detail)))
+            if receipt is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?)",
+                    (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature),
+                )
+
+    def receipts(self) -> list[dict]:
+        rows = self.db.execute("SELECT round, institution, envelope_sha256, signature FROM receipts ORDER BY round")
+        return [dict(zip(("round", "institution", "envelope_sha256", "signature"), r)) for r in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Coordinator:
+    """Applies protocol transitions and keeps their results durable under `state_dir`."""
+
+    def __init__(self, state_dir: Path, initial: FederationState, identity: Identity) -> None:
+        self.dir = state_dir
+        self.blobs = state_dir / "blobs"
+        self.store = StateStore(state_dir / "state.sqlite")
+        self.identity = identity
+        loaded = self.store.load(initial.federation_id)
+        self.state = loaded if loaded is not None else initial
+        if loaded is None:
+            self.store.save(self.state, "created", {"members": initial.members})
+        self._context: PublicContext | None = None
+
+    # -- blobs -------------------------------------------------------------------------------
+    def blob_path(self, name: str) -> Path:
+        return self.blobs / name
+
+    def _put_blob(self, name: str, data: bytes) -> None:
+        write_atomically(self.blob_path(name), data)
+
+    def get_blob(self, name: str) -> bytes:
+        path = self.blob_path(name)
+        if not path.exists():
+            raise ProtocolViolation(f"no such blob {name}", 404)
+        return path.read_bytes()
+
+    @property
+    def public_context(self) -> PublicContext:
+        if self._context is None:
+            self._context = PublicContext.from_bytes(self.get_blob("public_context.bin"))
+        return self._context
+
+    # -- transitions -------------------------------------------------------------------------
+    def publish_keys(
+        self, by: str, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes]
+    ) -> None:
+        """Store the public context (refused if it holds a secret key) and each member's sealed key."""
+        PublicContext.from_bytes(public_context)  # raises if it carries a secret key or is malformed
+        setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed))
+        new = protocol.publish_keys(self.state, by, setup)
+        if new is self.state:
+            return
+        self._put_blob("public_context.bin", public_context)
+        for member, blob in sealed.items():
+            self._put_blob(f"sealed-{member}.bin", blob)
+        self.store.save(new, "keys", {"by": by, "key_id": key_id})
+        self.state = new
+
+    def sealed_key_for(self, member: str) -> bytes:
+        if member not in self.state.members:
+            raise ProtocolViolation(f"{member!r} is not a member", 403)
+        if self.state.key_setup is None:
+            raise ProtocolViolation("keys are not set up yet", 409)
+        return self.get_blob(f"sealed-{member}.bin")
+
+    def open_next_round(self, now: float) -> None:
+        new = protocol.open_next_round(self.state, now)
+        kind = "finished" if new.status == "finished" else "round_opened"
+        self.store.save(new, kind, {"round": new.current.index if new.current else None})
+        self.state = new
+
+    def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> Receipt:
+        """Validate an envelope's header, store it, and record the upload; return a signed receipt.
+
+        Raises ProtocolViolation (4xx) or an aggregation error for a malformed envelope; in every
+        refused case the state is unchanged.
+        """
+        if len(envelope) > MAX_ENVELOPE_BYTES:
+            raise ProtocolViolation(f"envelope of {len(envelope)} bytes exceeds {MAX_ENVELOPE_BYTES}", 413)
+        header = read_header(envelope)
+        digest = sha256(envelope)
+        new = protocol.accept_upload(
+            self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
+        )
+        receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest))
+        if new is not self.state:
+            self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)
+            self.store.save(new, "upload", {"round": round_index, "institution": institution, "sha256": digest},
+                            receipt)
+            self.state = new
+        return receipt
+
+    def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
+        new = protocol.record_decline(self.state, institution, round_index, reason, now)
+        if new is not self.state:
+            self.store.save(new, "decline", {"round": round_index, "institution": institution, "reason": reason})
+            self.state = new
+
+    def advance(self, now: float, workers: int = 1) -> str:
+        """Sum or fail the current round if the protocol says so. Returns what happened: wait, sum or fail."""
+        decision = protocol.sum_decision(self.state, now)
+        current = self.state.current
+        if decision == "sum":
+            contributors = sorted(current.uploads)
+            paths = [self.blob_path(f"upload-r{current.index}-{i}.bin") for i in contributors]
+            total = sum_envelopes(self.public_context, paths, workers=workers)
+            self._put_blob(f"sum-r{current.index}.bin", total)
+            new = protocol.record_sum(self.state, current.index, sha256(total), contributors)
+            self.store.save(new, "summed", {"round": current.index, "contributors": contributors})
+            self.state = new
+        elif decision == "fail":
+            reason = (f"{len(current.uploads)} upload(s), min_institutions is {self.state.min_institutions}")
+            new = protocol.fail_round(self.state, current.index, reason)
+            self.store.save(new, "failed", {"round": current.index, "reason": reason})
+            self.state = new
+        return decision
+
+    def sum_for(self, round_index: int) -> bytes:
+        rounds = {r.index: r for r in self.state.rounds}
+        r = rounds.get(round_index)
+        if r is None or r.sum_sha256 is None:
+            raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
+        return self.get_blob(f"sum-r{round_index}.bin")
+
+    def _sign(self, receipt: Receipt) -> Receipt:
+        signature = b64(self.identity.sign(receipt.message()))
+        return Receipt(receipt.federation, receipt.round, receipt.institution, receipt.envelope_sha256, signature)
+
+    def close(self) -> None:
+        self.store.close()

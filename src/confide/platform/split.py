@@ -1,0 +1,78 @@
+"""Splitting one labelled dataset into a test set and non-IID institution shards (for experiments)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from confide.errors import BadInput
+
+
+class SplitError(BadInput):
+    """A split that cannot be made as asked."""
+
+
+def parse_split(spec: str) -> float:
+    """Parse `dirichlet:ALPHA` into ALPHA (> 0). Raises SplitError with the expected form."""
+    kind, _, value = spec.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if kind != "dirichlet" or alpha <= 0:
+        raise SplitError(f"--split {spec!r}: expected dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:0.5)")
+    return alpha
+
+
+def train_test_split(records: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Stratified split: the same fraction of each label goes to the test set. Deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in sorted({r["label"] for r in records}):
+        group = [r for r in records if r["label"] == label]
+        order = rng.permutation(len(group))
+        n_test = int(round(test_fraction * len(group)))
+        test += [group[i] for i in order[:n_test]]
+        train += [group[i] for i in order[n_test:]]
+    return train, test
+
+
+def dirichlet_split(
+    records: list[dict], n_parts: int, alpha: float, seed: int, min_records: int = 20
+) -> list[list[dict]]:
+    """Split records into `n_parts` non-IID shards: each label's records are divided by Dirichlet(alpha).
+
+    Small alpha gives skewed label mixes (alpha 0.1: nearly one class each; alpha 100: nearly IID).
+    Draws again (up to 100 times) until every shard has at least `min_records`; raises SplitError if
+    that is impossible.
+    """
+    if n_parts < 1:
+        raise SplitError("the number of institutions must be at least 1")
+    if n_parts * min_records > len(records):
+        raise SplitError(f"{len(records)} records cannot give {n_parts} institutions {min_records} records each")
+    rng = np.random.default_rng(seed)
+    labels = sorted({r["label"] for r in records})
+    for _ in range(100):
+        shards: list[list[dict]] = [[] for _ in range(n_parts)]
+        for label in labels:
+            group = [r for r in records if r["label"] == label]
+            order = rng.permutation(len(group))
+            shares = rng.dirichlet([alpha] * n_parts)
+            cuts = (np.cumsum(shares)[:-1] * len(group)).astype(int)
+            for part, idx in enumerate(np.split(order, cuts)):
+                shards[part] += [group[i] for i in idx]
+        if min(len(s) for s in shards) >= min_records:
+            return [[s[i] for i in rng.permutation(len(s))] for s in shards]
+    raise SplitError(f"could not give every institution {min_records} records with alpha {alpha}; raise alpha")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write records as JSON Lines (atomically: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)

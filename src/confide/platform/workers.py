@@ -1,0 +1,131 @@
+"""Hosting institutions in worker processes, so their local rounds train in parallel.
+
+TenSEAL and torch's CPU kernels hold the GIL for long stretches, so parallelism needs processes.
+They are started with `spawn`: a fork after a TenSEAL context exists deadlocked. Each worker hosts
+one or more members for the whole simulation (models stay loaded between rounds); the main process
+sends it method calls and gets plain results back. Progress events travel on a shared queue.
+
+With `workers=0` the same members run in the calling process through the same interface, which is
+what tests and debugging use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from typing import Any, Callable
+
+Factory = Callable[..., Any]
+
+
+class WorkerFailed(RuntimeError):
+    """A member raised inside a worker; the message carries the worker's traceback."""
+
+
+def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    members: dict[str, Any] = {}
+    while True:
+        message = connection.recv()
+        if message is None:
+            return
+        member_id, method, args, kwargs = message
+        try:
+            if member_id not in members:
+                members[member_id] = factory(*specs[member_id], progress=progress)
+            result = ("ok", getattr(members[member_id], method)(*args, **kwargs))
+        except BaseException as exc:  # sent back whole: the main process decides what is fatal
+            result = ("error", (type(exc).__name__, str(exc), traceback.format_exc()), exc if _picklable(exc) else None)
+        connection.send(result)
+
+
+def _picklable(exc: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+class MemberPool:
+    """Members spread over `workers` processes (0: in this process). Calls are by member id."""
+
+    def __init__(self, factory: Factory, specs: dict[str, tuple], workers: int, progress=None) -> None:
+        self.progress = progress
+        self.local: dict[str, Any] = {}
+        self.factory, self.specs = factory, specs
+        self.route: dict[str, int] = {}
+        self.processes, self.connections = [], []
+        if workers <= 0:
+            return
+        workers = min(workers, len(specs))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = mp.get_context("spawn")
+        ids = list(specs)
+        for w in range(workers):
+            mine = {i: specs[i] for i in ids[w::workers]}
+            parent, child = context.Pipe()
+            process = context.Process(target=_serve, args=(factory, mine, child, progress, threads), daemon=True)
+            process.start()
+            self.processes.append(process)
+            self.connections.append(parent)
+            for i in mine:
+                self.route[i] = w
+
+    def _local(self, member_id: str) -> Any:
+        if member_id not in self.local:
+            self.local[member_id] = self.factory(*self.specs[member_id], progress=self.progress)
+        return self.local[member_id]
+
+    def call_many(self, calls: list[tuple[str, str, tuple, dict]], on_wait: Callable[[], None] | None = None) -> dict:
+        """Run `(member_id, method, args, kwargs)` calls, one per member, in parallel across workers.
+
+        Returns {member_id: result}. Calls to members of the same worker run one after another.
+        Raises the member's own exception where it can travel between processes, else WorkerFailed.
+        """
+        if not self.processes:
+            return {m: getattr(self._local(m), method)(*args, **kwargs) for m, method, args, kwargs in calls}
+        results: dict[str, Any] = {}
+        queues: dict[int, list] = {}
+        for call in calls:
+            queues.setdefault(self.route[call[0]], []).append(call)
+        pending = {w: q.pop(0) for w, q in queues.items()}
+        for w, call in pending.items():
+            self.connections[w].send(call)
+        while pending:
+            if on_wait is not None:
+                on_wait()
+            ready = [w for w in pending if self.connections[w].poll(0.1)]
+            for w in ready:
+                member_id = pending.pop(w)[0]
+                reply = self.connections[w].recv()
+                if reply[0] == "error":
+                    name, message, trace = reply[1]
+                    if reply[2] is not None:
+                        raise reply[2]
+                    raise WorkerFailed(f"{member_id}: {name}: {message}\n{trace}")
+                results[member_id] = reply[1]
+                if queues[w]:
+                    pending[w] = queues[w].pop(0)
+                    self.connections[w].send(pending[w])
+        return results
+
+    def call(self, member_id: str, method: str, *args, **kwargs) -> Any:
+        return self.call_many([(member_id, method, args, kwargs)])[member_id]
+
+    def close(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
