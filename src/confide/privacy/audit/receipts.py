@@ -1,0 +1,144 @@
+"""The coordinator's signed upload receipts: evidence of contributions a ledger must account for.
+
+A ledger alone cannot show that its last entries were deleted: a shorter chain is still a valid
+chain. The coordinator, a different party, signs a receipt for every upload it accepts, so every
+receipt of an institution must have a spend entry for its (federation, round) in that
+institution's ledger.
+
+Receipt file format: a JSON list, or JSON Lines, of objects
+    {"federation": str, "round": int, "institution": str, "envelope_sha256": hex, "signature": base64}
+or an object {"federation": str, "receipts": [...]} whose `federation` fills in receipts without one.
+`signature` is the coordinator's Ed25519 signature over the canonical JSON (keys sorted, separators
+`,` and `:`, ASCII) of the four other fields, exactly `confide.platform.coordinator.Receipt.message()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from confide.identity import PublicIdentity
+from confide.privacy.audit.inputs import AuditInputError
+from confide.privacy.audit.result import Check
+from confide.privacy.ledger import canonical_json
+
+RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
+
+
+@dataclass(frozen=True)
+class UploadReceipt:
+    """One accepted upload, as the coordinator signed it."""
+
+    federation: str
+    round: int
+    institution: str
+    envelope_sha256: str
+    signature: str
+    index: int
+    """Position in the receipts file (1-based), to name it in findings."""
+
+    def message(self) -> bytes:
+        """The bytes the coordinator signed."""
+        return canonical_json({f: getattr(self, f) for f in RECEIPT_FIELDS})
+
+    def verifies(self, coordinator: PublicIdentity) -> bool:
+        try:
+            signature = base64.b64decode(self.signature.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            return False
+        return coordinator.verify(signature, self.message())
+
+
+def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise AuditInputError(f"{path}:{number}: not JSON (expected a JSON list or one receipt per line)") from None
+        return records, None
+    if isinstance(data, dict) and isinstance(data.get("receipts"), list):
+        return data["receipts"], data.get("federation")
+    if isinstance(data, dict):
+        return [data], None
+    if isinstance(data, list):
+        return data, None
+    raise AuditInputError(f"{path}: expected a JSON list of receipts")
+
+
+def load_receipts(path: Path, default_federation: str | None = None) -> list[UploadReceipt]:
+    """Read a receipts file. Raises AuditInputError if it is unreadable or a receipt lacks a field.
+
+    A receipt without `federation` takes the file's own `federation`, else `default_federation`
+    (the coordinator's database stores receipts of its one federation without it).
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditInputError(f"{path}: cannot read receipts ({exc})") from None
+    records, file_federation = _records(Path(path), text)
+    receipts = []
+    for index, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise AuditInputError(f"{path}: receipt {index} is not a JSON object")
+        record = {"federation": file_federation or default_federation, **record}
+        missing = [f for f in (*RECEIPT_FIELDS, "signature") if record.get(f) is None]
+        if missing:
+            raise AuditInputError(f"{path}: receipt {index} lacks {', '.join(missing)}"
+                                  + (" (pass --federation to supply it)" if missing == ["federation"] else ""))
+        if not isinstance(record["round"], int) or isinstance(record["round"], bool):
+            raise AuditInputError(f"{path}: receipt {index}: round {record['round']!r} is not an integer")
+        receipts.append(UploadReceipt(
+            federation=str(record["federation"]), round=record["round"], institution=str(record["institution"]),
+            envelope_sha256=str(record["envelope_sha256"]), signature=str(record["signature"]), index=index,
+        ))
+    return receipts
+
+
+def receipt_signature_checks(receipts: Sequence[UploadReceipt], coordinator: PublicIdentity | None) -> list[Check]:
+    """Each receipt's coordinator signature. A forged receipt could frame an institution, so it fails."""
+    if not receipts:
+        return []
+    if coordinator is None:
+        return [Check("receipt_signature", None,
+                      f"{len(receipts)} receipts used unverified: no coordinator key given (--coordinator-key)")]
+    failures = [Check("receipt_signature", False,
+                      f"receipt {r.index} ({r.institution}, round {r.round} of {r.federation}) is not signed by the "
+                      "coordinator key") for r in receipts if not r.verifies(coordinator)]
+    return failures or [Check("receipt_signature", True, f"{len(receipts)} receipts signed by the coordinator")]
+
+
+def trusted_receipts(receipts: Sequence[UploadReceipt], coordinator: PublicIdentity | None) -> list[UploadReceipt]:
+    """The receipts that may be held against a ledger: all when no key is given, else only verified ones."""
+    return list(receipts) if coordinator is None else [r for r in receipts if r.verifies(coordinator)]
+
+
+def completeness_checks(institution: str | None, entries: list[dict],
+                        receipts: Sequence[UploadReceipt], other_spends: set[tuple[str, int]]) -> list[Check]:
+    """Every receipt of `institution` must have a spend entry for its (federation, round).
+
+    `other_spends` holds (federation, round) of spends in the institution's other audited ledgers
+    (other datasets), which also account for an upload. A missing spend means entries were
+    deleted or never written; the finding names the receipt and the ledger's last seq.
+    """
+    mine = [r for r in receipts if r.institution == institution]
+    if not mine:
+        return [Check("receipts", None, f"no receipts for {institution!r}: deleted trailing entries cannot be detected")]
+    spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
+    last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
+    failures = [
+        Check("receipts", False,
+              f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
+              f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written",
+              None)
+        for r in mine if (r.federation, r.round) not in spends
+    ]
+    return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads have a spend entry")]

@@ -1,0 +1,192 @@
+"""Recompute a ledger's epsilons without the code that wrote them.
+
+Two recomputations per spend entry:
+- independent: dp_accounting's PLD accountant (Google), a different library and a different method
+  (privacy loss distributions) from the Opacus accountants the agent records with;
+- recorded accountant: Opacus RDP or PRV called directly from `opacus.accountants`, not through
+  `confide.privacy.accounting`, so a bug in how the agent builds or merges its history shows up.
+
+Everything is a pure function of plain numbers: a history is a list of
+`(noise_multiplier, sample_rate, steps)` tuples, as in Opacus.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
+
+Step = tuple[float, float, int]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a recorded epsilon may fall below a recomputed one before it is flagged.
+
+    PRV and PLD agree to about 0.01 (1-2%); both are upper bounds computed on different grids.
+    A recorded value is flagged when `recorded < recomputed - max(absolute, relative * recomputed)`.
+    """
+
+    absolute: float = 0.01
+    relative: float = 0.02
+
+    def allowed_shortfall(self, recomputed: float) -> float:
+        return max(self.absolute, self.relative * recomputed)
+
+    def is_below(self, recorded: float, recomputed: float) -> bool:
+        """True if `recorded` under-reports `recomputed` beyond the tolerance."""
+        if math.isinf(recomputed):
+            return not math.isinf(recorded)
+        return recorded < recomputed - self.allowed_shortfall(recomputed)
+
+
+DEFAULT_TOLERANCE = Tolerance()
+
+
+def merge_history(history: Iterable[Step]) -> list[Step]:
+    """Merge steps with equal (sigma, q): composition commutes, and accountants' cost grows per pair."""
+    merged: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:
+        if steps:
+            key = (float(sigma), float(rate))
+            merged[key] = merged.get(key, 0) + int(steps)
+    return [(sigma, rate, steps) for (sigma, rate), steps in merged.items()]
+
+
+def _validate(history: Sequence[Step], delta: float) -> None:
+    if not (0.0 < delta < 1.0):
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    for sigma, rate, steps in history:
+        if not (0.0 < rate <= 1.0) or sigma < 0 or steps < 0 or math.isnan(sigma) or math.isnan(rate):
+            raise ValueError(f"not a valid step (noise_multiplier, sample_rate, steps): {(sigma, rate, steps)!r}")
+
+
+def pld_epsilon(history: Iterable[Step], delta: float) -> float:
+    """Epsilon at `delta` of the history by dp_accounting's PLD accountant (add/remove-one neighbours).
+
+    Each stretch is a Poisson-subsampled Gaussian, self-composed `steps` times. Returns 0.0 for an
+    empty history and infinity when a stretch has no noise. Raises ValueError for invalid steps.
+    """
+    merged = merge_history(history)
+    _validate(merged, delta)
+    if not merged:
+        return 0.0
+    if any(sigma == 0.0 for sigma, _, _ in merged):
+        return math.inf
+    return _pld_epsilon_cached(tuple(sorted(merged)), delta)
+
+
+# A PLD composition takes about a second; an audit asks for the same prefixes again (every ledger of
+# a federation shares its rounds' parameters), and the result is a pure function of its arguments.
+@lru_cache(maxsize=512)
+def _pld_epsilon_cached(merged: tuple[Step, ...], delta: float) -> float:
+    accountant = PLDAccountant()
+    for sigma, rate, steps in merged:
+        event = dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma))
+        accountant.compose(dp_event.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(delta))
+
+
+def opacus_epsilon(history: Iterable[Step], delta: float, accountant: str) -> float:
+    """Epsilon at `delta` of the history by Opacus's `accountant` ("rdp" or "prv"), called directly.
+
+    For PRV the error is at most 0.01 or 1% of epsilon, whichever is smaller, so small epsilons are
+    not swamped by the accountant's own slack. Raises ValueError for an unknown accountant or steps.
+    """
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    merged = merge_history(history)
+    _validate(merged, delta)
+    if accountant not in ("rdp", "prv"):
+        raise ValueError(f"unknown accountant {accountant!r}: expected 'rdp' or 'prv'")
+    if not merged:
+        return 0.0
+    if any(sigma == 0.0 for sigma, _, _ in merged):
+        return math.inf
+    if accountant == "rdp":
+        rdp = RDPAccountant()
+        rdp.history = list(merged)
+        with warnings.catch_warnings():
+            # "optimal order is the largest alpha" only says the bound is not the tightest.
+            warnings.simplefilter("ignore", UserWarning)
+            return float(rdp.get_epsilon(delta))
+    prv = PRVAccountant()
+    prv.history = list(merged)
+    eps = float(prv.get_epsilon(delta, eps_error=0.01))
+    if eps < 1.0:
+        prv = PRVAccountant()
+        prv.history = list(merged)
+        eps = float(prv.get_epsilon(delta, eps_error=max(1e-4, 0.01 * eps)))
+    return eps
+
+
+@dataclass(frozen=True)
+class SpendRecomputation:
+    """One spend entry's epsilons: as recorded, by PLD, and by the recorded accountant (cumulative)."""
+
+    seq: int
+    federation: str
+    round: int
+    recorded_epsilon: float
+    pld_epsilon: float
+    accountant: str
+    accountant_epsilon: float | None
+    """None when the recorded accountant is unknown or failed (reported as its own check)."""
+    round_pld_epsilon: float
+    """This round's spend on its own, by PLD (what per-round caps limit)."""
+
+
+@dataclass(frozen=True)
+class SpendParameters:
+    """What the recomputation needs from one spend entry."""
+
+    seq: int
+    federation: str
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    recorded_epsilon: float
+
+    @property
+    def step(self) -> Step:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def recompute_spends(spends: Sequence[SpendParameters]) -> list[SpendRecomputation]:
+    """Cumulative epsilons after each spend (in ledger order), each at that entry's own delta.
+
+    The per-round PLD epsilon composes every spend of the same (federation, round) seen so far, so a
+    round split across several entries is still measured against the cap as one round.
+    """
+    results: list[SpendRecomputation] = []
+    history: list[Step] = []
+    by_round: dict[tuple[str, int], list[Step]] = {}
+    for spend in spends:
+        history.append(spend.step)
+        round_history = by_round.setdefault((spend.federation, spend.round), [])
+        round_history.append(spend.step)
+        try:
+            accountant_eps: float | None = opacus_epsilon(history, spend.delta, spend.accountant)
+        except (ValueError, RuntimeError, OverflowError):
+            accountant_eps = None
+        results.append(
+            SpendRecomputation(
+                seq=spend.seq,
+                federation=spend.federation,
+                round=spend.round,
+                recorded_epsilon=spend.recorded_epsilon,
+                pld_epsilon=pld_epsilon(history, spend.delta),
+                accountant=spend.accountant,
+                accountant_epsilon=accountant_eps,
+                round_pld_epsilon=pld_epsilon(round_history, spend.delta),
+            )
+        )
+    return results

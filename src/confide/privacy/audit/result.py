@@ -1,0 +1,99 @@
+"""The audit's result as plain data: checks with pass/fail and the entry at fault.
+
+The CLI prints this as a table or JSON; the report renders it; tests assert on it. Nothing here
+computes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confide.privacy.audit.recompute import SpendRecomputation
+
+EXIT_VERIFIED = 0
+EXIT_CHECK_FAILED = 1
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check on one ledger. A check that fails at several entries appears once per entry."""
+
+    name: str
+    """What was checked: `hash`, `chain`, `signature`, `seq`, `time`, `epsilon_pld`, `budget`..."""
+    passed: bool | None
+    """True: holds; False: violated (a finding); None: could not be evaluated (inputs missing)."""
+    detail: str
+    seq: int | None = None
+    """The ledger entry at fault (its `seq`), when the finding is about one entry."""
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    """Everything found about one ledger file."""
+
+    path: str
+    institution: str | None
+    dataset: str | None
+    checks: list[Check] = field(default_factory=list)
+    spends: list[SpendRecomputation] = field(default_factory=list)
+    """Recomputed epsilons, one per spend entry in ledger order."""
+    budget_epsilon: float | None = None
+    """The institution policy's total budget, when a policy was given."""
+    round_epsilon_cap: float | None = None
+    """The tightest per-round cap (institution's or federation's), when known."""
+    budget_delta: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.passed is False]
+
+    @property
+    def spent_epsilon(self) -> float:
+        """The larger of the last recorded and the last independently recomputed cumulative epsilon."""
+        if not self.spends:
+            return 0.0
+        last = self.spends[-1]
+        return max(last.recorded_epsilon, last.pld_epsilon)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """The audit of one or more ledgers. `exit_code` is what `confide audit` exits with."""
+
+    ledgers: list[LedgerAudit] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    """Checks that concern the inputs as a whole (e.g. receipts that match no ledger)."""
+
+    @property
+    def passed(self) -> bool:
+        return all(ledger.passed for ledger in self.ledgers) and all(c.passed is not False for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_VERIFIED if self.passed else EXIT_CHECK_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form with the same content as the table: every check, every recomputation."""
+        return {
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "ledgers": [
+                {
+                    "path": ledger.path,
+                    "institution": ledger.institution,
+                    "dataset": ledger.dataset,
+                    "passed": ledger.passed,
+                    "budget_epsilon": ledger.budget_epsilon,
+                    "round_epsilon_cap": ledger.round_epsilon_cap,
+                    "spent_epsilon": ledger.spent_epsilon,
+                    "checks": [asdict(c) for c in ledger.checks],
+                    "spends": [asdict(s) for s in ledger.spends],
+                }
+                for ledger in self.ledgers
+            ],
+        }
