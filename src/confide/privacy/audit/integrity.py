@@ -68,7 +68,7 @@ def integrity_checks(
             checks.append(Check("complete", None, f"{_describe(problem, entries)} (not counted)"))
         else:
             seq = _entry_seq(entries, problem.line)
-            checks.append(Check(problem.kind, False, _describe(problem, entries), seq))
+            checks.append(Check(problem.kind, False, _describe(problem, entries), seq, problem.line))
     found = {p.kind for p in problems}
     for name, meaning in INTEGRITY_CHECKS.items():
         if name == "signature" and key is None:

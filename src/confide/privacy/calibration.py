@@ -1,0 +1,140 @@
+"""Noise calibration: the smallest noise multiplier whose total epsilon stays within a target.
+
+Calibration composes the new steps with whatever was already spent, so a plan made halfway through
+a dataset's life is exact (Opacus' `make_private_with_epsilon` would calibrate as if nothing had
+been spent yet, which is why it is not used).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+from confide.privacy.accounting import RoundSpend, check_accountant, epsilon, history_with
+from confide.privacy.errors import AccountingError, CalibrationError
+
+# The search stops once the achieved epsilon is within this fraction below the target: the noise is
+# then at most ~0.1% larger than strictly needed.
+DEFAULT_RELATIVE_TOLERANCE = 1e-3
+_MAX_NOISE_MULTIPLIER = 1e4
+_MIN_NOISE_MULTIPLIER = 1e-3
+_MAX_ITERATIONS = 60
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The result of `calibrate`: what `confide calibrate` prints."""
+
+    noise_multiplier: float
+    epsilon: float
+    """Epsilon actually reached with `noise_multiplier` (<= target_epsilon)."""
+    target_epsilon: float
+    delta: float
+    sample_rate: float
+    steps: int
+    accountant: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (
+            f"noise multiplier {self.noise_multiplier:.4f} spends epsilon {self.epsilon:.4f} "
+            f"(target {self.target_epsilon:g}, delta {self.delta:g}) over {self.steps} steps "
+            f"at sample rate {self.sample_rate:g} ({self.accountant.upper()} accountant)"
+        )
+
+
+def _check_inputs(target: float, delta: float, sample_rate: float, steps: int, repeats: int) -> None:
+    if not (target > 0) or math.isinf(target):
+        raise CalibrationError(f"--epsilon must be a positive number, got {target!r}")
+    if not (0 < delta < 1):
+        raise CalibrationError(f"--delta must be in (0, 1), got {delta!r}", "typically 1e-5 or 1/(10 x records)")
+    if not (0 < sample_rate <= 1):
+        raise CalibrationError(
+            f"--sample-rate must be in (0, 1], got {sample_rate!r}", "sample rate = expected batch size / records"
+        )
+    if not isinstance(steps, int) or steps < 1:
+        raise CalibrationError(f"--steps must be a positive integer, got {steps!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise CalibrationError(f"repeats must be a positive integer, got {repeats!r}")
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "prv",
+    prior_history: Iterable[tuple[float, float, int]] = (),
+    repeats: int = 1,
+    relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE,
+) -> float:
+    """Smallest noise multiplier sigma such that `prior_history` followed by `repeats` rounds of
+    `steps` steps at (sigma, `sample_rate`) has epsilon <= `target_epsilon` at `delta`.
+
+    Bisection over the accountant: the result always satisfies the target and spends at least
+    `(1 - relative_tolerance)` of it (unless the noise needed is below 0.001). Raises
+    CalibrationError if the inputs are invalid, the prior history already spends the target, or no
+    noise up to 1e4 fits.
+    """
+    _check_inputs(target_epsilon, delta, sample_rate, steps, repeats)
+    try:
+        name = check_accountant(accountant)
+        prior = history_with(prior_history)
+        spent = epsilon(prior, delta, name)
+    except AccountingError as exc:
+        raise CalibrationError(exc.message, exc.hint) from None
+    if spent >= target_epsilon:
+        raise CalibrationError(
+            f"epsilon {spent:.4g} is already spent, not below the target {target_epsilon:g}",
+            "no further training fits this budget",
+        )
+    total_steps = steps * repeats
+
+    def eps_at(sigma: float) -> float:
+        return epsilon(history_with(prior, RoundSpend(sigma, sample_rate, total_steps)), delta, name)
+
+    # Bracket [low, high]: eps(low) > target >= eps(high).
+    high, eps_high = 1.0, eps_at(1.0)
+    while eps_high > target_epsilon:
+        if high >= _MAX_NOISE_MULTIPLIER:
+            raise CalibrationError(
+                f"even noise multiplier {high:g} spends epsilon {eps_high:.4g} > {target_epsilon:g}",
+                "raise the epsilon budget, lower the sample rate or take fewer steps",
+            )
+        high *= 2.0
+        eps_high = eps_at(high)
+    low = high / 2.0
+    eps_low = eps_at(low)
+    while eps_low <= target_epsilon:
+        high, eps_high = low, eps_low
+        if high <= _MIN_NOISE_MULTIPLIER:
+            return high
+        low = high / 2.0
+        eps_low = eps_at(low)
+    for _ in range(_MAX_ITERATIONS):
+        if eps_high >= target_epsilon * (1.0 - relative_tolerance):
+            break
+        mid = (low + high) / 2.0
+        eps_mid = eps_at(mid)
+        if eps_mid <= target_epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high
+
+
+def calibrate(
+    epsilon_target: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
+) -> Calibration:
+    """What `confide calibrate --epsilon E --delta D --sample-rate Q --steps N [--accountant A]` computes.
+
+    Returns the noise multiplier that spends the budget (to within 0.1%) and the epsilon it
+    actually reaches. Raises CalibrationError, naming the offending option, for invalid inputs or
+    an unreachable budget.
+    """
+    sigma = calibrate_noise_multiplier(epsilon_target, delta, sample_rate, steps, accountant)
+    reached = epsilon([(sigma, sample_rate, steps)], delta, accountant)
+    return Calibration(sigma, reached, epsilon_target, delta, sample_rate, steps, accountant)

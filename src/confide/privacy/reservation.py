@@ -1,0 +1,87 @@
+"""Reserving a round's privacy cost in the ledger before training (write-ahead).
+
+`reserve_round` is the one place where an institution turns "may I train this round?" into a ledger
+entry: it refuses a damaged ledger, never spends twice for one round, computes the epsilons with
+the accountant, lets `decide_participation` apply the policy rules, and writes either a `decline`
+(with the reasons) or a fsynced `spend`. Only after a granted reservation may the round train.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from confide.policies.decision import Decision, LedgerState, decide_participation
+from confide.policies.federation import FederationPolicy
+from confide.policies.institution import InstitutionPolicy
+from confide.privacy.accounting import RoundSpend
+from confide.privacy.budget import BudgetCheck, strictest_cap, would_exceed
+from confide.privacy.errors import DoubleSpendError
+from confide.privacy.ledger import PrivacyLedger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of `reserve_round`: granted (a spend entry exists) or declined (a decline entry exists)."""
+
+    granted: bool
+    entry: dict
+    """The ledger entry written: `spend` if granted, `decline` otherwise."""
+    check: BudgetCheck
+    decision: Decision
+    reasons: list[str] = field(default_factory=list)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: a round without noise has unbounded epsilon, recorded as null."""
+    return value if math.isfinite(value) else None
+
+
+def reserve_round(
+    ledger: PrivacyLedger,
+    federation: FederationPolicy,
+    institution: InstitutionPolicy,
+    round_index: int,
+    spend: RoundSpend,
+) -> Reservation:
+    """Decide round `round_index` of `federation` for `spend` and record the decision in `ledger`.
+
+    Granted: a `spend` entry (cumulative epsilon included) is fsynced before this returns, so a
+    crash during training still counts the spend. Declined: a `decline` entry lists the reasons,
+    which are also logged. Raises LedgerBrokenError if the ledger is damaged, DoubleSpendError if
+    this round already has a spend entry (a restarted agent must not retrain it).
+    """
+    ledger.ensure_intact()
+    fed_id = federation.federation_id
+    if ledger.has_spend(fed_id, round_index):
+        raise DoubleSpendError(
+            f"{ledger.path}: round {round_index} of {fed_id} already has a spend entry",
+            "its privacy is already counted; record an abort and do not train the round again",
+        )
+    delta, accountant = federation.privacy.delta, federation.privacy.accountant
+    check = would_exceed(
+        ledger.spend_history(), spend, institution.budget.epsilon, strictest_cap(federation, institution),
+        delta, accountant,
+    )
+    state = LedgerState(epsilon_spent=check.epsilon_before, rounds_taken=ledger.rounds_taken(fed_id))
+    decision = decide_participation(
+        federation, institution, state, check.round_facts(round_index, spend.noise_multiplier)
+    )
+    if not decision.allowed:
+        reasons = decision.reasons
+        log.info("%s declines round %d of %s: %s", institution.institution_id, round_index, fed_id, "; ".join(reasons))
+        entry = ledger.append(
+            "decline", fed_id, round_index, reasons=reasons, epsilon_spent=_finite(check.epsilon_before),
+            epsilon_after_round=_finite(check.epsilon_after), round_epsilon=_finite(check.round_epsilon),
+            noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
+        )
+        return Reservation(False, entry, check, decision, reasons)
+    entry = ledger.append(
+        "spend", fed_id, round_index,
+        noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
+        clipping_norm=institution.clipping_norm, delta=delta, accountant=accountant,
+    )
+    return Reservation(True, entry, check, decision, [])

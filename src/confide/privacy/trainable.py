@@ -1,0 +1,96 @@
+"""The trainable state: the parameters a round changes and the federation shares.
+
+With FFA-LoRA that is every LoRA B matrix plus the classification head (peft `modules_to_save`);
+with A trained as well, also the A matrices. Everything else is frozen and must stay bit-identical.
+States are plain `{name: tensor}` dicts on the CPU, in sorted name order, so they can be
+flattened to one vector (for encryption and averaging) and loaded back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from confide.privacy.errors import TrainingError
+
+State = dict[str, torch.Tensor]
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters with `requires_grad`, by name, in sorted name order."""
+    return dict(sorted((n, p) for n, p in model.named_parameters() if p.requires_grad))
+
+
+def trainable_state(model: nn.Module) -> State:
+    """A detached float32 CPU copy of every trainable parameter, in sorted name order."""
+    return {n: p.detach().to("cpu", torch.float32).clone() for n, p in trainable_parameters(model).items()}
+
+
+def _check_same_layout(state: State, reference: dict[str, torch.Tensor], what: str) -> None:
+    if list(state) != list(reference):
+        missing = sorted(set(reference) - set(state))
+        extra = sorted(set(state) - set(reference))
+        raise TrainingError(
+            f"{what} does not match the model's trainable parameters (missing {missing[:3]}, unexpected {extra[:3]})",
+            "all members must use the same federation model and adapter settings",
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(reference[name].shape):
+            raise TrainingError(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {tuple(reference[name].shape)}")
+
+
+def load_trainable_state(model: nn.Module, state: State) -> None:
+    """Overwrite the model's trainable parameters with `state`. Raises TrainingError on a layout mismatch."""
+    params = trainable_parameters(model)
+    _check_same_layout(dict(sorted(state.items())), params, "state")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name].to(param.device, param.dtype))
+
+
+def apply_delta(model: nn.Module, delta: State, scale: float = 1.0) -> None:
+    """Add `scale * delta` to the trainable parameters (e.g. an averaged federated update)."""
+    params = trainable_parameters(model)
+    _check_same_layout(dict(sorted(delta.items())), params, "delta")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.add_(delta[name].to(param.device, param.dtype), alpha=scale)
+
+
+def state_difference(after: State, before: State) -> State:
+    """`after - before`, name by name."""
+    _check_same_layout(after, before, "state")
+    return {name: after[name] - before[name] for name in after}
+
+
+def state_to_vector(state: State) -> torch.Tensor:
+    """Concatenate the tensors of `state` (sorted by name, row-major) into one float32 vector."""
+    return torch.cat([state[name].reshape(-1).to(torch.float32) for name in sorted(state)]) if state else torch.zeros(0)
+
+
+def vector_to_state(vector: torch.Tensor, like: State) -> State:
+    """Inverse of `state_to_vector`: cut `vector` into tensors shaped as in `like`. Raises TrainingError on a length mismatch."""
+    total = sum(t.numel() for t in like.values())
+    if vector.numel() != total:
+        raise TrainingError(f"vector has {vector.numel()} values, the adapter has {total}")
+    out, offset = {}, 0
+    for name in sorted(like):
+        size = like[name].numel()
+        out[name] = vector[offset: offset + size].reshape(like[name].shape).to(torch.float32).clone()
+        offset += size
+    return out
+
+
+def parameters_digest(model: nn.Module, trainable: bool) -> str:
+    """SHA-256 over the raw bytes of the trainable (or the frozen) parameters, in name order.
+
+    Two members hold bit-identical weights exactly when their digests agree.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad == trainable:
+            digest.update(name.encode() + b"\0")
+            digest.update(param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

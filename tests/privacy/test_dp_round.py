@@ -1,0 +1,191 @@
+"""DP-LoRA rounds on tiny models: clipping is per example, only the adapter moves, models are reusable."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from confide.platform.data import load_institution_data
+from confide.platform.models import build_adapter_model
+from confide.privacy import (
+    DPSettings,
+    TrainingError,
+    apply_delta,
+    evaluate,
+    load_trainable_state,
+    parameters_digest,
+    run_dp_round,
+    state_to_vector,
+    trainable_state,
+    vector_to_state,
+)
+from confide.privacy.objective import per_example_loss, trim_padding
+from confide.privacy.trainable import trainable_parameters
+
+from .helpers import make_federation, make_institution, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A tiny BERT classifier with FFA-LoRA and 24 records (20 train, 4 eval)."""
+    tmp = tmp_path_factory.mktemp("bert")
+    write_jsonl(tmp / "a.jsonl", 24)
+    federation = make_federation()
+    institution = make_institution(tmp, data={"path": str(tmp / "a.jsonl"), "format": "jsonl", "eval_fraction": 0.2})
+    built = build_adapter_model(federation)
+    data = load_institution_data(institution.data, federation.model, built.tokenizer)
+    return federation, built, data
+
+
+def settings(**overrides) -> DPSettings:
+    values = dict(noise_multiplier=1.0, sample_rate=0.25, steps=2, clipping_norm=1.0,
+                  max_physical_batch_size=4, learning_rate=0.05, optimizer="adamw")
+    values.update(overrides)
+    return DPSettings(**values)
+
+
+def test_noise_free_round_equals_manual_per_example_clipping(tiny_bert):
+    _, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    reference = copy.deepcopy(built.model)
+    train = TensorDataset(*[t[:6] for t in data.train.tensors])
+    clip = 0.05
+    # Sample rate 1: every record is in the one logical batch, split 3 + 3 by the memory manager.
+    result = run_dp_round(model, train, "sequence_classification",
+                          settings(noise_multiplier=0.0, sample_rate=1.0, steps=1, clipping_norm=clip,
+                                   max_physical_batch_size=4, optimizer="sgd", learning_rate=1.0), seed=0)
+
+    params = trainable_parameters(reference)
+    clipped_sum = {name: torch.zeros_like(p) for name, p in params.items()}
+    norms = []
+    for i in range(len(train)):
+        example = trim_padding(tuple(t[i: i + 1] for t in train.tensors), "sequence_classification")
+        reference.zero_grad()
+        losses, _ = per_example_loss(reference, example, "sequence_classification")
+        losses.sum().backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params.values()))
+        norms.append(float(norm))
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for name, p in params.items():
+            clipped_sum[name] += factor * p.grad
+    assert max(norms) > clip, "the test must exercise clipping"
+    for name in params:
+        expected = -clipped_sum[name] / len(train)
+        torch.testing.assert_close(result.delta[name], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_round_moves_lora_and_head_but_not_frozen_weights(tiny_bert):
+    _, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    frozen_before = parameters_digest(model, trainable=False)
+    before = trainable_state(model)
+
+    result = run_dp_round(model, data.train, "sequence_classification", settings(), seed=1)
+
+    assert parameters_digest(model, trainable=False) == frozen_before
+    after = trainable_state(model)
+    assert set(result.delta) == set(before)
+    assert any(".lora_B." in n for n in before) and any("modules_to_save" in n for n in before)
+    assert not any(".lora_A." in n for n in before), "FFA-LoRA freezes A"
+    for name in before:
+        assert not torch.equal(after[name], before[name]), f"{name} did not move"
+        torch.testing.assert_close(after[name] - before[name], result.delta[name])
+    assert result.steps == 2
+
+
+def test_training_a_too_moves_the_a_matrices(tmp_path):
+    federation = make_federation(adapter={"freeze_a": False})
+    built = build_adapter_model(federation)
+    write_jsonl(tmp_path / "a.jsonl", 12)
+    data = load_institution_data(make_institution(tmp_path).data, federation.model, built.tokenizer)
+    before = trainable_state(built.model)
+    assert any(".lora_A." in n for n in before)
+    result = run_dp_round(built.model, data.train, "sequence_classification", settings(), seed=2)
+    assert all(result.delta[n].abs().sum() > 0 for n in before if ".lora_A." in n)
+
+
+def test_identical_seeds_give_bit_identical_initial_adapters():
+    first = build_adapter_model(make_federation(seed=11))
+    second = build_adapter_model(make_federation(seed=11))
+    other = build_adapter_model(make_federation(seed=12))
+    for trainable in (True, False):
+        assert parameters_digest(first.model, trainable) == parameters_digest(second.model, trainable)
+        assert parameters_digest(first.model, trainable) != parameters_digest(other.model, trainable)
+    # The adapter starts as a no-op (B = 0) and the trained head starts equal to the frozen original.
+    state = trainable_state(first.model)
+    assert all(state[n].abs().sum() == 0 for n in state if ".lora_B." in n)
+
+
+def test_model_survives_many_rounds_without_leftover_hooks_or_attributes(tiny_bert):
+    _, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    for round_index in range(12):
+        run_dp_round(model, data.train, "sequence_classification", settings(steps=1), seed=round_index)
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == 0
+    assert not hasattr(model, "autograd_grad_sample_hooks")
+    for p in model.parameters():
+        assert not any(hasattr(p, a) for a in ("grad_sample", "summed_grad", "_forward_counter"))
+        assert p.grad is None
+    # Still an ordinary model: a plain forward/backward works and evaluation runs.
+    assert evaluate(model, data.eval, "sequence_classification").examples == len(data.eval)
+
+
+def test_round_restores_weights_and_unhooks_when_it_fails(tiny_bert):
+    _, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    before = trainable_state(model)
+    broken = TensorDataset(data.train.tensors[0], data.train.tensors[1], data.train.tensors[2] + 100)
+    with pytest.raises(Exception):
+        run_dp_round(model, broken, "sequence_classification", settings(sample_rate=1.0), seed=3)
+    after = trainable_state(model)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_invalid_settings_are_refused_before_training(tiny_bert):
+    _, built, data = tiny_bert
+    with pytest.raises(TrainingError, match="sample_rate"):
+        run_dp_round(copy.deepcopy(built.model), data.train, "sequence_classification", settings(sample_rate=0.0))
+
+
+def test_trainable_state_round_trips_through_a_vector(tiny_bert):
+    _, built, _ = tiny_bert
+    model = copy.deepcopy(built.model)
+    state = trainable_state(model)
+    vector = state_to_vector(state)
+    assert vector.numel() == sum(t.numel() for t in state.values())
+    shifted = vector_to_state(vector + 1.0, state)
+    load_trainable_state(model, shifted)
+    apply_delta(model, {n: -torch.ones_like(t) for n, t in state.items()})
+    restored = trainable_state(model)
+    for name in state:
+        torch.testing.assert_close(restored[name], state[name])
+    with pytest.raises(TrainingError):
+        vector_to_state(vector[:-1], state)
+
+
+def test_causal_lm_loss_of_an_example_does_not_depend_on_its_batch(tmp_path):
+    federation = make_federation(model={"source": "random:tiny-gpt2", "task": "causal_lm", "labels": [],
+                                        "max_length_tokens": 16},
+                                 adapter={"target_modules": ["c_attn"]})
+    built = build_adapter_model(federation)
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in
+                                                ["short one", "a much longer line of text with many words in it",
+                                                 "mid length text here", "tiny", "another record of words"] * 2) + "\n")
+    data = load_institution_data(make_institution(tmp_path).data, federation.model, built.tokenizer)
+    tensors = data.train.tensors
+    assert (tensors[2][tensors[1] == 0] == -100).all(), "padding is ignored by the loss"
+    alone, _ = per_example_loss(built.model, trim_padding(tuple(t[:1] for t in tensors), "causal_lm"), "causal_lm")
+    together, _ = per_example_loss(built.model, trim_padding(tuple(t[:4] for t in tensors), "causal_lm"), "causal_lm")
+    torch.testing.assert_close(alone[0], together[0], rtol=1e-5, atol=1e-6)
+
+    frozen = parameters_digest(built.model, trainable=False)
+    result = run_dp_round(built.model, data.train, "causal_lm", settings(sample_rate=0.5), seed=4)
+    assert parameters_digest(built.model, trainable=False) == frozen
+    assert all(t.abs().sum() > 0 for t in result.delta.values())
+    assert evaluate(built.model, data.eval, "causal_lm").examples == len(data.eval)
