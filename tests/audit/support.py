@@ -1,0 +1,137 @@
+"""Test support: a small federation with real identities and policy files, ledgers written by the real
+ledger code, the coordinator's signed receipts, and helpers that tamper with ledgers as an attacker would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from confide.identity import Identity, b64
+from confide.privacy.ledger import PrivacyLedger, canonical_json, entry_hash, signed_message
+
+FEDERATION_ID = "fed-1"
+ROUNDS = 3
+SPEND = dict(noise_multiplier=1.0, sample_rate=0.05, steps=20, clipping_norm=1.0, delta=1e-5)
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything an audit test needs. `ledger` is a fresh copy per test: tamper with it freely."""
+
+    root: Path
+    institution: Identity
+    other: Identity
+    coordinator: Identity
+    ledger: Path
+    federation: Path
+    policy: Path
+    receipts: Path
+
+    def policy_file(self, budget: float = 5.0, cap: float | None = 2.5, clipping: float = 1.0) -> Path:
+        path = self.root / f"policy-{budget}-{cap}-{clipping}.yaml"
+        path.write_text(institution_yaml(budget, cap, clipping))
+        return path
+
+    def federation_file(self, min_noise: float = 0.5, accountant: str = "prv", delta: float = 1e-5) -> Path:
+        path = self.root / f"federation-{min_noise}-{accountant}-{delta}.yaml"
+        path.write_text(federation_yaml(self.institution, self.other, min_noise, accountant, delta))
+        return path
+
+    @property
+    def key(self) -> str:
+        return b64(self.institution.public.signing_public)
+
+    @property
+    def coordinator_key(self) -> str:
+        return b64(self.coordinator.public.signing_public)
+
+
+def federation_yaml(a: Identity, b: Identity, min_noise: float, accountant: str, delta: float) -> str:
+    roster = ""
+    for ident in (a, b):
+        entry = ident.public.to_roster_entry(ident.institution_id)
+        roster += (f"  - id: {entry['id']}\n    signing_key: {entry['signing_key']}\n"
+                   f"    sealing_key: {entry['sealing_key']}\n")
+    return (f"kind: federation\nfederation_id: {FEDERATION_ID}\nroster:\n{roster}"
+            "model:\n  source: random:tiny-bert\n  labels: [x, y]\nrounds: 5\nmin_institutions: 2\n"
+            f"privacy:\n  delta: {delta}\n  accountant: {accountant}\n  min_noise_multiplier: {min_noise}\n")
+
+
+def institution_yaml(budget: float, cap: float | None, clipping: float) -> str:
+    cap_line = f"round_epsilon_cap: {cap}\n" if cap is not None else ""
+    return ("kind: institution\ninstitution_id: hospital-a\n"
+            "data:\n  path: data.jsonl\n  format: jsonl\n"
+            f"budget:\n  epsilon: {budget}\n  delta: 1.0e-5\n{cap_line}clipping_norm: {clipping}\n"
+            "state_dir: state\n")
+
+
+def stepping_clock(start: datetime = datetime(2025, 1, 1, tzinfo=timezone.utc)):
+    """A clock that advances one minute per call: ledgers are deterministic and time strictly grows."""
+    now = [start]
+
+    def clock() -> datetime:
+        now[0] += timedelta(minutes=1)
+        return now[0]
+
+    return clock
+
+
+def write_ledger(state: Path, identity: Identity, spends: list[dict], dataset: str = "ds-1") -> Path:
+    """A ledger written by `PrivacyLedger` itself: per round a spend then an outcome entry."""
+    ledger = PrivacyLedger.open(state, identity.institution_id, dataset, identity, clock=stepping_clock())
+    for round_index, spend in enumerate(spends, start=1):
+        ledger.append("spend", FEDERATION_ID, round_index, **spend)
+        ledger.append("outcome", FEDERATION_ID, round_index, loss=0.5, accuracy=0.7)
+    return ledger.path
+
+
+def sign_receipts(coordinator: Identity, institution: str, rounds: int) -> list[dict]:
+    receipts = []
+    for r in range(1, rounds + 1):
+        body = {"federation": FEDERATION_ID, "round": r, "institution": institution,
+                "envelope_sha256": f"{r:064x}"}
+        receipts.append({**body, "signature": b64(coordinator.sign(canonical_json(body)))})
+    return receipts
+
+
+# ----------------------------------------------------------------------------- tampering
+
+
+def read_entries(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_entries(path: Path, entries: list[dict]) -> None:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def reseal(entries: list[dict], identity: Identity) -> list[dict]:
+    """Recompute every hash, prev_hash and signature: what an institution rewriting its own ledger does."""
+    prev = "0" * 64
+    out = []
+    for entry in entries:
+        entry = {k: v for k, v in entry.items() if k not in ("hash", "signature")} | {"prev_hash": prev}
+        entry["hash"] = entry_hash(entry)
+        entry["signature"] = base64.b64encode(identity.sign(signed_message(entry["hash"]))).decode()
+        prev = entry["hash"]
+        out.append(entry)
+    return out
+
+
+def altered(value):
+    """A different value of the same JSON type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 + 0.1
+    if isinstance(value, str):
+        return value[:-1] + ("0" if value[-1:] != "0" else "1")
+    if isinstance(value, list):
+        return value + ["x"]
+    return {"x": 1}

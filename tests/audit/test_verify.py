@@ -1,0 +1,210 @@
+"""`audit_ledgers`: an honest ledger verifies; every kind of tampering is caught and names the entry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from confide.errors import BadInput
+from confide.identity import Identity, b64
+from confide.privacy.audit import audit_ledgers
+from confide.privacy.audit.integrity import integrity_checks
+from confide.privacy.ledger import signed_message
+
+from .support import ROUNDS, SPEND, altered, read_entries, reseal, write_entries, write_ledger
+
+
+def failures(result):
+    return [c for ledger in result.ledgers for c in ledger.failures] + [c for c in result.checks if c.passed is False]
+
+
+def failed(result, name):
+    return [c for c in failures(result) if c.name == name]
+
+
+def full_audit(world, **kwargs):
+    args = dict(policies=[world.policy], federations=[world.federation], receipts=world.receipts,
+                coordinator_key=world.coordinator_key)
+    return audit_ledgers([world.ledger], **(args | kwargs))
+
+
+def test_untouched_ledger_verifies(world):
+    result = full_audit(world)
+    assert failures(result) == []
+    assert result.exit_code == 0
+    audit = result.ledgers[0]
+    assert audit.institution == "hospital-a" and len(audit.spends) == ROUNDS
+    evaluated = {c.name for c in audit.checks if c.passed is True}
+    assert {"hash", "chain", "seq", "time", "signature", "receipts", "epsilon_pld", "epsilon_accountant",
+            "budget", "round_cap", "federation"} <= evaluated
+
+
+def _entry_fields(world):
+    return [(line, field) for line, entry in enumerate(read_entries(world.ledger), start=1) for field in entry]
+
+
+def test_changing_any_field_of_any_entry_is_caught_at_that_line(world):
+    original = read_entries(world.ledger)
+    cases = _entry_fields(world)
+    assert len(cases) > 60
+    for line, field in cases:
+        entries = [dict(e) for e in original]
+        entries[line - 1][field] = altered(entries[line - 1][field])
+        write_entries(world.ledger, entries)
+        checks = integrity_checks(world.ledger, entries, world.institution.public, "test key")
+        at_line = [c for c in checks if c.passed is False and c.line == line]
+        assert at_line, f"changing {field!r} of line {line} went unnoticed"
+
+
+def test_changed_field_fails_the_whole_audit_with_exit_1(world):
+    entries = read_entries(world.ledger)
+    entries[2]["steps"] = 2  # the spend of round 2 claims far fewer steps than it trained
+    write_entries(world.ledger, entries)
+    result = full_audit(world)
+    assert result.exit_code == 1
+    assert [(c.seq, c.line) for c in failed(result, "hash")] == [(3, 3)]
+
+
+def test_reordering_entries_is_caught(world):
+    entries = read_entries(world.ledger)
+    entries[2], entries[3] = entries[3], entries[2]
+    write_entries(world.ledger, entries)
+    result = full_audit(world)
+    assert {c.line for c in failed(result, "seq")} == {3, 4}
+    assert {c.seq for c in failed(result, "seq")} == {4, 3}
+    assert failed(result, "chain")
+
+
+def test_deleting_a_middle_entry_is_caught_at_the_next_entry(world):
+    entries = read_entries(world.ledger)
+    del entries[2]
+    write_entries(world.ledger, entries)
+    result = full_audit(world)
+    seq_failures = failed(result, "seq")
+    assert seq_failures[0].line == 3 and seq_failures[0].seq == 4
+    assert [c.line for c in failed(result, "chain")] == [3]
+
+
+def test_forged_signature_is_caught_at_that_entry(world):
+    forger = Identity.generate("hospital-a")
+    entries = read_entries(world.ledger)
+    entries[4]["signature"] = b64(forger.sign(signed_message(entries[4]["hash"])))
+    write_entries(world.ledger, entries)
+    result = full_audit(world)
+    assert [(c.name, c.seq) for c in failures(result)] == [("signature", 5)]
+
+
+def test_ledger_resealed_with_another_key_fails_every_signature(world):
+    write_entries(world.ledger, reseal(read_entries(world.ledger), Identity.generate("hospital-a")))
+    result = full_audit(world)
+    assert [c.seq for c in failed(result, "signature")] == list(range(1, 2 * ROUNDS + 1))
+    assert not failed(result, "hash") and not failed(result, "chain")
+
+
+def test_recorded_epsilon_below_independent_recomputation_is_caught(world):
+    entries = read_entries(world.ledger)
+    entries[2]["epsilon"] *= 0.9  # the institution itself under-reports round 2 and re-signs everything
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    assert [c.seq for c in failed(result, "epsilon_pld")] == [3]
+    assert [c.seq for c in failed(result, "epsilon_accountant")] == [3]
+    assert {c.name for c in failures(result)} == {"epsilon_pld", "epsilon_accountant"}
+
+
+def test_recorded_epsilon_within_tolerance_of_pld_passes(world):
+    entries = read_entries(world.ledger)
+    pld = full_audit(world).ledgers[0].spends[1].pld_epsilon
+    entries[2]["epsilon"] = pld - 0.005  # PRV and PLD disagree by about this much
+    write_entries(world.ledger, reseal(entries, world.institution))
+    assert not failed(full_audit(world), "epsilon_pld")
+
+
+def test_rdp_ledger_above_pld_passes_accounting(world, tmp_path):
+    path = write_ledger(tmp_path / "rdp", world.institution, [dict(SPEND, accountant="rdp")] * 2)
+    result = audit_ledgers([path], key=world.key)
+    audit = result.ledgers[0]
+    assert all(s.recorded_epsilon > 1.05 * s.pld_epsilon for s in audit.spends)  # RDP is looser, fine
+    assert result.passed
+
+
+def test_total_over_budget_is_caught_at_the_entry_that_crosses_it(world):
+    result = full_audit(world, policies=[world.policy_file(budget=2.5, cap=None)])
+    assert [c.seq for c in failed(result, "budget")] == [5]  # round 3 crosses 2.5
+    assert "exceeds the budget 2.5" in failed(result, "budget")[0].detail
+
+
+def test_round_over_its_cap_is_caught(world):
+    result = full_audit(world, policies=[world.policy_file(budget=5.0, cap=1.5)])
+    assert [c.seq for c in failed(result, "round_cap")] == [1, 3, 5]
+
+
+def test_spend_breaking_federation_requirements_is_caught(world):
+    result = full_audit(world, federations=[world.federation_file(min_noise=1.2, accountant="rdp", delta=1e-6)])
+    assert [c.seq for c in failed(result, "federation_noise")] == [1, 3, 5]
+    assert [c.seq for c in failed(result, "federation_accountant")] == [1, 3, 5]
+    assert [c.seq for c in failed(result, "federation_delta")] == [1, 3, 5]
+
+
+def test_spend_clipping_other_than_policy_is_caught(world):
+    result = full_audit(world, policies=[world.policy_file(clipping=0.5)])
+    assert [c.seq for c in failed(result, "clipping")] == [1, 3, 5]
+
+
+def test_deleting_trailing_entries_is_caught_given_receipts(world):
+    write_entries(world.ledger, read_entries(world.ledger)[:3])  # round 2's outcome and all of round 3 gone
+    without_receipts = full_audit(world, receipts=None)
+    assert without_receipts.passed  # a shorter chain is still a valid chain
+    result = full_audit(world)
+    missing = failed(result, "receipts")
+    assert len(missing) == 1 and "round 3 of fed-1" in missing[0].detail and "ends at seq 3" in missing[0].detail
+
+
+def test_receipt_not_signed_by_the_coordinator_fails_and_is_not_held_against_the_ledger(world):
+    receipts = json.loads(world.receipts.read_text())
+    receipts.append({"federation": "fed-1", "round": 4, "institution": "hospital-a",
+                     "envelope_sha256": "ab" * 32, "signature": receipts[0]["signature"]})
+    world.receipts.write_text(json.dumps(receipts))
+    result = full_audit(world)
+    assert [c.name for c in failures(result)] == ["receipt_signature"]
+    assert "receipt 4" in failures(result)[0].detail
+
+
+def test_receipts_in_json_lines_without_federation_use_the_federation_file(world):
+    lines = []
+    for receipt in json.loads(world.receipts.read_text()):
+        receipt.pop("federation")
+        lines.append(json.dumps(receipt))
+    world.receipts.write_text("\n".join(lines) + "\n")
+    assert full_audit(world).passed
+
+
+def test_without_any_key_signatures_are_not_vouched_for(world):
+    result = audit_ledgers([world.ledger])
+    assert result.exit_code == 1
+    assert "no public key" in failed(result, "signature")[0].detail
+
+
+def test_key_may_be_an_identity_json(world, tmp_path):
+    world.institution.save(tmp_path / "identity")
+    result = audit_ledgers([world.ledger], key=tmp_path / "identity" / "identity.json")
+    assert not failed(result, "signature")
+
+
+def test_missing_ledger_or_bad_key_is_bad_input(world, tmp_path):
+    with pytest.raises(BadInput, match="no such ledger"):
+        audit_ledgers([tmp_path / "nope.jsonl"], key=world.key)
+    with pytest.raises(BadInput, match="not an Ed25519 public key"):
+        audit_ledgers([world.ledger], key="not-a-key")
+
+
+def test_json_form_carries_every_check_with_its_entry(world):
+    entries = read_entries(world.ledger)
+    entries[2]["epsilon"] *= 0.5
+    write_entries(world.ledger, reseal(entries, world.institution))
+    data = json.loads(json.dumps(full_audit(world).to_dict()))
+    assert data["passed"] is False
+    ledger = data["ledgers"][0]
+    assert {"name": "epsilon_pld", "passed": False, "seq": 3} .items() <= next(
+        c for c in ledger["checks"] if c["name"] == "epsilon_pld").items()
+    assert len(ledger["spends"]) == ROUNDS and ledger["spends"][1]["seq"] == 3
