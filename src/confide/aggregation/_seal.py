@@ -1,0 +1,213 @@
+"""Thin glue over ``tenseal.sealapi``: contexts, packing, and bytes <-> SEAL objects.
+
+TenSEAL 0.3.18 exposes SEAL's ``save``/``load`` by file path only, so objects travel through a
+private scratch directory (on tmpfs when available, mode 0700), one short-lived file at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+from types import TracebackType
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from confide.aggregation.errors import EnvelopeError, InsecureParameters
+from confide.aggregation.params import CkksParameters
+
+# SEAL's serialization header: magic, header size, version major/minor, compression, reserved,
+# total size (little endian, 16 bytes).
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_SEAL_MAGIC = 0xA15E
+_SEAL_COMPRESSION_MODES = (0, 1, 2)
+
+
+def build_context(params: CkksParameters) -> seal.SEALContext:
+    """A SEAL CKKS context for ``params``; raises InsecureParameters if SEAL refuses them."""
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    )
+    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not context.parameters_set():
+        raise InsecureParameters(
+            f"SEAL refuses the parameters: {context.parameters_error_message()}",
+            "use the defaults (N=4096, [60], scale_bits=40)",
+        )
+    return context
+
+
+def context_fingerprint(context: seal.SEALContext) -> str:
+    """Hex id of the parameter set (SEAL's parms_id), to catch a different SEAL build."""
+    return "".join(f"{word:016x}" for word in context.first_parms_id())
+
+
+def pack_complex(values: np.ndarray, slots: int) -> np.ndarray:
+    """Pack real ``values`` two per complex slot, zero-padded to whole ciphertexts.
+
+    Returns a complex128 array of shape (number of ciphertexts, ``slots``).
+    """
+    per_ct = 2 * slots
+    n_ct = -(-len(values) // per_ct)
+    padded = np.zeros(n_ct * per_ct, dtype=np.float64)
+    padded[: len(values)] = values
+    return (padded[0::2] + 1j * padded[1::2]).reshape(n_ct, slots)
+
+
+def unpack_real(slots: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_complex`: complex slots back to interleaved real values."""
+    flat = np.asarray(slots, dtype=np.complex128).reshape(-1)
+    out = np.empty(2 * flat.size, dtype=np.float64)
+    out[0::2] = flat.real
+    out[1::2] = flat.imag
+    return out
+
+
+def check_seal_blob(blob: bytes | memoryview, max_bytes: int, what: str) -> None:
+    """Cheap structural check of one serialized SEAL object before SEAL parses it."""
+    if len(blob) < _SEAL_HEADER.size:
+        raise EnvelopeError(f"{what} is truncated ({len(blob)} bytes)", "upload it again")
+    if len(blob) > max_bytes:
+        raise EnvelopeError(
+            f"{what} has {len(blob)} bytes, more than the {max_bytes} these parameters produce",
+            "the envelope was made with other parameters or is corrupt",
+        )
+    magic, header_size, _, _, compression, _, size = _SEAL_HEADER.unpack_from(blob, 0)
+    if magic != _SEAL_MAGIC or header_size != _SEAL_HEADER.size:
+        raise EnvelopeError(f"{what} is not a SEAL object", "the envelope is corrupt")
+    if compression not in _SEAL_COMPRESSION_MODES or size != len(blob):
+        raise EnvelopeError(
+            f"{what} declares {size} bytes but holds {len(blob)}", "the envelope is corrupt"
+        )
+
+
+class SealScratch:
+    """Private scratch directory for SEAL's path-only save/load; use as a context manager."""
+
+    def __init__(self) -> None:
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._dir = tempfile.mkdtemp(prefix="confide-seal-", dir=base)
+        self._path = os.path.join(self._dir, "obj")
+
+    def __enter__(self) -> SealScratch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def dump(self, obj: object) -> bytes:
+        """Serialize a SEAL object (anything with ``save(path)``) to bytes."""
+        obj.save(self._path)  # type: ignore[attr-defined]
+        try:
+            with open(self._path, "rb") as f:
+                return f.read()
+        finally:
+            os.unlink(self._path)
+
+    def _write(self, blob: bytes | memoryview) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+
+    def load_ciphertext(self, context: seal.SEALContext, blob: bytes | memoryview) -> seal.Ciphertext:
+        """Parse a ciphertext; SEAL validates it against ``context``. Raises EnvelopeError."""
+        self._write(blob)
+        ct = seal.Ciphertext()
+        try:
+            ct.load(context, self._path)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise EnvelopeError(
+                f"a ciphertext does not parse under these parameters ({err})",
+                "the envelope is corrupt or was made with other parameters",
+            ) from None
+        finally:
+            os.unlink(self._path)
+        return ct
+
+    def load_secret_key(self, context: seal.SEALContext, blob: bytes) -> seal.SecretKey:
+        """Parse a secret key (the file lives in the 0700 scratch dir only for the load)."""
+        self._write(blob)
+        key = seal.SecretKey()
+        try:
+            key.load(context, self._path)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise EnvelopeError(
+                f"the secret key does not parse under its parameters ({err})",
+                "the key material is corrupt",
+            ) from None
+        finally:
+            os.unlink(self._path)
+        return key
+
+
+def load_update_ciphertext(
+    scratch: SealScratch,
+    context: seal.SEALContext,
+    blob: bytes | memoryview,
+    scale_bits: int,
+    what: str,
+) -> seal.Ciphertext:
+    """Load one ciphertext and check it is what this protocol produces: two polynomials in NTT
+    form at the last level with the federation's scale. Raises EnvelopeError otherwise."""
+    ct = scratch.load_ciphertext(context, blob)
+    if (
+        ct.size() != 2
+        or not ct.is_ntt_form()
+        or list(ct.parms_id()) != list(context.last_parms_id())
+        or ct.scale != 2.0**scale_bits
+    ):
+        raise EnvelopeError(
+            f"{what} is not a fresh-size ciphertext at the last level with scale 2**{scale_bits}",
+            "the envelope was not made by confide with these parameters",
+        )
+    return ct
+
+
+def encrypt_rows(
+    context: seal.SEALContext,
+    secret_key: seal.SecretKey,
+    rows: np.ndarray,
+    scale_bits: int,
+    scratch: SealScratch,
+) -> list[bytes]:
+    """Encrypt each row of complex slots as one seeded symmetric ciphertext at the last level.
+
+    Seeded symmetric encryption replaces the random half of the ciphertext by the seed that
+    generates it, and the last level keeps one prime: together about 8 bytes per real value.
+    """
+    encoder = seal.CKKSEncoder(context)
+    encryptor = seal.Encryptor(context, secret_key)
+    level = context.last_parms_id()
+    scale = 2.0**scale_bits
+    out = []
+    for row in rows:
+        plain = seal.Plaintext()
+        encoder.encode(row.tolist(), level, scale, plain)
+        out.append(scratch.dump(encryptor.encrypt_symmetric(plain)))
+    return out
+
+
+def decrypt_rows(
+    context: seal.SEALContext, secret_key: seal.SecretKey, cts: list[seal.Ciphertext]
+) -> np.ndarray:
+    """Decrypt ciphertexts to their complex slots, shape (len(cts), slots)."""
+    encoder = seal.CKKSEncoder(context)
+    decryptor = seal.Decryptor(context, secret_key)
+    rows = []
+    for ct in cts:
+        plain = seal.Plaintext()
+        decryptor.decrypt(ct, plain)
+        rows.append(np.asarray(encoder.decode_complex(plain), dtype=np.complex128))
+    return np.stack(rows)

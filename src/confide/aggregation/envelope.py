@@ -1,0 +1,288 @@
+"""Client encryption, coordinator summation and key-holder decryption of adapter updates.
+
+A client encrypts ``weight * delta`` followed by the trailer ``[weight, 1]``; the coordinator
+adds envelopes without any key; a key-holder decrypts the sum, divides by the weight slot to get
+the federated average and reads the number of contributions from the count slot.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from confide.aggregation import _parallel, _seal
+from confide.aggregation._parallel import WorkerPool
+from confide.aggregation.errors import (
+    DecryptionCheckFailed,
+    EnvelopeError,
+    InvalidUpdate,
+    KeyMaterialError,
+    LayoutMismatch,
+)
+from confide.aggregation.keys import SecretKeyMaterial, require_public
+from confide.aggregation.wire import (
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    KIND_SUM,
+    KIND_UPDATE,
+    EnvelopeHeader,
+    EnvelopeSource,
+    build_envelope,
+    max_ciphertext_bytes,
+    read_ciphertext,
+    read_header,
+)
+
+__all__ = [
+    "DecryptedSum",
+    "EnvelopeHeader",
+    "WorkerPool",
+    "decrypt_sum",
+    "encrypt_update",
+    "read_header",
+    "sum_envelopes",
+]
+
+_LAYOUT_HASH = re.compile(r"^[0-9a-f]{64}$")
+#: The count slot of a correct sum is within ~1e-8 of a whole number; a wrapped or corrupt sum
+#: lands anywhere, so this tolerance separates the two by many orders of magnitude.
+_COUNT_TOLERANCE = 1e-3
+#: Padding slots decrypt to pure noise; 100x the high-probability noise bound flags garbage.
+_PADDING_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class DecryptedSum:
+    """A decrypted sum: ``average`` = weighted sum / ``total_weight`` (float64, one value per
+    adapter parameter), ``count`` = number of contributions, ``error_bound`` = high-probability
+    absolute CKKS error per value of ``average``. Raw decryptions stay with key holders; see
+    ``confide.aggregation.release`` before giving these values to anyone else."""
+
+    average: np.ndarray
+    total_weight: float
+    count: int
+    error_bound: float
+
+
+def _require_secret(material: object) -> SecretKeyMaterial:
+    if not isinstance(material, SecretKeyMaterial):
+        raise KeyMaterialError(
+            f"expected SecretKeyMaterial, got {type(material).__name__}",
+            "load it with load_secret() after opening the sealed key",
+        )
+    return material
+
+
+def encrypt_update(
+    secret_material: SecretKeyMaterial,
+    delta: np.ndarray,
+    weight: float,
+    layout_hash: str,
+    workers: int | WorkerPool = 1,
+) -> bytes:
+    """Encrypt ``weight * delta`` and the trailer ``[weight, 1]`` into an update envelope.
+
+    ``delta`` is the flat adapter update (see ``codec.flatten``), ``weight`` a positive number
+    (e.g. the number of training records), ``layout_hash`` the adapter layout's hash.
+    ``workers`` > 1 (or a :class:`WorkerPool`) encrypts in that many spawned processes.
+
+    Raises :class:`InvalidUpdate` (not 1-D, not finite, bad weight or hash) and
+    :class:`CapacityExceeded` (values too large for the parameters' headroom).
+    """
+    material = _require_secret(secret_material)
+    params = material.params
+    delta = np.asarray(delta)
+    if delta.ndim != 1 or delta.size == 0 or not np.issubdtype(delta.dtype, np.floating):
+        raise InvalidUpdate(
+            f"delta must be a non-empty 1-D float array, got {delta.dtype} of shape {delta.shape}",
+            "flatten the adapter with codec.flatten()",
+        )
+    if not np.all(np.isfinite(delta)):
+        raise InvalidUpdate("delta holds NaN or infinite values", "check training for divergence")
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+        raise InvalidUpdate(f"weight must be a positive finite number, got {weight!r}")
+    if not isinstance(layout_hash, str) or not _LAYOUT_HASH.match(layout_hash):
+        raise InvalidUpdate("layout_hash must be 64 hex characters", "pass AdapterLayout.hash")
+    values = np.concatenate([float(weight) * delta.astype(np.float64), [float(weight), 1.0]])
+    params.check_capacity(delta.size, float(np.max(np.abs(values))), n_contributions=1)
+
+    rows = _seal.pack_complex(values, params.slots)
+    n_workers = _parallel.worker_count(workers)
+    if n_workers > 1 and len(rows) > 1:
+        secret_bytes = material.to_bytes()
+        jobs = [
+            (secret_bytes, rows[r.start : r.stop])
+            for r in _parallel.split_ranges(len(rows), n_workers)
+        ]
+        parts = _parallel.run_spawned(_parallel.encrypt_task, jobs, workers)
+        blobs = [b for part in parts for b in part]
+    else:
+        with _seal.SealScratch() as scratch:
+            blobs = _seal.encrypt_rows(
+                material.context, material.secret_key, rows, params.scale_bits, scratch
+            )
+    return build_envelope(
+        KIND_UPDATE, material.key_id, layout_hash, delta.size, params.slots, 1, blobs
+    )
+
+
+def sum_envelopes(
+    public_context: object,
+    envelopes: Iterable[EnvelopeSource],
+    workers: int | WorkerPool = 1,
+    max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
+) -> bytes:
+    """Add update (or sum) envelopes into one sum envelope, without any secret key.
+
+    ``public_context`` is a PublicContext or its bytes; anything holding a secret key is refused.
+    ``envelopes`` are bytes or paths. Every header is validated before any ciphertext is
+    parsed; ciphertexts are then added position by position, so working memory is a few
+    ciphertexts plus the result, whatever the number of institutions (paths are read piecewise).
+    ``workers`` > 1 (or a :class:`WorkerPool`) splits the positions across processes.
+
+    Raises :class:`SecretKeyPresent`, :class:`EnvelopeError` (malformed, none given, duplicate,
+    different sizes), :class:`WrongKey`, :class:`LayoutMismatch`.
+    """
+    public = require_public(public_context)
+    sources = list(envelopes)
+    if not sources:
+        raise EnvelopeError("no envelopes to sum", "wait for at least one upload")
+    headers = [
+        read_header(
+            s, expected_key_id=public.key_id, expected_slots=public.params.slots, max_bytes=max_bytes
+        )
+        for s in sources
+    ]
+    first = headers[0]
+    for i, h in enumerate(headers[1:], start=1):
+        if h.layout_hash != first.layout_hash:
+            raise LayoutMismatch(
+                f"envelope {i} carries adapter layout {h.layout_hash[:12]}..., "
+                f"envelope 0 carries {first.layout_hash[:12]}...",
+                "only updates of the same adapter layout can be summed",
+            )
+        if h.n_values != first.n_values:
+            raise EnvelopeError(f"envelope {i} holds {h.n_values} values, envelope 0 {first.n_values}")
+    _refuse_duplicates(headers)
+    offsets = [h.ciphertext_offsets() for h in headers]
+
+    n_ct = first.n_ciphertexts
+    limit = max_ciphertext_bytes(first.slots)
+    n_workers = _parallel.worker_count(workers)
+    if n_workers > 1 and n_ct > 1:
+        public_bytes = public.to_bytes()
+        jobs = [
+            (
+                public_bytes,
+                [
+                    _parallel.share_of(s, o, h.ciphertext_lengths, r)
+                    for s, o, h in zip(sources, offsets, headers)
+                ],
+                r,
+            )
+            for r in _parallel.split_ranges(n_ct, n_workers)
+        ]
+        parts = _parallel.run_spawned(_parallel.sum_task, jobs, workers)
+        blobs = [b for part in parts for b in part]
+    else:
+        readers = [
+            _checked_reader(s, o, h.ciphertext_lengths, limit) for s, o, h in zip(sources, offsets, headers)
+        ]
+        with _seal.SealScratch() as scratch:
+            blobs = _parallel.sum_positions(
+                public.context, public.params.scale_bits, readers, range(n_ct), scratch
+            )
+    n_summed = sum(h.n_summed for h in headers)
+    return build_envelope(
+        KIND_SUM, public.key_id, first.layout_hash, first.n_values, first.slots, n_summed, blobs
+    )
+
+
+def _checked_reader(source: EnvelopeSource, offsets: list[int], lengths: tuple[int, ...], limit: int):
+    def read(j: int) -> bytes | memoryview:
+        blob = read_ciphertext(source, offsets[j], lengths[j])
+        _seal.check_seal_blob(blob, limit, f"ciphertext {j}")
+        return blob
+
+    return read
+
+
+def _refuse_duplicates(headers: list[EnvelopeHeader]) -> None:
+    """Refuse the same upload twice (a replay would double-count one member): every
+    encryption draws fresh seeds, so equal digests mean copies."""
+    seen: dict[str, int] = {}
+    for i, h in enumerate(headers):
+        if h.sha256 in seen:
+            raise EnvelopeError(
+                f"envelopes {seen[h.sha256]} and {i} are the same upload",
+                "sum each institution's upload once",
+            )
+        seen[h.sha256] = i
+
+
+def decrypt_sum(
+    secret_material: SecretKeyMaterial, envelope_bytes: bytes, expected_layout_hash: str
+) -> DecryptedSum:
+    """Decrypt a sum envelope into the federated average (key holders only).
+
+    Checks the key id and layout hash, then that the count slot is a whole number matching the
+    declared number of contributions, that the weight slot is positive and that padding slots
+    decrypt to noise only (a wrapped-around or corrupt sum fails these).
+
+    Raises :class:`WrongKey`, :class:`LayoutMismatch`, :class:`EnvelopeError`,
+    :class:`DecryptionCheckFailed`.
+    """
+    material = _require_secret(secret_material)
+    params = material.params
+    header = read_header(
+        envelope_bytes,
+        expected_key_id=material.key_id,
+        expected_layout_hash=expected_layout_hash,
+        expected_slots=params.slots,
+    )
+    if header.kind != "sum":
+        raise EnvelopeError(
+            "this envelope is a single update, not a sum", "decrypt what the coordinator returns"
+        )
+    view = memoryview(envelope_bytes)
+    with _seal.SealScratch() as scratch:
+        cts = [
+            _seal.load_update_ciphertext(
+                scratch, material.context, view[o : o + n], params.scale_bits, f"ciphertext {j}"
+            )
+            for j, (o, n) in enumerate(zip(header.ciphertext_offsets(), header.ciphertext_lengths))
+        ]
+    values = _seal.unpack_real(_seal.decrypt_rows(material.context, material.secret_key, cts))
+    n = header.n_values
+    total_weight, count_slot = float(values[n]), float(values[n + 1])
+    count = round(count_slot)
+    if abs(count_slot - count) > _COUNT_TOLERANCE or count < 1:
+        raise DecryptionCheckFailed(
+            f"count slot decrypts to {count_slot:.6g}, not a whole number of contributions",
+            "the sum overflowed the parameters' headroom or the envelope is corrupt",
+        )
+    if count != header.n_summed:
+        raise DecryptionCheckFailed(
+            f"count slot says {count} contributions but the envelope declares {header.n_summed}",
+            "the coordinator's header is wrong; do not apply this round",
+        )
+    noise = params.error_bound(count)
+    padding = values[n + 2 :]
+    if padding.size and float(np.max(np.abs(padding))) > _PADDING_FACTOR * noise:
+        raise DecryptionCheckFailed(
+            "padding slots decrypt to more than noise", "the envelope is corrupt"
+        )
+    if not total_weight > 0:
+        raise DecryptionCheckFailed(
+            f"weight slot decrypts to {total_weight:.6g}, not a positive total weight",
+            "an upload carried a non-positive weight or the envelope is corrupt",
+        )
+    return DecryptedSum(
+        average=values[:n] / total_weight,
+        total_weight=total_weight,
+        count=count,
+        error_bound=noise / total_weight,
+    )

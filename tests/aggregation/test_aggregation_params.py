@@ -1,0 +1,86 @@
+"""CKKS parameters: 128-bit security limits, shape rules, and capacity for a given update."""
+
+from __future__ import annotations
+
+import pytest
+
+from confide.aggregation import CapacityExceeded, CkksParameters, InsecureParameters
+from confide.aggregation.params import MAX_LOG_Q_128
+
+
+def test_default_parameters_are_compact_and_within_128_bit_security():
+    params = CkksParameters()
+    assert params.poly_modulus_degree == 4096
+    assert sum(params.coeff_mod_bit_sizes) <= MAX_LOG_Q_128[4096]
+    # 10 contributions of values up to 1000 (e.g. sample-count weights) fit with precision.
+    report = params.check_capacity(10**6, 1000.0, 10)
+    assert report.error_bound < 1e-8
+    assert report.headroom_bits > 0
+
+
+@pytest.mark.parametrize(
+    "degree, bits",
+    [
+        (4096, [60, 50]),  # 110 > 109
+        (8192, [60, 60, 60, 40]),  # 220 > 218
+        (16384, [60] * 7 + [20]),  # 440 > 438
+        (32768, [60] * 14 + [42]),  # 882 > 881
+    ],
+)
+def test_modulus_above_the_128_bit_limit_is_refused_with_a_fix(degree, bits):
+    with pytest.raises(InsecureParameters) as err:
+        CkksParameters(poly_modulus_degree=degree, coeff_mod_bit_sizes=bits)
+    assert "128-bit security limit" in str(err.value)
+    assert err.value.hint
+
+
+@pytest.mark.parametrize(
+    "degree, bits",
+    [(4096, [60, 49]), (8192, [60, 60, 60, 38]), (16384, [60] * 6 + [39, 39]), (32768, [60] * 14 + [41])],
+)
+def test_modulus_at_the_128_bit_limit_is_accepted(degree, bits):
+    CkksParameters(poly_modulus_degree=degree, coeff_mod_bit_sizes=bits)
+
+
+@pytest.mark.parametrize("degree", [2048, 6000, 65536])
+def test_ring_degree_outside_supported_powers_of_two_is_refused(degree):
+    with pytest.raises(InsecureParameters, match="4096..32768"):
+        CkksParameters(poly_modulus_degree=degree)
+
+
+@pytest.mark.parametrize("bits", [[61], [10], []])
+def test_prime_sizes_outside_seal_range_are_refused(bits):
+    with pytest.raises(InsecureParameters):
+        CkksParameters(coeff_mod_bit_sizes=bits)
+
+
+@pytest.mark.parametrize("scale_bits", [10, 58])
+def test_scale_without_precision_or_headroom_is_refused(scale_bits):
+    with pytest.raises(InsecureParameters, match="scale_bits"):
+        CkksParameters(scale_bits=scale_bits)
+
+
+def test_sum_that_would_wrap_around_the_modulus_is_refused_with_a_smaller_scale():
+    params = CkksParameters(scale_bits=50)  # leaves 2**8 = 256 for the sum
+    with pytest.raises(CapacityExceeded) as err:
+        params.check_capacity(1000, 100.0, 10)
+    assert "scale_bits <= 48" in err.value.hint
+
+
+def test_required_precision_beyond_the_scale_is_refused():
+    with pytest.raises(CapacityExceeded, match="expected error"):
+        CkksParameters(scale_bits=20).check_capacity(1000, 1.0, 10, max_error=1e-9)
+
+
+def test_for_magnitude_picks_the_largest_scale_that_still_fits():
+    params = CkksParameters.for_magnitude(1000.0)
+    params.check_capacity(10, 100.0, 10)
+    assert params.scale_bits == 48
+    with pytest.raises(CapacityExceeded):
+        params.check_capacity(10, 100.0, 21)
+
+
+def test_errors_print_as_one_line_with_a_hint():
+    with pytest.raises(InsecureParameters) as err:
+        CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 60])
+    assert "\n" not in str(err.value) and "hint:" in str(err.value)
