@@ -1,0 +1,226 @@
+"""The coordinator's HTTP API (FastAPI): thin routes over `CoordinatorHub`.
+
+Every `/v1` route authenticates the request (see `signing`) before anything else; `/health` and
+the OpenAPI document are open. JSON bodies are the versioned models of `messages`; envelopes, sums,
+the public context and sealed keys are application/octet-stream. A background task ticks the
+protocol (sum or fail the current round when due, open the next one) and wakes long-polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from confide.aggregation.errors import AggregationError
+from confide.errors import BadInput
+from confide.platform.protocol import ProtocolViolation
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.service.gate import SCOPE_KEY, RequestGate
+from confide.platform.service.messages import (
+    INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
+    KeySetupRequest, ReceiptReply,
+)
+from confide.platform.service.signing import Unauthorized
+
+log = logging.getLogger("confide.service.app")
+
+MAX_WAIT_S = 30.0
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_ERRORS = {code: {"model": ErrorReply} for code in (400, 401, 403, 404, 409, 413, 422)}
+_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "too_large", 422: "invalid", 500: "internal"}
+
+
+class Changes:
+    """Wakes long-polls when the federation changes, and the ticker when a contribution arrives."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self.poked = asyncio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    body = ErrorReply(error=_KIND.get(status, "error"), detail=detail)
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024) -> FastAPI:
+    """The ASGI app serving `hub`. `tick_s`: how often the protocol is advanced without a poke."""
+    changes: dict[str, Changes] = {}
+
+    async def ticker() -> None:
+        own = changes["c"]
+        while True:
+            try:
+                if await run_in_threadpool(hub.tick, time.time()):
+                    own.notify()
+            except Exception:  # a failed tick must not stop the federation; it is retried next tick
+                log.exception("advancing the federation failed")
+            try:
+                await asyncio.wait_for(own.poked.wait(), tick_s)
+            except asyncio.TimeoutError:
+                pass
+            own.poked.clear()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        changes["c"] = Changes()
+        task = asyncio.create_task(ticker())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(title="confide coordinator", version="1", lifespan=lifespan,
+                  description="Coordinates a confide federation: key set-up, rounds, encrypted uploads and sums.")
+
+    def changed(poke: bool = False) -> None:
+        c = changes.get("c")
+        if c is not None:
+            c.notify()
+            if poke:
+                c.poked.set()
+
+    # -- errors -------------------------------------------------------------------------------
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_request: Request, exc: Unauthorized) -> JSONResponse:
+        return _error(401, str(exc))
+
+    @app.exception_handler(ProtocolViolation)
+    async def _violation(_request: Request, exc: ProtocolViolation) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(AggregationError)
+    async def _aggregation(_request: Request, exc: AggregationError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(BadInput)
+    async def _bad_input(_request: Request, exc: BadInput) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    # -- authentication -----------------------------------------------------------------------
+    async def member(
+        request: Request,
+        x_confide_institution: str | None = Header(None, description="The signing institution's roster id."),
+        x_confide_timestamp: str | None = Header(None, description="Unix time (whole seconds) of signing."),
+        x_confide_nonce: str | None = Header(None, description="16-64 URL-safe characters, never reused."),
+        x_confide_signature: str | None = Header(None, description="Ed25519 signature (base64) of the request."),
+    ) -> str:
+        """The institution that signed this request; the gate already verified it (401 otherwise)."""
+        who = request.scope.get(SCOPE_KEY)
+        if who is None:
+            raise Unauthorized("request is not signed")
+        return who
+
+    def same(who: str, institution: str) -> None:
+        if who != institution:
+            raise ProtocolViolation(f"{who} cannot act for {institution}", 403)
+
+    # -- routes -------------------------------------------------------------------------------
+    @app.get("/health", response_model=Health, tags=["service"])
+    async def health() -> Health:
+        """Liveness, without authentication."""
+        return Health(federation_id=hub.state.federation_id, federation_status=hub.state.status)
+
+    @app.get("/v1/federation", response_model=FederationView, responses=_ERRORS, tags=["federation"])
+    async def federation(
+        who: str = Depends(member),
+        after_revision: int | None = Query(None, ge=0, le=2**62, description="Wait for a revision above this."),
+        wait_s: float = Query(0.0, ge=0.0, le=MAX_WAIT_S, description="Long-poll at most this long (s)."),
+    ) -> FederationView:
+        """The federation as the asking member sees it; long-polls while nothing changed."""
+        deadline = time.monotonic() + wait_s
+        while after_revision is not None and hub.revision <= after_revision and time.monotonic() < deadline:
+            await changes["c"].wait(deadline - time.monotonic())
+        return hub.view_for(who)
+
+    @app.put("/v1/keys", response_model=KeySetupReply, responses=_ERRORS, tags=["keys"])
+    async def publish_keys(request_body: KeySetupRequest, who: str = Depends(member)) -> KeySetupReply:
+        """The key holder publishes the public context and one sealed secret key per member."""
+        sealed_for = await run_in_threadpool(hub.publish_keys, who, request_body)
+        changed(poke=True)
+        return KeySetupReply(key_id=request_body.key_id, sealed_for=sealed_for)
+
+    @app.get("/v1/keys/public-context", response_class=Response, tags=["keys"],
+             responses={200: {"content": _BINARY}, **_ERRORS})
+    async def public_context(_who: str = Depends(member)) -> Response:
+        """The federation's public CKKS context (no secret key)."""
+        return Response(hub.public_context(), media_type="application/octet-stream")
+
+    @app.get("/v1/keys/sealed/{institution}", response_class=Response, tags=["keys"],
+             responses={200: {"content": _BINARY}, **_ERRORS})
+    async def sealed_key(institution: str = Path(pattern=INSTITUTION), who: str = Depends(member)) -> Response:
+        """The asking member's own sealed copy of the secret key (only it can open it)."""
+        same(who, institution)
+        return Response(await run_in_threadpool(hub.sealed_key, institution), media_type="application/octet-stream")
+
+    @app.put("/v1/rounds/{round_index}/uploads/{institution}", response_model=ReceiptReply, tags=["rounds"],
+             responses=_ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": _BINARY,
+                                            "description": "An update envelope (binary, own header)."}})
+    async def upload(
+        request: Request,
+        round_index: int = Path(ge=1, le=1_000_000),
+        institution: str = Path(pattern=INSTITUTION),
+        who: str = Depends(member),
+    ) -> ReceiptReply:
+        """Upload this member's encrypted update for the round; returns a signed receipt."""
+        same(who, institution)
+        envelope = await request.body()
+        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time())
+        changed(poke=True)
+        return receipt
+
+    @app.post("/v1/rounds/{round_index}/declines/{institution}", response_model=DeclineReply, tags=["rounds"],
+              responses=_ERRORS)
+    async def decline(
+        request_body: DeclineRequest,
+        round_index: int = Path(ge=1, le=1_000_000),
+        institution: str = Path(pattern=INSTITUTION),
+        who: str = Depends(member),
+    ) -> DeclineReply:
+        """Record that this member sits the round out, with its reason."""
+        same(who, institution)
+        await run_in_threadpool(hub.decline, institution, round_index, request_body.reason, time.time())
+        changed(poke=True)
+        return DeclineReply(round=round_index, institution=institution)
+
+    @app.get("/v1/rounds/{round_index}/sum", response_class=Response, tags=["rounds"],
+             responses={200: {"content": _BINARY}, **_ERRORS})
+    async def round_sum(round_index: int = Path(ge=1, le=1_000_000), _who: str = Depends(member)) -> Response:
+        """The round's encrypted sum (a sum envelope), once summed."""
+        return Response(await run_in_threadpool(hub.sum_for, round_index), media_type="application/octet-stream")
+
+    def limit_for(path: str) -> int:
+        return hub.max_upload_bytes if "/uploads/" in path else max_json_bytes
+
+    app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier)
+    return app

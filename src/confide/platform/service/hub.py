@@ -1,0 +1,229 @@
+"""The coordinator behind the HTTP service: one `Coordinator`, serialised, plus request checks.
+
+`CoordinatorHub` is what the FastAPI routes call. It holds the durable `Coordinator` (SQLite state,
+blobs on disk), applies one transition at a time under a lock, validates uploads and key set-ups
+fully before anything is stored (so a refused request changes nothing), and turns the state into
+the per-member `FederationView`. Its methods are plain blocking functions; the app runs them in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+from confide.aggregation.envelope import read_header, sum_envelopes
+from confide.aggregation.keys import PublicContext
+from confide.aggregation.sealing import read_sealed_header
+from confide.identity import Identity, b64
+from confide.platform import protocol
+from confide.platform.coordinator import Coordinator, sha256
+from confide.platform.protocol import ProtocolViolation
+from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply, RoundView
+from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, roster_identities
+from confide.policies import FederationPolicy
+
+log = logging.getLogger("confide.service.coordinator")
+
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+POLICY_HASH_FILE = "federation.sha256"
+
+
+def policy_sha256(policy: FederationPolicy) -> str:
+    """SHA-256 of the federation file's content (not its formatting), as coordinator and agents see it."""
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def coordinator_identity(state_dir: Path) -> Identity:
+    """The coordinator's own Ed25519 identity (signs receipts), created on first start."""
+    directory = state_dir / "identity"
+    if not (directory / "identity.json").exists():
+        Identity.generate("coordinator").save(directory)
+    return Identity.load(directory)
+
+
+def _decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolViolation(f"{what} is not valid base64", 400) from None
+
+
+class CoordinatorHub:
+    """The federation's coordinator as the service sees it: thread-safe, validating, viewable."""
+
+    def __init__(
+        self,
+        federation: FederationPolicy,
+        state_dir: Path,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        window_s: float = DEFAULT_WINDOW_S,
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.policy = federation
+        self.policy_sha256 = _check_same_federation(state_dir, policy_sha256(federation))
+        self.max_upload_bytes = max_upload_bytes
+        initial = protocol.new_federation(
+            federation.federation_id, [m.id for m in federation.roster], federation.key_holder_id,
+            federation.min_institutions, federation.rounds, federation.round_deadline_s,
+        )
+        self.identity = coordinator_identity(state_dir)
+        self.coordinator = Coordinator(state_dir, initial, self.identity)
+        self.nonces = NonceStore(state_dir / "nonces.sqlite", keep_s=2 * window_s)
+        self.verifier = RequestVerifier(federation.federation_id, roster_identities(federation.roster),
+                                        self.nonces, window_s)
+        self.lock = threading.Lock()
+        self.revision = self._read_revision()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _read_revision(self) -> int:
+        row = self.coordinator.store.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return int(row[0])
+
+    @property
+    def state(self) -> protocol.FederationState:
+        return self.coordinator.state
+
+    def view_for(self, institution: str) -> FederationView:
+        """The federation as `institution` may see it: counts, not who else uploaded or why they declined."""
+        state = self.state
+        setup = state.key_setup
+        rounds = [
+            RoundView(
+                index=r.index, status=r.status, opened_at=r.opened_at, deadline_at=r.deadline_at,
+                uploads=len(r.uploads), declines=len(r.declined),
+                mine="uploaded" if institution in r.uploads else "declined" if institution in r.declined else None,
+                contributors=len(r.contributors), sum_sha256=r.sum_sha256, failure=r.failure,
+            )
+            for r in state.rounds
+        ]
+        return FederationView(
+            federation_id=state.federation_id, policy_sha256=self.policy_sha256, status=state.status,
+            members=state.members, key_holder=state.key_holder, min_institutions=state.min_institutions,
+            total_rounds=state.total_rounds, key_id=setup.key_id if setup else None,
+            layout_hash=setup.layout_hash if setup else None,
+            coordinator_signing_key=b64(self.identity.public.signing_public), revision=self.revision,
+            rounds=rounds,
+        )
+
+    def public_context(self) -> bytes:
+        if self.state.key_setup is None:
+            raise ProtocolViolation("keys are not set up yet", 409)
+        return self.coordinator.get_blob("public_context.bin")
+
+    def sealed_key(self, institution: str) -> bytes:
+        return self.coordinator.sealed_key_for(institution)
+
+    def sum_for(self, round_index: int) -> bytes:
+        return self.coordinator.sum_for(round_index)
+
+    # -- transitions --------------------------------------------------------------------------
+    def _mutated(self) -> None:
+        self.revision = self._read_revision()
+
+    def publish_keys(self, institution: str, request: KeySetupRequest) -> list[str]:
+        """Check and store the key holder's set-up: the public context and one sealed key per member."""
+        members = set(self.state.members)
+        if institution != self.state.key_holder:
+            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", 403)
+        if set(request.sealed) != members:
+            raise ProtocolViolation("sealed keys must be given for exactly the roster: "
+                                    f"missing {sorted(members - set(request.sealed))}, "
+                                    f"unknown {sorted(set(request.sealed) - members)}", 400)
+        context_bytes = _decode(request.public_context, "public_context")
+        context = PublicContext.from_bytes(context_bytes)  # refuses secret key material
+        if context.key_id != request.key_id:
+            raise ProtocolViolation(f"public context is for key {context.key_id}, not {request.key_id}", 422)
+        sealed = {member: _decode(text, f"sealed[{member}]") for member, text in request.sealed.items()}
+        for member, blob in sealed.items():
+            header = read_sealed_header(blob)
+            if header.recipient_id != member or header.key_id != request.key_id:
+                raise ProtocolViolation(f"sealed[{member}] is sealed to {header.recipient_id!r} under key "
+                                        f"{header.key_id!r}", 422)
+        with self.lock:
+            self.coordinator.publish_keys(institution, request.key_id, request.layout_hash, context_bytes, sealed)
+            self._mutated()
+        return sorted(sealed)
+
+    def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> ReceiptReply:
+        """Validate an upload completely (header, key, layout, every ciphertext), then store it.
+
+        Raises ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
+        """
+        if len(envelope) > self.max_upload_bytes:
+            raise ProtocolViolation(f"upload of {len(envelope)} bytes exceeds {self.max_upload_bytes}", 413)
+        state = self.state
+        setup = state.key_setup
+        if setup is None:
+            raise ProtocolViolation("keys are not set up yet", 409)
+        context = self.coordinator.public_context
+        header = read_header(envelope, expected_key_id=setup.key_id, expected_layout_hash=setup.layout_hash,
+                             expected_slots=context.params.slots, max_bytes=self.max_upload_bytes)
+        if header.kind != "update" or header.n_summed != 1:
+            raise ProtocolViolation("only single update envelopes may be uploaded", 422)
+        digest = sha256(envelope)
+        # A dry run of the protocol first: a late, duplicate or conflicting upload is refused
+        # before the expensive check of every ciphertext.
+        dry = protocol.accept_upload(state, institution, round_index, header.key_id, header.layout_hash,
+                                     digest, len(envelope), now)
+        if dry is not state:
+            sum_envelopes(context, [envelope])  # parses each ciphertext: garbage is refused now, not at sum time
+        with self.lock:
+            receipt = self.coordinator.upload(institution, round_index, envelope, now)
+            self._mutated()
+        return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
+                            envelope_sha256=receipt.envelope_sha256, size_bytes=len(envelope),
+                            signature=receipt.signature)
+
+    def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
+        with self.lock:
+            self.coordinator.decline(institution, round_index, reason, now)
+            self._mutated()
+
+    def tick(self, now: float) -> bool:
+        """Sum or fail the current round when due, and open the next one. True if anything changed."""
+        with self.lock:
+            before = self.revision
+            state = self.state
+            if state.status != "running":
+                return False
+            current = state.current
+            if current is not None and current.status in ("open", "collecting"):
+                outcome = self.coordinator.advance(now)
+                if outcome != "wait":
+                    log.info("round %d: %s", current.index, outcome)
+            current = self.state.current
+            if current is None or current.status in ("summed", "failed"):
+                self.coordinator.open_next_round(now)
+                latest = self.state.current
+                log.info("federation %s", "finished" if self.state.status == "finished" else
+                         f"round {latest.index} open until {latest.deadline_at:.0f}")
+            self._mutated()
+            return self.revision != before
+
+    def close(self) -> None:
+        with self.lock:
+            self.coordinator.close()
+            self.nonces.close()
+
+
+def _check_same_federation(state_dir: Path, digest: str) -> str:
+    """Refuse to resume a state directory with a different federation file."""
+    path = state_dir / POLICY_HASH_FILE
+    if path.exists():
+        recorded = path.read_text().strip()
+        if recorded != digest:
+            raise ProtocolViolation(
+                f"{state_dir} holds a federation started from another federation file "
+                f"(sha256 {recorded[:12]}..., this one {digest[:12]}...)",
+                400,
+            )
+    else:
+        path.write_text(digest + "\n")
+    return digest

@@ -1,0 +1,119 @@
+"""What crosses the wire between coordinator and agents: versioned pydantic documents.
+
+Every JSON body, request or reply, is one of these models and carries `version`. Ciphertexts
+(update and sum envelopes, the public context, sealed keys) are not JSON: they travel as
+application/octet-stream with their own binary header, except inside `KeySetupRequest`, where the
+small public context and sealed keys ride base64-encoded so the whole set-up is one document.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WIRE_VERSION = 1
+HEX64 = r"^[0-9a-f]{64}$"
+HEX32 = r"^[0-9a-f]{32}$"
+B64 = r"^[A-Za-z0-9+/]*={0,2}$"
+INSTITUTION = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class WireModel(BaseModel):
+    """Base of every message: unknown fields are refused, the version is checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1] = Field(WIRE_VERSION, description="Message schema version.")
+
+
+class Health(WireModel):
+    """Reply of `GET /health` (no authentication)."""
+
+    status: Literal["ok"] = "ok"
+    federation_id: str
+    federation_status: Literal["setup", "running", "finished"]
+
+
+class ErrorReply(WireModel):
+    """Every 4xx and 5xx reply: what was refused and why, in one line."""
+
+    error: str = Field(description="Short machine-readable kind, e.g. `unauthorized`, `conflict`.")
+    detail: str = Field(description="One line saying what is wrong and how to fix it.")
+
+
+class RoundView(WireModel):
+    """One round as a member sees it. Other members' identities and reasons are not disclosed."""
+
+    index: int
+    status: Literal["open", "collecting", "summed", "closed", "failed"]
+    opened_at: float = Field(description="Unix time (s) the round opened.")
+    deadline_at: float = Field(description="Unix time (s) after which it stops accepting contributions.")
+    uploads: int = Field(description="Uploads accepted so far.")
+    declines: int = Field(description="Declines recorded so far.")
+    mine: Literal["uploaded", "declined"] | None = Field(description="What the asking member did in this round.")
+    contributors: int = Field(description="Uploads in the sum (0 until summed).")
+    sum_sha256: str | None = Field(description="SHA-256 of the sum envelope once summed.")
+    failure: str | None = Field(description="Why the round failed, if it did.")
+
+
+class FederationView(WireModel):
+    """Reply of `GET /v1/federation`: everything an agent needs to decide what to do next."""
+
+    federation_id: str
+    policy_sha256: str = Field(description="SHA-256 of the federation file as the coordinator loaded it.")
+    status: Literal["setup", "running", "finished"]
+    members: list[str]
+    key_holder: str
+    min_institutions: int
+    total_rounds: int
+    key_id: str | None = Field(description="The federation's CKKS key id once keys are published.")
+    layout_hash: str | None = Field(description="The adapter layout every envelope must carry.")
+    coordinator_signing_key: str = Field(description="Ed25519 key (base64) that signs receipts.")
+    revision: int = Field(description="Grows with every state change; pass it back as `after_revision`.")
+    rounds: list[RoundView]
+
+
+class KeySetupRequest(WireModel):
+    """Body of `PUT /v1/keys` (key holder only): the public context and one sealed key per member."""
+
+    key_id: str = Field(pattern=HEX32, description="The CKKS key id (32 hex characters).")
+    layout_hash: str = Field(pattern=HEX64, description="SHA-256 (hex) of the adapter layout.")
+    public_context: str = Field(pattern=B64, max_length=1 << 20, description="Public context bytes, base64.")
+    sealed: dict[str, str] = Field(
+        description="Member id -> that member's sealed secret key, base64. Exactly the roster.", max_length=1000
+    )
+
+
+class KeySetupReply(WireModel):
+    """Reply of `PUT /v1/keys`."""
+
+    key_id: str
+    sealed_for: list[str]
+
+
+class DeclineRequest(WireModel):
+    """Body of `POST /v1/rounds/{round}/declines/{institution}`."""
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why the member sits this round out.")
+
+
+class DeclineReply(WireModel):
+    """Reply of a recorded decline."""
+
+    round: int
+    institution: str
+
+
+class ReceiptReply(WireModel):
+    """The coordinator's signed receipt for an accepted upload; the member keeps it in its ledger.
+
+    The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution and
+    envelope_sha256 (see `confide.platform.coordinator.Receipt.message`).
+    """
+
+    federation: str
+    round: int
+    institution: str
+    envelope_sha256: str = Field(pattern=HEX64)
+    size_bytes: int
+    signature: str

@@ -1,0 +1,124 @@
+"""Shared pieces of the network tests: a federation on disk, signed in-process requests, state snapshots."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from confide.aggregation.envelope import encrypt_update
+from confide.aggregation.keys import create_key_material, seal_secret
+from confide.aggregation.params import CkksParameters
+from confide.identity import Identity
+from confide.platform.service.app import create_app
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.service.signing import sign_request
+from confide.policies import load_federation
+
+IDS = ("a", "b", "c")
+LAYOUT = hashlib.sha256(b"test layout").hexdigest()
+SMALL_CKKS = {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [60, 40], "scale_bits": 40}
+
+
+def federation_text(identities: dict[str, Identity], rounds: int = 2, min_institutions: int = 2,
+                    deadline_s: float = 60, model: str = "random:tiny-bert", extra: str = "") -> str:
+    lines = ["kind: federation", "federation_id: net-test", "roster:"]
+    for i, ident in identities.items():
+        entry = ident.public.to_roster_entry(i)
+        lines += [f"  - id: {i}", f"    signing_key: {entry['signing_key']}", f"    sealing_key: {entry['sealing_key']}"]
+    lines += [
+        "model:", f"  source: {model}", "  labels: [x, y]", "  max_length_tokens: 16",
+        "adapter:", "  rank: 2", f"rounds: {rounds}", f"min_institutions: {min_institutions}",
+        f"round_deadline_s: {deadline_s}",
+        "ckks:", f"  poly_modulus_degree: {SMALL_CKKS['poly_modulus_degree']}",
+        f"  coeff_mod_bit_sizes: {SMALL_CKKS['coeff_mod_bit_sizes']}", f"  scale_bits: {SMALL_CKKS['scale_bits']}",
+    ]
+    return "\n".join(lines) + "\n" + extra
+
+
+@dataclass
+class Federation:
+    path: Path
+    identities: dict[str, Identity]
+
+    @property
+    def policy(self):
+        return load_federation(self.path)
+
+
+def make_federation(root: Path, ids=IDS, **options) -> Federation:
+    identities = {}
+    for i in ids:
+        ident = Identity.generate(i)
+        ident.save(root / "identities" / i)
+        identities[i] = ident
+    path = root / "federation.yaml"
+    path.write_text(federation_text(identities, **options))
+    return Federation(path, identities)
+
+
+@pytest.fixture
+def federation(tmp_path) -> Federation:
+    return make_federation(tmp_path)
+
+
+class Keys:
+    """The key holder's side of key set-up, made directly with confide.aggregation."""
+
+    def __init__(self, identities: dict[str, Identity]) -> None:
+        self.secret = create_key_material(CkksParameters(**SMALL_CKKS))
+        raw = self.secret.to_bytes()
+        self.sealed = {i: seal_secret(raw, ident.public.sealing_public, i, self.secret.key_id)
+                       for i, ident in identities.items()}
+
+    def request(self, **changes) -> dict:
+        body = {"version": 1, "key_id": self.secret.key_id, "layout_hash": LAYOUT,
+                "public_context": base64.b64encode(self.secret.public_context_bytes()).decode(),
+                "sealed": {i: base64.b64encode(b).decode() for i, b in self.sealed.items()}}
+        body.update(changes)
+        return body
+
+    def envelope(self, values, weight: float = 1.0, layout: str = LAYOUT) -> bytes:
+        return encrypt_update(self.secret, np.asarray(values, dtype=np.float64), weight, layout)
+
+
+class SignedClient:
+    """Requests to an in-process app, signed as one of the federation's institutions."""
+
+    def __init__(self, client: TestClient, federation_id: str = "net-test") -> None:
+        self.client = client
+        self.federation_id = federation_id
+
+    def request(self, identity: Identity | None, method: str, path: str, content: bytes = b"",
+                headers: dict | None = None, json_body=None, params: dict | None = None):
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+            headers = {"content-type": "application/json", **(headers or {})}
+        request = self.client.build_request(method, path, content=content, headers=headers, params=params)
+        if identity is not None:
+            target = request.url.raw_path.decode()
+            request.headers.update(sign_request(identity, self.federation_id, method, target, content))
+        return self.client.send(request)
+
+
+def snapshot(hub: CoordinatorHub) -> tuple:
+    """Everything a refused request must leave unchanged: state, events, receipts and blobs."""
+    events = hub.coordinator.store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    blobs = sorted((p.name, p.stat().st_size) for p in hub.coordinator.blobs.glob("*")) \
+        if hub.coordinator.blobs.exists() else []
+    return json.dumps(hub.state.to_dict(), sort_keys=True), events, hub.coordinator.store.receipts(), blobs
+
+
+@pytest.fixture
+def served(tmp_path, federation):
+    """A hub over a fresh state directory and a signed in-process client of its app (ticking fast)."""
+    hub = CoordinatorHub(federation.policy, tmp_path / "coordinator", max_upload_bytes=2_000_000)
+    with TestClient(create_app(hub, tick_s=0.05)) as client:
+        yield hub, SignedClient(client), federation
+    hub.close()

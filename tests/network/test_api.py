@@ -1,0 +1,199 @@
+"""The coordinator's HTTP API in process: key set-up, uploads, receipts, sums, and refusals."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import pytest
+
+from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.identity import Identity, PublicIdentity, unb64
+from confide.platform.coordinator import Receipt, sha256
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
+
+from .conftest import LAYOUT, Keys, snapshot
+
+
+def wait_until(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def set_up(served) -> Keys:
+    hub, api, fed = served
+    keys = Keys(fed.identities)
+    reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=keys.request())
+    assert reply.status_code == 200, reply.text
+    wait_until(lambda: hub.state.current is not None)
+    return keys
+
+
+def upload(api, identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None):
+    path = f"/v1/rounds/{round_index}/uploads/{institution or identity.institution_id}"
+    return api.request(identity, "PUT", path, content=envelope, headers={"content-type": "application/octet-stream"})
+
+
+def test_health_and_openapi_need_no_signature(served):
+    _, api, _ = served
+    assert api.request(None, "GET", "/health").json()["federation_status"] == "setup"
+    document = api.request(None, "GET", "/openapi.json").json()
+    assert "/v1/rounds/{round_index}/uploads/{institution}" in document["paths"]
+
+
+def test_key_setup_gives_each_member_only_its_own_sealed_key(served):
+    hub, api, fed = served
+    keys = set_up(served)
+    a, b = fed.identities["a"], fed.identities["b"]
+    mine = api.request(b, "GET", "/v1/keys/sealed/b")
+    assert mine.status_code == 200 and mine.content == keys.sealed["b"]
+    assert api.request(b, "GET", "/v1/keys/sealed/a").status_code == 403
+    context = api.request(a, "GET", "/v1/keys/public-context")
+    assert context.content == keys.secret.public_context_bytes()
+    view = api.request(a, "GET", "/v1/federation").json()
+    assert view["status"] == "running" and view["key_id"] == keys.secret.key_id and view["rounds"][0]["index"] == 1
+
+
+def test_only_the_key_holder_publishes_and_never_a_secret_key(served):
+    hub, api, fed = served
+    keys = Keys(fed.identities)
+    before = snapshot(hub)
+    assert api.request(fed.identities["b"], "PUT", "/v1/keys", json_body=keys.request()).status_code == 403
+    secret_as_public = base64.b64encode(keys.secret.to_bytes()).decode()
+    reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=keys.request(public_context=secret_as_public))
+    assert reply.status_code == 422 and "secret key" in reply.json()["detail"]
+    partial = keys.request(sealed={"a": keys.request()["sealed"]["a"]})
+    assert api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=partial).status_code == 400
+    swapped = keys.request(sealed={**keys.request()["sealed"], "b": keys.request()["sealed"]["c"]})
+    assert api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=swapped).status_code == 422
+    assert snapshot(hub) == before
+
+
+def test_round_sums_when_everyone_answered_and_receipts_verify(served):
+    hub, api, fed = served
+    keys = set_up(served)
+    coordinator_key = unb64(api.request(fed.identities["a"], "GET", "/v1/federation").json()
+                            ["coordinator_signing_key"], "key", 32)
+    envelopes = {i: keys.envelope(np.full(8, float(n + 1)), weight=10.0) for n, i in enumerate(fed.identities)}
+    for i in ("a", "b"):
+        reply = upload(api, fed.identities[i], envelopes[i])
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["envelope_sha256"] == sha256(envelopes[i]) and body["round"] == 1
+        receipt = Receipt(body["federation"], body["round"], body["institution"], body["envelope_sha256"])
+        assert PublicIdentity(coordinator_key, b"").verify(unb64(body["signature"], "sig"), receipt.message())
+    decline = api.request(fed.identities["c"], "POST", "/v1/rounds/1/declines/c", json_body={"reason": "budget"})
+    assert decline.status_code == 200
+    wait_until(lambda: hub.state.rounds[0].status in ("summed", "closed"))
+    total = api.request(fed.identities["c"], "GET", "/v1/rounds/1/sum")
+    result = decrypt_sum(keys.secret, total.content, LAYOUT)
+    assert result.count == 2 and np.allclose(result.average, 1.5)
+    view = api.request(fed.identities["c"], "GET", "/v1/federation").json()
+    assert view["rounds"][0]["mine"] == "declined" and view["rounds"][0]["contributors"] == 2
+
+
+def test_repeated_upload_is_counted_once_and_gets_the_same_receipt(served):
+    hub, api, fed = served
+    keys = set_up(served)
+    envelope = keys.envelope(np.ones(8))
+    first = upload(api, fed.identities["a"], envelope)
+    second = upload(api, fed.identities["a"], envelope)
+    assert first.status_code == second.status_code == 200 and first.json() == second.json()
+    assert len(hub.state.current.uploads) == 1
+    other = upload(api, fed.identities["a"], keys.envelope(np.zeros(8)))
+    assert other.status_code == 409
+
+
+@pytest.mark.parametrize("case", ["unsigned", "bad_signature", "unknown_key", "replayed", "other_identity",
+                                  "claims_other", "garbled", "oversized", "wrong_key_id", "wrong_layout",
+                                  "sum_as_update", "truncated", "wrong_round"])
+def test_refused_uploads_leave_the_state_unchanged(served, case):
+    hub, api, fed = served
+    keys = set_up(served)
+    a, b = fed.identities["a"], fed.identities["b"]
+    good = keys.envelope(np.ones(8))
+    before = snapshot(hub)
+    if case == "unsigned":
+        reply, expected = upload(api, None, good, institution="a"), 401
+    elif case == "bad_signature":
+        reply = api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good,
+                            headers={**sign_request(a, "net-test", "PUT", "/v1/rounds/1/uploads/a", b"other"),
+                                     "content-type": "application/octet-stream"})
+        expected = 401
+    elif case == "unknown_key":
+        reply, expected = upload(api, Identity.generate("a"), good), 401
+    elif case == "replayed":
+        headers = sign_request(a, "net-test", "PUT", "/v1/rounds/1/uploads/a", good)
+        assert api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good, headers=headers).status_code == 200
+        before = snapshot(hub)
+        reply, expected = api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good, headers=headers), 401
+    elif case == "other_identity":
+        reply, expected = upload(api, b, good, institution="a"), 403
+    elif case == "claims_other":
+        headers = sign_request(b, "net-test", "PUT", "/v1/rounds/1/uploads/a", good)
+        headers["X-Confide-Institution"] = "a"
+        reply, expected = api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good, headers=headers), 401
+    elif case == "garbled":
+        garbled = bytearray(good)
+        garbled[len(garbled) // 2: len(garbled) // 2 + 64] = bytes(64)
+        reply, expected = upload(api, a, bytes(garbled)), 422
+    elif case == "oversized":
+        reply, expected = upload(api, a, good + bytes(2_000_001)), 413
+    elif case == "wrong_key_id":
+        reply, expected = upload(api, a, Keys(fed.identities).envelope(np.ones(8))), 422
+    elif case == "wrong_layout":
+        reply, expected = upload(api, a, keys.envelope(np.ones(8), layout="0" * 64)), 422
+    elif case == "sum_as_update":
+        total = sum_envelopes(keys.secret.public_context(), [good, keys.envelope(np.ones(8))])
+        reply, expected = upload(api, a, total), 422
+    elif case == "truncated":
+        reply, expected = upload(api, a, good[:-10]), 422
+    else:
+        reply, expected = upload(api, a, good, round_index=2), 409
+    assert reply.status_code == expected, reply.text
+    assert reply.json()["version"] == 1 and reply.json()["detail"]
+    assert snapshot(hub) == before
+
+
+def test_upload_before_key_setup_is_refused(served):
+    hub, api, fed = served
+    before = snapshot(hub)
+    reply = upload(api, fed.identities["a"], b"CFHE" + bytes(200))
+    assert reply.status_code in (409, 422)
+    assert snapshot(hub) == before
+
+
+def test_a_tampered_signature_header_is_refused(served):
+    hub, api, fed = served
+    a = fed.identities["a"]
+    headers = sign_request(a, "net-test", "GET", "/v1/federation", b"")
+    headers[HEADER_SIGNATURE] = "A" * 88
+    assert api.request(None, "GET", "/v1/federation", headers=headers).status_code == 401
+
+
+def test_restarted_hub_resumes_the_round_without_double_counting(tmp_path, served):
+    hub, api, fed = served
+    keys = set_up(served)
+    envelope = keys.envelope(np.ones(8))
+    first = upload(api, fed.identities["a"], envelope).json()
+    again = CoordinatorHub(fed.policy, tmp_path / "coordinator")
+    try:
+        assert again.state.current.index == 1 and list(again.state.current.uploads) == ["a"]
+        receipt = again.upload("a", 1, envelope, time.time())
+        assert receipt.model_dump() == first and len(again.state.current.uploads) == 1
+    finally:
+        again.close()
+
+
+def test_a_different_federation_file_cannot_take_over_a_state_directory(tmp_path, served):
+    from confide.errors import BadInput
+
+    from .conftest import make_federation
+
+    other = make_federation(tmp_path / "other")
+    with pytest.raises(BadInput, match="another federation file"):
+        CoordinatorHub(other.policy, tmp_path / "coordinator")
