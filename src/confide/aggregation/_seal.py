@@ -108,13 +108,14 @@ class SealScratch:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def dump(self, obj: object) -> bytes:
-        """Serialize a SEAL object (anything with ``save(path)``) to bytes."""
+        """Serialize a SEAL object (anything with ``save(path)``) to bytes.
+
+        The scratch file is overwritten by the next call and removed by :meth:`close`; only
+        secret keys are unlinked at once (see :meth:`load_secret_key`).
+        """
         obj.save(self._path)  # type: ignore[attr-defined]
-        try:
-            with open(self._path, "rb") as f:
-                return f.read()
-        finally:
-            os.unlink(self._path)
+        with open(self._path, "rb") as f:
+            return f.read()
 
     def _write(self, blob: bytes | memoryview) -> None:
         fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -132,8 +133,6 @@ class SealScratch:
                 f"a ciphertext does not parse under these parameters ({err})",
                 "the envelope is corrupt or was made with other parameters",
             ) from None
-        finally:
-            os.unlink(self._path)
         return ct
 
     def load_secret_key(self, context: seal.SEALContext, blob: bytes) -> seal.SecretKey:

@@ -1,0 +1,235 @@
+"""Benchmark: confide's CKKS aggregation against TenSEAL's high-level ``ckks_vector``.
+
+Both sides are measured in the same run on the same data: 10 institutions, updates drawn from
+N(0, 0.01) (variance 0.01), unequal sample-count weights, each uploading ``weight * delta``
+followed by the trailer ``[weight, 1]``. The baseline is ``ts.ckks_vector`` with N=8192,
+coeff_mod_bit_sizes [60, 40, 40, 60], scale 2**40, one ciphertext per 4096 values (TenSEAL's
+own multi-ciphertext vectors are no faster and print a warning), added by a coordinator holding
+a context without the secret key.
+
+Prints one JSON object: one entry per size ({"100000": {...}, "1000000": {...}}; ``--quick``
+runs 10**5 only). Throughputs are parameters per second: for encryption, parameters encrypted
+(all institutions); for the sum, uploaded parameters added (institutions x size); for
+decryption, parameters of the sum decrypted. Sum and decryption take the best of three runs on
+both sides; encryption is one pass over all institutions on both sides. The headline ratios
+are single-process on both sides (from bytes in memory); "parallel" repeats encryption and the
+sum with ``--workers`` spawned processes, the sum reading the uploads from files as the
+coordinator does. Not a test: nothing here gates on time.
+
+Usage: python benchmarks/he.py [--quick] [--workers 2] [--institutions 10] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+
+from confide.aggregation import (
+    CkksParameters,
+    PublicContext,
+    WorkerPool,
+    create_key_material,
+    decrypt_sum,
+    encrypt_update,
+    sum_envelopes,
+)
+
+BASELINE_DEGREE = 8192
+BASELINE_BITS = [60, 40, 40, 60]
+BASELINE_SCALE_BITS = 40
+LAYOUT_HASH = "0" * 64  # the benchmark has no adapter; any fixed layout hash will do
+REPEATS = 3
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def best_of(fn: Callable[[], Any], repeats: int = REPEATS) -> tuple[Any, float]:
+    runs = [timed(fn) for _ in range(repeats)]
+    return runs[-1][0], min(t for _, t in runs)
+
+
+def make_updates(size: int, institutions: int, seed: int):
+    rng = np.random.default_rng(seed)
+    deltas = [rng.normal(0.0, 0.1, size) for _ in range(institutions)]
+    weights = [float(w) for w in rng.integers(50, 2000, institutions)]
+    w = np.asarray(weights)
+    reference = (w[:, None] * np.stack(deltas)).sum(axis=0) / w.sum()
+    return deltas, weights, reference
+
+
+def measure_confide(deltas, weights, reference, workers: int) -> dict[str, Any]:
+    size, institutions = len(deltas[0]), len(deltas)
+    material = create_key_material(CkksParameters())
+    coordinator = PublicContext.from_bytes(material.public_context_bytes())
+
+    envelopes, encrypt_s = timed(
+        lambda: [encrypt_update(material, d, w, LAYOUT_HASH) for d, w in zip(deltas, weights)]
+    )
+    total, sum_s = best_of(lambda: sum_envelopes(coordinator, envelopes))
+    result, decrypt_s = best_of(lambda: decrypt_sum(material, total, LAYOUT_HASH))
+    out: dict[str, Any] = {
+        "params": material.params.model_dump(mode="json"),
+        "upload_bytes_per_param": float(np.mean([len(e) for e in envelopes]) / size),
+        "sum_download_bytes_per_param": len(total) / size,
+        "encrypt_params_per_s": institutions * size / encrypt_s,
+        "sum_s": sum_s,
+        "sum_params_per_s": institutions * size / sum_s,
+        "decrypt_params_per_s": size / decrypt_s,
+        "max_abs_error": float(np.max(np.abs(result.average - reference))),
+        "error_bound": result.error_bound,
+        "count": result.count,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        # The coordinator keeps uploads as files; its workers then read their share directly.
+        paths = [Path(tmp) / f"upload-{i}.cfhe" for i in range(institutions)]
+        for path, envelope in zip(paths, envelopes):
+            path.write_bytes(envelope)
+        out["sum_from_files_s"] = best_of(lambda: sum_envelopes(coordinator, paths))[1]
+        if workers > 1:
+            out["parallel"] = measure_parallel(material, coordinator, deltas, weights, reference,
+                                               paths, workers)
+    return out
+
+
+def measure_parallel(material, coordinator, deltas, weights, reference, paths, workers):
+    size, institutions = len(deltas[0]), len(deltas)
+
+    def start_pool() -> WorkerPool:
+        pool = WorkerPool(workers)
+        pool.map(abs, [0] * workers)  # wait until the spawned processes are up
+        return pool
+
+    pool, start_s = timed(start_pool)
+    with pool:
+        envelopes, encrypt_s = timed(
+            lambda: [
+                encrypt_update(material, d, w, LAYOUT_HASH, workers=pool)
+                for d, w in zip(deltas, weights)
+            ]
+        )
+        total, sum_s = best_of(lambda: sum_envelopes(coordinator, paths, workers=pool))
+    check = decrypt_sum(material, total, LAYOUT_HASH)
+    return {
+        "workers": workers,
+        "pool_start_s": start_s,
+        "encrypt_params_per_s": institutions * size / encrypt_s,
+        "sum_from_files_s": sum_s,
+        "sum_params_per_s": institutions * size / sum_s,
+        "max_abs_error": float(np.max(np.abs(check.average - reference))),
+        "upload_bytes_per_param": float(np.mean([len(e) for e in envelopes]) / size),
+    }
+
+
+def measure_baseline(deltas, weights, reference) -> dict[str, Any]:
+    size, institutions = len(deltas[0]), len(deltas)
+    context = ts.context(ts.SCHEME_TYPE.CKKS, BASELINE_DEGREE, coeff_mod_bit_sizes=BASELINE_BITS)
+    context.global_scale = 2.0**BASELINE_SCALE_BITS
+    public = ts.context_from(
+        context.serialize(save_public_key=True, save_secret_key=False,
+                          save_galois_keys=False, save_relin_keys=False)
+    )
+    slots = BASELINE_DEGREE // 2
+
+    def encrypt(delta: np.ndarray, weight: float) -> list[bytes]:
+        values = np.concatenate([weight * delta, [weight, 1.0]])
+        return [ts.ckks_vector(context, values[i : i + slots]).serialize()
+                for i in range(0, len(values), slots)]
+
+    def coordinator_sum(uploads: list[list[bytes]]) -> list[bytes]:
+        totals = [ts.ckks_vector_from(public, blob) for blob in uploads[0]]
+        for upload in uploads[1:]:
+            for total, blob in zip(totals, upload):
+                total += ts.ckks_vector_from(public, blob)
+        return [t.serialize() for t in totals]
+
+    def decrypt(blobs: list[bytes]) -> np.ndarray:
+        return np.concatenate([ts.ckks_vector_from(context, b).decrypt() for b in blobs])
+
+    uploads, encrypt_s = timed(lambda: [encrypt(d, w) for d, w in zip(deltas, weights)])
+    totals, sum_s = best_of(lambda: coordinator_sum(uploads))
+    values, decrypt_s = best_of(lambda: decrypt(totals))
+    average = values[:size] / values[size]
+    return {
+        "params": {"poly_modulus_degree": BASELINE_DEGREE, "coeff_mod_bit_sizes": BASELINE_BITS,
+                   "scale_bits": BASELINE_SCALE_BITS},
+        "upload_bytes_per_param": float(np.mean([sum(map(len, u)) for u in uploads]) / size),
+        "encrypt_params_per_s": institutions * size / encrypt_s,
+        "sum_s": sum_s,
+        "sum_params_per_s": institutions * size / sum_s,
+        "decrypt_params_per_s": size / decrypt_s,
+        "max_abs_error": float(np.max(np.abs(average - reference))),
+    }
+
+
+def plaintext_sum_s(deltas, weights) -> float:
+    scaled = [(w * d).astype(np.float32) for d, w in zip(deltas, weights)]
+
+    def add_all() -> np.ndarray:
+        total = scaled[0].copy()
+        for s in scaled[1:]:
+            total += s
+        return total
+
+    return best_of(add_all)[1]
+
+
+def run_size(size: int, institutions: int, workers: int, seed: int) -> dict[str, Any]:
+    deltas, weights, reference = make_updates(size, institutions, seed)
+    ours = measure_confide(deltas, weights, reference, workers)
+    base = measure_baseline(deltas, weights, reference)
+    result = {
+        "n_params": size,
+        "institutions": institutions,
+        "upload_bytes_per_param": ours["upload_bytes_per_param"],
+        "baseline_upload_bytes_per_param": base["upload_bytes_per_param"],
+        "encrypt_speedup_vs_baseline": ours["encrypt_params_per_s"] / base["encrypt_params_per_s"],
+        "sum_speedup_vs_baseline": base["sum_s"] / ours["sum_s"],
+        "decrypt_speedup_vs_baseline": ours["decrypt_params_per_s"] / base["decrypt_params_per_s"],
+        "max_abs_error": ours["max_abs_error"],
+        "baseline_max_abs_error": base["max_abs_error"],
+        "plaintext_float32_sum_s": plaintext_sum_s(deltas, weights),
+        "confide": ours,
+        "baseline": base,
+    }
+    if "parallel" in ours:
+        par = ours["parallel"]
+        par["encrypt_speedup_vs_baseline"] = par["encrypt_params_per_s"] / base["encrypt_params_per_s"]
+        par["sum_speedup_vs_baseline"] = base["sum_s"] / par["sum_from_files_s"]
+    result["targets_met"] = {
+        "upload_bytes_per_param_le_9": result["upload_bytes_per_param"] <= 9.0,
+        "encrypt_speedup_ge_4": result["encrypt_speedup_vs_baseline"] >= 4.0,
+        "sum_no_slower_than_baseline": result["sum_speedup_vs_baseline"] >= 1.0,
+        "max_abs_error_le_1e-6": result["max_abs_error"] <= 1e-6,
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10**5 parameters only")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the parallel runs")
+    parser.add_argument("--institutions", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sizes = [10**5] if args.quick else [10**5, 10**6]
+    report = {str(n): run_size(n, args.institutions, args.workers, args.seed) for n in sizes}
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
