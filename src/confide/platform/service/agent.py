@@ -97,7 +97,8 @@ class Agent:
         while True:
             view = self.client.federation(after_revision=revision, wait_s=self.wait_s)
             self._check(view)
-            acted, answered = self.step(view)
+            # With `once`, the round we answered is the last: settle it, answer no other.
+            acted, answered = self.step(view, answer=not (once and target is not None))
             if target is None and answered is not None:
                 target = answered
             if once and target is not None and self.journal.settled(target):
@@ -109,8 +110,11 @@ class Agent:
                 return self.report
             revision = None if acted else view.revision
 
-    def step(self, view: FederationView) -> tuple[bool, int | None]:
-        """Do everything possible now. Returns (did anything, the round answered or being answered)."""
+    def step(self, view: FederationView, answer: bool = True) -> tuple[bool, int | None]:
+        """Do everything possible now (answering the open round only if `answer`).
+
+        Returns (did anything, the index of the open round if we answered it or had already).
+        """
         if view.status == "setup":
             if self.member.is_key_holder():
                 bundle = self.member.make_keys()
@@ -123,10 +127,10 @@ class Agent:
             self.member.install_key(self.client.sealed_key())
             self.say(f"installed federation key {view.key_id[:8]}...")
             acted = True
-        if self.member.secret.key_id != view.key_id:
-            raise AgentError(f"the coordinator announces key {view.key_id}, we hold {self.member.secret.key_id}")
         for r in view.rounds:
             if r.status in ACTIVE:
+                if not answer:
+                    return acted, None
                 did, answered = self._answer(r)
                 return acted or did, answered
             if not self.journal.settled(r.index):

@@ -1,0 +1,149 @@
+"""A stand-in for `confide.platform.member.Member` over a tiny vector: real keys, real envelopes, no model.
+
+It keeps the Member's contract: everything under its directory, idempotent per round (a second
+`take_part` returns the same envelope and never "trains" again), sums applied in order. Each
+training appends a line to `trainings.log`, so tests can count them across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from confide.aggregation.envelope import decrypt_sum, encrypt_update
+from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
+from confide.aggregation.params import CkksParameters
+from confide.identity import Identity, unb64
+
+from .conftest import LAYOUT
+
+SIZE = 16
+
+
+@dataclass(frozen=True)
+class Bundle:
+    key_id: str
+    layout_hash: str
+    public_context: bytes
+    sealed: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Contribution:
+    kind: str
+    envelope: bytes | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    count: int
+    detail: str = ""
+
+
+class FakeMember:
+    def __init__(self, federation, identity: Identity, directory: Path, decline_rounds=()) -> None:
+        self.federation = federation
+        self.identity = identity
+        self.institution_id = identity.institution_id
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.decline_rounds = set(decline_rounds)
+
+    # -- files --------------------------------------------------------------------------------
+    def _progress(self) -> dict:
+        path = self.dir / "progress.json"
+        return json.loads(path.read_text()) if path.exists() else {"synced": 0, "rounds": {}}
+
+    def _save(self, progress: dict) -> None:
+        (self.dir / "progress.json").write_text(json.dumps(progress))
+
+    @property
+    def adapter(self) -> np.ndarray:
+        path = self.dir / "adapter.npy"
+        return np.load(path) if path.exists() else np.zeros(SIZE)
+
+    @property
+    def trainings(self) -> list[str]:
+        path = self.dir / "trainings.log"
+        return path.read_text().split() if path.exists() else []
+
+    @property
+    def last_applied_round(self) -> int:
+        return self._progress()["synced"]
+
+    # -- keys ---------------------------------------------------------------------------------
+    def is_key_holder(self) -> bool:
+        return self.federation.key_holder_id == self.institution_id
+
+    def has_key(self) -> bool:
+        return (self.dir / "secret.key").exists()
+
+    def _secret(self):
+        return load_secret((self.dir / "secret.key").read_bytes())
+
+    def make_keys(self) -> Bundle:
+        if not self.has_key():
+            params = CkksParameters(**self.federation.ckks.model_dump())
+            (self.dir / "secret.key").write_bytes(create_key_material(params).to_bytes())
+        secret = self._secret()
+        raw = secret.to_bytes()
+        sealed = {m.id: seal_secret(raw, unb64(m.sealing_key, "k", 32), m.id, secret.key_id)
+                  for m in self.federation.roster}
+        return Bundle(secret.key_id, LAYOUT, secret.public_context_bytes(), sealed)
+
+    def install_key(self, sealed: bytes) -> None:
+        secret = open_sealed(sealed, self.identity.sealing_private, self.institution_id)
+        if not self.has_key():
+            (self.dir / "secret.key").write_bytes(secret)
+
+    # -- rounds -------------------------------------------------------------------------------
+    def take_part(self, round_index: int) -> Contribution:
+        envelope, decline = self.dir / f"r{round_index}.envelope", self.dir / f"r{round_index}.decline"
+        if envelope.exists():
+            return Contribution("upload", envelope=envelope.read_bytes())
+        if decline.exists():
+            return Contribution("decline", reason=decline.read_text())
+        assert self.last_applied_round == round_index - 1, "sums must be applied before the next round"
+        if round_index in self.decline_rounds:
+            decline.write_text("policy says no")
+            return Contribution("decline", reason="policy says no")
+        with open(self.dir / "trainings.log", "a") as log:
+            log.write(f"{round_index}\n")
+        delta = np.full(SIZE, float(ord(self.institution_id[0]) - ord("a") + 1) * round_index)
+        blob = encrypt_update(self._secret(), delta, 1.0, LAYOUT)
+        envelope.write_bytes(blob)
+        return Contribution("upload", envelope=blob)
+
+    def record_receipt(self, round_index: int, receipt: dict) -> None:
+        path = self.dir / "receipts.json"
+        receipts = json.loads(path.read_text()) if path.exists() else {}
+        receipts.setdefault(str(round_index), receipt)
+        path.write_text(json.dumps(receipts))
+
+    def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
+        progress = self._progress()
+        if str(round_index) in progress["rounds"]:
+            return Outcome(**progress["rounds"][str(round_index)])
+        assert round_index == progress["synced"] + 1
+        result = decrypt_sum(self._secret(), sum_envelope, LAYOUT)
+        np.save(self.dir / "adapter.npy", self.adapter + result.average)
+        progress["synced"] = round_index
+        progress["rounds"][str(round_index)] = {"kind": "applied", "count": result.count, "detail": ""}
+        self._save(progress)
+        return Outcome("applied", result.count)
+
+    def note_failed_round(self, round_index: int, reason: str) -> None:
+        progress = self._progress()
+        progress["rounds"].setdefault(str(round_index), {"kind": "failed", "count": 0, "detail": reason})
+        progress["synced"] = max(progress["synced"], round_index)
+        self._save(progress)
+
+    def save_adapter(self, out_dir: Path) -> str:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.save(out_dir / "adapter.npy", self.adapter)
+        return str(out_dir)

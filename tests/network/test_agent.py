@@ -1,0 +1,135 @@
+"""The agent loop against a real coordinator over TLS, with stand-in members (no model training)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from confide.platform.service.agent import Agent, AgentError, run_agent
+from confide.platform.service.client import Backoff, CoordinatorClient
+
+from .conftest import make_federation
+from .fake_member import SIZE, FakeMember
+from .test_tls_client import free_port, serve
+
+FAST = Backoff(first_s=0.05, max_s=0.3, give_up_after_s=30)
+
+
+@pytest.fixture
+def network(tmp_path):
+    federation = make_federation(tmp_path, rounds=2)
+    port = free_port()
+    running = serve(federation, tmp_path / "coordinator", port)
+    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+    yield federation, running, f"https://127.0.0.1:{port}", pin, tmp_path
+    running.stop()
+
+
+def agent_for(network, who: str, client_class=CoordinatorClient, **member_options) -> Agent:
+    federation, _, url, pin, root = network
+    member = FakeMember(federation.policy, federation.identities[who], root / "members" / who, **member_options)
+    client = client_class(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
+    return Agent(member, client, federation.policy, root / "members" / who / "agent.json", say=lambda _l: None,
+                 wait_s=2)
+
+
+def run_all(agents: list[Agent], once: bool = False) -> list:
+    reports, errors = [None] * len(agents), []
+
+    def run(index: int) -> None:
+        try:
+            reports[index] = agents[index].run(once=once)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(agents))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for agent in agents:
+        agent.client.close()
+    assert not errors, errors
+    assert all(not t.is_alive() for t in threads)
+    return reports
+
+
+def test_three_agents_finish_two_rounds_with_identical_adapters(network):
+    federation, running, *_ = network
+    agents = [agent_for(network, who) for who in ("a", "b", "c")]
+    reports = run_all(agents)
+    assert all(r.finished and r.uploaded == [1, 2] and r.applied == [1, 2] for r in reports)
+    adapters = [a.member.adapter for a in agents]
+    # deltas are 1, 2, 3 (x round): averages 2 then 4
+    assert all(np.allclose(adapter, np.full(SIZE, 6.0)) for adapter in adapters)
+    assert all(a.member.trainings == ["1", "2"] for a in agents)
+    assert running.hub.state.status == "finished"
+    assert [len(r.uploads) for r in running.hub.state.rounds] == [3, 3]
+
+
+def test_an_agent_that_declines_still_applies_the_sum(network):
+    agents = [agent_for(network, "a"), agent_for(network, "b"), agent_for(network, "c", decline_rounds={1})]
+    reports = run_all(agents)
+    assert reports[2].declined == [1] and reports[2].uploaded == [2]
+    assert all(np.allclose(a.member.adapter, agents[0].member.adapter) for a in agents)
+    assert np.allclose(agents[0].member.adapter, 1.5 + 4.0)
+
+
+class LosesUploadReply(CoordinatorClient):
+    """The upload reaches the coordinator, but the agent dies before it reads the reply."""
+
+    def upload(self, round_index, envelope):
+        super().upload(round_index, envelope)
+        raise KeyboardInterrupt("killed after the upload, before the reply")
+
+
+def test_restarted_agent_resends_an_upload_whose_reply_was_lost_and_never_retrains(network):
+    federation, running, *_ = network
+    doomed = agent_for(network, "a", client_class=LosesUploadReply)
+    with pytest.raises(KeyboardInterrupt):
+        doomed.run()
+    assert doomed.member.trainings == ["1"] and "1" not in doomed.journal.data["answered"]
+    agents = [agent_for(network, who) for who in ("a", "b", "c")]
+    reports = run_all(agents)
+    assert reports[0].uploaded == [1, 2] and agents[0].member.trainings == ["1", "2"]
+    receipts = agents[0].journal.data["receipts"]
+    assert receipts["1"]["envelope_sha256"] == running.hub.state.rounds[0].uploads["a"].envelope_sha256
+    assert [len(r.uploads) for r in running.hub.state.rounds] == [3, 3]
+
+
+def test_once_takes_part_in_the_next_round_and_stops(network):
+    federation, running, *_ = network
+    agents = [agent_for(network, who) for who in ("a", "b", "c")]
+    reports = run_all(agents, once=True)
+    assert all(r.uploaded == [1] and r.applied == [1] and not r.finished for r in reports)
+    assert running.hub.state.current.index == 2
+
+
+def test_agent_refuses_a_coordinator_running_another_federation_file(network, tmp_path):
+    federation, _, url, pin, root = network
+    other = make_federation(tmp_path / "other", rounds=3)
+    (other.path.parent / "identities").mkdir(exist_ok=True)
+    member = FakeMember(federation.policy, federation.identities["a"], root / "members" / "x")
+    changed = federation.path.read_text().replace("rounds: 2", "rounds: 5")
+    (tmp_path / "changed.yaml").write_text(changed)
+    from confide.policies import load_federation
+
+    agent = Agent(member, CoordinatorClient(url, federation.identities["a"], "net-test", pin=pin, backoff=FAST),
+                  load_federation(tmp_path / "changed.yaml"), root / "x.json", say=lambda _l: None)
+    with pytest.raises(AgentError, match="differs from ours"):
+        agent.run()
+
+
+def test_run_agent_checks_the_institution_policy_first(network, tmp_path):
+    federation, _, url, pin, _ = network
+    policy = tmp_path / "a.yaml"
+    (tmp_path / "a.jsonl").write_text('{"text": "t", "label": "x"}\n')
+    policy.write_text(
+        "kind: institution\ninstitution_id: a\ndata:\n  path: a.jsonl\n  format: jsonl\n"
+        "budget:\n  epsilon: 3\n  delta: 1.0e-5\naccepts:\n  federations: [some-other-federation]\n"
+        f"state_dir: state\nidentity_dir: {tmp_path / 'identities' / 'a'}\n"
+    )
+    with pytest.raises(AgentError, match="may not join"):
+        run_agent(policy, federation.path, url, pin=pin, member_factory=lambda *a: pytest.fail("constructed"))
