@@ -6,8 +6,10 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from confide.identity import Identity
+from confide.policies import load_federation, load_institution
 
 from .support import (
     ROUNDS,
@@ -17,6 +19,7 @@ from .support import (
     institution_yaml,
     sign_receipts,
     write_ledger,
+    write_records,
 )
 
 
@@ -44,3 +47,36 @@ def world(_prototype, tmp_path) -> World:
     w.federation.write_text(federation_yaml(w.institution, w.other, 0.5, "prv", 1e-5))
     w.policy.write_text(institution_yaml(5.0, 2.5, 1.0))
     return w
+
+
+@pytest.fixture(scope="module")
+def tiny_policies(tmp_path_factory):
+    """A federation on random:tiny-bert (FFA-LoRA r=8 on query/value, SGD) and one institution with 64 records."""
+    tmp = tmp_path_factory.mktemp("canary")
+    write_records(tmp / "a.jsonl", 64)
+    a, b = Identity.generate("hospital-a"), Identity.generate("hospital-b")
+    federation = load_federation(_write(tmp / "federation.yaml", federation_yaml(a, b, 0.5, "prv", 1e-5) + (
+        "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n"
+        "training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
+        "  learning_rate: 0.05\n  optimizer: sgd\n")))
+    institution = load_institution(_write(tmp / "policy.yaml", institution_yaml(8.0, None, 1.0).replace(
+        "data:\n  path: data.jsonl\n  format: jsonl\n", "data:\n  path: a.jsonl\n  format: jsonl\n  eval_fraction: 0\n")))
+    return federation, institution
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_policies):
+    """The federation's model (platform code builds it; the audit only receives it) and the training set."""
+    from confide.platform.data import load_institution_data
+    from confide.platform.models import build_adapter_model
+
+    torch.set_num_threads(1)
+    federation, institution = tiny_policies
+    built = build_adapter_model(federation, device=torch.device("cpu"))
+    data = load_institution_data(institution.data, federation.model, built.tokenizer)
+    return built, data.train
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

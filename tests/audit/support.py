@@ -69,6 +69,18 @@ def institution_yaml(budget: float, cap: float | None, clipping: float) -> str:
             "state_dir: state\n")
 
 
+def write_records(path: Path, count: int) -> Path:
+    """`count` short records of two classes whose words give the label away."""
+    words = {"x": ["match", "goal", "team", "league", "coach"], "y": ["chip", "phone", "network", "robot", "data"]}
+    lines = []
+    for i in range(count):
+        label = "xy"[i % 2]
+        text = " ".join(words[label][(i * 7 + k * 3) % 5] for k in range(5)) + f" item {i}"
+        lines.append(json.dumps({"text": text, "label": label}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def stepping_clock(start: datetime = datetime(2025, 1, 1, tzinfo=timezone.utc)):
     """A clock that advances one minute per call: ledgers are deterministic and time strictly grows."""
     now = [start]
