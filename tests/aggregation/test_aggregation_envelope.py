@@ -257,3 +257,12 @@ def test_invalid_updates_are_refused_before_encryption(material, delta, weight):
 def test_update_too_large_for_the_parameters_is_refused(material):
     with pytest.raises(CapacityExceeded):
         encrypt_update(material, np.ones(10), 1e6, "00" * 32)
+
+
+def test_a_replayed_upload_relabelled_as_a_sum_is_still_refused(coordinator, uploads):
+    envelope = uploads[2][0]
+    h = read_header(envelope)
+    blobs = [envelope[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
+    relabelled = build_envelope(KIND_SUM, h.key_id, h.layout_hash, h.n_values, h.slots, 1, blobs)
+    with pytest.raises(EnvelopeError, match="same upload"):
+        sum_envelopes(coordinator, [envelope, relabelled])

@@ -84,3 +84,11 @@ def test_errors_print_as_one_line_with_a_hint():
     with pytest.raises(InsecureParameters) as err:
         CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 60])
     assert "\n" not in str(err.value) and "hint:" in str(err.value)
+
+
+def test_aggregation_errors_are_bad_input_for_the_cli():
+    from confide.errors import BadInput
+
+    with pytest.raises(BadInput) as err:
+        CkksParameters(poly_modulus_degree=1024)
+    assert len(err.value.lines()) == 1

@@ -122,7 +122,9 @@ class SealScratch:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
 
-    def load_ciphertext(self, context: seal.SEALContext, blob: bytes | memoryview) -> seal.Ciphertext:
+    def load_ciphertext(
+        self, context: seal.SEALContext, blob: bytes | memoryview
+    ) -> seal.Ciphertext:
         """Parse a ciphertext; SEAL validates it against ``context``. Raises EnvelopeError."""
         self._write(blob)
         ct = seal.Ciphertext()

@@ -7,9 +7,10 @@ the federated average and reads the number of contributions from the count slot.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,7 +153,10 @@ def sum_envelopes(
         raise EnvelopeError("no envelopes to sum", "wait for at least one upload")
     headers = [
         read_header(
-            s, expected_key_id=public.key_id, expected_slots=public.params.slots, max_bytes=max_bytes
+            s,
+            expected_key_id=public.key_id,
+            expected_slots=public.params.slots,
+            max_bytes=max_bytes,
         )
         for s in sources
     ]
@@ -165,9 +169,12 @@ def sum_envelopes(
                 "only updates of the same adapter layout can be summed",
             )
         if h.n_values != first.n_values:
-            raise EnvelopeError(f"envelope {i} holds {h.n_values} values, envelope 0 {first.n_values}")
-    _refuse_duplicates(headers)
+            raise EnvelopeError(
+                f"envelope {i} holds {h.n_values} values, envelope 0 holds {first.n_values}",
+                "only updates of the same adapter can be summed",
+            )
     offsets = [h.ciphertext_offsets() for h in headers]
+    _refuse_duplicates(sources, headers, offsets)
 
     n_ct = first.n_ciphertexts
     limit = max_ciphertext_bytes(first.slots)
@@ -189,7 +196,8 @@ def sum_envelopes(
         blobs = [b for part in parts for b in part]
     else:
         readers = [
-            _checked_reader(s, o, h.ciphertext_lengths, limit) for s, o, h in zip(sources, offsets, headers)
+            _checked_reader(s, o, h.ciphertext_lengths, limit)
+            for s, o, h in zip(sources, offsets, headers)
         ]
         with _seal.SealScratch() as scratch:
             blobs = _parallel.sum_positions(
@@ -201,7 +209,11 @@ def sum_envelopes(
     )
 
 
-def _checked_reader(source: EnvelopeSource, offsets: list[int], lengths: tuple[int, ...], limit: int):
+def _checked_reader(
+    source: EnvelopeSource, offsets: list[int], lengths: tuple[int, ...], limit: int
+) -> Callable[[int], bytes | memoryview]:
+    """Reads ciphertext ``j`` of one envelope, re-checking its framing (a file may change)."""
+
     def read(j: int) -> bytes | memoryview:
         blob = read_ciphertext(source, offsets[j], lengths[j])
         _seal.check_seal_blob(blob, limit, f"ciphertext {j}")
@@ -210,17 +222,22 @@ def _checked_reader(source: EnvelopeSource, offsets: list[int], lengths: tuple[i
     return read
 
 
-def _refuse_duplicates(headers: list[EnvelopeHeader]) -> None:
-    """Refuse the same upload twice (a replay would double-count one member): every
-    encryption draws fresh seeds, so equal digests mean copies."""
-    seen: dict[str, int] = {}
-    for i, h in enumerate(headers):
-        if h.sha256 in seen:
+def _refuse_duplicates(
+    sources: list[EnvelopeSource], headers: list[EnvelopeHeader], offsets: list[list[int]]
+) -> None:
+    """Refuse the same upload twice (a replay would double-count one member). Every encryption
+    draws fresh seeds, so byte-identical first ciphertexts mean copies, whatever the headers say.
+    """
+    seen: dict[bytes, int] = {}
+    for i, (source, header, offset) in enumerate(zip(sources, headers, offsets)):
+        first = read_ciphertext(source, offset[0], header.ciphertext_lengths[0])
+        digest = hashlib.sha256(first).digest()
+        if digest in seen:
             raise EnvelopeError(
-                f"envelopes {seen[h.sha256]} and {i} are the same upload",
+                f"envelopes {seen[digest]} and {i} are the same upload",
                 "sum each institution's upload once",
             )
-        seen[h.sha256] = i
+        seen[digest] = i
 
 
 def decrypt_sum(

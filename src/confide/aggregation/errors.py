@@ -1,13 +1,15 @@
 """Errors raised by ``confide.aggregation``.
 
-Every error names what is wrong and carries a hint saying what to do about it, so the CLI can
-print ``str(error)`` as one line and exit with code 2.
+Every error names what is wrong and carries a hint saying what to do about it. They derive from
+``confide.errors.BadInput``, so the CLI prints them as one line and exits with code 2.
 """
 
 from __future__ import annotations
 
+from confide.errors import BadInput
 
-class AggregationError(Exception):
+
+class AggregationError(BadInput):
     """Base class of every error this package raises on bad input or refused operations."""
 
     def __init__(self, message: str, hint: str = "") -> None:

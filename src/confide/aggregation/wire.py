@@ -38,6 +38,7 @@ _FIXED = struct.Struct(">4sBBH16s32s32sQIII")
 _LENGTH = struct.Struct(">I")
 _DIGEST_AT = 56  # offset of the digest field in the fixed header
 _DIGEST_END = _DIGEST_AT + 32
+_N_CT_FIELD = 9  # index of n_ciphertexts among the fixed header's fields
 
 #: Default ceiling on one envelope: 2 GiB holds a sum of about 10**8 parameters.
 DEFAULT_MAX_ENVELOPE_BYTES = 2**31
@@ -151,6 +152,8 @@ def _parse_fixed(prefix: bytes, total_bytes: int, max_bytes: int) -> tuple:
         raise EnvelopeError("envelope header is corrupt (kind or reserved field)", "upload again")
     if slots not in _SLOT_COUNTS:
         raise EnvelopeError(f"envelope declares {slots} slots per ciphertext", "it is corrupt")
+    # More values than max_bytes could carry means a forged count; refusing it here also bounds
+    # the length table that is read next.
     if n_values < 1 or n_values > max_bytes:
         raise EnvelopeError(f"envelope declares {n_values} values", "it is corrupt")
     if n_ct != ciphertexts_needed(n_values, slots):
@@ -257,7 +260,8 @@ def read_header(
     view = memoryview(data)
     n_table = 0
     if len(view) >= _FIXED.size:
-        n_table = min(_FIXED.unpack_from(view, 0)[9], (len(view) - _FIXED.size) // _LENGTH.size)
+        declared = _FIXED.unpack_from(view, 0)[_N_CT_FIELD]
+        n_table = min(declared, (len(view) - _FIXED.size) // _LENGTH.size)
     prefix = bytes(view[: _FIXED.size + _LENGTH.size * n_table])
     header = _parse_header(prefix, len(view), **expectations)  # type: ignore[arg-type]
     limit = max_ciphertext_bytes(header.slots)
@@ -291,7 +295,7 @@ def _read_header_file(
             # Validate the fixed part before reading the table, so a forged ciphertext count
             # cannot make us read more than the file holds.
             fields = _parse_fixed(prefix, total, max_bytes)  # type: ignore[arg-type]
-            prefix += f.read(_LENGTH.size * fields[9])
+            prefix += f.read(_LENGTH.size * fields[_N_CT_FIELD])
             header = _parse_header(prefix, total, **expectations)  # type: ignore[arg-type]
             limit = max_ciphertext_bytes(header.slots)
             digest = _digest_of_prefix(prefix)
