@@ -13,6 +13,7 @@ from confide.platform.data import load_institution_data
 from confide.platform.models import build_adapter_model
 from confide.privacy import (
     DPSettings,
+    RoundSpend,
     TrainingError,
     apply_delta,
     evaluate,
@@ -20,6 +21,7 @@ from confide.privacy import (
     parameters_digest,
     run_dp_round,
     state_to_vector,
+    train_round,
     trainable_state,
     vector_to_state,
 )
@@ -132,7 +134,7 @@ def test_model_survives_many_rounds_without_leftover_hooks_or_attributes(tiny_be
         assert not any(hasattr(p, a) for a in ("grad_sample", "summed_grad", "_forward_counter"))
         assert p.grad is None
     # Still an ordinary model: a plain forward/backward works and evaluation runs.
-    assert evaluate(model, data.eval, "sequence_classification").examples == len(data.eval)
+    assert evaluate(model, data.eval, "sequence_classification")["examples"] == len(data.eval)
 
 
 def test_round_restores_weights_and_unhooks_when_it_fails(tiny_bert):
@@ -145,6 +147,16 @@ def test_round_restores_weights_and_unhooks_when_it_fails(tiny_bert):
     after = trainable_state(model)
     assert all(torch.equal(after[n], before[n]) for n in before)
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_train_round_takes_its_settings_from_the_policies_and_reports_steps(tiny_bert, tmp_path):
+    federation, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    seen = []
+    delta = train_round(model, data.train, federation, make_institution(tmp_path, clipping_norm=0.5),
+                        RoundSpend(1.0, 0.2, 3), on_step=lambda done, total: seen.append((done, total)), seed=5)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert set(delta) == set(trainable_state(model))
 
 
 def test_invalid_settings_are_refused_before_training(tiny_bert):
@@ -188,4 +200,4 @@ def test_causal_lm_loss_of_an_example_does_not_depend_on_its_batch(tmp_path):
     result = run_dp_round(built.model, data.train, "causal_lm", settings(sample_rate=0.5), seed=4)
     assert parameters_digest(built.model, trainable=False) == frozen
     assert all(t.abs().sum() > 0 for t in result.delta.values())
-    assert evaluate(built.model, data.eval, "causal_lm").examples == len(data.eval)
+    assert evaluate(built.model, data.eval, "causal_lm")["examples"] == len(data.eval)

@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
-from confide.policies.federation import ModelSettings
-from confide.policies.institution import DataSource
+from confide.errors import BadInput
+from confide.policies.federation import FederationPolicy, ModelSettings
+from confide.policies.institution import DataSource, InstitutionPolicy
 from confide.privacy.objective import IGNORE_INDEX
 
 
-class DataError(Exception):
+class DataError(BadInput):
     """A data file cannot be used: which file, which line, which field, and how to fix it."""
 
     def __init__(self, file: str, line: int, field: str, message: str, hint: str = "") -> None:
@@ -53,33 +54,55 @@ class LocalDataset:
     """64 hex digits identifying the records; the privacy ledger is kept per fingerprint."""
     path: Path
     records: int
+    source: DataSource
+    settings: ModelSettings
+    tokenizer: PreTrainedTokenizerBase
 
     @property
-    def train_records(self) -> int:
+    def train_size(self) -> int:
+        """Records in the training set (the n in sample rate = expected batch / n)."""
         return len(self.train)
 
+    def encode(self, rows: list[dict], name: str = "<records>") -> TensorDataset:
+        """Tokenize other records, e.g. a common test set: dicts `{"text", "label"}` as `read_records` returns.
 
-def _label_of(value: object, file: str, line: int, field: str, labels: list[str]) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(file, line, field, f"label must be a string, got {type(value).__name__}")
-    label = str(value)
-    if label not in labels:
-        raise DataError(file, line, field, f"label {label!r} is not one of the federation's labels {labels}",
-                        "fix the record or map it to a federation label")
-    return label
+        Raises DataError naming the record's position (as its line) for a missing field or unknown label.
+        """
+        needs_label = self.settings.task == "sequence_classification"
+        records = [
+            _checked(_raw_record(row, name, index + 1, "text", "label", needs_label), name, self.settings)
+            for index, row in enumerate(rows)
+        ]
+        return tokenize(records, self.tokenizer, self.settings)
 
 
-def _record(row: dict, file: str, line: int, source: DataSource, settings: ModelSettings) -> Record:
-    text = row.get(source.text_field)
+def _raw_record(row: object, file: str, line: int, text_field: str, label_field: str, require_label: bool) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(file, line, "", f"expected a record with named fields, got {type(row).__name__}")
+    text = row.get(text_field)
     if text is None:
-        raise DataError(file, line, source.text_field, "missing field", "set data.text_field to the text column")
+        raise DataError(file, line, text_field, "missing field", "set data.text_field to the text column")
     if not isinstance(text, str):
-        raise DataError(file, line, source.text_field, f"text must be a string, got {type(text).__name__}")
+        raise DataError(file, line, text_field, f"text must be a string, got {type(text).__name__}")
+    label = row.get(label_field)
+    if label is None:
+        if require_label:
+            raise DataError(file, line, label_field, "missing field", "set data.label_field to the label column")
+    elif isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise DataError(file, line, label_field, f"label must be a string, got {type(label).__name__}")
+    return {"text": text, "label": None if label is None else str(label), "line": line}
+
+
+def _checked(row: dict, file: str, settings: ModelSettings, label_field: str = "label") -> Record:
+    """A Record from a normalised row, with its label checked against the federation's labels."""
     if settings.task == "causal_lm":
-        return Record(text, None, line)
-    if row.get(source.label_field) is None:
-        raise DataError(file, line, source.label_field, "missing field", "set data.label_field to the label column")
-    return Record(text, _label_of(row[source.label_field], file, line, source.label_field, settings.labels), line)
+        return Record(row["text"], None, row["line"])
+    label = row["label"]
+    if label not in settings.labels:
+        raise DataError(file, row["line"], label_field,
+                        f"label {label!r} is not one of the federation's labels {list(settings.labels)}",
+                        "fix the record or map it to a federation label")
+    return Record(row["text"], label, row["line"])
 
 
 def _read_text(path: Path) -> str:
@@ -137,18 +160,41 @@ def _csv_rows(text: str, file: str, needed: list[str]):
         line = reader.line_num + 1
 
 
-def read_records(source: DataSource, settings: ModelSettings) -> list[Record]:
-    """Every record of `source.path`, in file order. Raises DataError naming the file and line of
-    the first malformed line, missing field or label outside `settings.labels`, or if there are none."""
-    path = Path(source.path)
+def read_records(
+    path: str | Path, format: str = "jsonl", text_field: str = "text", label_field: str = "label",
+    require_label: bool = True,
+) -> list[dict]:
+    """Every record of a JSONL or CSV file as `{"text", "label", "line"}` (label None if absent and
+    not required), in file order; blank lines hold no record and are passed over.
+
+    Raises DataError naming the file and line of the first malformed line, missing field or
+    non-string value, or if there are no records. Labels are not checked against a federation
+    here (see `read_source`).
+    """
+    path = Path(path)
     file = str(path)
     text = _read_text(path)
-    needed = [source.text_field] + ([source.label_field] if settings.task == "sequence_classification" else [])
-    rows = _jsonl_rows(text, file) if source.format == "jsonl" else _csv_rows(text, file, needed)
-    records = [_record(row, file, line, source, settings) for line, row in rows]
+    if format == "jsonl":
+        rows = _jsonl_rows(text, file)
+    elif format == "csv":
+        rows = _csv_rows(text, file, [text_field] + ([label_field] if require_label else []))
+    else:
+        raise DataError(file, 0, "format", f"unknown format {format!r}", "use jsonl or csv")
+    records = [_raw_record(row, file, line, text_field, label_field, require_label) for line, row in rows]
     if not records:
         raise DataError(file, 0, "", "no records", "the file is empty")
     return records
+
+
+def read_source(source: DataSource, settings: ModelSettings) -> list[Record]:
+    """The records of an institution's data source, labels checked against `settings.labels`.
+
+    Raises DataError naming the file and line of the first malformed line, missing field or label
+    outside the federation's list, or if there are none.
+    """
+    needs_label = settings.task == "sequence_classification"
+    rows = read_records(source.path, source.format, source.text_field, source.label_field, needs_label)
+    return [_checked(row, str(source.path), settings, source.label_field) for row in rows]
 
 
 def _record_digest(record: Record) -> bytes:
@@ -202,13 +248,18 @@ def tokenize(
 
 
 def load_institution_data(
-    source: DataSource, settings: ModelSettings, tokenizer: PreTrainedTokenizerBase
+    source: DataSource | InstitutionPolicy,
+    settings: ModelSettings | FederationPolicy,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> LocalDataset:
-    """Read, fingerprint, split (by `source.eval_fraction`) and tokenize an institution's data.
+    """Read, fingerprint, split (by `eval_fraction`) and tokenize an institution's data.
 
-    Raises DataError for any unusable record.
+    `source` is the institution policy or its `data` section; `settings` the federation policy or
+    its `model` section (labels, task, max length). Raises DataError for any unusable record.
     """
-    records = read_records(source, settings)
+    source = source.data if isinstance(source, InstitutionPolicy) else source
+    settings = settings.model if isinstance(settings, FederationPolicy) else settings
+    records = read_source(source, settings)
     train, evaluation = split_records(records, source.eval_fraction)
     return LocalDataset(
         train=tokenize(train, tokenizer, settings),
@@ -216,4 +267,7 @@ def load_institution_data(
         fingerprint=dataset_fingerprint(records),
         path=Path(source.path),
         records=len(records),
+        source=source,
+        settings=settings,
+        tokenizer=tokenizer,
     )

@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from confide.errors import BadInput
 from confide.policies.federation import FederationPolicy, ModelSettings
 from confide.privacy.trainable import parameters_digest, trainable_parameters
 
@@ -39,7 +40,7 @@ RANDOM_TINY_GPT2 = "random:tiny-gpt2"
 _HEAD_NAMES = ("classifier", "score")
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(BadInput):
     """The federation's model could not be built from its source and settings."""
 
     def __init__(self, message: str, hint: str = "") -> None:
@@ -241,3 +242,11 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
             if ".lora_A." in name:
                 param.requires_grad_(False)
     return AdapterModel(model, tokenizer, settings, device)
+
+
+def build_model(
+    federation: FederationPolicy, device: torch.device | None = None
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """`build_adapter_model` as a (model, tokenizer) pair. Raises ModelLoadError."""
+    built = build_adapter_model(federation, device)
+    return built.model, built.tokenizer

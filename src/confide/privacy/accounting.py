@@ -10,6 +10,7 @@ dp_accounting's PLD) and RDP (looser by 8-17%, kept because some auditors only t
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -79,23 +80,21 @@ def _checked(history: Iterable[tuple[float, float, int]]) -> History:
 
 
 def _prv_epsilon(history: History, delta: float) -> float:
-    accountant = PRVAccountant()
-    accountant.history = list(history)
-    eps = accountant.get_epsilon(delta, eps_error=_PRV_EPS_ERROR)
-    if eps < 1.0:
+    def upper_bound(eps_error: float) -> float:
         accountant = PRVAccountant()
         accountant.history = list(history)
-        eps = accountant.get_epsilon(delta, eps_error=max(_PRV_MIN_EPS_ERROR, _PRV_RELATIVE_ERROR * eps))
-    return float(eps)
+        return float(accountant.get_epsilon(delta, eps_error=eps_error))
+
+    eps = upper_bound(_PRV_EPS_ERROR)
+    if eps < 1.0:
+        eps = upper_bound(max(_PRV_MIN_EPS_ERROR, _PRV_RELATIVE_ERROR * eps))
+    return eps
 
 
 def _rdp_epsilon(history: History, delta: float) -> float:
     accountant = RDPAccountant()
     accountant.history = list(history)
-    with warnings.catch_warnings():
-        # "Optimal order is the largest alpha": the bound is still valid, only not the tightest.
-        warnings.simplefilter("ignore", UserWarning)
-        return float(accountant.get_epsilon(delta))
+    return float(accountant.get_epsilon(delta))
 
 
 def epsilon(history: Iterable[tuple[float, float, int]], delta: float, accountant: str = "prv") -> float:
@@ -113,7 +112,19 @@ def epsilon(history: Iterable[tuple[float, float, int]], delta: float, accountan
         return 0.0
     if any(sigma == 0.0 for sigma, _, _ in merged):
         return math.inf
-    return _prv_epsilon(merged, delta) if name == "prv" else _rdp_epsilon(merged, delta)
+    return _composed_epsilon(tuple(sorted(merged)), float(delta), name)
+
+
+@functools.lru_cache(maxsize=256)
+def _composed_epsilon(merged: tuple[tuple[float, float, int], ...], delta: float, name: str) -> float:
+    # Pure in its arguments, and an agent asks for the same history repeatedly (epsilon after
+    # round r is epsilon before round r + 1), so results are memoised. The key is sorted: the
+    # same multiset of steps always gives the very same number.
+    with warnings.catch_warnings():
+        # RDP (also used inside PRV to size its domain) warns "optimal order is the largest alpha"
+        # for large noise: the bound is still valid, only not the tightest.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return _prv_epsilon(list(merged), delta) if name == "prv" else _rdp_epsilon(list(merged), delta)
 
 
 def round_epsilon(spend: RoundSpend, delta: float, accountant: str = "prv") -> float:

@@ -96,7 +96,7 @@ def calibrate_noise_multiplier(
     def eps_at(sigma: float) -> float:
         return epsilon(history_with(prior, RoundSpend(sigma, sample_rate, total_steps)), delta, name)
 
-    # Bracket [low, high]: eps(low) > target >= eps(high).
+    # Bracket [low, high] with eps(low) > target >= eps(high), found by doubling or halving from 1.
     high, eps_high = 1.0, eps_at(1.0)
     while eps_high > target_epsilon:
         if high >= _MAX_NOISE_MULTIPLIER:
@@ -114,15 +114,45 @@ def calibrate_noise_multiplier(
             return high
         low = high / 2.0
         eps_low = eps_at(low)
+    return _refine(eps_at, target_epsilon, low, eps_low, high, eps_high, relative_tolerance)
+
+
+def _refine(eps_at, target: float, low: float, eps_low: float, high: float, eps_high: float,
+            relative_tolerance: float) -> float:
+    """Shrink the bracket until eps(high) is within tolerance below the target; return high.
+
+    log(epsilon) is close to linear in log(sigma), so each guess interpolates there (regula falsi,
+    Illinois variant: an end kept twice in a row has its weight halved, so it cannot stall).
+    Bisection is used while eps(low) is infinite. Every guess keeps the bracket, so `high`
+    always satisfies the target.
+    """
+    goal = math.log(target)
+
+    def gap(eps: float) -> float:
+        return math.log(eps) - goal if 0 < eps < math.inf else (math.inf if eps == math.inf else -math.inf)
+
+    f_low, f_high = gap(eps_low), gap(eps_high)
+    last_moved = 0  # +1: high was replaced last, -1: low was
     for _ in range(_MAX_ITERATIONS):
-        if eps_high >= target_epsilon * (1.0 - relative_tolerance):
+        if eps_high >= target * (1.0 - relative_tolerance) or (high - low) <= 1e-9 * high:
             break
-        mid = (low + high) / 2.0
-        eps_mid = eps_at(mid)
-        if eps_mid <= target_epsilon:
-            high, eps_high = mid, eps_mid
+        guess = (low + high) / 2.0
+        if math.isfinite(f_low) and math.isfinite(f_high) and f_low != f_high:
+            a, b = math.log(low), math.log(high)
+            interpolated = math.exp(b - f_high * (b - a) / (f_high - f_low))
+            if low < interpolated < high:
+                guess = interpolated
+        eps_guess = eps_at(guess)
+        if eps_guess <= target:
+            high, eps_high, f_high = guess, eps_guess, gap(eps_guess)
+            if last_moved == 1:
+                f_low /= 2.0
+            last_moved = 1
         else:
-            low = mid
+            low, f_low = guess, gap(eps_guess)
+            if last_moved == -1:
+                f_high /= 2.0
+            last_moved = -1
     return high
 
 

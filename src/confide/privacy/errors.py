@@ -5,8 +5,10 @@ The CLI prints `str(error)` on one line and exits 2, so messages carry their hin
 
 from __future__ import annotations
 
+from confide.errors import BadInput
 
-class PrivacyError(Exception):
+
+class PrivacyError(BadInput):
     """Base class: something about differential privacy, its accounting or its ledger is not acceptable."""
 
     def __init__(self, message: str, hint: str = "") -> None:

@@ -12,8 +12,6 @@ classification and token ids `[B, T]` (-100 where ignored) for causal LM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,23 +74,21 @@ def batch_loss(model: nn.Module, batch: Batch, task: str) -> torch.Tensor:
     return losses.mean()
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Loss and accuracy of a model on a dataset. Computed on local records, so not private: keep it local."""
-
-    loss: float
-    """Mean per-example loss."""
-    accuracy: float
-    """Sequence classification: fraction of examples right. Causal LM: fraction of next tokens right."""
-    examples: int
+def infer_task(dataset: Dataset) -> str:
+    """The task a tokenized dataset is for: class labels `[N]` mean classification, token labels `[N, T]` causal LM."""
+    labels = dataset[0][2] if len(dataset) else None  # type: ignore[arg-type]
+    return "causal_lm" if labels is not None and labels.dim() == 1 else "sequence_classification"
 
 
-def evaluate(model: nn.Module, dataset: Dataset, task: str, batch_size: int = 64) -> Evaluation:
-    """Mean loss and accuracy of `model` on `dataset` (no gradients, eval mode; the mode is restored).
+def evaluate(model: nn.Module, dataset: Dataset, task: str | None = None, batch_size: int = 64) -> dict:
+    """Mean loss and accuracy of `model` on `dataset`, as `{"loss", "accuracy", "examples"}`.
 
-    Raises TrainingError for an unknown task.
+    Accuracy is the fraction of examples classified right (sequence classification) or of next
+    tokens predicted right (causal LM); `task` is inferred from the labels' shape if not given.
+    Runs without gradients in eval mode (the mode is restored). The numbers come from local records
+    without DP: keep them local. Raises TrainingError for an unknown task.
     """
-    check_task(task)
+    task = check_task(task or infer_task(dataset))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -112,5 +108,5 @@ def evaluate(model: nn.Module, dataset: Dataset, task: str, batch_size: int = 64
     finally:
         model.train(was_training)
     if examples == 0:
-        return Evaluation(float("nan"), float("nan"), 0)
-    return Evaluation(total_loss / examples, total_correct / max(total_units, 1.0), examples)
+        return {"loss": float("nan"), "accuracy": float("nan"), "examples": 0}
+    return {"loss": total_loss / examples, "accuracy": total_correct / max(total_units, 1.0), "examples": examples}

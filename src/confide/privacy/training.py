@@ -1,5 +1,9 @@
 """One local round of DP-SGD with Opacus on the trainable adapter parameters only.
 
+`train_round` is what an institution's agent calls (policies and the reserved spend in, the delta
+out); `run_dp_round` is the same with explicit settings and a detailed result; `evaluate` is
+re-exported from `confide.privacy.objective`.
+
 Opacus pieces are assembled by hand rather than through `PrivacyEngine.make_private`, for two
 reasons. The sample rate must be exactly the one the ledger records (`make_private` derives it as
 1 / len(loader), which differs from expected_batch / records), and a round must run exactly
@@ -15,6 +19,7 @@ import secrets
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from opacus.grad_sample import GradSampleModule
@@ -29,7 +34,7 @@ from confide.policies.federation import FederationPolicy
 from confide.policies.institution import InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.errors import TrainingError
-from confide.privacy.objective import batch_loss, check_task, trim_padding
+from confide.privacy.objective import batch_loss, check_task, evaluate, trim_padding
 from confide.privacy.trainable import (
     State,
     load_trainable_state,
@@ -37,6 +42,11 @@ from confide.privacy.trainable import (
     trainable_parameters,
     trainable_state,
 )
+
+__all__ = ["DPSettings", "RoundResult", "evaluate", "run_dp_round", "train_round"]
+
+StepCallback = Callable[[int, int], None]
+"""Called after every DP step with (steps done, steps in the round)."""
 
 # Attributes Opacus puts on parameters; removed after the round so nothing leaks into later rounds.
 _OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample", "_norm_sample")
@@ -149,6 +159,7 @@ def run_dp_round(
     task: str,
     settings: DPSettings,
     seed: int | None = None,
+    on_step: StepCallback | None = None,
 ) -> RoundResult:
     """Train `settings.steps` DP-SGD steps on `model`'s trainable parameters and return the delta.
 
@@ -156,7 +167,9 @@ def run_dp_round(
     batches of at most `max_physical_batch_size` (BatchMemoryManager), clips every example's
     gradient to `clipping_norm` and adds Gaussian noise of std `noise_multiplier * clipping_norm`
     to the sum (Opacus, hooks mode). The model is trained in place on whatever device it is on.
-    `seed` makes sampling and noise reproducible (tests only; None draws from the OS).
+    `seed` makes sampling and noise reproducible (tests only; None draws from the OS, and a real
+    round must use None: whoever knows the seed can subtract the noise). `on_step(done, total)` is
+    called after each DP step.
 
     Raises TrainingError for invalid settings, a step count that does not match the plan, or
     trainable weights that did not move (Opacus issue 820).
@@ -190,6 +203,8 @@ def run_dp_round(
         def count_step(_optimizer: DPOptimizer) -> None:
             nonlocal steps_taken
             steps_taken += 1
+            if on_step is not None:
+                on_step(steps_taken, settings.steps)
 
         optimizer.attach_step_hook(count_step)
         sampler = UniformWithReplacementSampler(
@@ -236,3 +251,23 @@ def run_dp_round(
         delta=delta, spend=settings.spend, steps=steps_taken, examples=examples,
         mean_loss=loss_sum / examples if examples else float("nan"), seconds=time.perf_counter() - started,
     )
+
+
+def train_round(
+    model: nn.Module,
+    train: Dataset,
+    federation: FederationPolicy,
+    institution: InstitutionPolicy,
+    spend: RoundSpend,
+    on_step: StepCallback | None = None,
+    seed: int | None = None,
+) -> State:
+    """Run one DP round for a reserved `spend` and return the delta (trainable state after minus before).
+
+    The optimizer, learning rate and physical batch come from `federation.training`, the clipping
+    norm from `institution`, the noise, sample rate and steps from `spend` (the ledger's spend
+    entry). The model keeps the trained weights; callers that must not keep them reload the
+    previous state. Raises TrainingError (see `run_dp_round`).
+    """
+    settings = DPSettings.from_policies(federation, institution, spend)
+    return run_dp_round(model, train, federation.model.task, settings, seed=seed, on_step=on_step).delta
