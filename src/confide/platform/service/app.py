@@ -43,6 +43,7 @@ class Changes:
     """Wakes long-polls when the federation changes, and the ticker when a contribution arrives."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.changed = asyncio.Event()
         self.poked = asyncio.Event()
 
@@ -62,12 +63,23 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024) -> FastAPI:
-    """The ASGI app serving `hub`. `tick_s`: how often the protocol is advanced without a poke."""
+def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024,
+               max_wait_s: float = MAX_WAIT_S) -> FastAPI:
+    """The ASGI app serving `hub`.
+
+    `tick_s`: how often the protocol is advanced without a poke; `max_json_bytes`: limit of every
+    body but uploads (whose limit is the hub's); `max_wait_s`: longest long-poll.
+    """
     changes: dict[str, Changes] = {}
 
+    def current() -> Changes:
+        # Events belong to one event loop; a test client may run each request in a fresh one.
+        if "c" not in changes or changes["c"].loop is not asyncio.get_running_loop():
+            changes["c"] = Changes()
+        return changes["c"]
+
     async def ticker() -> None:
-        own = changes["c"]
+        own = current()
         while True:
             try:
                 if await run_in_threadpool(hub.tick, time.time()):
@@ -82,7 +94,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        changes["c"] = Changes()
+        current()
         task = asyncio.create_task(ticker())
         try:
             yield
@@ -93,11 +105,10 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
                   description="Coordinates a confide federation: key set-up, rounds, encrypted uploads and sums.")
 
     def changed(poke: bool = False) -> None:
-        c = changes.get("c")
-        if c is not None:
-            c.notify()
-            if poke:
-                c.poked.set()
+        c = current()
+        c.notify()
+        if poke:
+            c.poked.set()
 
     # -- errors -------------------------------------------------------------------------------
     @app.exception_handler(Unauthorized)
@@ -154,12 +165,12 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
     async def federation(
         who: str = Depends(member),
         after_revision: int | None = Query(None, ge=0, le=2**62, description="Wait for a revision above this."),
-        wait_s: float = Query(0.0, ge=0.0, le=MAX_WAIT_S, description="Long-poll at most this long (s)."),
+        wait_s: float = Query(0.0, ge=0.0, le=max_wait_s, description="Long-poll at most this long (s)."),
     ) -> FederationView:
         """The federation as the asking member sees it; long-polls while nothing changed."""
         deadline = time.monotonic() + wait_s
         while after_revision is not None and hub.revision <= after_revision and time.monotonic() < deadline:
-            await changes["c"].wait(deadline - time.monotonic())
+            await current().wait(deadline - time.monotonic())
         return hub.view_for(who)
 
     @app.put("/v1/keys", response_model=KeySetupReply, responses=_ERRORS, tags=["keys"])
