@@ -159,6 +159,98 @@ def keys_init(
               markup=False, highlight=False)
 
 
+# ----------------------------------------------------------------------------- privacy
+
+
+@app.command("calibrate")
+@handles_bad_input
+def calibrate(
+    epsilon: float = typer.Option(..., "--epsilon", help="Target epsilon to spend."),
+    delta: float = typer.Option(..., "--delta", help="Target delta."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q (expected batch / records)."),
+    steps: int = typer.Option(..., "--steps", help="Number of DP-SGD steps."),
+    accountant: str = typer.Option("prv", "--accountant", help="prv (default) or rdp."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the noise multiplier that spends exactly the given budget."""
+    from confide.privacy.calibration import calibrate as run
+
+    result = run(epsilon, delta, sample_rate, steps, accountant)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+    else:
+        out.print(result.describe(), highlight=False)
+
+
+# ----------------------------------------------------------------------------- federation
+
+
+@app.command("simulate")
+@handles_bad_input
+def simulate(
+    federation: Path = typer.Argument(..., help="The federation policy file."),
+    institutions: List[Path] = typer.Argument(None, help="Institution policy files (or use --split)."),
+    out_dir: Path = typer.Option(..., "--out", help="Empty or new directory for results, ledgers and adapters."),
+    workers: int = typer.Option(2, "--workers", help="Worker processes hosting institutions (0: in this process)."),
+    split: Optional[str] = typer.Option(None, "--split", help="dirichlet:ALPHA: split one dataset across generated institutions."),
+    n_institutions: int = typer.Option(3, "--institutions", help="With --split: how many institutions."),
+    template: Optional[Path] = typer.Option(None, "--template", help="With --split: the institution policy to copy (its data file is split)."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Common test set (same format and fields as the institutions' data)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="With --split: fraction held out as the test set."),
+    seed: int = typer.Option(0, "--seed", help="With --split: seed of the split."),
+) -> None:
+    """Run a whole federation on this machine: real DP training, real CKKS, real ledgers."""
+    from confide.platform.display import FederationDisplay, budgets_table, rounds_table
+    from confide.platform.setup import simulation_from_files
+
+    sim = simulation_from_files(federation, institutions or [], out_dir, workers, split, n_institutions, template,
+                                test, test_fraction, seed)
+    from confide.platform.simulation import run_simulation
+
+    ids = [p.institution_id for p in sim.institutions]
+    with FederationDisplay(out, sim.federation.rounds, ids, sim.federation.federation_id) as display:
+        sim.on_event = display
+        summary = run_simulation(sim)
+    out.print(rounds_table(summary))
+    out.print(budgets_table(summary))
+    out.print(f"summary: {out_dir / 'summary.json'}; adapters: {out_dir / 'adapters'}")
+
+
+@app.command("demo")
+@handles_bad_input
+def demo(
+    fast: bool = typer.Option(False, "--fast", help="A 1-2 minute version for a first look."),
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where results, ledgers, adapters and the plot go."),
+    workers: int = typer.Option(2, "--workers", help="Worker processes for the federated run."),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="Directory of the example policies."),
+) -> None:
+    """A real federation on the bundled MiniLM and BBC News, against each institution alone."""
+    from confide.platform.demo import DEMO_INSTITUTIONS, demo_policies, default_examples_dir, run_demo
+    from confide.platform.display import FederationDisplay, demo_table, rounds_table, budgets_table
+
+    federation, _ = demo_policies(examples or default_examples_dir(), fast)
+    displays: dict[str, FederationDisplay] = {}
+
+    def on_event(stage: str, event: dict) -> None:
+        if stage not in displays:
+            for d in displays.values():
+                d.__exit__(None)
+            ids = DEMO_INSTITUTIONS if stage == "federated" else [stage]
+            title = "federated" if stage == "federated" else f"{stage} alone"
+            displays[stage] = FederationDisplay(out, federation.rounds, ids, title).__enter__()
+        displays[stage](event)
+
+    try:
+        result = run_demo(out_dir, examples, fast, workers, on_event)
+    finally:
+        for d in displays.values():
+            d.__exit__(None)
+    out.print(rounds_table(result.federated))
+    out.print(budgets_table(result.federated))
+    out.print(demo_table(result))
+    out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -173,20 +265,25 @@ def data_bbc(
 ) -> None:
     """Split the bundled BBC News corpus non-IID into one JSONL file per institution plus test.jsonl."""
     from confide.platform.corpus import bbc_records
-    from confide.platform.split import dirichlet_split, train_test_split, write_jsonl
+    from confide.platform.split import split_to_files
 
     ids = [n.strip() for n in names.split(",") if n.strip()]
-    train, test = train_test_split(bbc_records(), test_fraction, seed)
-    shards = dirichlet_split(train, len(ids), alpha, seed)
-    table = Table(title=f"BBC News split (Dirichlet alpha={alpha:g})")
+    parts = split_to_files(bbc_records(), out_dir, ids, alpha, test_fraction, seed)
+    out.print(_split_table(parts, out_dir, f"BBC News split (Dirichlet alpha={alpha:g})"))
+
+
+def _split_table(parts: dict[str, list[dict]], out_dir: Path, title: str) -> Table:
+    table = Table(title=title)
     table.add_column("file")
     table.add_column("records", justify="right")
     table.add_column("labels")
-    for name, records in [*zip(ids, shards), ("test", test)]:
-        write_jsonl(out_dir / f"{name}.jsonl", records)
-        counts = {label: sum(r["label"] == label for r in records) for label in sorted({r["label"] for r in records})}
-        table.add_row(f"{out_dir / name}.jsonl", str(len(records)), ", ".join(f"{k} {v}" for k, v in counts.items()))
-    out.print(table)
+    for name, records in parts.items():
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+        table.add_row(str(out_dir / f"{name}.jsonl"), str(len(records)),
+                      ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return table
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,3 +76,18 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def split_to_files(
+    records: list[dict], out_dir: Path, names: list[str], alpha: float, test_fraction: float, seed: int
+) -> dict[str, list[dict]]:
+    """Hold out a stratified test set, split the rest non-IID across `names`, write `<name>.jsonl` and
+    `test.jsonl` under `out_dir`. Returns {name: records} including "test"."""
+    if len(set(names)) != len(names) or "test" in names:
+        raise SplitError(f"institution names must be distinct and not 'test': {names}")
+    train, test = train_test_split(records, test_fraction, seed)
+    parts = dict(zip(names, dirichlet_split(train, len(names), alpha, seed)))
+    parts["test"] = test
+    for name, part in parts.items():
+        write_jsonl(out_dir / f"{name}.jsonl", part)
+    return parts
