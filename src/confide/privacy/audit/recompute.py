@@ -126,24 +126,8 @@ def opacus_epsilon(history: Iterable[Step], delta: float, accountant: str) -> fl
 
 
 @dataclass(frozen=True)
-class SpendRecomputation:
-    """One spend entry's epsilons: as recorded, by PLD, and by the recorded accountant (cumulative)."""
-
-    seq: int
-    federation: str
-    round: int
-    recorded_epsilon: float
-    pld_epsilon: float
-    accountant: str
-    accountant_epsilon: float | None
-    """None when the recorded accountant is unknown or failed (reported as its own check)."""
-    round_pld_epsilon: float
-    """This round's spend on its own, by PLD (what per-round caps limit)."""
-
-
-@dataclass(frozen=True)
 class SpendParameters:
-    """What the recomputation needs from one spend entry."""
+    """What one spend entry recorded: its DP-SGD parameters and its claimed cumulative epsilon."""
 
     seq: int
     federation: str
@@ -154,10 +138,36 @@ class SpendParameters:
     delta: float
     accountant: str
     recorded_epsilon: float
+    clipping_norm: float | None = None
+    """Not needed for accounting (noise scales with it); checked against the institution policy."""
 
     @property
     def step(self) -> Step:
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+@dataclass(frozen=True)
+class SpendRecomputation:
+    """One spend entry's parameters and its epsilons: recorded, by PLD, by the recorded accountant."""
+
+    seq: int
+    federation: str
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clipping_norm: float | None
+    delta: float
+    recorded_epsilon: float
+    """Cumulative epsilon the entry claims."""
+    pld_epsilon: float
+    """Cumulative epsilon by dp_accounting's PLD accountant (independent)."""
+    accountant: str
+    accountant_epsilon: float | None
+    """Cumulative epsilon by the recorded accountant recomputed from scratch; None when the
+    accountant is unknown or failed (reported as its own check)."""
+    round_pld_epsilon: float
+    """This round's spend on its own, by PLD (what per-round caps limit)."""
 
 
 def recompute_spends(spends: Sequence[SpendParameters]) -> list[SpendRecomputation]:
@@ -182,6 +192,11 @@ def recompute_spends(spends: Sequence[SpendParameters]) -> list[SpendRecomputati
                 seq=spend.seq,
                 federation=spend.federation,
                 round=spend.round,
+                noise_multiplier=spend.noise_multiplier,
+                sample_rate=spend.sample_rate,
+                steps=spend.steps,
+                clipping_norm=spend.clipping_norm,
+                delta=spend.delta,
                 recorded_epsilon=spend.recorded_epsilon,
                 pld_epsilon=pld_epsilon(history, spend.delta),
                 accountant=spend.accountant,

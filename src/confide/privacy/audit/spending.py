@@ -66,6 +66,7 @@ def parse_spends(entries: list[dict]) -> tuple[list[SpendParameters], list[Check
             noise_multiplier=float(entry["noise_multiplier"]), sample_rate=float(entry["sample_rate"]),
             steps=entry["steps"], delta=float(entry["delta"]), accountant=entry["accountant"],
             recorded_epsilon=float(entry["epsilon"]),
+            clipping_norm=float(entry["clipping_norm"]) if _number(entry.get("clipping_norm")) else None,
         ))
     if not checks:
         checks.append(Check("spend_fields", True, f"{len(spends)} spend entries, all with valid DP-SGD parameters"))
@@ -102,12 +103,10 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation], tolerance: Toler
 
 
 def institution_checks(recomputed: Sequence[SpendRecomputation], spends: Sequence[SpendParameters],
-                       clipping: dict[int, float], policy: InstitutionPolicy | None,
-                       federations: dict[str, FederationPolicy]) -> list[Check]:
+                       policy: InstitutionPolicy | None, federations: dict[str, FederationPolicy]) -> list[Check]:
     """The institution policy's limits: total budget and delta, per-round cap, clipping norm.
 
-    `clipping` maps seq to the spend's recorded clipping_norm. Without a policy these are reported
-    as not evaluated, except the federation's own per-round cap.
+    Without a policy these are reported as not evaluated, except the federation's own per-round cap.
     """
     checks: list[Check] = []
     if policy is None:
@@ -126,9 +125,10 @@ def institution_checks(recomputed: Sequence[SpendRecomputation], spends: Sequenc
         checks += _summary("budget_delta", [
             Check("budget_delta", False, f"delta {s.delta:g} > budget delta {policy.budget.delta:g}", s.seq)
             for s in bad_delta], f"every spend accounts at delta <= {policy.budget.delta:g}")
-        bad_clip = [s for s in spends if not math.isclose(clipping.get(s.seq, math.nan), policy.clipping_norm)]
+        bad_clip = [s for s in spends
+                    if s.clipping_norm is None or not math.isclose(s.clipping_norm, policy.clipping_norm)]
         checks += _summary("clipping", [
-            Check("clipping", False, f"clipping_norm {clipping.get(s.seq)!r} differs from the policy's "
+            Check("clipping", False, f"clipping_norm {s.clipping_norm!r} differs from the policy's "
                                      f"{policy.clipping_norm:g}", s.seq) for s in bad_clip],
             f"every spend clips at {policy.clipping_norm:g}")
     checks += _round_cap_checks(recomputed, policy, federations)

@@ -70,11 +70,9 @@ def audit_ledger(
     spends, field_checks = parse_spends(entries)
     recomputed = recompute_spends(spends)
     policy = institutions.get(institution or "")
-    clipping = {e["seq"]: e.get("clipping_norm") for e in entries
-                if e.get("kind") == "spend" and isinstance(e.get("seq"), int)}
     checks += field_checks
     checks += accounting_checks(recomputed, tolerance)
-    checks += institution_checks(recomputed, spends, clipping, policy, federations)
+    checks += institution_checks(recomputed, spends, policy, federations)
     checks += federation_checks(spends, federations)
     return LedgerAudit(
         path=str(path), institution=institution, dataset=dataset, checks=checks, spends=recomputed,
