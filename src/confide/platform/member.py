@@ -210,7 +210,7 @@ class Member:
         delta = self._train(round_index, epsilon)
         vector, _ = flatten(delta, self.layout)
         weight = float(self.data.train_size)
-        envelope = encrypt_update(self.secret, weight * vector, weight, self.layout.hash)
+        envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
         write_atomically(envelope_path, envelope)
         self.ledger.append("outcome", fed, round_index, result="uploaded", envelope_sha256=sha256(envelope),
                            weight=weight)

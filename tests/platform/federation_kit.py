@@ -1,0 +1,66 @@
+"""A tiny federation on disk: policies, identities and data for three institutions (tiny BERT)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from confide.identity import Identity
+from confide.policies import load_federation, load_institution
+
+WORDS = {"x": ["apple", "pear", "plum", "fig", "kiwi"], "y": ["car", "bus", "train", "bike", "tram"]}
+
+
+def write_data(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(n):
+            label = rng.choice("xy")
+            handle.write(json.dumps({"text": " ".join(rng.choices(WORDS[label], k=6)), "label": label}) + "\n")
+
+
+def make_federation_files(
+    root: Path,
+    ids=("a", "b", "c"),
+    rounds: int = 2,
+    min_institutions: int = 2,
+    budgets=None,
+    min_cohorts=None,
+    records: int = 48,
+) -> tuple[Path, list[Path]]:
+    """Write fed.yaml, <id>.yaml, <id>.jsonl and identities under `root`; return the policy paths."""
+    root.mkdir(parents=True, exist_ok=True)
+    roster = []
+    institution_paths = []
+    for k, inst in enumerate(ids):
+        identity = Identity.generate(inst)
+        identity.save(root / "ids" / inst)
+        entry = identity.public.to_roster_entry(inst)
+        roster.append(f"  - {{id: {inst}, signing_key: '{entry['signing_key']}', sealing_key: '{entry['sealing_key']}'}}")
+        write_data(root / f"{inst}.jsonl", records, seed=k)
+        budget = (budgets or {}).get(inst, 6.0)
+        cohort = (min_cohorts or {}).get(inst, 2)
+        path = root / f"{inst}.yaml"
+        path.write_text(
+            f"kind: institution\ninstitution_id: {inst}\n"
+            f"data: {{path: {inst}.jsonl, format: jsonl, eval_fraction: 0.2}}\n"
+            f"budget: {{epsilon: {budget}, delta: 1.0e-5}}\n"
+            f"min_cohort: {cohort}\nstate_dir: state/{inst}\nidentity_dir: ids/{inst}\n"
+        )
+        institution_paths.append(path)
+    federation = root / "fed.yaml"
+    federation.write_text(
+        "kind: federation\nfederation_id: tiny\nroster:\n" + "\n".join(roster) + "\n"
+        "model: {source: 'random:tiny-bert', labels: [x, y], max_length_tokens: 12}\n"
+        "adapter: {rank: 2}\n"
+        f"rounds: {rounds}\n"
+        "training: {steps_per_round: 2, expected_batch_size: 8, max_physical_batch_size: 8, learning_rate: 0.01}\n"
+        f"min_institutions: {min_institutions}\n"
+        "round_deadline_s: 60\n"
+    )
+    return federation, institution_paths
+
+
+def load_files(federation: Path, institutions: list[Path]):
+    return load_federation(federation), [load_institution(p) for p in institutions]

@@ -1,0 +1,174 @@
+"""The federation driven directly: members and the coordinator, in this process, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.identity import Identity
+from confide.platform.coordinator import Coordinator
+from confide.platform.member import Member
+from confide.platform.protocol import new_federation
+from tests.platform.federation_kit import load_files, make_federation_files
+
+
+def start(tmp_path, **kwargs):
+    """Members with keys installed and a coordinator with round 1 open."""
+    federation, institutions = load_files(*make_federation_files(tmp_path, **kwargs))
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    coordinator = Coordinator(
+        tmp_path / "coordinator",
+        new_federation("tiny", list(members), federation.key_holder_id, federation.min_institutions,
+                       federation.rounds, federation.round_deadline_s),
+        Identity.generate("coordinator"),
+    )
+    bundle = members[federation.key_holder_id].make_keys()
+    coordinator.publish_keys(federation.key_holder_id, bundle.key_id, bundle.layout_hash, bundle.public_context,
+                             bundle.sealed)
+    for name, member in members.items():
+        member.install_key(coordinator.sealed_key_for(name))
+    coordinator.open_next_round(now=0.0)
+    return federation, members, coordinator
+
+
+def adapters(members):
+    from confide.aggregation.codec import flatten
+    from confide.privacy.trainable import trainable_state
+
+    return {name: flatten(trainable_state(m.model))[0] for name, m in members.items()}
+
+
+def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(tmp_path):
+    _, members, coordinator = start(tmp_path)
+    before = adapters(members)["a"]
+    envelopes = {}
+    for name, member in members.items():
+        contribution = member.take_part(1)
+        assert contribution.kind == "upload"
+        envelopes[name] = contribution.envelope
+        member.record_receipt(1, coordinator.upload(name, 1, contribution.envelope, now=1.0).to_dict())
+    assert coordinator.advance(now=1.0) == "sum"
+    total = coordinator.sum_for(1)
+    # The plaintext reference: each institution's own update, decrypted alone, averaged in float64.
+    secret = members["a"].secret
+    layout = members["a"].layout.hash
+    singles = [decrypt_sum(secret, sum_envelopes(coordinator.public_context, [envelopes[n]]), layout)
+               for n in sorted(envelopes)]
+    weights = np.array([s.total_weight for s in singles])
+    deltas = np.stack([s.average for s in singles])
+    fedavg = (weights[:, None] * deltas).sum(axis=0) / weights.sum()
+    assert np.abs(fedavg).max() > 1e-4  # the updates are not trivially zero
+    decrypted = decrypt_sum(secret, total, layout)
+    assert decrypted.count == 3
+    assert np.abs(decrypted.average - fedavg).max() <= 1e-6
+    for name, member in members.items():
+        assert member.apply_sum(1, total).kind == "applied"
+    after = adapters(members)
+    assert np.abs(after["a"] - (before + fedavg)).max() <= 1e-6
+    assert all(np.array_equal(after["a"], v) for v in after.values())
+    for member in members.values():
+        assert member.ledger.verify(member.identity.public) == []
+        kinds = [e["kind"] for e in member.ledger.entries()]
+        assert kinds == ["spend", "outcome", "receipt", "applied"]
+
+
+def test_take_part_never_trains_a_round_twice(tmp_path):
+    federation, members, _ = start(tmp_path)
+    first = members["b"].take_part(1)
+    again = members["b"].take_part(1)
+    assert again.envelope == first.envelope
+    # A restarted member over the same state directory returns the same envelope, not a new draw.
+    restarted = Member(federation, members["b"].policy)
+    assert restarted.take_part(1).envelope == first.envelope
+    assert [e["kind"] for e in restarted.ledger.entries()].count("spend") == 1
+
+
+def test_kill_between_spend_and_upload_counts_the_spend_and_skips_the_round(tmp_path):
+    federation, members, _ = start(tmp_path)
+    member = members["c"]
+    member.plan()
+    from confide.privacy.reservation import reserve_round
+
+    # What a crash right after the write-ahead spend leaves: a spend entry and no envelope.
+    reserve_round(member.ledger, federation, member.policy, 1, member._plan.spend)
+    spent = member.ledger.epsilon_spent()
+    restarted = Member(federation, member.policy)
+    contribution = restarted.take_part(1)
+    assert contribution.kind == "decline" and "spend counts" in contribution.reason
+    assert restarted.ledger.epsilon_spent() == spent > 0
+    assert restarted.ledger.rounds_taken("tiny") == 1
+
+
+def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
+    _, members, coordinator = start(tmp_path, budgets={"c": 3.0})
+    c = members["c"]
+    c.plan()
+    # Another federation spends most of c's budget on the same dataset after c planned this one.
+    c.ledger.append("spend", "other-federation", 1, noise_multiplier=1.5, sample_rate=0.2, steps=10,
+                    clipping_norm=1.0, delta=1e-5, accountant="prv")
+    assert 2.0 < c.ledger.epsilon_spent() < 3.0
+    for name, member in members.items():
+        contribution = member.take_part(1)
+        if name == "c":
+            assert contribution.kind == "decline"
+            assert "budget" in contribution.reason
+            coordinator.decline(name, 1, contribution.reason, now=1.0)
+        else:
+            coordinator.upload(name, 1, contribution.envelope, now=1.0)
+    assert coordinator.advance(now=1.0) == "sum"
+    assert list(coordinator.state.current.declined) == ["c"]
+    assert "budget" in coordinator.state.current.declined["c"]
+    total = coordinator.sum_for(1)
+    for member in members.values():
+        assert member.apply_sum(1, total).count == 2
+    assert c.ledger.epsilon_spent() <= 3.0
+    decline = [e for e in c.ledger.entries() if e["kind"] == "decline"]
+    assert decline and any("budget" in r for r in decline[0]["reasons"])
+    values = adapters(members)
+    assert np.array_equal(values["a"], values["c"])  # c still holds the global adapter
+
+
+def test_dropped_institution_round_closes_with_quorum_at_the_deadline(tmp_path):
+    _, members, coordinator = start(tmp_path)
+    for name in ("a", "b"):
+        coordinator.upload(name, 1, members[name].take_part(1).envelope, now=1.0)
+    assert coordinator.advance(now=30.0) == "wait"  # c may still come
+    assert coordinator.advance(now=61.0) == "sum"
+    assert coordinator.state.current.contributors == ["a", "b"]
+    # The dropped member catches up by applying the sum it missed.
+    assert members["c"].apply_sum(1, coordinator.sum_for(1)).kind == "applied"
+
+
+def test_round_fails_cleanly_when_dropouts_leave_too_few(tmp_path):
+    _, members, coordinator = start(tmp_path, min_institutions=3, min_cohorts={"a": 3, "b": 3, "c": 3})
+    for name in ("a", "b"):
+        coordinator.upload(name, 1, members[name].take_part(1).envelope, now=1.0)
+    assert coordinator.advance(now=61.0) == "fail"
+    assert coordinator.state.current.status == "failed"
+    before = adapters(members)
+    for member in members.values():
+        member.note_failed_round(1, coordinator.state.current.failure)
+    assert all(np.array_equal(before[n], v) for n, v in adapters(members).items())
+    coordinator.open_next_round(now=62.0)
+    assert members["a"].take_part(2).kind == "upload"  # the federation goes on from the same adapter
+
+
+def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
+    _, members, coordinator = start(tmp_path, min_cohorts={"a": 2, "b": 2, "c": 2})
+    envelope = members["a"].take_part(1).envelope
+    # A coordinator that cheats (or is misconfigured) and publishes a sum of one upload.
+    lonely_sum = sum_envelopes(coordinator.public_context, [envelope])
+    outcome = members["b"].apply_sum(1, lonely_sum)
+    assert outcome.kind == "aborted" and outcome.count == 1
+    abort = [e for e in members["b"].ledger.entries() if e["kind"] == "abort"]
+    assert len(abort) == 1 and "below min_cohort 2" in abort[0]["reason"]
+    assert members["b"].take_part(2).kind == "decline"  # it has left the federation
+
+
+def test_member_refuses_a_roster_key_that_is_not_its_identity(tmp_path):
+    federation, institutions = load_files(*make_federation_files(tmp_path))
+    Identity.generate("a").save(tmp_path / "other-a")
+    impostor = institutions[0].model_copy(update={"identity_dir": tmp_path / "other-a"})
+    with pytest.raises(Exception, match="roster's signing key"):
+        Member(federation, impostor)
