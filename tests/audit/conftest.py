@@ -28,7 +28,8 @@ def _prototype(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("audit-world")
     institution, other = Identity.generate("hospital-a"), Identity.generate("hospital-b")
     coordinator = Identity.generate("coordinator")
-    ledger = write_ledger(root / "state", institution, [dict(SPEND, accountant="prv")] * ROUNDS)
+    ledger = write_ledger(root / "state", institution, [dict(SPEND, accountant="prv")] * ROUNDS,
+                          coordinator=coordinator)
     receipts = root / "receipts.json"
     receipts.write_text(json.dumps(sign_receipts(coordinator, "hospital-a", ROUNDS)))
     return dict(root=root, institution=institution, other=other, coordinator=coordinator, ledger=ledger,

@@ -15,6 +15,9 @@ from confide.privacy.ledger import PrivacyLedger, canonical_json, entry_hash, si
 
 FEDERATION_ID = "fed-1"
 ROUNDS = 3
+ENTRIES_PER_ROUND = 3
+SPEND_SEQS = [1 + ENTRIES_PER_ROUND * i for i in range(ROUNDS)]
+"""The seq of each round's spend entry in the prototype ledger: 1, 4, 7."""
 SPEND = dict(noise_multiplier=1.0, sample_rate=0.05, steps=20, clipping_norm=1.0, delta=1e-5)
 
 
@@ -92,20 +95,32 @@ def stepping_clock(start: datetime = datetime(2025, 1, 1, tzinfo=timezone.utc)):
     return clock
 
 
-def write_ledger(state: Path, identity: Identity, spends: list[dict], dataset: str = "ds-1") -> Path:
-    """A ledger written by `PrivacyLedger` itself: per round a spend then an outcome entry."""
+def envelope_hash(round_index: int) -> str:
+    """A stand-in SHA-256 of the envelope uploaded in a round."""
+    return f"{round_index:064x}"
+
+
+def write_ledger(state: Path, identity: Identity, spends: list[dict], dataset: str = "ds-1",
+                 coordinator: Identity | None = None) -> Path:
+    """A ledger written by `PrivacyLedger` itself, per round as a member writes it: the spend, the
+    upload's outcome and, given the coordinator, the receipt it kept (3 entries a round)."""
     ledger = PrivacyLedger.open(state, identity.institution_id, dataset, identity, clock=stepping_clock())
     for round_index, spend in enumerate(spends, start=1):
         ledger.append("spend", FEDERATION_ID, round_index, **spend)
-        ledger.append("outcome", FEDERATION_ID, round_index, loss=0.5, accuracy=0.7)
+        ledger.append("outcome", FEDERATION_ID, round_index, result="uploaded",
+                      envelope_sha256=envelope_hash(round_index), weight=64.0)
+        if coordinator is not None:
+            receipt = sign_receipts(coordinator, identity.institution_id, round_index)[-1]
+            ledger.append("receipt", FEDERATION_ID, round_index, receipt=receipt)
     return ledger.path
 
 
 def sign_receipts(coordinator: Identity, institution: str, rounds: int) -> list[dict]:
+    """The coordinator's receipts for rounds 1..`rounds`, as `confide.platform.coordinator` signs them."""
     receipts = []
     for r in range(1, rounds + 1):
         body = {"federation": FEDERATION_ID, "round": r, "institution": institution,
-                "envelope_sha256": f"{r:064x}"}
+                "envelope_sha256": envelope_hash(r)}
         receipts.append({**body, "signature": b64(coordinator.sign(canonical_json(body)))})
     return receipts
 

@@ -104,13 +104,13 @@ def test_markdown_report_writes_its_charts_beside_it(federation_result, tmp_path
 
 def test_report_shows_failed_verification_with_the_entry(world, tmp_path):
     entries = read_entries(world.ledger)
-    entries[2]["epsilon"] *= 0.8
+    entries[3]["epsilon"] *= 0.8
     write_entries(world.ledger, reseal(entries, world.institution))
     result = audit_ledgers([world.ledger], key=world.key)
     out = tmp_path / "report.md"
     write_report(result, out, GENERATED)
     text = out.read_text()
-    assert "FAILED" in text and "epsilon\\_pld (seq 3)" in text
+    assert "FAILED" in text and "epsilon\\_pld (seq 4)" in text
 
 
 def test_untrusted_ledger_text_is_escaped(world, tmp_path):

@@ -10,9 +10,20 @@ from confide.errors import BadInput
 from confide.identity import Identity, b64
 from confide.privacy.audit import audit_ledgers
 from confide.privacy.audit.integrity import integrity_checks
-from confide.privacy.ledger import signed_message
+from confide.privacy.ledger import canonical_json, signed_message
 
-from .support import ROUNDS, SPEND, altered, read_entries, reseal, write_entries, write_ledger
+from .support import (
+    ENTRIES_PER_ROUND,
+    ROUNDS,
+    SPEND,
+    SPEND_SEQS,
+    altered,
+    read_entries,
+    reseal,
+    sign_receipts,
+    write_entries,
+    write_ledger,
+)
 
 
 def failures(result):
@@ -36,8 +47,8 @@ def test_untouched_ledger_verifies(world):
     audit = result.ledgers[0]
     assert audit.institution == "hospital-a" and len(audit.spends) == ROUNDS
     evaluated = {c.name for c in audit.checks if c.passed is True}
-    assert {"hash", "chain", "seq", "time", "signature", "receipts", "epsilon_pld", "epsilon_accountant",
-            "budget", "round_cap", "federation"} <= evaluated
+    assert {"hash", "chain", "seq", "time", "signature", "receipts", "ledger_receipts", "epsilon_pld",
+            "epsilon_accountant", "budget", "round_cap", "federation"} <= evaluated
 
 
 def _entry_fields(world):
@@ -59,11 +70,11 @@ def test_changing_any_field_of_any_entry_is_caught_at_that_line(world):
 
 def test_changed_field_fails_the_whole_audit_with_exit_1(world):
     entries = read_entries(world.ledger)
-    entries[2]["steps"] = 2  # the spend of round 2 claims far fewer steps than it trained
+    entries[3]["steps"] = 2  # the spend of round 2 claims far fewer steps than it trained
     write_entries(world.ledger, entries)
     result = full_audit(world)
     assert result.exit_code == 1
-    assert [(c.seq, c.line) for c in failed(result, "hash")] == [(3, 3)]
+    assert [(c.seq, c.line) for c in failed(result, "hash")] == [(4, 4)]
 
 
 def test_reordering_entries_is_caught(world):
@@ -89,7 +100,7 @@ def test_deleting_a_middle_entry_is_caught_at_the_next_entry(world):
 def test_forged_signature_is_caught_at_that_entry(world):
     forger = Identity.generate("hospital-a")
     entries = read_entries(world.ledger)
-    entries[4]["signature"] = b64(forger.sign(signed_message(entries[4]["hash"])))
+    entries[4]["signature"] = b64(forger.sign(signed_message(entries[4]["hash"])))  # round 2's outcome
     write_entries(world.ledger, entries)
     result = full_audit(world)
     assert [(c.name, c.seq) for c in failures(result)] == [("signature", 5)]
@@ -98,24 +109,24 @@ def test_forged_signature_is_caught_at_that_entry(world):
 def test_ledger_resealed_with_another_key_fails_every_signature(world):
     write_entries(world.ledger, reseal(read_entries(world.ledger), Identity.generate("hospital-a")))
     result = full_audit(world)
-    assert [c.seq for c in failed(result, "signature")] == list(range(1, 2 * ROUNDS + 1))
+    assert [c.seq for c in failed(result, "signature")] == list(range(1, ENTRIES_PER_ROUND * ROUNDS + 1))
     assert not failed(result, "hash") and not failed(result, "chain")
 
 
 def test_recorded_epsilon_below_independent_recomputation_is_caught(world):
     entries = read_entries(world.ledger)
-    entries[2]["epsilon"] *= 0.9  # the institution itself under-reports round 2 and re-signs everything
+    entries[3]["epsilon"] *= 0.9  # the institution itself under-reports round 2 and re-signs everything
     write_entries(world.ledger, reseal(entries, world.institution))
     result = full_audit(world)
-    assert [c.seq for c in failed(result, "epsilon_pld")] == [3]
-    assert [c.seq for c in failed(result, "epsilon_accountant")] == [3]
+    assert [c.seq for c in failed(result, "epsilon_pld")] == [4]
+    assert [c.seq for c in failed(result, "epsilon_accountant")] == [4]
     assert {c.name for c in failures(result)} == {"epsilon_pld", "epsilon_accountant"}
 
 
 def test_recorded_epsilon_within_tolerance_of_pld_passes(world):
     entries = read_entries(world.ledger)
     pld = full_audit(world).ledgers[0].spends[1].pld_epsilon
-    entries[2]["epsilon"] = pld - 0.005  # PRV and PLD disagree by about this much
+    entries[3]["epsilon"] = pld - 0.005  # PRV and PLD disagree by about this much
     write_entries(world.ledger, reseal(entries, world.institution))
     assert not failed(full_audit(world), "epsilon_pld")
 
@@ -130,34 +141,53 @@ def test_rdp_ledger_above_pld_passes_accounting(world, tmp_path):
 
 def test_total_over_budget_is_caught_at_the_entry_that_crosses_it(world):
     result = full_audit(world, policies=[world.policy_file(budget=2.5, cap=None)])
-    assert [c.seq for c in failed(result, "budget")] == [5]  # round 3 crosses 2.5
+    assert [c.seq for c in failed(result, "budget")] == [SPEND_SEQS[2]]  # round 3 crosses 2.5
     assert "exceeds the budget 2.5" in failed(result, "budget")[0].detail
 
 
 def test_round_over_its_cap_is_caught(world):
     result = full_audit(world, policies=[world.policy_file(budget=5.0, cap=1.5)])
-    assert [c.seq for c in failed(result, "round_cap")] == [1, 3, 5]
+    assert [c.seq for c in failed(result, "round_cap")] == SPEND_SEQS
 
 
 def test_spend_breaking_federation_requirements_is_caught(world):
     result = full_audit(world, federations=[world.federation_file(min_noise=1.2, accountant="rdp", delta=1e-6)])
-    assert [c.seq for c in failed(result, "federation_noise")] == [1, 3, 5]
-    assert [c.seq for c in failed(result, "federation_accountant")] == [1, 3, 5]
-    assert [c.seq for c in failed(result, "federation_delta")] == [1, 3, 5]
+    assert [c.seq for c in failed(result, "federation_noise")] == SPEND_SEQS
+    assert [c.seq for c in failed(result, "federation_accountant")] == SPEND_SEQS
+    assert [c.seq for c in failed(result, "federation_delta")] == SPEND_SEQS
 
 
 def test_spend_clipping_other_than_policy_is_caught(world):
     result = full_audit(world, policies=[world.policy_file(clipping=0.5)])
-    assert [c.seq for c in failed(result, "clipping")] == [1, 3, 5]
+    assert [c.seq for c in failed(result, "clipping")] == SPEND_SEQS
 
 
 def test_deleting_trailing_entries_is_caught_given_receipts(world):
-    write_entries(world.ledger, read_entries(world.ledger)[:3])  # round 2's outcome and all of round 3 gone
+    write_entries(world.ledger, read_entries(world.ledger)[:4])  # round 2's spend stays; the rest is gone
     without_receipts = full_audit(world, receipts=None)
     assert without_receipts.passed  # a shorter chain is still a valid chain
     result = full_audit(world)
     missing = failed(result, "receipts")
-    assert len(missing) == 1 and "round 3 of fed-1" in missing[0].detail and "ends at seq 3" in missing[0].detail
+    assert len(missing) == 1 and "round 3 of fed-1" in missing[0].detail and "ends at seq 4" in missing[0].detail
+
+
+def test_receipt_for_another_envelope_than_the_ledger_records_is_caught(world):
+    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS)
+    receipts[1] = sign_receipts(world.coordinator, "hospital-a", 4)[3] | {"round": 2}
+    body = {k: receipts[1][k] for k in ("federation", "round", "institution", "envelope_sha256")}
+    receipts[1]["signature"] = b64(world.coordinator.sign(canonical_json(body)))
+    world.receipts.write_text(json.dumps(receipts))
+    result = full_audit(world)
+    assert [(c.name, c.seq) for c in failures(result)] == [("receipts", 5)]  # round 2's outcome entry
+    assert "the ledger records" in failures(result)[0].detail
+
+
+def test_kept_receipt_not_signed_by_the_coordinator_is_caught(world):
+    entries = read_entries(world.ledger)
+    entries[5]["receipt"]["signature"] = entries[2]["receipt"]["signature"]  # round 2 keeps round 1's signature
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    assert [(c.name, c.seq) for c in failures(result)] == [("ledger_receipts", 6)]
 
 
 def test_receipt_not_signed_by_the_coordinator_fails_and_is_not_held_against_the_ledger(world):
@@ -200,11 +230,11 @@ def test_missing_ledger_or_bad_key_is_bad_input(world, tmp_path):
 
 def test_json_form_carries_every_check_with_its_entry(world):
     entries = read_entries(world.ledger)
-    entries[2]["epsilon"] *= 0.5
+    entries[3]["epsilon"] *= 0.5
     write_entries(world.ledger, reseal(entries, world.institution))
     data = json.loads(json.dumps(full_audit(world).to_dict()))
     assert data["passed"] is False
     ledger = data["ledgers"][0]
-    assert {"name": "epsilon_pld", "passed": False, "seq": 3} .items() <= next(
+    assert {"name": "epsilon_pld", "passed": False, "seq": 4}.items() <= next(
         c for c in ledger["checks"] if c["name"] == "epsilon_pld").items()
-    assert len(ledger["spends"]) == ROUNDS and ledger["spends"][1]["seq"] == 3
+    assert len(ledger["spends"]) == ROUNDS and ledger["spends"][1]["seq"] == 4

@@ -121,9 +121,16 @@ def trusted_receipts(receipts: Sequence[UploadReceipt], coordinator: PublicIdent
     return list(receipts) if coordinator is None else [r for r in receipts if r.verifies(coordinator)]
 
 
+def _uploaded_envelopes(entries: list[dict]) -> dict[tuple[str, int], tuple[str, int]]:
+    """(federation, round) -> (envelope_sha256, seq) of the ledger's `outcome` entries that record an upload."""
+    return {(e.get("federation"), e.get("round")): (e["envelope_sha256"], e.get("seq"))
+            for e in entries if e.get("kind") == "outcome" and isinstance(e.get("envelope_sha256"), str)}
+
+
 def completeness_checks(institution: str | None, entries: list[dict],
                         receipts: Sequence[UploadReceipt], other_spends: set[tuple[str, int]]) -> list[Check]:
-    """Every receipt of `institution` must have a spend entry for its (federation, round).
+    """Every receipt of `institution` must have a spend entry for its (federation, round), and
+    where the ledger records the upload, the same envelope hash.
 
     `other_spends` holds (federation, round) of spends in the institution's other audited ledgers
     (other datasets), which also account for an upload. A missing spend means entries were
@@ -133,12 +140,53 @@ def completeness_checks(institution: str | None, entries: list[dict],
     if not mine:
         return [Check("receipts", None, f"no receipts for {institution!r}: deleted trailing entries cannot be detected")]
     spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
+    uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
-    failures = [
-        Check("receipts", False,
-              f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
-              f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written",
-              None)
-        for r in mine if (r.federation, r.round) not in spends
-    ]
+    failures = []
+    for r in mine:
+        if (r.federation, r.round) not in spends:
+            failures.append(Check(
+                "receipts", False,
+                f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
+                f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written"))
+        recorded = uploads.get((r.federation, r.round))
+        if recorded is not None and recorded[0] != r.envelope_sha256:
+            failures.append(Check(
+                "receipts", False,
+                f"receipt {r.index}: the coordinator accepted envelope {r.envelope_sha256[:12]} for round {r.round} "
+                f"of {r.federation}, the ledger records {recorded[0][:12]}", recorded[1]))
     return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads have a spend entry")]
+
+
+def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | None) -> list[Check]:
+    """The receipts the institution itself kept in its ledger (`receipt` entries): each is a valid
+    coordinator receipt of this institution, for a round with a spend entry.
+
+    Returns no check for a ledger without receipt entries.
+    """
+    spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"}
+    kept = [e for e in entries if e.get("kind") == "receipt"]
+    failures = []
+    for entry in kept:
+        seq, body = entry.get("seq"), entry.get("receipt")
+        if not isinstance(body, dict) or any(body.get(f) is None for f in (*RECEIPT_FIELDS, "signature")):
+            failures.append(Check("ledger_receipts", False, "receipt entry without a complete coordinator receipt", seq))
+            continue
+        receipt = UploadReceipt(str(body["federation"]), body["round"], str(body["institution"]),
+                                str(body["envelope_sha256"]), str(body["signature"]), 0)
+        where = f"round {receipt.round} of {receipt.federation}"
+        if (receipt.federation, receipt.round, receipt.institution) != (
+                entry.get("federation"), entry.get("round"), entry.get("institution")):
+            failures.append(Check("ledger_receipts", False, f"the kept receipt is for {receipt.institution}, "
+                                  f"{where}, not for this entry's institution and round", seq))
+        if coordinator is not None and not receipt.verifies(coordinator):
+            failures.append(Check("ledger_receipts", False, f"kept receipt for {where} is not signed by the "
+                                  "coordinator key", seq))
+        if (receipt.federation, receipt.round) not in spends:
+            failures.append(Check("ledger_receipts", False, f"kept receipt for {where} has no spend entry", seq))
+    if not kept:
+        return []
+    if failures:
+        return failures
+    signed = "signed by the coordinator" if coordinator is not None else "signatures unchecked (no coordinator key)"
+    return [Check("ledger_receipts", True, f"{len(kept)} kept receipts match spend entries, {signed}")]

@@ -18,6 +18,7 @@ from confide.privacy.audit.integrity import integrity_checks, ledger_owner
 from confide.privacy.audit.receipts import (
     UploadReceipt,
     completeness_checks,
+    ledger_receipt_checks,
     load_receipts,
     receipt_signature_checks,
     trusted_receipts,
@@ -60,6 +61,7 @@ def audit_ledger(
     receipts: Sequence[UploadReceipt] | None = None,
     other_spends: set[tuple[str, int]] = frozenset(),  # type: ignore[assignment]
     tolerance: Tolerance = DEFAULT_TOLERANCE,
+    coordinator: PublicIdentity | None = None,
 ) -> LedgerAudit:
     """Every check on one ledger's parsed `entries`. Pure apart from reading `path` for the verifier."""
     institution, dataset = ledger_owner(entries)
@@ -67,6 +69,7 @@ def audit_ledger(
     checks: list[Check] = integrity_checks(path, entries, signer, key_source)
     if receipts is not None:
         checks += completeness_checks(institution, entries, receipts, set(other_spends))
+    checks += ledger_receipt_checks(entries, coordinator)
     spends, field_checks = parse_spends(entries)
     recomputed = recompute_spends(spends)
     policy = institutions.get(institution or "")
@@ -123,6 +126,6 @@ def audit_ledgers(
         # A receipt is also accounted for by a spend in the same institution's other (dataset's) ledger.
         others = set().union(*(spent[j] for j in range(len(parsed)) if j != index and owners[j] == owners[index]))
         audits.append(audit_ledger(path, entries, institution_policies, federation_policies, explicit_key,
-                                   usable, others, tolerance))
+                                   usable, others, tolerance, coordinator))
     return AuditResult(ledgers=audits, checks=top)
 
