@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, TypeVar
@@ -69,6 +70,12 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """confide: privacy-preserving collaborative fine-tuning."""
+    # Set before transformers is first imported (commands import it lazily); worker processes
+    # inherit them. Nothing may be fetched from a hub at run time, and the library's own load
+    # reports and progress bars would tear through confide's progress display.
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(name, value)
 
 
 # ----------------------------------------------------------------------------- policy
