@@ -86,3 +86,18 @@ def test_canary_settings_follow_the_agents_plan(tiny_policies):
     assert rounds == federation.rounds and dp.steps == federation.training.steps_per_round
     assert dp.sample_rate == pytest.approx(federation.training.expected_batch_size / 64)
     assert dp.clipping_norm == institution.clipping_norm and dp.noise_multiplier > 0
+
+
+def test_console_shows_the_bound_next_to_the_accounted_epsilon():
+    from rich.console import Console
+
+    from confide.privacy.audit import canary_renderables
+
+    audit = CanaryAudit(canaries=200, included=100, guesses=80, correct=80, epsilon_lower_bound=2.9,
+                        confidence=0.95, accounted_epsilon=1.0, accountant="prv", delta=1e-5,
+                        noise_multiplier=2.0, sample_rate=0.1, steps=10, rounds=1, clipping_norm=1.0)
+    console = Console(record=True, width=160)
+    for renderable in canary_renderables(audit):
+        console.print(renderable)
+    text = console.export_text()
+    assert "2.9000" in text and "1.0000" in text and "leaks more than accounted" in text

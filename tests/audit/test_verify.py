@@ -238,3 +238,42 @@ def test_json_form_carries_every_check_with_its_entry(world):
     assert {"name": "epsilon_pld", "passed": False, "seq": 4}.items() <= next(
         c for c in ledger["checks"] if c["name"] == "epsilon_pld").items()
     assert len(ledger["spends"]) == ROUNDS and ledger["spends"][1]["seq"] == 4
+
+
+def test_a_file_that_is_no_ledger_at_all_is_bad_input(world, tmp_path):
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("this is not\na ledger\n")
+    with pytest.raises(BadInput, match="not a privacy ledger"):
+        audit_ledgers([garbage], key=world.key)
+
+
+def test_a_garbled_line_in_a_ledger_is_a_finding_at_that_line(world):
+    lines = world.ledger.read_text().splitlines(keepends=True)
+    lines[4] = "{not json\n"
+    world.ledger.write_text("".join(lines))
+    result = full_audit(world)
+    assert 5 in {c.line for c in failed(result, "format")}
+
+
+def test_an_interrupted_last_append_is_reported_but_not_a_finding(world):
+    with world.ledger.open("a") as handle:
+        handle.write('{"seq": 10, "kind": "spe')
+    result = full_audit(world)
+    assert result.passed
+    assert any(c.name == "complete" and c.passed is None for c in result.ledgers[0].checks)
+
+
+def test_console_rendering_shows_each_failure_with_its_seq(world):
+    from rich.console import Console
+
+    from confide.privacy.audit.console import audit_renderables
+
+    entries = read_entries(world.ledger)
+    entries[3]["epsilon"] *= 0.5
+    write_entries(world.ledger, reseal(entries, world.institution))
+    console = Console(record=True, width=200)
+    for renderable in audit_renderables(full_audit(world)):
+        console.print(renderable)
+    text = console.export_text()
+    assert "epsilon_pld" in text and "FAIL" in text and "verification failed" in text
+    assert any("epsilon_pld" in line and " 4 " in line for line in text.splitlines())

@@ -1,35 +1,33 @@
 """Auditor tooling: verify privacy ledgers independently, report budgets, audit empirically.
 
-- `audit_ledgers(...)` -> `AuditResult` (what `confide audit` prints; `result.exit_code`);
-- `write_report(...)` (what `confide report` writes: self-contained HTML or Markdown with a PNG);
-- `run_canary_audit(...)` (what `confide audit canaries` runs: a one-run empirical lower bound).
+- `audit_ledgers(...)` -> `AuditResult`: what `confide audit` prints (`audit_renderables` or
+  `result.to_dict()`) and exits with (`result.exit_code`);
+- `write_report(result, out)`: what `confide report` writes (self-contained HTML, or Markdown
+  with PNG charts beside it);
+- `canary_settings(...)` and `run_canary_audit(...)` -> `CanaryAudit`: what `confide audit
+  canaries` runs (`canary_renderables` or `audit.to_dict()`; `audit.exit_code`).
 
-Heavy modules (accounting, plotting, training) are imported on first use, so `import
-confide.privacy.audit` stays cheap for the CLI.
+Submodules are imported on first use, so `import confide.privacy.audit` stays cheap for the CLI.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["AuditResult", "Check", "LedgerAudit", "audit_ledgers", "write_report", "run_canary_audit"]
+_EXPORTS = {
+    "AuditResult": "result", "Check": "result", "LedgerAudit": "result",
+    "audit_ledgers": "verify", "write_report": "report", "Tolerance": "recompute",
+    "CanaryAudit": "canary_run", "canary_settings": "canary_run", "run_canary_audit": "canary_run",
+    "audit_renderables": "console", "canary_renderables": "console",
+    "AuditInputError": "inputs",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("AuditResult", "Check", "LedgerAudit"):
-        from confide.privacy.audit import result
-
-        return getattr(result, name)
-    if name == "audit_ledgers":
-        from confide.privacy.audit.verify import audit_ledgers
-
-        return audit_ledgers
-    if name == "write_report":
-        from confide.privacy.audit.report import write_report
-
-        return write_report
-    if name == "run_canary_audit":
-        from confide.privacy.audit.canary_run import run_canary_audit
-
-        return run_canary_audit
-    raise AttributeError(name)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

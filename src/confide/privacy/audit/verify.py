@@ -110,7 +110,7 @@ def audit_ledgers(
     institution_policies, federation_policies = load_policies(list(policies), list(federations))
     explicit_key = public_key(key) if key is not None else None
     coordinator = public_key(coordinator_key, "--coordinator-key") if coordinator_key is not None else None
-    parsed = [(Path(p), parse_ledger(read_ledger_bytes(Path(p))).entries) for p in ledgers]
+    parsed = [(Path(p), _entries(Path(p))) for p in ledgers]
     top: list[Check] = []
     usable: list[UploadReceipt] | None = None
     if receipts is not None:
@@ -129,3 +129,12 @@ def audit_ledgers(
                                    usable, others, tolerance, coordinator))
     return AuditResult(ledgers=audits, checks=top)
 
+
+def _entries(path: Path) -> list[dict]:
+    """The ledger's entries (an unparsable line becomes `{}`, a finding). Raises AuditInputError if
+    no line at all is an entry: then it is not a ledger, and there is nothing to audit."""
+    data = read_ledger_bytes(path)
+    entries = parse_ledger(data).entries
+    if data.strip() and not any(entries):
+        raise AuditInputError(f"{path}: not a privacy ledger (no line is a JSON entry); pass the .jsonl ledger file")
+    return entries

@@ -1,0 +1,85 @@
+"""Terminal rendering of audit results with rich: what `confide audit` prints without --json.
+
+Kept here so the CLI stays a thin shell: it calls `audit_ledgers` or `run_canary_audit`, then
+prints `audit_renderables(result)` / `canary_renderables(audit)`, or `result.to_dict()` as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from confide.privacy.audit.canary_run import CanaryAudit
+from confide.privacy.audit.result import AuditResult, Check
+
+_MARKS = {True: ("pass", "green"), False: ("FAIL", "bold red"), None: ("n/a", "yellow")}
+
+
+def _mark(passed: bool | None) -> Text:
+    word, style = _MARKS[passed]
+    return Text(word, style=style)
+
+
+def _checks_table(title: str, checks: list[Check]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("seq", justify="right")
+    table.add_column("detail", overflow="fold")
+    for check in checks:
+        table.add_row(check.name, _mark(check.passed), "" if check.seq is None else str(check.seq),
+                      Text(check.detail))  # Text: ledger content must not be read as rich markup
+    return table
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.4f}"
+
+
+def audit_renderables(result: AuditResult) -> list[Any]:
+    """Per ledger a table of checks and a table of recomputed epsilons, then the verdict."""
+    out: list[Any] = []
+    if result.checks:
+        out.append(_checks_table("receipts file", result.checks))
+    for ledger in result.ledgers:
+        who = f"{ledger.institution or '?'} / {ledger.dataset or '?'}"
+        out.append(_checks_table(Text(f"{who}  ({ledger.path})").plain, ledger.checks))
+        if ledger.spends:
+            spends = Table(title=f"{who}: cumulative epsilon per spend", title_justify="left")
+            for column in ("seq", "federation", "round", "sigma", "q", "steps", "recorded", "PLD", "accountant"):
+                spends.add_column(column, justify="left" if column in ("federation", "accountant") else "right")
+            for s in ledger.spends:
+                spends.add_row(str(s.seq), Text(s.federation), str(s.round), f"{s.noise_multiplier:g}",
+                               f"{s.sample_rate:.4g}", str(s.steps), _number(s.recorded_epsilon),
+                               _number(s.pld_epsilon),
+                               Text(f"{s.accountant} {_number(s.accountant_epsilon)}"))
+            out.append(spends)
+    verdict = ("[green]every ledger verifies[/green]" if result.passed
+               else "[bold red]verification failed[/bold red] (see FAIL rows)")
+    out.append(f"verdict: {verdict}")
+    return out
+
+
+def canary_renderables(audit: CanaryAudit) -> list[Any]:
+    """The empirical lower bound next to the accounted epsilon, and the verdict."""
+    table = Table(title="one-run canary audit", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("canaries (inserted)", f"{audit.canaries} ({audit.included})"),
+        ("guesses (correct)", f"{audit.guesses} ({audit.correct})"),
+        (f"epsilon lower bound ({audit.confidence:.0%})", _number(audit.epsilon_lower_bound)),
+        (f"accounted epsilon ({audit.accountant}, delta {audit.delta:g})", _number(audit.accounted_epsilon)),
+        ("training", f"sigma {audit.noise_multiplier:g}, q {audit.sample_rate:.4g}, {audit.steps} steps x "
+                     f"{audit.rounds} rounds, clipping {audit.clipping_norm:g}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    verdict = ("[green]lower bound within the accounted epsilon[/green]" if audit.passed else
+               "[bold red]lower bound above the accounted epsilon: the training leaks more than accounted[/bold red]")
+    return [table, f"verdict: {verdict}"]
