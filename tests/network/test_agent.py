@@ -109,8 +109,6 @@ def test_once_takes_part_in_the_next_round_and_stops(network):
 
 def test_agent_refuses_a_coordinator_running_another_federation_file(network, tmp_path):
     federation, _, url, pin, root = network
-    other = make_federation(tmp_path / "other", rounds=3)
-    (other.path.parent / "identities").mkdir(exist_ok=True)
     member = FakeMember(federation.policy, federation.identities["a"], root / "members" / "x")
     changed = federation.path.read_text().replace("rounds: 2", "rounds: 5")
     (tmp_path / "changed.yaml").write_text(changed)
@@ -120,6 +118,7 @@ def test_agent_refuses_a_coordinator_running_another_federation_file(network, tm
                   load_federation(tmp_path / "changed.yaml"), root / "x.json", say=lambda _l: None)
     with pytest.raises(AgentError, match="differs from ours"):
         agent.run()
+    agent.client.close()
 
 
 def test_run_agent_checks_the_institution_policy_first(network, tmp_path):

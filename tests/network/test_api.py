@@ -197,3 +197,38 @@ def test_a_different_federation_file_cannot_take_over_a_state_directory(tmp_path
     other = make_federation(tmp_path / "other")
     with pytest.raises(BadInput, match="another federation file"):
         CoordinatorHub(other.policy, tmp_path / "coordinator")
+
+
+def test_round_closes_at_its_deadline_with_quorum(served):
+    hub, api, fed = served
+    keys = set_up(served)
+    for i in ("a", "b"):
+        assert upload(api, fed.identities[i], keys.envelope(np.ones(8))).status_code == 200
+    opened = hub.state.current
+    assert hub.tick(opened.opened_at + 1) is False  # c may still answer
+    hub.tick(opened.deadline_at + 1)
+    assert hub.state.rounds[0].status == "closed" and hub.state.rounds[0].contributors == ["a", "b"]
+    assert hub.state.current.index == 2
+
+
+def test_round_fails_at_its_deadline_below_quorum(served):
+    hub, api, fed = served
+    keys = set_up(served)
+    assert upload(api, fed.identities["a"], keys.envelope(np.ones(8))).status_code == 200
+    hub.tick(hub.state.current.deadline_at + 1)
+    assert hub.state.rounds[0].status == "failed" and "min_institutions" in hub.state.rounds[0].failure
+    view = api.request(fed.identities["b"], "GET", "/v1/federation").json()
+    assert view["rounds"][0]["status"] == "failed" and len(view["rounds"]) == 2
+    assert api.request(fed.identities["b"], "GET", "/v1/rounds/1/sum").status_code == 409
+
+
+def test_long_poll_answers_at_once_when_behind_and_waits_when_up_to_date(served):
+    hub, api, fed = served
+    b = fed.identities["b"]
+    revision = api.request(b, "GET", "/v1/federation").json()["revision"]
+    started = time.monotonic()
+    behind = api.request(b, "GET", "/v1/federation", params={"after_revision": revision - 1, "wait_s": 5})
+    assert behind.status_code == 200 and time.monotonic() - started < 1
+    started = time.monotonic()
+    waited = api.request(b, "GET", "/v1/federation", params={"after_revision": revision, "wait_s": 0.5})
+    assert waited.json()["revision"] == revision and time.monotonic() - started >= 0.45
