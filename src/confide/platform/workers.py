@@ -16,11 +16,17 @@ import os
 import traceback
 from typing import Any, Callable
 
+from confide.errors import BadInput
+
 Factory = Callable[..., Any]
 
 
 class WorkerFailed(RuntimeError):
     """A member raised inside a worker; the message carries the worker's traceback."""
+
+
+class MemberRefused(BadInput):
+    """A member in a worker refused bad input (a data file, a policy); the message is the member's own."""
 
 
 def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, threads: int) -> None:
@@ -38,6 +44,8 @@ def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, thre
             if member_id not in members:
                 members[member_id] = factory(*specs[member_id], progress=progress)
             result = ("ok", getattr(members[member_id], method)(*args, **kwargs))
+        except BadInput as exc:  # the user's mistake: its message travels, not the traceback
+            result = ("bad_input", str(exc))
         except BaseException as exc:  # sent back whole: the main process decides what is fatal
             result = ("error", (type(exc).__name__, str(exc), traceback.format_exc()), exc if _picklable(exc) else None)
         connection.send(result)
@@ -105,6 +113,8 @@ class MemberPool:
             for w in ready:
                 member_id = pending.pop(w)[0]
                 reply = self.connections[w].recv()
+                if reply[0] == "bad_input":
+                    raise MemberRefused(reply[1])
                 if reply[0] == "error":
                     name, message, trace = reply[1]
                     if reply[2] is not None:
