@@ -16,6 +16,7 @@ The rules are elsewhere and called, not copied: participation and the write-ahea
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from confide.errors import BadInput
 from confide.identity import Identity, unb64
 from confide.platform.coordinator import sha256, write_atomically
 from confide.policies import FederationPolicy, InstitutionPolicy
-from confide.privacy.budget import plan_participation
+from confide.privacy.accounting import RoundSpend
+from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
 from confide.privacy.ledger import PrivacyLedger
 from confide.privacy.reservation import reserve_round
 from confide.privacy.trainable import load_trainable_state, trainable_state
@@ -66,9 +68,14 @@ class Outcome:
 
 
 class Member:
-    """An institution in one federation. Construct it in the process that will train (it loads the model)."""
+    """An institution in one federation. Construct it in the process that will train (it loads the model).
 
-    def __init__(self, federation: FederationPolicy, policy: InstitutionPolicy, progress: Any = None) -> None:
+    `private=False` is for experiments only (a sweep's no-DP reference point): rounds clip but add
+    no noise, and the ledger records them as `nonprivate` entries instead of spends.
+    """
+
+    def __init__(self, federation: FederationPolicy, policy: InstitutionPolicy, progress: Any = None,
+                 private: bool = True) -> None:
         from confide.platform.data import load_institution_data
         from confide.platform.models import build_model
 
@@ -76,6 +83,7 @@ class Member:
         self.policy = policy
         self.institution_id = policy.institution_id
         self.progress = progress
+        self.private = private
         self.identity = Identity.load(policy.identity_path)
         if self.identity.institution_id != self.institution_id:
             raise MemberError(f"identity at {policy.identity_path} is {self.identity.institution_id!r}, "
@@ -177,10 +185,20 @@ class Member:
     # ---------------------------------------------------------------------------------- rounds
     def plan(self) -> dict:
         """Calibrate the noise once for the whole planned participation (see privacy.budget)."""
+        if self._plan is None and not self.private:
+            self._plan = self._nonprivate_plan()
         if self._plan is None:
             self._plan = plan_participation(self.federation, self.policy, self.data.train_size,
                                             self.ledger.spend_history())
         return self._plan.as_dict()
+
+    def _nonprivate_plan(self) -> ParticipationPlan:
+        training, privacy = self.federation.training, self.federation.privacy
+        rounds = min(self.federation.rounds, self.policy.max_rounds)
+        spend = RoundSpend(0.0, sample_rate_for(training.expected_batch_size, self.data.train_size),
+                           training.steps_per_round)
+        return ParticipationPlan(spend, rounds, privacy.delta, privacy.accountant, self.ledger.epsilon_spent(),
+                                 math.inf, math.inf, "nonprivate")
 
     def take_part(self, round_index: int) -> Contribution:
         """Decide and, if allowed, train and encrypt this round. Idempotent: never trains a round twice."""
@@ -202,10 +220,18 @@ class Member:
             return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
                                  "the round is not retrained")
         self.plan()
-        reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend)
-        if not reservation.granted:
-            return self._decline(round_index, "; ".join(reservation.reasons), record=False)
-        epsilon = reservation.entry["epsilon"]
+        if self.private:
+            reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend)
+            if not reservation.granted:
+                return self._decline(round_index, "; ".join(reservation.reasons), record=False)
+            epsilon = reservation.entry["epsilon"]
+        else:
+            # Training without noise has no finite epsilon, and the ledger rightly refuses infinite
+            # ones: the round is recorded as what it is, not as a spend.
+            spend = self._plan.spend
+            self.ledger.append("nonprivate", fed, round_index, sample_rate=spend.sample_rate, steps=spend.steps,
+                               clipping_norm=self.policy.clipping_norm)
+            epsilon = math.inf
         self._emit(type="member", text=f"round {round_index}: training (eps after {epsilon:.2f})")
         delta = self._train(round_index, epsilon)
         vector, _ = flatten(delta, self.layout)
@@ -306,7 +332,8 @@ class Member:
 
     def privacy_status(self) -> dict:
         return {
-            "epsilon": self.ledger.epsilon_spent(),
+            "private": self.private,
+            "epsilon": self.ledger.epsilon_spent() if self.private else None,
             "delta": self.federation.privacy.delta,
             "budget_epsilon": self.policy.budget.epsilon,
             "rounds_trained": self.ledger.rounds_taken(self.federation.federation_id),
