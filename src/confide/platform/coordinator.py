@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.aggregation.envelope import read_header, sum_envelopes
+from confide.aggregation.errors import AggregationError
 from confide.aggregation.keys import PublicContext
+from confide.aggregation.sealing import read_sealed_header
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
@@ -119,8 +121,11 @@ class StateStore:
 class Coordinator:
     """Applies protocol transitions and keeps their results durable under `state_dir`."""
 
-    def __init__(self, state_dir: Path, initial: FederationState, identity: Identity) -> None:
+    def __init__(
+        self, state_dir: Path, initial: FederationState, identity: Identity, max_upload_bytes: int = MAX_ENVELOPE_BYTES
+    ) -> None:
         self.dir = state_dir
+        self.max_upload_bytes = max_upload_bytes
         self.blobs = state_dir / "blobs"
         self.store = StateStore(state_dir / "state.sqlite")
         self.identity = identity
@@ -153,8 +158,27 @@ class Coordinator:
     def publish_keys(
         self, by: str, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes]
     ) -> None:
-        """Store the public context (refused if it holds a secret key) and each member's sealed key."""
-        PublicContext.from_bytes(public_context)  # raises if it carries a secret key or is malformed
+        """Check and store the key set-up: the public context and exactly one sealed key per member.
+
+        Refused (state unchanged): a caller other than the key holder, sealed keys for anything but
+        exactly the roster, a context that holds a secret key or is for another key id, a sealed
+        blob addressed to someone else or under another key.
+        """
+        if by != self.state.key_holder:
+            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", 403)
+        members = set(self.state.members)
+        if set(sealed) != members:  # also keeps caller-chosen names out of blob file names
+            raise ProtocolViolation("sealed keys must be given for exactly the roster: "
+                                    f"missing {sorted(members - set(sealed))}, unknown {sorted(set(sealed) - members)}",
+                                    400)
+        context = PublicContext.from_bytes(public_context)  # refuses secret key material
+        if context.key_id != key_id:
+            raise ProtocolViolation(f"public context is for key {context.key_id}, not {key_id}", 422)
+        for member, blob in sealed.items():
+            header = read_sealed_header(blob)
+            if header.recipient_id != member or header.key_id != key_id:
+                raise ProtocolViolation(
+                    f"sealed[{member}] is sealed to {header.recipient_id!r} under key {header.key_id!r}", 422)
         setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed))
         new = protocol.publish_keys(self.state, by, setup)
         if new is self.state:
@@ -179,20 +203,30 @@ class Coordinator:
         self.state = new
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> Receipt:
-        """Validate an envelope's header, store it, and record the upload; return a signed receipt.
+        """Validate an upload completely, store it, record it; return a signed receipt.
 
-        Raises ProtocolViolation (4xx) or an aggregation error for a malformed envelope; in every
-        refused case the state is unchanged.
+        Checked before anything is stored: size, envelope header (key id, layout, slot count, digest),
+        that it is one member's single update (not a sum that would inflate the count slot), the
+        protocol (member, round open, no second different upload), and every ciphertext's framing
+        (garbage is refused now, not discovered when summing). Raises ProtocolViolation or an
+        aggregation error (4xx); in every refused case the state is unchanged.
         """
-        if len(envelope) > MAX_ENVELOPE_BYTES:
-            raise ProtocolViolation(f"envelope of {len(envelope)} bytes exceeds {MAX_ENVELOPE_BYTES}", 413)
-        header = read_header(envelope)
+        if len(envelope) > self.max_upload_bytes:
+            raise ProtocolViolation(f"upload of {len(envelope)} bytes exceeds {self.max_upload_bytes}", 413)
+        setup = self.state.key_setup
+        if setup is None:
+            raise ProtocolViolation("keys are not set up yet", 409)
+        header = read_header(envelope, expected_key_id=setup.key_id, expected_layout_hash=setup.layout_hash,
+                             expected_slots=self.public_context.params.slots, max_bytes=self.max_upload_bytes)
+        if header.kind != "update" or header.n_summed != 1:
+            raise ProtocolViolation("only single update envelopes may be uploaded", 422)
         digest = sha256(envelope)
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
         )
         receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest))
         if new is not self.state:
+            sum_envelopes(self.public_context, [envelope])  # parses every ciphertext
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)
             self.store.save(new, "upload", {"round": round_index, "institution": institution, "sha256": digest},
                             receipt)
@@ -212,7 +246,16 @@ class Coordinator:
         if decision == "sum":
             contributors = sorted(current.uploads)
             paths = [self.blob_path(f"upload-r{current.index}-{i}.bin") for i in contributors]
-            total = sum_envelopes(self.public_context, paths, workers=workers)
+            try:
+                total = sum_envelopes(self.public_context, paths, workers=workers)
+            except (AggregationError, OSError) as exc:
+                # Uploads are fully checked on arrival, so this means damaged storage: fail the
+                # round with the reason rather than retrying a sum that cannot succeed forever.
+                reason = f"summing failed: {exc}"
+                new = protocol.fail_round(self.state, current.index, reason)
+                self.store.save(new, "failed", {"round": current.index, "reason": reason})
+                self.state = new
+                return "fail"
             self._put_blob(f"sum-r{current.index}.bin", total)
             new = protocol.record_sum(self.state, current.index, sha256(total), contributors)
             self.store.save(new, "summed", {"round": current.index, "contributors": contributors})

@@ -172,7 +172,8 @@ def accept_upload(
     counting).
     """
     _require_member(state, institution)
-    assert state.key_setup is not None, "a round is open only after key set-up"
+    if state.key_setup is None:
+        raise ProtocolViolation("keys are not set up yet", 409)
     current = _open_round(state, round_index, now)
     if key_id != state.key_setup.key_id:
         raise ProtocolViolation(f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)

@@ -17,12 +17,9 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.aggregation.envelope import read_header, sum_envelopes
-from confide.aggregation.keys import PublicContext
-from confide.aggregation.sealing import read_sealed_header
 from confide.identity import Identity, b64
 from confide.platform import protocol
-from confide.platform.coordinator import Coordinator, sha256
+from confide.platform.coordinator import Coordinator
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply, RoundView
 from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, roster_identities
@@ -74,7 +71,7 @@ class CoordinatorHub:
             federation.min_institutions, federation.rounds, federation.round_deadline_s,
         )
         self.identity = coordinator_identity(state_dir)
-        self.coordinator = Coordinator(state_dir, initial, self.identity)
+        self.coordinator = Coordinator(state_dir, initial, self.identity, max_upload_bytes)
         self.nonces = NonceStore(state_dir / "nonces.sqlite", keep_s=2 * window_s)
         self.verifier = RequestVerifier(federation.federation_id, roster_identities(federation.roster),
                                         self.nonces, window_s)
@@ -128,52 +125,19 @@ class CoordinatorHub:
         self.revision = self._read_revision()
 
     def publish_keys(self, institution: str, request: KeySetupRequest) -> list[str]:
-        """Check and store the key holder's set-up: the public context and one sealed key per member."""
-        members = set(self.state.members)
-        if institution != self.state.key_holder:
-            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", 403)
-        if set(request.sealed) != members:
-            raise ProtocolViolation("sealed keys must be given for exactly the roster: "
-                                    f"missing {sorted(members - set(request.sealed))}, "
-                                    f"unknown {sorted(set(request.sealed) - members)}", 400)
+        """Store the key holder's set-up (the Coordinator checks it: roster, key id, sealed headers)."""
         context_bytes = _decode(request.public_context, "public_context")
-        context = PublicContext.from_bytes(context_bytes)  # refuses secret key material
-        if context.key_id != request.key_id:
-            raise ProtocolViolation(f"public context is for key {context.key_id}, not {request.key_id}", 422)
         sealed = {member: _decode(text, f"sealed[{member}]") for member, text in request.sealed.items()}
-        for member, blob in sealed.items():
-            header = read_sealed_header(blob)
-            if header.recipient_id != member or header.key_id != request.key_id:
-                raise ProtocolViolation(f"sealed[{member}] is sealed to {header.recipient_id!r} under key "
-                                        f"{header.key_id!r}", 422)
         with self.lock:
             self.coordinator.publish_keys(institution, request.key_id, request.layout_hash, context_bytes, sealed)
             self._mutated()
         return sorted(sealed)
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> ReceiptReply:
-        """Validate an upload completely (header, key, layout, every ciphertext), then store it.
+        """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
         Raises ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
-        if len(envelope) > self.max_upload_bytes:
-            raise ProtocolViolation(f"upload of {len(envelope)} bytes exceeds {self.max_upload_bytes}", 413)
-        state = self.state
-        setup = state.key_setup
-        if setup is None:
-            raise ProtocolViolation("keys are not set up yet", 409)
-        context = self.coordinator.public_context
-        header = read_header(envelope, expected_key_id=setup.key_id, expected_layout_hash=setup.layout_hash,
-                             expected_slots=context.params.slots, max_bytes=self.max_upload_bytes)
-        if header.kind != "update" or header.n_summed != 1:
-            raise ProtocolViolation("only single update envelopes may be uploaded", 422)
-        digest = sha256(envelope)
-        # A dry run of the protocol first: a late, duplicate or conflicting upload is refused
-        # before the expensive check of every ciphertext.
-        dry = protocol.accept_upload(state, institution, round_index, header.key_id, header.layout_hash,
-                                     digest, len(envelope), now)
-        if dry is not state:
-            sum_envelopes(context, [envelope])  # parses each ciphertext: garbage is refused now, not at sum time
         with self.lock:
             receipt = self.coordinator.upload(institution, round_index, envelope, now)
             self._mutated()
