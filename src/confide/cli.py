@@ -258,6 +258,47 @@ def demo(
     out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
 
 
+# ----------------------------------------------------------------------------- network
+
+
+@app.command("coordinator")
+@handles_bad_input
+def coordinator(
+    federation: Path = typer.Argument(..., help="The federation policy file."),
+    state: Path = typer.Option(..., "--state", help="State directory (SQLite, blobs, TLS); restart with it to resume."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8443, "--port", help="Port to listen on."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Certificate (PEM); default: self-signed in --state."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP; accepted on a loopback address only."),
+) -> None:
+    """Serve a federation over HTTPS: admit members, open rounds, add ciphertexts, survive restarts."""
+    from confide.platform.service import CoordinatorSettings, run_coordinator
+
+    settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
+    run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False))
+
+
+@app.command("join")
+@handles_bad_input
+def join(
+    institution: Path = typer.Argument(..., help="This institution's policy file."),
+    federation: Path = typer.Option(..., "--federation", help="The federation file (must equal the coordinator's)."),
+    coordinator_url: str = typer.Option(..., "--coordinator", help="https://HOST:PORT of the coordinator."),
+    pin: Optional[str] = typer.Option(None, "--pin", help="SHA-256 fingerprint of the coordinator's certificate."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="CA bundle to verify the coordinator with instead of a pin."),
+    once: bool = typer.Option(False, "--once", help="Take part in the next round, then exit."),
+) -> None:
+    """Join a federation as this institution: outbound HTTPS only, following this institution's policy."""
+    from confide.platform.service import run_agent
+
+    report = run_agent(institution, federation, coordinator_url, pin=pin, ca_file=ca, once=once,
+                       say=lambda text: out.print(text, highlight=False))
+    out.print(f"uploaded rounds {report.uploaded or '-'}, declined {report.declined or '-'}, applied "
+              f"{report.applied or '-'}, aborted {report.aborted or '-'}, failed {report.failed or '-'}"
+              + (f"; final adapter: {report.adapter_dir}" if report.adapter_dir else ""), highlight=False)
+
+
 # ----------------------------------------------------------------------------- data
 
 
