@@ -277,3 +277,12 @@ def test_console_rendering_shows_each_failure_with_its_seq(world):
     text = console.export_text()
     assert "epsilon_pld" in text and "FAIL" in text and "verification failed" in text
     assert any("epsilon_pld" in line and " 4 " in line for line in text.splitlines())
+
+
+def test_spend_with_an_unknown_accountant_is_caught(world):
+    entries = read_entries(world.ledger)
+    entries[0]["accountant"] = "gdp"  # GDP under-reports and must never certify anything
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    assert [c.seq for c in failed(result, "epsilon_accountant")] == [1]
+    assert [c.seq for c in failed(result, "federation_accountant")] == [1]

@@ -47,6 +47,10 @@ class Tolerance:
 
 DEFAULT_TOLERANCE = Tolerance()
 
+RECOMPUTE_LIMIT = 100.0
+"""Above this cumulative epsilon (by PLD; the largest budget a policy may declare) the recorded
+accountant is not rerun: Opacus PRV can take minutes there, and the budget check fails anyway."""
+
 
 def merge_history(history: Iterable[Step]) -> list[Step]:
     """Merge steps with equal (sigma, q): composition commutes, and accountants' cost grows per pair."""
@@ -78,14 +82,35 @@ def pld_epsilon(history: Iterable[Step], delta: float) -> float:
         return 0.0
     if any(sigma == 0.0 for sigma, _, _ in merged):
         return math.inf
-    return _pld_epsilon_cached(tuple(sorted(merged)), delta)
+    return _pld_epsilon_cached(tuple(sorted(merged)), delta, _pld_grid(merged, delta))
+
+
+def _pld_grid(merged: list[Step], delta: float) -> float:
+    """PLD discretization interval: 1e-4 (dp_accounting's default) up to epsilon 1, then 1e-4 x epsilon.
+
+    The PLD's support grows with epsilon, and a fixed grid makes absurd spends (epsilon in the
+    hundreds) take minutes. The PLD accountant rounds pessimistically, so a coarser grid only
+    raises the result, here by about 1e-4 relative: far inside the audit's tolerance. The rough
+    epsilon that sets the grid comes from RDP, which is fast and never below the true value.
+    """
+    from opacus.accountants import RDPAccountant
+
+    rough = RDPAccountant()
+    rough.history = list(merged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            estimate = float(rough.get_epsilon(delta))
+        except (ValueError, OverflowError, ZeroDivisionError):
+            estimate = 1.0
+    return 1e-4 * max(1.0, estimate) if math.isfinite(estimate) else 1e-2
 
 
 # A PLD composition takes about a second; an audit asks for the same prefixes again (every ledger of
 # a federation shares its rounds' parameters), and the result is a pure function of its arguments.
 @lru_cache(maxsize=512)
-def _pld_epsilon_cached(merged: tuple[Step, ...], delta: float) -> float:
-    accountant = PLDAccountant()
+def _pld_epsilon_cached(merged: tuple[Step, ...], delta: float, grid: float) -> float:
+    accountant = PLDAccountant(value_discretization_interval=grid)
     for sigma, rate, steps in merged:
         event = dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma))
         accountant.compose(dp_event.SelfComposedDpEvent(event, steps))
@@ -165,7 +190,7 @@ class SpendRecomputation:
     accountant: str
     accountant_epsilon: float | None
     """Cumulative epsilon by the recorded accountant recomputed from scratch; None when the
-    accountant is unknown or failed (reported as its own check)."""
+    accountant is unknown, failed, or PLD is above RECOMPUTE_LIMIT."""
     round_pld_epsilon: float
     """This round's spend on its own, by PLD (what per-round caps limit)."""
 
@@ -183,10 +208,13 @@ def recompute_spends(spends: Sequence[SpendParameters]) -> list[SpendRecomputati
         history.append(spend.step)
         round_history = by_round.setdefault((spend.federation, spend.round), [])
         round_history.append(spend.step)
-        try:
-            accountant_eps: float | None = opacus_epsilon(history, spend.delta, spend.accountant)
-        except (ValueError, RuntimeError, OverflowError):
-            accountant_eps = None
+        pld = pld_epsilon(history, spend.delta)
+        accountant_eps: float | None = None
+        if pld <= RECOMPUTE_LIMIT:
+            try:
+                accountant_eps = opacus_epsilon(history, spend.delta, spend.accountant)
+            except Exception:  # noqa: BLE001 - any failure (even MemoryError) is reported, not a crash
+                accountant_eps = None
         results.append(
             SpendRecomputation(
                 seq=spend.seq,
@@ -198,7 +226,7 @@ def recompute_spends(spends: Sequence[SpendParameters]) -> list[SpendRecomputati
                 clipping_norm=spend.clipping_norm,
                 delta=spend.delta,
                 recorded_epsilon=spend.recorded_epsilon,
-                pld_epsilon=pld_epsilon(history, spend.delta),
+                pld_epsilon=pld,
                 accountant=spend.accountant,
                 accountant_epsilon=accountant_eps,
                 round_pld_epsilon=pld_epsilon(round_history, spend.delta),

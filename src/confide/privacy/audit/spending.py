@@ -89,9 +89,13 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation], tolerance: Toler
                              f"recorded epsilon {r.recorded_epsilon:.4f} < {r.pld_epsilon:.4f} by PLD "
                              f"(round {r.round} of {r.federation}; tolerance {tolerance.allowed_shortfall(r.pld_epsilon):.3g})",
                              r.seq))
-        if r.accountant_epsilon is None:
+        if r.accountant not in ("prv", "rdp"):
             acct.append(Check("epsilon_accountant", False,
-                              f"accountant {r.accountant!r} cannot be recomputed (expected 'prv' or 'rdp')", r.seq))
+                              f"unknown accountant {r.accountant!r} (expected 'prv' or 'rdp')", r.seq))
+        elif r.accountant_epsilon is None:
+            # PLD still checks this entry; an epsilon this large fails any budget on its own.
+            acct.append(Check("epsilon_accountant", None,
+                              f"Opacus {r.accountant.upper()} not rerun: PLD gives {r.pld_epsilon:.4g}", r.seq))
         elif tolerance.is_below(r.recorded_epsilon, r.accountant_epsilon):
             acct.append(Check("epsilon_accountant", False,
                               f"recorded epsilon {r.recorded_epsilon:.4f} < {r.accountant_epsilon:.4f} by Opacus "
