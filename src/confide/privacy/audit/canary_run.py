@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, TensorDataset
 
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import epsilon as accounted_epsilon_of
@@ -164,7 +164,7 @@ def _offsets(sizes: list[int]) -> list[int]:
 
 def run_canary_audit(
     model: nn.Module,
-    train: Dataset,
+    train: TensorDataset,
     task: str,
     settings: DPSettings,
     rounds: int = 1,
@@ -173,7 +173,7 @@ def run_canary_audit(
     accountant: str = "prv",
     seed: int = 0,
     confidence: float = 0.95,
-    max_data_records: int = 2000,
+    max_data_records: int = 1000,
 ) -> CanaryAudit:
     """Insert `canaries` random records (each with probability 1/2), train `rounds` DP rounds with
     `settings` on `model` (restored afterwards), and bound epsilon from below at `confidence`.
@@ -181,10 +181,13 @@ def run_canary_audit(
     `train` is a TensorDataset `(input_ids, attention_mask, labels)`. The accounted epsilon is
     `rounds` x `settings` by `accountant` at `delta`. Up to `max_data_records` training records
     (a random subset) enter the regression as known contributors. Raises TrainingError from the
-    DP round.
+    DP round. Sampling and noise are seeded from `seed` so an audit can be repeated; the scoring
+    never sees the noise, so the bound is as valid as with fresh randomness.
     """
     generator = torch.Generator().manual_seed(seed)
-    base = train if isinstance(train, TensorDataset) else TensorDataset(*train[:])  # type: ignore[index]
+    if not isinstance(train, TensorDataset):
+        raise TypeError("train must be a TensorDataset (input_ids, attention_mask, labels), as platform.data makes")
+    base = train
     canary_set = make_canaries(base, model, task, canaries, generator)
     included = torch.rand(canaries, generator=generator) < 0.5
     members = TensorDataset(*(t[included] for t in canary_set.tensors))
