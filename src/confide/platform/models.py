@@ -11,6 +11,7 @@ federation seed, on the CPU, in parameter-name order, independent of the global 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from confide.errors import BadInput
 from confide.policies.federation import FederationPolicy, ModelSettings
@@ -141,6 +143,20 @@ def _tiny_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, see
         return GPT2LMHeadModel(config)
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' loading chatter (progress bar, load report) for one load, then restore it."""
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
 def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
     """The base model for `settings.task`, on the CPU. `seed` initialises `random:` models.
 
@@ -154,8 +170,9 @@ def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase,
         return _tiny_model(settings, tokenizer, seed)
     directory = _model_directory(settings.source)
     try:
-        with warnings.catch_warnings():
-            # "Some weights were newly initialized": the head is re-initialised from the seed below.
+        # The load report lists the classifier head as missing from the checkpoint: expected, as
+        # it is re-initialised from the federation seed below.
+        with warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")
             if settings.task == "sequence_classification":
                 labels = list(settings.labels)
