@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.table import Table
 
 from confide import __version__
@@ -30,6 +31,23 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
 keys_app = typer.Typer(help="Institution identities.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare the bundled data for experiments.", no_args_is_help=True)
+
+
+class _LedgersByDefault(TyperGroup):
+    """`confide audit LEDGER...` verifies ledgers; `confide audit canaries ...` runs the empirical audit."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["ledgers", *args]
+        return super().parse_args(ctx, args)
+
+
+audit_app = typer.Typer(
+    cls=_LedgersByDefault, no_args_is_help=True,
+    help="Verify privacy ledgers independently (`confide audit LEDGER...`), or audit empirically "
+    "(`confide audit canaries FEDERATION INSTITUTION`).",
+)
+app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(data_app, name="data")
@@ -256,6 +274,92 @@ def demo(
     out.print(budgets_table(result.federated))
     out.print(demo_table(result))
     out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
+
+
+# ----------------------------------------------------------------------------- audit
+
+_POLICY_HELP = "Institution policy (budget, cap, clipping); repeatable, matched to ledgers by id."
+_FEDERATION_HELP = "Federation file (roster keys and privacy requirements); repeatable."
+
+
+@audit_app.command("ledgers")
+@handles_bad_input
+def audit_ledgers_command(
+    ledgers: List[Path] = typer.Argument(..., help="Ledger files (JSON Lines)."),
+    policy: List[Path] = typer.Option([], "--policy", help=_POLICY_HELP),
+    federation: List[Path] = typer.Option([], "--federation", help=_FEDERATION_HELP),
+    key: Optional[str] = typer.Option(None, "--key", help="Institution public key (base64 or identity.json)."),
+    receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
+    coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Verify hashes, chain, signatures, receipts; recompute epsilon with an independent accountant.
+
+    Exit 0 when everything verifies, 1 when a check fails, 2 for unreadable input.
+    """
+    from confide.privacy.audit import audit_ledgers, audit_renderables
+
+    result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
+                           coordinator_key=coordinator_key)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        for item in audit_renderables(result):
+            out.print(item)
+    raise typer.Exit(result.exit_code)
+
+
+@audit_app.command("canaries")
+@handles_bad_input
+def audit_canaries(
+    federation: Path = typer.Argument(..., help="The federation policy file."),
+    institution: Path = typer.Argument(..., help="The institution whose training is audited."),
+    canaries: int = typer.Option(200, "--canaries", help="Number of canary records (each included with p=1/2)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds to train (default: the planned rounds)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the canaries and their inclusion."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """One-run empirical audit (Steinke, Nasr, Jagielski 2023): a 95% lower bound on epsilon.
+
+    Fails (exit 1) if the lower bound exceeds the accounted epsilon: that would mean a bug.
+    """
+    from confide.platform.data import load_institution_data
+    from confide.platform.models import build_adapter_model
+    from confide.policies import load_federation, load_institution
+    from confide.privacy.audit import canary_renderables, canary_settings, run_canary_audit
+
+    fed, inst = load_federation(federation), load_institution(institution)
+    built = build_adapter_model(fed)
+    data = load_institution_data(inst.data, fed.model, built.tokenizer)
+    settings, planned = canary_settings(fed, inst, len(data.train), rounds=rounds)
+    audit = run_canary_audit(built.model, data.train, built.task, settings, rounds=planned, canaries=canaries,
+                             delta=fed.privacy.delta, accountant=fed.privacy.accountant, seed=seed)
+    if as_json:
+        out.print_json(json.dumps(audit.to_dict()))
+    else:
+        for item in canary_renderables(audit):
+            out.print(item)
+    raise typer.Exit(audit.exit_code)
+
+
+@app.command("report")
+@handles_bad_input
+def report(
+    ledgers: List[Path] = typer.Argument(..., help="Ledger files (JSON Lines)."),
+    out_file: Path = typer.Option(..., "--out", help="FILE.html (self-contained) or FILE.md (charts beside it)."),
+    policy: List[Path] = typer.Option([], "--policy", help=_POLICY_HELP),
+    federation: List[Path] = typer.Option([], "--federation", help=_FEDERATION_HELP),
+    key: Optional[str] = typer.Option(None, "--key", help="Institution public key (base64 or identity.json)."),
+    receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
+    coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
+) -> None:
+    """A budget report an auditor can hand on: budget, spent, remaining, verification, charts, per-round table."""
+    from confide.privacy.audit import audit_ledgers, write_report
+
+    result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
+                           coordinator_key=coordinator_key)
+    for path in write_report(result, out_file):
+        out.print(f"wrote {path}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- network

@@ -44,6 +44,12 @@ def test_simulate_policy_files_in_worker_processes(tmp_path):
     result = confide("simulate", federation, *institutions, "--out", out, "--workers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     check_summary(out, ["a", "b", "c"], rounds=2)
+    # An auditor verifies every ledger independently, with the coordinator's signed receipts.
+    audit = confide("audit", *sorted(out.glob("institutions/*/ledger/*.jsonl")), "--federation", out / "federation.yaml",
+                    *[arg for p in institutions for arg in ("--policy", p)], "--receipts", out / "receipts.jsonl",
+                    "--coordinator-key", out / "coordinator" / "identity" / "identity.json", "--json")
+    assert audit.returncode == 0, audit.stdout[-3000:]
+    assert json.loads(audit.stdout)["passed"] is True
     # The adapter is a real PEFT adapter: it loads onto the federation's base model.
     from peft import PeftModel
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from confide.errors import BadInput
 from confide.identity import Identity
 from confide.platform.coordinator import Coordinator
@@ -132,6 +134,12 @@ def run_simulation(sim: Simulation) -> dict:
     pool = MemberPool(functools.partial(Member, private=sim.private), specs, sim.workers, progress=events.queue)
     pump = lambda: events.drain(sim.on_event)  # noqa: E731
     coordinator_identity = Identity.generate("coordinator")
+    coordinator_identity.save(sim.out_dir / "coordinator" / "identity")
+    # The federation as simulated (its roster holds the generated identities): what an auditor
+    # passes to `confide audit --federation` to check the ledgers' signatures.
+    (sim.out_dir / "federation.yaml").write_text(
+        "# The federation as simulated: the roster holds the identities generated under identities/.\n"
+        + yaml.safe_dump(federation.model_dump(mode="json"), sort_keys=False))
     coordinator = Coordinator(
         sim.out_dir / "coordinator",
         new_federation(federation.federation_id, list(specs), federation.key_holder_id, federation.min_institutions,
@@ -154,6 +162,8 @@ def run_simulation(sim: Simulation) -> dict:
         out_adapters = sim.out_dir / "adapters"
         pool.call_many([(m, "save_adapter", (out_adapters / m,), {}) for m in specs], on_wait=pump)
         status = pool.call_many([(m, "privacy_status", (), {}) for m in specs], on_wait=pump)
+        receipts = [dict(r, federation=federation.federation_id) for r in coordinator.store.receipts()]
+        (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
     finally:
         pool.close()
         coordinator.close()
@@ -165,6 +175,9 @@ def run_simulation(sim: Simulation) -> dict:
         "institutions": status,
         "adapters": {m: str(out_adapters / m) for m in specs},
         "coordinator_state": str(sim.out_dir / "coordinator"),
+        "federation_file": str(sim.out_dir / "federation.yaml"),
+        "receipts": str(sim.out_dir / "receipts.jsonl"),
+        "coordinator_key": str(sim.out_dir / "coordinator" / "identity" / "identity.json"),
         "identities": {m: str(sim.out_dir / "identities" / m) for m in specs},
     }
     (sim.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
