@@ -50,6 +50,17 @@ def test_simulate_policy_files_in_worker_processes(tmp_path):
                     "--coordinator-key", out / "coordinator" / "identity" / "identity.json", "--json")
     assert audit.returncode == 0, audit.stdout[-3000:]
     assert json.loads(audit.stdout)["passed"] is True
+    ledger = sorted(out.glob("institutions/a/ledger/*.jsonl"))[0]
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text(ledger.read_text().replace('"steps":2', '"steps":1', 1))
+    assert ledger.read_text() != tampered.read_text()
+    result = confide("audit", tampered, "--federation", out / "federation.yaml")
+    assert result.returncode == 1 and "FAIL" in result.stdout
+    result = confide("audit", tmp_path / "missing.jsonl", "--federation", out / "federation.yaml")
+    assert result.returncode == 2 and "no such ledger file" in result.stderr and "Traceback" not in result.stderr
+    result = confide("report", ledger, "--federation", out / "federation.yaml", "--out", tmp_path / "report.html")
+    assert result.returncode == 0, result.stderr
+    assert "epsilon" in (tmp_path / "report.html").read_text().lower()
     # The adapter is a real PEFT adapter: it loads onto the federation's base model.
     from peft import PeftModel
 
