@@ -33,7 +33,7 @@ from .helpers import make_federation, make_institution, write_jsonl
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A tiny BERT classifier with FFA-LoRA and 24 records (20 train, 4 eval)."""
+    """A tiny BERT classifier with FFA-LoRA and 24 records (19 train, 5 eval)."""
     tmp = tmp_path_factory.mktemp("bert")
     write_jsonl(tmp / "a.jsonl", 24)
     federation = make_federation()

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -39,158 +38,37 @@ from typing import Any, Callable
 from confide.identity import Identity, PublicIdentity
 from confide.privacy.accounting import ACCOUNTANTS, History, epsilon
 from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError
+from confide.privacy.ledger_format import (  # re-exported: the format is part of the ledger's API
+    BASE_FIELDS,
+    GENESIS_HASH,
+    SEALED_FIELDS,
+    SPEND_FIELDS,
+    LedgerProblem,
+    ParsedLedger,
+    canonical_json,
+    check_epsilons,
+    check_signatures,
+    check_structure,
+    entry_hash,
+    parse_ledger,
+    parse_time,
+    signed_message,
+)
+
+__all__ = [
+    "BASE_FIELDS", "GENESIS_HASH", "SEALED_FIELDS", "SPEND_FIELDS", "LedgerProblem", "PrivacyLedger",
+    "canonical_json", "entry_hash", "ledger_path", "parse_ledger", "signed_message",
+]
 
 log = logging.getLogger(__name__)
 
-GENESIS_HASH = "0" * 64
-SIGNATURE_CONTEXT = b"confide-ledger-v1:"
-BASE_FIELDS = ("seq", "time", "institution", "dataset", "federation", "round", "kind", "prev_hash")
-SEALED_FIELDS = ("hash", "signature")
-SPEND_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clipping_norm", "delta", "accountant")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _KIND = re.compile(r"^[a-z][a-z_]{0,31}$")
-# Recomputed epsilons may differ in the last digits across numerical library versions.
-_EPSILON_RECOMPUTE_TOLERANCE = 1e-3
-
-
-def canonical_json(value: Any) -> bytes:
-    """The byte string hashed for an entry. Raises ValueError for NaN/infinity or non-JSON values."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
-
-
-def entry_hash(entry: dict) -> str:
-    """SHA-256 (hex) over the canonical JSON of `entry` without `hash` and `signature`."""
-    body = {k: v for k, v in entry.items() if k not in SEALED_FIELDS}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
-
-
-def signed_message(hash_hex: str) -> bytes:
-    """The bytes an entry's signature covers."""
-    return SIGNATURE_CONTEXT + hash_hex.encode("ascii")
 
 
 def ledger_path(state_dir: Path, institution: str, dataset: str) -> Path:
     """Where the ledger of `institution`'s dataset `dataset` (its fingerprint) lives under `state_dir`."""
     return Path(state_dir) / "ledger" / f"{institution}.{dataset}.jsonl"
-
-
-@dataclass(frozen=True)
-class LedgerProblem:
-    """One thing wrong with a ledger file, pinned to its line."""
-
-    line: int
-    kind: str
-    """`truncated`, `format`, `seq`, `chain`, `hash`, `signature`, `time`, `owner` or `epsilon`."""
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
-
-
-@dataclass
-class _Parsed:
-    entries: list[dict]
-    problems: list[LedgerProblem]
-    complete_bytes: int
-    """Length of the file up to and including the last newline."""
-    torn: bytes
-    """Bytes after the last newline: an interrupted append (empty if none)."""
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
-def _check_structure(entries: list[dict], institution: str | None, dataset: str | None) -> list[LedgerProblem]:
-    """Everything that can be checked without a public key: fields, seq, chain, hashes, time, owner."""
-    problems = []
-    prev_hash, prev_time = GENESIS_HASH, None
-    for index, entry in enumerate(entries):
-        line = index + 1
-        missing = [f for f in (*BASE_FIELDS, *SEALED_FIELDS) if f not in entry]
-        if missing:
-            problems.append(LedgerProblem(line, "format", f"missing field(s) {', '.join(missing)}"))
-            prev_hash = entry.get("hash", prev_hash)
-            continue
-        if entry["seq"] != line:
-            problems.append(LedgerProblem(line, "seq", f"seq is {entry['seq']!r}, expected {line}"))
-        if entry["prev_hash"] != prev_hash:
-            problems.append(LedgerProblem(line, "chain", "prev_hash does not match the previous entry's hash"))
-        try:
-            actual = entry_hash(entry)
-        except (TypeError, ValueError):
-            actual = None
-        if actual != entry["hash"]:
-            problems.append(LedgerProblem(line, "hash", "hash does not match the entry's content (altered entry)"))
-        when = _parse_time(entry["time"])
-        if when is None:
-            problems.append(LedgerProblem(line, "time", f"time {entry['time']!r} is not an ISO 8601 UTC time"))
-        elif prev_time is not None and when < prev_time:
-            problems.append(LedgerProblem(line, "time", f"time {entry['time']} is earlier than the previous entry's"))
-        for field, expected in (("institution", institution), ("dataset", dataset)):
-            if expected is not None and entry[field] != expected:
-                problems.append(LedgerProblem(line, "owner", f"{field} is {entry[field]!r}, expected {expected!r}"))
-        prev_hash, prev_time = entry["hash"], when or prev_time
-    return problems
-
-
-def _check_signatures(entries: list[dict], public: PublicIdentity) -> list[LedgerProblem]:
-    problems = []
-    for index, entry in enumerate(entries):
-        try:
-            signature = base64.b64decode(str(entry.get("signature", "")).encode("ascii"), validate=True)
-            ok = public.verify(signature, signed_message(str(entry.get("hash", ""))))
-        except (ValueError, UnicodeEncodeError):
-            ok = False
-        if not ok:
-            problems.append(LedgerProblem(index + 1, "signature", "signature does not verify with the institution's key"))
-    return problems
-
-
-def _check_epsilons(entries: list[dict]) -> list[LedgerProblem]:
-    """Recompute each spend entry's cumulative epsilon from the recorded spends before and at it."""
-    problems, history = [], []
-    for index, entry in enumerate(entries):
-        if entry.get("kind") != "spend":
-            continue
-        try:
-            history.append((entry["noise_multiplier"], entry["sample_rate"], entry["steps"]))
-            expected = epsilon(history, entry["delta"], entry["accountant"])
-        except Exception as exc:  # any malformed spend is a finding, not a crash of the audit
-            problems.append(LedgerProblem(index + 1, "epsilon", f"cannot recompute epsilon: {exc}"))
-            continue
-        recorded = entry.get("epsilon")
-        if not isinstance(recorded, (int, float)) or abs(recorded - expected) > _EPSILON_RECOMPUTE_TOLERANCE * max(1.0, expected):
-            problems.append(LedgerProblem(index + 1, "epsilon", f"epsilon {recorded!r} but the spends give {expected:.6g}"))
-    return problems
-
-
-def parse_ledger(data: bytes) -> _Parsed:
-    """Split a ledger file's bytes into complete entries, problems with them, and a torn tail."""
-    end = data.rfind(b"\n") + 1
-    complete, torn = data[:end], data[end:]
-    entries, problems = [], []
-    for number, raw in enumerate(complete.split(b"\n")[:-1], start=1):
-        try:
-            entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            entry = None
-        if not isinstance(entry, dict):
-            problems.append(LedgerProblem(number, "format", "not a JSON object"))
-            entry = {}
-        entries.append(entry)
-    if torn:
-        problems.append(LedgerProblem(
-            len(entries) + 1, "truncated",
-            f"last line is incomplete ({len(torn)} bytes, an interrupted write); ignored",
-        ))
-    return _Parsed(entries, problems, end, torn)
 
 
 def _utc_now() -> datetime:
@@ -259,7 +137,7 @@ class PrivacyLedger:
 
     # ----- reading
 
-    def _read(self) -> _Parsed:
+    def _read(self) -> ParsedLedger:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -305,11 +183,11 @@ class PrivacyLedger:
         """
         parsed = self._read()
         problems = list(parsed.problems)
-        problems += _check_structure(parsed.entries, self.institution, self.dataset)
+        problems += check_structure(parsed.entries, self.institution, self.dataset)
         if public is not None:
-            problems += _check_signatures(parsed.entries, public)
+            problems += check_signatures(parsed.entries, public)
         if recompute_epsilon:
-            problems += _check_epsilons(parsed.entries)
+            problems += check_epsilons(parsed.entries)
         return sorted(problems, key=lambda p: p.line)
 
     def ensure_intact(self) -> None:
@@ -376,7 +254,7 @@ class PrivacyLedger:
         total = epsilon(history, fields["delta"], fields["accountant"])
         return {**fields, "epsilon": total}
 
-    def _repair(self, fd: int, parsed: _Parsed, identity: Identity) -> dict:
+    def _repair(self, fd: int, parsed: ParsedLedger, identity: Identity) -> dict:
         """Move a torn last line to a side file, cut it off, and record that in a `repair` entry."""
         side = self.path.with_name(f"{self.path.name}.torn-{len(parsed.entries) + 1}")
         side.write_bytes(parsed.torn)
@@ -391,7 +269,7 @@ class PrivacyLedger:
                round_index: int, fields: dict) -> dict:
         last = entries[-1] if entries else None
         now = self._clock().astimezone(timezone.utc)
-        previous = _parse_time(last["time"]) if last else None
+        previous = parse_time(last["time"]) if last else None
         if previous is not None and now < previous:
             now = previous  # the wall clock went back (NTP); the ledger's time must not
         entry = {
