@@ -159,6 +159,15 @@ def test_train_round_takes_its_settings_from_the_policies_and_reports_steps(tiny
     assert set(delta) == set(trainable_state(model))
 
 
+def test_empty_poisson_batches_still_take_a_noisy_step(tiny_bert):
+    _, built, data = tiny_bert
+    model = copy.deepcopy(built.model)
+    # At this rate almost every logical batch is empty; each must still be one (noise-only) step.
+    result = run_dp_round(model, data.train, "sequence_classification", settings(sample_rate=0.001, steps=3), seed=6)
+    assert result.steps == 3 and result.examples == 0
+    assert all(t.abs().sum() > 0 for t in result.delta.values())
+
+
 def test_invalid_settings_are_refused_before_training(tiny_bert):
     _, built, data = tiny_bert
     with pytest.raises(TrainingError, match="sample_rate"):
