@@ -23,9 +23,11 @@ from confide.platform.split import split_to_files
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 
 DEMO_INSTITUTIONS = ["hospital-a", "hospital-b", "hospital-c"]
+# Dirichlet(0.5) with this seed gives three shares of similar size (636, 592, 553 articles) that each
+# nearly lack one class (tech, entertainment, politics): the situation federation is for.
 SPLIT_ALPHA = 0.5
 TEST_FRACTION = 0.2
-SPLIT_SEED = 0
+SPLIT_SEED = 4
 
 
 class DemoError(BadInput):
@@ -135,6 +137,7 @@ def plot_accuracy(result: DemoResult, path: Path) -> None:
         ax.plot([r["round"] for r in summary["rounds"]], [r["accuracy"] for r in summary["rounds"]], "--", marker=".",
                 label=f"{name} alone (eps {eps:.2f})")
     ax.set_xlabel("round")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("accuracy on the common test set")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
