@@ -80,14 +80,14 @@ def run_ray(jobs: list[PointJob], workers: int | None, address: str | None, on_d
 
     Uses the Ray instance this process is already connected to; otherwise connects to `address`
     (an existing cluster, e.g. `ray://head:10001` or `auto`) or, without one, starts a local
-    instance with `workers` CPUs, which is shut down at the end.
+    instance, which is shut down at the end. Each task asks Ray for one CPU.
     """
     ray = import_ray()
     started_here = False
     if not ray.is_initialized():
         options: dict = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
-            options.update(address="local", num_cpus=workers or None)
+            options["address"] = "local"
         else:
             options["address"] = address
         try:
@@ -104,7 +104,8 @@ def run_ray(jobs: list[PointJob], workers: int | None, address: str | None, on_d
         while waiting or running:
             while waiting and len(running) < limit:
                 job = waiting.pop(0)
-                running[task.options(num_cpus=job.threads, max_retries=0).remote(job)] = job
+                # One CPU each: a request larger than any node's CPU count would never be scheduled.
+                running[task.options(num_cpus=1, max_retries=0).remote(job)] = job
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
                 job = running.pop(ref)

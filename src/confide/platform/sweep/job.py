@@ -6,7 +6,6 @@ process and in a Ray task on another node. `run_point` is the function both exec
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -128,6 +127,3 @@ def result_row(point: Point, summary: dict, seconds: float) -> dict:
         },
     }
 
-
-def is_finite_epsilon(value: object) -> bool:
-    return value != "inf" and value is not None and math.isfinite(float(value))

@@ -118,8 +118,3 @@ def expand_grid(grid: dict, base: dict, institutions: list[str], alone: bool, ce
             points.append(Point("central", settings))
     return [_keyed(p, context) for p in points]
 
-
-def varying_axes(points: list[Point]) -> list[str]:
-    """Axes that take more than one value among federated points."""
-    federated = [p for p in points if p.kind == "federated"]
-    return [a for a in AXES if len({json.dumps(plain(p.settings[a])) for p in federated}) > 1]

@@ -99,8 +99,11 @@ def _positions(epsilons: list[float]) -> dict[float, float]:
     return spot
 
 
-def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy against epsilon: one line per federated setting, the baselines dashed, the front marked."""
+def plot_tradeoff(rows: list[dict], path: Path, title: str, chance: float | None = None) -> None:
+    """Accuracy against epsilon: one line per federated setting, the baselines dashed, the front marked.
+
+    `chance` (e.g. 1 / number of classes) is drawn as a horizontal reference line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,6 +133,8 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
     if front:
         ax.scatter([spot[s.epsilon] for s in front], [s.accuracy for s in front], s=160, facecolors="none",
                    edgecolors="crimson", linewidths=1.5, zorder=5, label="Pareto front")
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=0.8, ls="-.", label=f"chance ({chance:.2f})")
     if spot:
         ax.set_xscale("log")
         ax.set_xticks(list(spot.values()), [("inf\n(no DP)" if math.isinf(e) else f"{e:g}") for e in spot])
@@ -138,7 +143,7 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -191,10 +196,11 @@ def summary_markdown(rows: list[dict], description: str, failures: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows: list[dict], out_dir: Path, description: str, title: str, failures: list[str]) -> dict:
+def write_report(rows: list[dict], out_dir: Path, description: str, title: str, failures: list[str],
+                 chance: float | None = None) -> dict:
     """Write tradeoff.png, pareto.csv and summary.md under `out_dir`; return their paths."""
     paths = {"plot": out_dir / "tradeoff.png", "pareto": out_dir / "pareto.csv", "summary": out_dir / "summary.md"}
-    plot_tradeoff(rows, paths["plot"], title)
+    plot_tradeoff(rows, paths["plot"], title, chance)
     write_pareto_csv(federated_settings(rows), paths["pareto"])
     paths["summary"].write_text(summary_markdown(rows, description, failures), encoding="utf-8")
     return paths

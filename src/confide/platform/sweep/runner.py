@@ -167,7 +167,9 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, executor: str = "loca
     rows = [r for r in store.rows() if r["key"] in keys]
     failures = [f"{next(p.label() for p in points if p.key == k)}: {e}" for k, e in report.failed.items()]
     title = f"{loaded.federation.model.source}, {loaded.spec.split.institutions} institutions: accuracy vs epsilon"
+    labels = loaded.federation.model.labels
+    chance = 1 / len(labels) if loaded.federation.model.task == "sequence_classification" and labels else None
     report.paths = {"results": store.csv, "jsonl": store.jsonl,
-                    **write_report(rows, out_dir, _description(loaded, points, parts), title, failures)}
+                    **write_report(rows, out_dir, _description(loaded, points, parts), title, failures, chance)}
     report.seconds = round(time.perf_counter() - started, 1)
     return report
