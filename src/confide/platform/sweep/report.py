@@ -112,7 +112,7 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str, chance: float | None
     settings = federated_settings(rows)
     alone, central = baseline(rows, "alone"), baseline(rows, "central")
     spot = _positions([s.epsilon for s in settings] + list(alone) + list(central))
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(9.5, 4.6))
     lines: dict[tuple, list[Setting]] = {}
     for setting in settings:
         lines.setdefault(setting.others, []).append(setting)
@@ -143,7 +143,7 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str, chance: float | None
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: never hides data
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -180,7 +180,11 @@ def best_rows(rows: list[dict]) -> list[dict[str, str]]:
 
 def summary_markdown(rows: list[dict], description: str, failures: list[str]) -> str:
     """DIR/summary.md: the best setting for each epsilon, the baselines beside it, and the Pareto front."""
-    lines = ["# Privacy-utility sweep", "", description, "", "![accuracy against epsilon](tradeoff.png)", "",
+    federated = _scored(rows, "federated")
+    fixed = [f"{a}={federated[0][a]}" for a in AXES
+             if a != "epsilon" and federated and len({str(r[a]) for r in federated}) == 1]
+    common = f"Every federated point: {', '.join(fixed)}." if fixed else ""
+    lines = ["# Privacy-utility sweep", "", description, common, "", "![accuracy against epsilon](tradeoff.png)", "",
              "## Best setting for each epsilon", "",
              "| target epsilon | best federated setting | accuracy | epsilon spent | each alone (mean, min-max) "
              "| central |", "|---|---|---|---|---|---|"]
