@@ -22,7 +22,21 @@ def test_version_and_help():
 def test_policy_check_accepts_the_examples():
     result = confide("policy", "check", *sorted(EXAMPLES.glob("*.yaml")))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("ok ") == 4
+    assert result.stdout.count("ok ") == 6
+    assert "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 4 federated point(s)" in result.stdout
+
+
+def test_policy_check_reports_a_bad_sweep_file_with_its_line(tmp_path):
+    text = (EXAMPLES / "sweep.yaml").read_text()
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(text.replace("federation: federation.yaml", f"federation: {EXAMPLES / 'federation.yaml'}")
+                   .replace("template: hospital-a.yaml", f"template: {EXAMPLES / 'hospital-a.yaml'}")
+                   .replace("lora_rank: [4]", "lora_rank: [0]"))
+    line = next(i for i, l in enumerate(bad.read_text().splitlines(), 1) if l.startswith("  lora_rank:"))
+    result = confide("policy", "check", bad)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"{bad}:{line}: grid.lora_rank.0: Input should be greater than or equal to 1 (LoRA ranks.)"]
 
 
 def test_policy_check_reports_bad_input_as_lines_with_exit_2(tmp_path):
@@ -60,3 +74,10 @@ def test_keys_init_writes_private_files_0600_and_refuses_to_overwrite(tmp_path):
         assert (tmp_path / "clinic" / name).stat().st_mode & 0o777 == 0o600
     again = confide("keys", "init", "--out", tmp_path / "clinic")
     assert again.returncode == 2 and "already holds an identity" in again.stderr
+
+
+def test_sweep_with_a_missing_file_is_one_line_and_exit_2(tmp_path):
+    result = confide("sweep", tmp_path / "missing.yaml", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"{tmp_path / 'missing.yaml'}: file not found (check the path)"]
+    assert not (tmp_path / "out").exists()

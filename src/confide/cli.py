@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -118,19 +119,35 @@ def _policy_summary(policy) -> str:
     )
 
 
+def _sweep_summary(loaded) -> str:
+    spec = loaded.spec
+    axes = {name: values for name, values in spec.grid.model_dump().items() if values is not None}
+    points = math.prod(len(set(map(str, values))) for values in axes.values())
+    shown = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    grid = ", ".join(f"{name} {'/'.join(map(shown, values))}" for name, values in axes.items())
+    baselines = [name for name, on in spec.baselines.model_dump().items() if on]
+    return (f"sweep of federation {loaded.federation.federation_id} from template "
+            f"{loaded.template.institution_id}: {points} federated point(s) over {grid}; "
+            f"{spec.split.institutions} institutions (Dirichlet alpha {spec.split.alpha:g}); "
+            f"baselines {', '.join(baselines) or 'none'}")
+
+
 @policy_app.command("check")
-def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (federation or institution).")) -> None:
+def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (federation, institution or sweep).")) -> None:
     """Validate policy files: a summary of each valid file, every problem of each invalid one (exit 2)."""
-    from confide.policies import PolicyError, load_policy
+    from confide.platform.setup import load_checked
+    from confide.platform.sweep.spec import LoadedSweep
+    from confide.policies import PolicyError
 
     problems: list[str] = []
     for path in files:
         try:
-            policy = load_policy(path)
+            checked = load_checked(path)
         except PolicyError as exc:
             problems.extend(str(p) for p in exc.problems)
             continue
-        out.print(f"[green]ok[/green] {path}: {_policy_summary(policy)}", highlight=False, soft_wrap=True)
+        summary = _sweep_summary(checked) if isinstance(checked, LoadedSweep) else _policy_summary(checked)
+        out.print(f"[green]ok[/green] {path}: {summary}", highlight=False, soft_wrap=True)
     if problems:
         fail(problems)
 
@@ -274,6 +291,22 @@ def demo(
     out.print(budgets_table(result.federated))
     out.print(demo_table(result))
     out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
+
+
+@app.command("sweep")
+@handles_bad_input
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="SWEEP.yaml: base policies, data split, grid and baselines."),
+    out_dir: Path = typer.Option(..., "--out", help="Results directory; re-running into it skips finished points."),
+    executor: str = typer.Option("local", "--executor", help="local (worker processes) or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Points at a time (local default: cores / 2; 0: in this process)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: an existing cluster (e.g. auto)."),
+) -> None:
+    """Privacy-utility sweep: a simulated federation per grid point, plus each-alone and central baselines."""
+    from confide.platform.sweep import sweep_command
+
+    report = sweep_command(sweep_file, out_dir, executor, workers, ray_address, console=out)
+    raise typer.Exit(1 if report.failed else 0)
 
 
 # ----------------------------------------------------------------------------- audit

@@ -74,7 +74,7 @@ def test_killed_sweep_resumes_with_only_the_missing_points(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "confide.platform.sweep", str(sweep), "--out", str(out), "--workers", "1"],
+        [sys.executable, "-m", "confide.cli", "sweep", str(sweep), "--out", str(out), "--workers", "1"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confide.platform.simulation import Simulation, SimulationError
 from confide.platform.split import parse_split, split_to_files
-from confide.policies import load_federation, load_institution
+from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution, load_policy
+from confide.policies.yaml_source import read_yaml
+
+if TYPE_CHECKING:
+    from confide.platform.sweep.spec import LoadedSweep
 
 
 def simulation_from_files(
@@ -59,3 +64,16 @@ def simulation_from_files(
         for name in names
     ]
     return Simulation(federation, institutions, out_dir, parts["test"], workers, generated=True)
+
+
+def load_checked(path: Path) -> "FederationPolicy | InstitutionPolicy | LoadedSweep":
+    """Any file `confide policy check` validates: a federation or institution policy, or a sweep file.
+
+    Raises PolicyError listing every problem with its file and line.
+    """
+    from confide.platform.sweep.spec import load_sweep
+
+    doc = read_yaml(path)
+    if isinstance(doc.data, dict) and doc.data.get("kind") == "sweep":
+        return load_sweep(path)
+    return load_policy(path)
