@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-fast demo demo-fast bench clean
 
+# Ray (an optional extra for users) is installed here so the test suite runs the Ray executor too.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)
