@@ -1,5 +1,5 @@
 # Two commands do all the set-up: `make demo` and `make test`. Each creates .venv if it is missing and
-# (re)installs the project only when pyproject.toml or constraints.txt changed since the last install.
+# (re)installs the project only when pyproject.toml, constraints.txt or this file changed since the last install.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: install test test-fast demo demo-fast bench clean
 
 # Ray (an optional extra for users) is installed here so the test suite runs the Ray executor too.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev,ray]'
 	@touch $(STAMP)

@@ -413,7 +413,7 @@ def coordinator(
     from confide.platform.service import CoordinatorSettings, run_coordinator
 
     settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
-    run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False))
+    run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False, soft_wrap=True))
 
 
 @app.command("join")
@@ -430,10 +430,10 @@ def join(
     from confide.platform.service import run_agent
 
     report = run_agent(institution, federation, coordinator_url, pin=pin, ca_file=ca, once=once,
-                       say=lambda text: out.print(text, highlight=False))
+                       say=lambda text: out.print(text, highlight=False, soft_wrap=True))
     out.print(f"uploaded rounds {report.uploaded or '-'}, declined {report.declined or '-'}, applied "
               f"{report.applied or '-'}, aborted {report.aborted or '-'}, failed {report.failed or '-'}"
-              + (f"; final adapter: {report.adapter_dir}" if report.adapter_dir else ""), highlight=False)
+              + (f"; final adapter: {report.adapter_dir}" if report.adapter_dir else ""), highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data
