@@ -408,11 +408,13 @@ def coordinator(
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Certificate (PEM); default: self-signed in --state."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP; accepted on a loopback address only."),
+    tick_s: float = typer.Option(1.0, "--tick-s", min=0.05, help="How often round deadlines are checked (seconds)."),
 ) -> None:
     """Serve a federation over HTTPS: admit members, open rounds, add ciphertexts, survive restarts."""
     from confide.platform.service import CoordinatorSettings, run_coordinator
 
-    settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
+    settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure,
+                                   tick_s=tick_s)
     run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False, soft_wrap=True))
 
 

@@ -1,5 +1,7 @@
 """The whole networked federation as separate processes on 127.0.0.1 with TLS, with crashes.
 
+The processes are the real commands, `confide coordinator` and `confide join`.
+
 A coordinator and three agents (tiny random BERT, real DP training, real CKKS) run two rounds.
 Agent c is killed as round 1 opens, so round 1 closes at its deadline with a and b; c is restarted
 and catches up. The coordinator is killed with SIGKILL in the middle of round 2 and restarted on
@@ -46,7 +48,7 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "a")
-        process = subprocess.Popen([sys.executable, "-m", "confide.platform.service", *args], cwd=self.root,
+        process = subprocess.Popen([sys.executable, "-m", "confide.cli", *args], cwd=self.root,
                                    env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.running[name] = process
         return process

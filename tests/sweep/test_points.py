@@ -11,7 +11,7 @@ from confide.policies import FederationPolicy, InstitutionPolicy
 from tests.platform.federation_kit import load_files, make_federation_files
 
 BASE = {"epsilon": 6.0, "clipping_norm": 1.0, "lora_rank": 2, "freeze_a": True, "local_steps": 2,
-        "learning_rate": 0.01, "rounds": 1, "seed": 0, "max_length_tokens": 12}
+        "expected_batch_size": 4, "learning_rate": 0.01, "rounds": 1, "seed": 0, "max_length_tokens": 12}
 
 
 def test_grid_expands_to_every_combination_plus_baselines_per_epsilon_and_seed():
@@ -37,10 +37,10 @@ def test_point_keys_are_stable_and_change_with_the_context():
 def test_point_policies_set_budget_to_the_target_and_lift_caps(tmp_path):
     federation, institutions = load_files(*make_federation_files(tmp_path))
     template = institutions[0].model_copy(update={"round_epsilon_cap": 1.0})
-    point = Point("federated", {**BASE, "epsilon": 3.0, "lora_rank": 8}, key="k1")
+    point = Point("federated", {**BASE, "epsilon": 3.0, "lora_rank": 8, "expected_batch_size": 6}, key="k1")
     fed, insts = point_policies(point, federation, template, ["site-1", "site-2"])
     fed, insts = FederationPolicy.model_validate(fed), [InstitutionPolicy.model_validate(i) for i in insts]
-    assert fed.adapter.rank == 8 and fed.federation_id == "sweep-k1"
+    assert fed.adapter.rank == 8 and fed.training.expected_batch_size == 6 and fed.federation_id == "sweep-k1"
     assert fed.privacy.min_noise_multiplier == 0 and fed.privacy.max_round_epsilon is None
     assert [i.institution_id for i in insts] == ["site-1", "site-2"]
     assert all(i.budget.epsilon == 3.0 and i.round_epsilon_cap is None for i in insts)
@@ -51,7 +51,7 @@ def test_central_baseline_trains_one_institution_with_the_federations_batch(tmp_
     point = Point("central", {**BASE, "epsilon": math.inf}, key="k2")
     fed, insts = point_policies(point, federation, institutions[0], ["site-1", "site-2", "site-3"])
     assert fed["min_institutions"] == 1 and insts[0]["min_cohort"] == 1
-    assert fed["training"]["expected_batch_size"] == 3 * federation.training.expected_batch_size
+    assert fed["training"]["expected_batch_size"] == 3 * BASE["expected_batch_size"]
     assert [i["institution_id"] for i in insts] == ["central"]
     assert insts[0]["budget"]["epsilon"] == institutions[0].budget.epsilon  # no DP: the budget is untouched
 

@@ -49,7 +49,8 @@ def point_policies(point: Point, federation: FederationPolicy, template: Institu
     fed = federation.model_dump(mode="json")
     fed["federation_id"] = f"sweep-{point.key}"
     fed["adapter"].update(rank=s["lora_rank"], freeze_a=s["freeze_a"])
-    fed["training"].update(steps_per_round=s["local_steps"], learning_rate=s["learning_rate"])
+    fed["training"].update(steps_per_round=s["local_steps"], expected_batch_size=s["expected_batch_size"],
+                           learning_rate=s["learning_rate"])
     fed["model"]["max_length_tokens"] = s["max_length_tokens"]
     fed["privacy"].update(min_noise_multiplier=0.0, max_round_epsilon=None)
     fed.update(rounds=s["rounds"], seed=s["seed"])

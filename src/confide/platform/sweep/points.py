@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from confide.policies import FederationPolicy, InstitutionPolicy
 
-AXES = ("epsilon", "clipping_norm", "lora_rank", "freeze_a", "local_steps", "learning_rate", "rounds", "seed",
-        "max_length_tokens")
+AXES = ("epsilon", "clipping_norm", "lora_rank", "freeze_a", "local_steps", "expected_batch_size", "learning_rate",
+        "rounds", "seed", "max_length_tokens")
 """Grid axes in the order columns and labels show them."""
 
 BASELINE_AXES = ("epsilon", "seed")
@@ -75,6 +75,7 @@ def base_settings(federation: FederationPolicy, template: InstitutionPolicy) -> 
         "lora_rank": federation.adapter.rank,
         "freeze_a": federation.adapter.freeze_a,
         "local_steps": federation.training.steps_per_round,
+        "expected_batch_size": federation.training.expected_batch_size,
         "learning_rate": federation.training.learning_rate,
         "rounds": federation.rounds,
         "seed": federation.seed,

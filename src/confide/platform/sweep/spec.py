@@ -64,6 +64,8 @@ class Grid(StrictModel):
         None, min_length=1, description="LoRA ranks.")
     freeze_a: list[bool] | None = Field(None, min_length=1, description="Freeze A (FFA-LoRA: true) or train it.")
     local_steps: list[PositiveInt] | None = Field(None, min_length=1, description="DP-SGD steps per round.")
+    expected_batch_size: list[PositiveInt] | None = Field(
+        None, min_length=1, description="Expected Poisson batch sizes (sample rate = batch / records).")
     learning_rate: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(
         None, min_length=1, description="Local learning rates.")
     rounds: list[Annotated[int, Field(ge=1, le=10_000)]] | None = Field(

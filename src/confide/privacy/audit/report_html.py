@@ -17,13 +17,13 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
-h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
+h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; }
 .ok { color: #17692c; font-weight: 600; } .bad { color: #b00020; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: 2em; }
-.institution { flex: 1 1 34em; min-width: 0; } .scroll { overflow-x: auto; }
+.institution { flex: 1 1 46em; min-width: 0; } .scroll { overflow-x: auto; }
 img { max-width: 100%; height: auto; } ul.findings li { margin: 0.2em 0; }
 """
 
@@ -40,7 +40,7 @@ def _status(summary: InstitutionSummary) -> str:
 
 def _overview_table(summaries: Sequence[InstitutionSummary]) -> str:
     rows = "".join(
-        f'<tr><td class="text">{escape(s.name)}</td><td class="text">{escape(s.dataset)}</td>'
+        f'<tr><td class="text">{escape(s.name)}</td><td class="text" title="{escape(s.dataset)}">{escape(s.dataset[:16])}&hellip;</td>'
         f"<td>{number(s.budget)}</td><td>{number(s.spent)}</td><td>{number(s.remaining)}</td>"
         f'<td class="text">{escape(s.accountants)}</td><td>{len(s.spends)}</td><td class="text">{_status(s)}</td></tr>'
         for s in summaries
@@ -110,6 +110,6 @@ def render_html(
         "<h1>Privacy budget report</h1>"
         f'<p class="meta">generated {escape(generated)} by confide; epsilons recomputed independently with '
         "dp_accounting's PLD accountant and the recorded Opacus accountant</p>"
-        f"{verdict}{overall_html}{_overview_table(summaries)}{overview_html}"
+        f'{verdict}{overall_html}<div class="scroll">{_overview_table(summaries)}</div>{overview_html}'
         f'<div class="grid">{sections}</div></body></html>\n'
     )
