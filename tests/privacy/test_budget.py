@@ -167,3 +167,15 @@ def test_kill_between_spend_and_outcome_leaves_the_spend_counted(tmp_path, ident
     # ...and round 2 is judged with round 1's spend counted.
     second = reserve_round(ledger, federation, institution, 2, RoundSpend(1.0, 0.05, 10))
     assert second.granted and second.check.epsilon_before == ledger.spend_entries()[0]["epsilon"]
+
+
+def test_a_full_batch_sample_rate_accounts_as_the_plain_gaussian_without_numpy_warnings(recwarn):
+    # An expected batch as large as the dataset gives q = 1; PRV then takes log(1 - q) = -inf.
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+
+    full = epsilon([(2.0, 1.0, 10)], 1e-5, "prv")
+    pld = pld_privacy_accountant.PLDAccountant()
+    pld.compose(dp_event.GaussianDpEvent(2.0), 10)
+    assert full == pytest.approx(pld.get_epsilon(1e-5), rel=0.02)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

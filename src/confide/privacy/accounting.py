@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from confide.privacy.errors import AccountingError
@@ -120,9 +121,11 @@ def _composed_epsilon(merged: tuple[tuple[float, float, int], ...], delta: float
     # Pure in its arguments, and an agent asks for the same history repeatedly (epsilon after
     # round r is epsilon before round r + 1), so results are memoised. The key is sorted: the
     # same multiset of steps always gives the very same number.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
         # RDP (also used inside PRV to size its domain) warns "optimal order is the largest alpha"
-        # for large noise: the bound is still valid, only not the tightest.
+        # for large noise: the bound is still valid, only not the tightest. A sample rate of 1 (an
+        # expected batch as large as the dataset) makes PRV take log(1 - q) = -inf, which its
+        # formulas then compare and exponentiate correctly; numpy's warning about it is noise.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return _prv_epsilon(list(merged), delta) if name == "prv" else _rdp_epsilon(list(merged), delta)
 
