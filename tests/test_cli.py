@@ -23,7 +23,7 @@ def test_policy_check_accepts_the_examples():
     result = confide("policy", "check", *sorted(EXAMPLES.glob("*.yaml")))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok ") == 6
-    assert "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 4 federated point(s)" in result.stdout
+    assert "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 8 federated point(s)" in result.stdout
 
 
 def test_policy_check_reports_a_bad_sweep_file_with_its_line(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -119,19 +118,6 @@ def _policy_summary(policy) -> str:
     )
 
 
-def _sweep_summary(loaded) -> str:
-    spec = loaded.spec
-    axes = {name: values for name, values in spec.grid.model_dump().items() if values is not None}
-    points = math.prod(len(set(map(str, values))) for values in axes.values())
-    shown = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
-    grid = ", ".join(f"{name} {'/'.join(map(shown, values))}" for name, values in axes.items())
-    baselines = [name for name, on in spec.baselines.model_dump().items() if on]
-    return (f"sweep of federation {loaded.federation.federation_id} from template "
-            f"{loaded.template.institution_id}: {points} federated point(s) over {grid}; "
-            f"{spec.split.institutions} institutions (Dirichlet alpha {spec.split.alpha:g}); "
-            f"baselines {', '.join(baselines) or 'none'}")
-
-
 @policy_app.command("check")
 def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (federation, institution or sweep).")) -> None:
     """Validate policy files: a summary of each valid file, every problem of each invalid one (exit 2)."""
@@ -146,7 +132,7 @@ def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (fed
         except PolicyError as exc:
             problems.extend(str(p) for p in exc.problems)
             continue
-        summary = _sweep_summary(checked) if isinstance(checked, LoadedSweep) else _policy_summary(checked)
+        summary = checked.describe() if isinstance(checked, LoadedSweep) else _policy_summary(checked)
         out.print(f"[green]ok[/green] {path}: {summary}", highlight=False, soft_wrap=True)
     if problems:
         fail(problems)

@@ -104,6 +104,18 @@ class LoadedSweep:
         self.federation = federation
         self.template = template
 
+    def describe(self) -> str:
+        """One line for `confide policy check`: base policies, the grid and its size, split, baselines."""
+        spec = self.spec
+        axes = {name: list(dict.fromkeys(values)) for name, values in spec.grid.model_dump().items() if values}
+        shown = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+        grid = ", ".join(f"{name} {'/'.join(map(shown, values))}" for name, values in axes.items())
+        baselines = [name for name, on in spec.baselines.model_dump().items() if on]
+        return (f"sweep of federation {self.federation.federation_id} from template {self.template.institution_id}: "
+                f"{math.prod(len(v) for v in axes.values())} federated point(s) over {grid}; "
+                f"{spec.split.institutions} institutions (Dirichlet alpha {spec.split.alpha:g}); "
+                f"baselines {', '.join(baselines) or 'none'}")
+
     @property
     def source(self) -> str | Path:
         """What the split divides: `bundled:bbc` or a file path."""
