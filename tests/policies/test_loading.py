@@ -152,3 +152,40 @@ def test_loading_the_wrong_kind_is_an_error(write, institution_text):
 def test_missing_file_is_an_error(tmp_path):
     (problem,) = problems_of(tmp_path / "nope.yaml")
     assert problem.message == "file not found"
+
+
+@pytest.mark.parametrize(
+    ("ckks", "line", "field", "words"),
+    [
+        # 120 bits of modulus at N=4096: SEAL's 128-bit limit is 109.
+        ("{poly_modulus_degree: 4096, coeff_mod_bit_sizes: [60, 60], scale_bits: 59}", 22,
+         "ckks.coeff_mod_bit_sizes", "128-bit security limit of 109"),
+        ("{coeff_mod_bit_sizes: [60], scale_bits: 58}", 22, "ckks.scale_bits", "does not fit the first prime"),
+        ("{poly_modulus_degree: 5000}", 22, "ckks.poly_modulus_degree", "not supported"),
+        ("{coeff_mod_bit_sizes: [60, 70]}", 22, "ckks.coeff_mod_bit_sizes.1", "outside 20..60"),
+        # Secure, but 2**(60-57-2) = 2 cannot hold the count slot of three members.
+        ("{scale_bits: 57}", 22, "ckks.scale_bits", "less than the count of 3 members"),
+        # Secure, but the error of a 3-member sum at N=32768 and scale 2**20 hides the count slot.
+        ("{poly_modulus_degree: 32768, scale_bits: 20}", 22, "ckks.scale_bits", "too coarse"),
+    ],
+)
+def test_unusable_ckks_parameters_are_refused_at_their_line(write, federation_text, ckks, line, field, words):
+    (problem,) = problems_of(write(federation_text + f"ckks: {ckks}\n"))
+    assert (problem.line, problem.field) == (line, field)
+    assert words in problem.message
+    assert problem.hint
+
+
+def test_ckks_block_in_block_style_points_at_the_offending_key(write, federation_text):
+    text = federation_text + "ckks:\n  poly_modulus_degree: 4096\n  coeff_mod_bit_sizes: [60, 60]\n  scale_bits: 40\n"
+    (problem,) = problems_of(write(text))
+    assert (problem.line, problem.field) == (24, "ckks.coeff_mod_bit_sizes")
+    assert "poly_modulus_degree 8192" in problem.hint
+
+
+def test_federation_ckks_is_the_model_encryption_uses(write, federation_text):
+    from confide.aggregation.params import CkksParameters
+
+    policy = load_federation(write(federation_text + "ckks: {coeff_mod_bit_sizes: [60, 40]}\n"))
+    assert isinstance(policy.ckks, CkksParameters)
+    assert policy.ckks.coeff_mod_bit_sizes == (60, 40)

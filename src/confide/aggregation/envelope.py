@@ -25,6 +25,7 @@ from confide.aggregation.errors import (
     LayoutMismatch,
 )
 from confide.aggregation.keys import SecretKeyMaterial, require_public
+from confide.aggregation.params import COUNT_TOLERANCE, check_capacity
 from confide.aggregation.wire import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     KIND_SUM,
@@ -48,9 +49,6 @@ __all__ = [
 ]
 
 _LAYOUT_HASH = re.compile(r"^[0-9a-f]{64}$")
-#: The count slot of a correct sum is within ~1e-8 of a whole number; a wrapped or corrupt sum
-#: lands anywhere, so this tolerance separates the two by many orders of magnitude.
-_COUNT_TOLERANCE = 1e-3
 #: Padding slots decrypt to pure noise; 100x the high-probability noise bound flags garbage.
 _PADDING_FACTOR = 100.0
 
@@ -108,7 +106,7 @@ def encrypt_update(
     if not isinstance(layout_hash, str) or not _LAYOUT_HASH.match(layout_hash):
         raise InvalidUpdate("layout_hash must be 64 hex characters", "pass AdapterLayout.hash")
     values = np.concatenate([float(weight) * delta.astype(np.float64), [float(weight), 1.0]])
-    params.check_capacity(delta.size, float(np.max(np.abs(values))), n_contributions=1)
+    check_capacity(params, delta.size, float(np.max(np.abs(values))), n_contributions=1)
 
     rows = _seal.pack_complex(values, params.slots)
     n_workers = _parallel.worker_count(workers)
@@ -276,7 +274,7 @@ def decrypt_sum(
     n = header.n_values
     total_weight, count_slot = float(values[n]), float(values[n + 1])
     count = round(count_slot)
-    if abs(count_slot - count) > _COUNT_TOLERANCE or count < 1:
+    if abs(count_slot - count) > COUNT_TOLERANCE or count < 1:
         raise DecryptionCheckFailed(
             f"count slot decrypts to {count_slot:.6g}, not a whole number of contributions",
             "the sum overflowed the parameters' headroom or the envelope is corrupt",

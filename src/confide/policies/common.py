@@ -42,9 +42,11 @@ class FieldProblem(ValueError):
     loader point at the exact entry (say, the second of two duplicate roster members) and its line.
     """
 
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+    def __init__(self, path: tuple[str | int, ...], message: str, hint: str = "") -> None:
         super().__init__(message)
         self.path = path
+        self.message = message
+        self.hint = hint
 
 
 class StrictModel(BaseModel):

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from confide.policies.ckks import CkksParameters
 from confide.policies.common import FieldProblem, Identifier, PublicKeyB64, StrictModel
 
 
@@ -83,28 +84,6 @@ class PrivacyRequirements(StrictModel):
     )
 
 
-class CkksSettings(StrictModel):
-    """CKKS encryption parameters (checked against the 128-bit security table when keys are made).
-
-    The defaults suit adapter updates: members encrypt at the last level, where only the first
-    prime is left, so one 60-bit prime with a 2^40 scale gives about 8 bytes per value, errors
-    around 1e-12, and room for sums of weighted updates up to about 2^18.
-    """
-
-    poly_modulus_degree: int = Field(4096, description="Ring dimension N: a power of two, 4096 to 32768.")
-    coeff_mod_bit_sizes: list[int] = Field(
-        default_factory=lambda: [60], min_length=1, description="Bit sizes of the coefficient modulus primes."
-    )
-    scale_bits: int = Field(40, ge=20, le=60, description="log2 of the CKKS encoding scale.")
-
-    @model_validator(mode="after")
-    def _power_of_two(self) -> "CkksSettings":
-        n = self.poly_modulus_degree
-        if n < 4096 or n > 32768 or n & (n - 1):
-            raise FieldProblem(("poly_modulus_degree",), "must be a power of two between 4096 and 32768")
-        return self
-
-
 class ReleaseRules(StrictModel):
     """Whether and how the final adapter may leave the key holders."""
 
@@ -132,7 +111,10 @@ class FederationPolicy(StrictModel):
     round_deadline_s: float = Field(600.0, gt=0, description="Seconds after opening that a round stops waiting.")
     privacy: PrivacyRequirements = Field(default_factory=PrivacyRequirements)
     encryption: Literal["ckks"] = Field("ckks", description="How updates are protected in transit and at the coordinator.")
-    ckks: CkksSettings = Field(default_factory=CkksSettings)
+    ckks: CkksParameters = Field(
+        default_factory=CkksParameters,
+        description="CKKS parameters: checked against SEAL's 128-bit security limit and the roster's sums.",
+    )
     release: ReleaseRules = Field(default_factory=ReleaseRules)
     seed: int = Field(0, ge=0, description="Seeds the initial adapter: every member starts from identical weights.")
 
@@ -155,6 +137,13 @@ class FederationPolicy(StrictModel):
             raise FieldProblem(
                 ("min_institutions",), f"{self.min_institutions} exceeds the roster size ({len(ids)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ckks_carries_the_roster(self) -> "FederationPolicy":
+        problem = self.ckks.federation_problem(len(self.roster))
+        if problem is not None:
+            raise FieldProblem(("ckks", *problem.path), problem.message, problem.hint)
         return self
 
     @property

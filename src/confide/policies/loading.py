@@ -78,10 +78,12 @@ def problems_from_validation(doc: YamlDocument, model: type[BaseModel], exc: Val
     for error in exc.errors():
         loc = tuple(error["loc"])
         cause = (error.get("ctx") or {}).get("error")
+        hint = ""
         if isinstance(cause, FieldProblem):
             loc = loc + cause.path
+            hint = cause.hint
         dotted = ".".join(str(p) for p in loc)
-        problems.append(Problem(doc.file, doc.line_of(loc), dotted, _message(error), _hint(model, loc, error)))
+        problems.append(Problem(doc.file, doc.line_of(loc), dotted, _message(error), hint or _hint(model, loc, error)))
     problems.sort(key=lambda p: p.line)
     return problems
 
