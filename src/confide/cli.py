@@ -1,7 +1,10 @@
 """The `confide` command. Thin: it parses arguments, calls the packages, and prints.
 
-Bad input (anything raising `confide.errors.BadInput`) becomes one line per problem on stderr and
-exit code 2, never a traceback.
+Three kinds of failure, told apart for the user:
+- bad usage (an unknown command or option, a bad or missing value): one line and exit 2;
+- bad input (anything raising `confide.errors.BadInput`, or an OSError on a path the user gave):
+  one line per problem on stderr and exit 2, never a traceback;
+- anything else is a bug: one line on stderr saying so, exit 1, and the traceback in a log file.
 """
 
 from __future__ import annotations
@@ -10,18 +13,80 @@ import functools
 import json
 import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
+
+try:  # recent Typer carries its own copy of click, whose exceptions are the ones its commands raise
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover - older Typer runs on click itself
+    from click import exceptions as click  # type: ignore[no-redef]
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.table import Table
+from typer.core import TyperGroup
 
 from confide import __version__
 from confide.errors import BadInput
 
+out = Console()
+err = Console(stderr=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """`confide calibrate: invalid value for '--epsilon': ... (see `confide calibrate --help`)`."""
+    command = exc.ctx.command_path if exc.ctx is not None else "confide"
+    message = _one_line(exc.format_message())
+    message = message[:1].lower() + message[1:]
+    return f"{command}: {message.rstrip('.')} (see `{command} --help`)"
+
+
+def _log_internal_error(exc: BaseException) -> str:
+    """Write the traceback of a bug to a fresh log file; returns its path."""
+    fd, path = tempfile.mkstemp(prefix="confide-error-", suffix=".log")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"confide {__version__}: {' '.join(sys.argv)}\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=handle)
+    return path
+
+
+class _OneLineErrors(TyperGroup):
+    """The top-level group: usage errors and bugs end here, each as one line on stderr."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            out.print(exc.ctx.get_help(), markup=False, highlight=False)
+            code = 2
+        except click.UsageError as exc:
+            err.print(_usage_line(exc), markup=False, highlight=False, soft_wrap=True)
+            code = 2
+        except click.ClickException as exc:
+            err.print(_one_line(exc.format_message()), markup=False, highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            code = 1
+        except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+            log = _log_internal_error(exc)
+            err.print(f"confide: internal error ({type(exc).__name__}: {_one_line(str(exc))}); this is a bug, "
+                      f"not bad input: the traceback is in {log}", markup=False, highlight=False, soft_wrap=True)
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="confide: institutions fine-tune a model together under differential privacy, "
     "with CKKS-encrypted aggregation.",
     no_args_is_help=True,
@@ -52,9 +117,6 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(data_app, name="data")
 
-out = Console()
-err = Console(stderr=True)
-
 F = TypeVar("F", bound=Callable)
 
 
@@ -64,8 +126,34 @@ def fail(lines: list[str], code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _user_paths(values: Any) -> list[str]:
+    """Every path among a command's arguments (lists included), made absolute."""
+    found: list[str] = []
+    for value in values:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found.extend(os.path.abspath(v) for v in items if isinstance(v, Path))
+    return found
+
+
+def _on_user_path(exc: OSError, paths: list[str]) -> bool:
+    """Whether the OSError concerns a path the user gave, or something inside one of them."""
+    for name in (exc.filename, exc.filename2):
+        if name is None:
+            continue
+        target = os.path.abspath(os.fsdecode(name))
+        if any(target == p or target.startswith(p.rstrip(os.sep) + os.sep) for p in paths):
+            return True
+    return False
+
+
+def path_problem(exc: OSError, fix: str = "check the path and its permissions") -> str:
+    """`PATH: Not a directory (fix)`: one line for an OSError on a path the user gave."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else "path"
+    return f"{name}: {exc.strerror or type(exc).__name__} ({fix})"
+
+
 def handles_bad_input(command: F) -> F:
-    """Turn BadInput into one line per problem and exit 2."""
+    """Turn BadInput, and OSErrors on paths the user gave, into one line per problem and exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -73,8 +161,39 @@ def handles_bad_input(command: F) -> F:
             return command(*args, **kwargs)
         except BadInput as exc:
             fail(exc.lines())
+        except OSError as exc:
+            if not _on_user_path(exc, _user_paths([*args, *kwargs.values()])):
+                raise
+            fail([path_problem(exc)])
 
     return wrapper  # type: ignore[return-value]
+
+
+def need_files(*paths: Optional[Path]) -> None:
+    """Refuse, before any work, input files that do not exist (one line each, exit 2)."""
+    missing = [f"{p}: file not found (check the path)" for p in paths if p is not None and not p.exists()]
+    if missing:
+        fail(missing)
+
+
+def make_out_dir(path: Path, option: str = "--out") -> None:
+    """Create an output directory before any work, so that a bad one fails at once, in one line."""
+    fix = f"give {option} a new or existing directory that this user can write"
+    if path.exists() and not path.is_dir():
+        fail([f"{path}: is a file, not a directory ({fix})"])
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail([path_problem(exc, fix)])
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail([f"{path}: not writable ({fix})"])
+
+
+def make_out_file_parent(path: Path, option: str = "--out") -> None:
+    """An output file's folder must exist or be creatable, and the file must not be a directory."""
+    if path.is_dir():
+        fail([f"{path}: is a directory (give {option} a file name, e.g. {path / 'report.html'})"])
+    make_out_dir(path.parent, option)
 
 
 def _version(value: bool) -> None:
@@ -108,7 +227,7 @@ def _policy_summary(policy) -> str:
             f"model {policy.model.source} ({policy.model.task}), LoRA r={policy.adapter.rank} "
             f"{'frozen A' if policy.adapter.freeze_a else 'A and B trained'}, min_institutions "
             f"{policy.min_institutions}, delta {policy.privacy.delta:g} ({policy.privacy.accountant}), "
-            f"CKKS N={policy.ckks.poly_modulus_degree}"
+            f"{policy.ckks.describe(len(policy.roster))}"
         )
     cap = "none" if policy.round_epsilon_cap is None else f"{policy.round_epsilon_cap:g}"
     return (
@@ -132,6 +251,12 @@ def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (fed
         except PolicyError as exc:
             problems.extend(str(p) for p in exc.problems)
             continue
+        except BadInput as exc:
+            problems.extend(exc.lines())
+            continue
+        except OSError as exc:
+            problems.append(path_problem(exc))
+            continue
         summary = checked.describe() if isinstance(checked, LoadedSweep) else _policy_summary(checked)
         out.print(f"[green]ok[/green] {path}: {summary}", highlight=False, soft_wrap=True)
     if problems:
@@ -148,6 +273,7 @@ def policy_explain(
     """May this institution join this federation? Each rule, pass or fail. Exit 0 if it may, 1 if not."""
     from confide.platform.admission import explain_admission
 
+    need_files(federation, institution)
     decision = explain_admission(federation, institution)
     if as_json:
         out.print_json(json.dumps({"allowed": decision.allowed, "rules": [r.__dict__ for r in decision.results]}))
@@ -177,6 +303,7 @@ def keys_init(
     """Create an institution identity: Ed25519 (signing) and X25519 (receiving sealed keys)."""
     from confide.identity import Identity
 
+    make_out_dir(out_dir)
     ident = Identity.generate(institution_id or out_dir.resolve().name)
     ident.save(out_dir)
     entry = ident.public.to_roster_entry(ident.institution_id)
@@ -231,6 +358,8 @@ def simulate(
     from confide.platform.display import FederationDisplay, budgets_table, rounds_table
     from confide.platform.setup import simulation_from_files
 
+    need_files(federation, *(institutions or []), template, test)
+    make_out_dir(out_dir)
     sim = simulation_from_files(federation, institutions or [], out_dir, workers, split, n_institutions, template,
                                 test, test_fraction, seed)
     from confide.platform.simulation import run_simulation
@@ -256,6 +385,9 @@ def demo(
     from confide.platform.demo import DEMO_INSTITUTIONS, demo_policies, default_examples_dir, run_demo
     from confide.platform.display import FederationDisplay, demo_table, rounds_table, budgets_table
 
+    if examples is not None and not examples.is_dir():
+        fail([f"{examples}: no such directory (give the folder holding the example policies)"])
+    make_out_dir(out_dir)
     federation, _ = demo_policies(examples or default_examples_dir(), fast)
     displays: dict[str, FederationDisplay] = {}
 
@@ -291,6 +423,8 @@ def sweep(
     """Privacy-utility sweep: a simulated federation per grid point, plus each-alone and central baselines."""
     from confide.platform.sweep import sweep_command
 
+    need_files(sweep_file)
+    make_out_dir(out_dir)
     report = sweep_command(sweep_file, out_dir, executor, workers, ray_address, console=out)
     raise typer.Exit(1 if report.failed else 0)
 
@@ -318,6 +452,7 @@ def audit_ledgers_command(
     """
     from confide.privacy.audit import audit_ledgers, audit_renderables
 
+    need_files(*ledgers, *policy, *federation, receipts)
     result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
                            coordinator_key=coordinator_key)
     if as_json:
@@ -347,6 +482,7 @@ def audit_canaries(
     from confide.policies import load_federation, load_institution
     from confide.privacy.audit import canary_renderables, canary_settings, run_canary_audit
 
+    need_files(federation, institution)
     fed, inst = load_federation(federation), load_institution(institution)
     built = build_adapter_model(fed)
     data = load_institution_data(inst.data, fed.model, built.tokenizer)
@@ -375,6 +511,8 @@ def report(
     """A budget report an auditor can hand on: budget, spent, remaining, verification, charts, per-round table."""
     from confide.privacy.audit import audit_ledgers, write_report
 
+    need_files(*ledgers, *policy, *federation, receipts)
+    make_out_file_parent(out_file)
     result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
                            coordinator_key=coordinator_key)
     for path in write_report(result, out_file):
@@ -399,6 +537,8 @@ def coordinator(
     """Serve a federation over HTTPS: admit members, open rounds, add ciphertexts, survive restarts."""
     from confide.platform.service import CoordinatorSettings, run_coordinator
 
+    need_files(federation, tls_cert, tls_key)
+    make_out_dir(state, "--state")
     settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure,
                                    tick_s=tick_s)
     run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False, soft_wrap=True))
@@ -417,6 +557,7 @@ def join(
     """Join a federation as this institution: outbound HTTPS only, following this institution's policy."""
     from confide.platform.service import run_agent
 
+    need_files(institution, federation, ca)
     report = run_agent(institution, federation, coordinator_url, pin=pin, ca_file=ca, once=once,
                        say=lambda text: out.print(text, highlight=False, soft_wrap=True))
     out.print(f"uploaded rounds {report.uploaded or '-'}, declined {report.declined or '-'}, applied "
@@ -440,6 +581,7 @@ def data_bbc(
     from confide.platform.corpus import bbc_records
     from confide.platform.split import split_to_files
 
+    make_out_dir(out_dir)
     ids = [n.strip() for n in names.split(",") if n.strip()]
     parts = split_to_files(bbc_records(), out_dir, ids, alpha, test_fraction, seed)
     out.print(_split_table(parts, out_dir, f"BBC News split (Dirichlet alpha={alpha:g})"))
