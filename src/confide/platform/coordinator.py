@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -27,6 +28,8 @@ from confide.platform import protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
 
 MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
+
+log = logging.getLogger("confide.coordinator")
 
 
 def sha256(data: bytes) -> str:
@@ -47,6 +50,34 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_leftover_temporaries(directory: Path) -> list[Path]:
+    """Delete the `.<name>.<pid>.tmp` files that `write_atomically` leaves in `directory` when its
+    writer dies between writing and renaming. Only files of processes that no longer run are
+    removed (a live writer may be about to rename its file). Returns what was removed."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(".*.tmp"):
+        pid = path.name[: -len(".tmp")].rpartition(".")[2]
+        if not (pid.isascii() and pid.isdigit()) or _process_runs(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -127,6 +158,8 @@ class Coordinator:
         self.dir = state_dir
         self.max_upload_bytes = max_upload_bytes
         self.blobs = state_dir / "blobs"
+        for leftover in remove_leftover_temporaries(self.blobs):
+            log.info("removed %s, left by a write that crashed", leftover.name)
         self.store = StateStore(state_dir / "state.sqlite")
         self.identity = identity
         loaded = self.store.load(initial.federation_id)

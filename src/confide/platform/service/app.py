@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 
@@ -23,7 +24,7 @@ from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.gate import SCOPE_KEY, RequestGate
+from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
 from confide.platform.service.messages import (
     INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
     KeySetupRequest, ReceiptReply,
@@ -35,6 +36,11 @@ log = logging.getLogger("confide.service.app")
 MAX_WAIT_S = 30.0
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 _ERRORS = {code: {"model": ErrorReply} for code in (400, 401, 403, 404, 409, 413, 422)}
+#: Body limits of the routes that take small JSON bodies, and of every path that takes none (bytes).
+SMALL_BODY_BYTES = 64 * 1024
+NO_BODY_BYTES = 4 * 1024
+_UPLOAD_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/uploads/[a-z0-9][a-z0-9_.-]{0,63}")
+_SMALL_BODY_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/(declines|reports)/[a-z0-9][a-z0-9_.-]{0,63}")
 _KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 422: "invalid", 500: "internal"}
 
@@ -64,11 +70,12 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 
 def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024,
-               max_wait_s: float = MAX_WAIT_S) -> FastAPI:
+               max_wait_s: float = MAX_WAIT_S, body_timeouts: BodyTimeouts = BodyTimeouts()) -> FastAPI:
     """The ASGI app serving `hub`.
 
-    `tick_s`: how often the protocol is advanced without a poke; `max_json_bytes`: limit of every
-    body but uploads (whose limit is the hub's); `max_wait_s`: longest long-poll.
+    `tick_s`: how often the protocol is advanced without a poke; `max_json_bytes`: limit of the key
+    set-up's body (uploads have the hub's limit, declines and reports `SMALL_BODY_BYTES`, any other
+    path `NO_BODY_BYTES`); `max_wait_s`: longest long-poll; `body_timeouts`: how slowly a body may arrive.
     """
     changes: dict[str, Changes] = {}
 
@@ -113,7 +120,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
     # -- errors -------------------------------------------------------------------------------
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_request: Request, exc: Unauthorized) -> JSONResponse:
-        return _error(401, str(exc))
+        return _error(401, exc.reply)
 
     @app.exception_handler(ProtocolViolation)
     async def _violation(_request: Request, exc: ProtocolViolation) -> JSONResponse:
@@ -134,8 +141,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         return _error(422, f"{where}: {first.get('msg')}")
 
     @app.exception_handler(Exception)
-    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error: %r", exc)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error in %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error; the coordinator's log has the details")
 
     @app.exception_handler(StarletteHTTPException)
@@ -235,8 +242,16 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         """The round's encrypted sum (a sum envelope), once summed."""
         return Response(await run_in_threadpool(hub.sum_for, round_index), media_type="application/octet-stream")
 
-    def limit_for(path: str) -> int:
-        return hub.max_upload_bytes if "/uploads/" in path else max_json_bytes
+    def limit_for(method: str, path: str) -> int:
+        # Only the routes that take a body get room for one; everything else, routed or not, a little.
+        if method == "PUT" and _UPLOAD_PATH.fullmatch(path):
+            return hub.max_upload_bytes
+        if method == "PUT" and path == "/v1/keys":
+            return max_json_bytes
+        if method == "POST" and _SMALL_BODY_PATH.fullmatch(path):
+            return SMALL_BODY_BYTES
+        return NO_BODY_BYTES
 
-    app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier)
+    app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier, spool_dir=hub.spool_dir,
+                       timeouts=body_timeouts)
     return app

@@ -66,6 +66,7 @@ class CoordinatorHub:
         self.policy = federation
         self.policy_sha256 = _check_same_federation(state_dir, policy_sha256(federation))
         self.max_upload_bytes = max_upload_bytes
+        self.spool_dir = state_dir / "incoming"  # request bodies in flight (unnamed temporary files)
         initial = protocol.new_federation(
             federation.federation_id, [m.id for m in federation.roster], federation.key_holder_id,
             federation.min_institutions, federation.rounds, federation.round_deadline_s,
