@@ -189,9 +189,13 @@ class Coordinator:
 
     # -- transitions -------------------------------------------------------------------------
     def publish_keys(
-        self, by: str, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes]
+        self, by: str, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
+        n_values: int | None = None,
     ) -> None:
         """Check and store the key set-up: the public context and exactly one sealed key per member.
+
+        `n_values` (the adapter layout's size) lets every upload's value count be checked on arrival;
+        without it only the layout hash is (set-ups of older key holders).
 
         Refused (state unchanged): a caller other than the key holder, sealed keys for anything but
         exactly the roster, a context that holds a secret key or is for another key id, a sealed
@@ -212,7 +216,9 @@ class Coordinator:
             if header.recipient_id != member or header.key_id != key_id:
                 raise ProtocolViolation(
                     f"sealed[{member}] is sealed to {header.recipient_id!r} under key {header.key_id!r}", 422)
-        setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed))
+        if n_values is not None and not (isinstance(n_values, int) and n_values >= 1):
+            raise ProtocolViolation(f"n_values must be a positive whole number, not {n_values!r}", 422)
+        setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed), n_values)
         new = protocol.publish_keys(self.state, by, setup)
         if new is self.state:
             return
@@ -253,6 +259,10 @@ class Coordinator:
                              expected_slots=self.public_context.params.slots, max_bytes=self.max_upload_bytes)
         if header.kind != "update" or header.n_summed != 1:
             raise ProtocolViolation("only single update envelopes may be uploaded", 422)
+        if setup.n_values is not None and header.n_values != setup.n_values:
+            # Caught now, not when summing: a wrong count would otherwise fail the round for everyone.
+            raise ProtocolViolation(f"envelope holds {header.n_values} values; the federation's adapter has "
+                                    f"{setup.n_values} (check that this member runs the federation's model)", 422)
         digest = sha256(envelope)
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now

@@ -62,6 +62,7 @@ class KeySetup:
     public_context_sha256: str
     layout_hash: str
     sealed_for: list[str]
+    n_values: int | None = None  # adapter values per update; None in set-ups made before it was declared
 
 
 @dataclass

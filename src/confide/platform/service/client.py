@@ -163,9 +163,12 @@ class CoordinatorClient:
         return self._parse(self.call("GET", "/v1/federation", params=params, timeout_s=wait_s + 60), FederationView)
 
     def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes,
-                     sealed: dict[str, bytes]) -> KeySetupReply:
+                     sealed: dict[str, bytes], n_values: int | None = None) -> KeySetupReply:
+        """Publish the key set-up (key holder); `n_values`, the adapter layout's size, lets the
+        coordinator refuse an update of the wrong size on arrival instead of failing the round."""
         body = KeySetupRequest(
-            key_id=key_id, layout_hash=layout_hash, public_context=base64.b64encode(public_context).decode(),
+            key_id=key_id, layout_hash=layout_hash, n_values=n_values,
+            public_context=base64.b64encode(public_context).decode(),
             sealed={m: base64.b64encode(blob).decode() for m, blob in sealed.items()},
         )
         response = self.call("PUT", "/v1/keys", content=body.model_dump_json().encode(),

@@ -105,7 +105,7 @@ class CoordinatorHub:
             federation_id=state.federation_id, policy_sha256=self.policy_sha256, status=state.status,
             members=state.members, key_holder=state.key_holder, min_institutions=state.min_institutions,
             total_rounds=state.total_rounds, key_id=setup.key_id if setup else None,
-            layout_hash=setup.layout_hash if setup else None,
+            layout_hash=setup.layout_hash if setup else None, n_values=setup.n_values if setup else None,
             coordinator_signing_key=b64(self.identity.public.signing_public), revision=self.revision,
             rounds=rounds,
         )
@@ -130,7 +130,8 @@ class CoordinatorHub:
         context_bytes = _decode(request.public_context, "public_context")
         sealed = {member: _decode(text, f"sealed[{member}]") for member, text in request.sealed.items()}
         with self.lock:
-            self.coordinator.publish_keys(institution, request.key_id, request.layout_hash, context_bytes, sealed)
+            self.coordinator.publish_keys(institution, request.key_id, request.layout_hash, context_bytes, sealed,
+                                          request.n_values)
             self._mutated()
         return sorted(sealed)
 

@@ -67,6 +67,7 @@ class FederationView(WireModel):
     total_rounds: int
     key_id: str | None = Field(description="The federation's CKKS key id once keys are published.")
     layout_hash: str | None = Field(description="The adapter layout every envelope must carry.")
+    n_values: int | None = Field(None, description="Values every envelope must hold, if the key holder said.")
     coordinator_signing_key: str = Field(description="Ed25519 key (base64) that signs receipts.")
     revision: int = Field(description="Grows with every state change; pass it back as `after_revision`.")
     rounds: list[RoundView]
@@ -77,6 +78,9 @@ class KeySetupRequest(WireModel):
 
     key_id: str = Field(pattern=HEX32, description="The CKKS key id (32 hex characters).")
     layout_hash: str = Field(pattern=HEX64, description="SHA-256 (hex) of the adapter layout.")
+    n_values: int | None = Field(
+        None, ge=1, le=1 << 40, description="Adapter values in every update (the layout's size). When given, the "
+        "coordinator refuses uploads with another count; optional so that older key holders still work.")
     public_context: str = Field(max_length=1 << 20, description="Public context bytes, base64.")
     sealed: dict[str, str] = Field(
         description="Member id -> that member's sealed secret key, base64. Exactly the roster.", max_length=1000

@@ -1,0 +1,131 @@
+"""A faulty member cannot sink the federation: what the coordinator checks without the key.
+
+The key holder declares the adapter's value count in the key set-up, and an upload with another
+count is refused on arrival (422), before it can fail a round that honest members already paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from confide.aggregation.envelope import encrypt_update
+from confide.platform.protocol import FederationState
+from confide.platform.service.agent import Agent
+from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
+
+from .conftest import LAYOUT, Keys, make_federation, snapshot
+from .fake_member import SIZE, Contribution, FakeMember
+from .test_tls_client import free_port, serve
+
+FAST = Backoff(first_s=0.05, max_s=0.3, give_up_after_s=30)
+
+
+def set_up(served, n_values: int | None):
+    hub, api, fed = served
+    keys = Keys(fed.identities)
+    body = keys.request() if n_values is None else keys.request(n_values=n_values)
+    reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=body)
+    assert reply.status_code == 200, reply.text
+    deadline = time.monotonic() + 10
+    while hub.state.current is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return keys
+
+
+def upload(api, identity, envelope: bytes):
+    path = f"/v1/rounds/1/uploads/{identity.institution_id}"
+    return api.request(identity, "PUT", path, content=envelope, headers={"content-type": "application/octet-stream"})
+
+
+def test_an_upload_with_another_value_count_than_the_key_set_up_is_refused_unchanged(served):
+    hub, api, fed = served
+    keys = set_up(served, n_values=8)
+    assert api.request(fed.identities["b"], "GET", "/v1/federation").json()["n_values"] == 8
+    before = snapshot(hub)
+    for wrong in (7, 9, 200):
+        reply = upload(api, fed.identities["b"], keys.envelope(np.ones(wrong)))
+        assert reply.status_code == 422 and "holds" in reply.json()["detail"], reply.text
+    assert snapshot(hub) == before
+    assert upload(api, fed.identities["b"], keys.envelope(np.ones(8))).status_code == 200
+
+
+def test_a_key_set_up_without_a_value_count_still_works_and_old_states_load(served):
+    hub, api, fed = served
+    keys = set_up(served, n_values=None)
+    assert upload(api, fed.identities["b"], keys.envelope(np.ones(5))).status_code == 200
+    recorded = hub.state.to_dict()
+    del recorded["key_setup"]["n_values"]  # a state written before the field existed
+    assert FederationState.from_dict(json.loads(json.dumps(recorded))).key_setup.n_values is None
+
+
+def test_a_key_set_up_with_a_nonsense_value_count_is_refused(served):
+    hub, api, fed = served
+    keys = Keys(fed.identities)
+    for bad in (0, -3, "many"):
+        reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=keys.request(n_values=bad))
+        assert reply.status_code == 422
+    assert hub.state.key_setup is None
+
+
+class DeclaresValueCount(CoordinatorClient):
+    """The key holder's client, declaring the stand-in adapter's size with the key set-up."""
+
+    def publish_keys(self, key_id, layout_hash, public_context, sealed, n_values=None):
+        return super().publish_keys(key_id, layout_hash, public_context, sealed, n_values=SIZE)
+
+
+class WrongSize(FakeMember):
+    """A member whose adapter has one value too many (another model, a bug): every upload is refused."""
+
+    def take_part(self, round_index: int) -> Contribution:
+        blob = encrypt_update(self._secret(), np.ones(SIZE + 1), 1.0, LAYOUT)
+        return Contribution("upload", envelope=blob)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_the_federation_finishes_with_the_honest_members_when_one_uploads_the_wrong_size(tmp_path):
+    federation = make_federation(tmp_path, rounds=2, min_institutions=2, deadline_s=4)
+    port = free_port()
+    running = serve(federation, tmp_path / "coordinator", port)
+    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+    url = f"https://127.0.0.1:{port}"
+    agents, outcomes = {}, {}
+    try:
+        for who, member_class in (("a", FakeMember), ("b", FakeMember), ("c", WrongSize)):
+            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
+            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
+            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
+                                say=lambda _line: None, wait_s=1)
+
+        def run(who: str) -> None:
+            try:
+                outcomes[who] = agents[who].run()
+            except Exception as exc:  # the faulty member's agent stops on the refusal
+                outcomes[who] = exc
+
+        threads = [threading.Thread(target=run, args=(who,)) for who in agents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+        assert not any(thread.is_alive() for thread in threads)
+        state = running.hub.state
+    finally:
+        for agent in agents.values():
+            agent.client.close()
+        running.stop()
+
+    refused = outcomes["c"]
+    assert isinstance(refused, CoordinatorRefused) and refused.status == 422 and "values" in refused.detail
+    assert state.status == "finished" and [r.contributors for r in state.rounds] == [["a", "b"], ["a", "b"]]
+    for who in ("a", "b"):
+        assert outcomes[who].finished and outcomes[who].applied == [1, 2]
+        # deltas 1 and 2 times the round: averages 1.5 then 3
+        assert np.allclose(agents[who].member.adapter, np.full(SIZE, 4.5))
