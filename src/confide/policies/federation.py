@@ -85,12 +85,34 @@ class PrivacyRequirements(StrictModel):
 
 
 class ReleaseRules(StrictModel):
-    """Whether and how the final adapter may leave the key holders."""
+    """Whether the final adapter may leave the key holders.
+
+    This version has no release to the coordinator (DESIGN step 6: only if every member's policy
+    allows it, noise-flooded against the decryption noise, rounded, counted per key). Until it does,
+    `to_coordinator: true` is refused here, at `confide policy check`, rather than accepted and not
+    honoured; `max_releases_per_key`, which only such a release would read, is refused too.
+    """
 
     to_coordinator: bool = Field(
-        False, description="Release the final adapter to the coordinator (only if every member's policy allows it)."
+        False, description="Release the final adapter to the coordinator: not available in this version, "
+        "only `false` is accepted (the adapter stays with the members, each saves it in PEFT format)."
     )
-    max_releases_per_key: int = Field(1, ge=0, description="Decrypted values released per CKKS key, at most.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_release_counter_yet(cls, data):
+        if isinstance(data, dict) and "max_releases_per_key" in data:
+            raise FieldProblem(("max_releases_per_key",), "has no effect: this version releases nothing to the "
+                               "coordinator, so there is nothing to count", "remove the line")
+        return data
+
+    @model_validator(mode="after")
+    def _no_release_yet(self) -> "ReleaseRules":
+        if self.to_coordinator:
+            raise FieldProblem(("to_coordinator",), "releasing the final adapter to the coordinator is not "
+                               "available in this version", "set `to_coordinator: false`: the adapter stays with "
+                               "the members, each saves it in PEFT format")
+        return self
 
 
 class FederationPolicy(StrictModel):
