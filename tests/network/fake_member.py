@@ -8,7 +8,6 @@ training appends a line to `trainings.log`, so tests can count them across resta
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,33 +15,13 @@ import numpy as np
 from confide.aggregation.envelope import decrypt_sum, encrypt_update
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
-from confide.identity import Identity, unb64
+from confide.formats import Receipt, sha256
+from confide.identity import Identity, PublicIdentity, unb64
+from confide.platform.member_api import Contribution, KeyBundle as Bundle, Outcome
 
 from .conftest import LAYOUT
 
 SIZE = 16
-
-
-@dataclass(frozen=True)
-class Bundle:
-    key_id: str
-    layout_hash: str
-    public_context: bytes
-    sealed: dict[str, bytes]
-
-
-@dataclass(frozen=True)
-class Contribution:
-    kind: str
-    envelope: bytes | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str
-    count: int
-    detail: str = ""
 
 
 class FakeMember:
@@ -119,11 +98,18 @@ class FakeMember:
         envelope.write_bytes(blob)
         return Contribution("upload", envelope=blob)
 
-    def record_receipt(self, round_index: int, receipt: dict) -> None:
+    def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
+        parsed = Receipt.from_dict(receipt)
+        assert envelope is None or parsed.envelope_sha256 == sha256(envelope)
+        assert PublicIdentity(coordinator_key, b"").verify(unb64(parsed.signature, "s", 64), parsed.message())
         path = self.dir / "receipts.json"
         receipts = json.loads(path.read_text()) if path.exists() else {}
         receipts.setdefault(str(round_index), receipt)
         path.write_text(json.dumps(receipts))
+        return receipt
+
+    def check_anchor(self, receipt: dict | None) -> None:
+        self.anchors = getattr(self, "anchors", []) + [receipt]
 
     def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
         progress = self._progress()
@@ -137,11 +123,12 @@ class FakeMember:
         self._save(progress)
         return Outcome("applied", result.count)
 
-    def note_failed_round(self, round_index: int, reason: str) -> None:
+    def note_failed_round(self, round_index: int, reason: str) -> Outcome:
         progress = self._progress()
         progress["rounds"].setdefault(str(round_index), {"kind": "failed", "count": 0, "detail": reason})
         progress["synced"] = max(progress["synced"], round_index)
         self._save(progress)
+        return Outcome("failed", 0, reason)
 
     def save_adapter(self, out_dir: Path) -> str:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,8 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
         contribution = member.take_part(1)
         assert contribution.kind == "upload"
         envelopes[name] = contribution.envelope
-        member.record_receipt(1, coordinator.upload(name, 1, contribution.envelope, now=1.0).to_dict())
+        receipt = coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head)
+        member.record_receipt(1, receipt.to_dict(), contribution.envelope, coordinator.identity.public.signing_public)
     assert coordinator.advance(now=1.0) == "sum"
     total = coordinator.sum_for(1)
     # The plaintext reference: each institution's own update, decrypted alone, averaged in float64.
@@ -70,7 +71,7 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
     for member in members.values():
         assert member.ledger.verify(member.identity.public) == []
         kinds = [e["kind"] for e in member.ledger.entries()]
-        assert kinds == ["spend", "outcome", "receipt", "applied"]
+        assert kinds == ["data_version", "spend", "outcome", "receipt", "applied"]
 
 
 def test_take_part_never_trains_a_round_twice(tmp_path):

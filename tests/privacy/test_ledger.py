@@ -116,9 +116,10 @@ def test_ledger_without_identity_is_read_only_and_reserved_fields_are_refused(tm
 def test_truncated_last_line_is_detected_ignored_and_repaired_on_next_append(tmp_path, identity):
     ledger = open_ledger(tmp_path, identity)
     ledger.append("spend", "fed-1", 1, **spend())
-    ledger.append("outcome", "fed-1", 1, result="uploaded")
+    torn = b'{"federation":"fed-1","kind":"outcome","prev_hash":"'
+    with open(ledger.path, "ab") as handle:  # the next append died half-way through its line
+        handle.write(torn)
     data = ledger.path.read_bytes()
-    ledger.path.write_bytes(data[:-25])  # the last append died half-way through its line
 
     assert [e["kind"] for e in ledger.entries()] == ["spend"]
     problems = ledger.verify(identity.public)
@@ -130,7 +131,7 @@ def test_truncated_last_line_is_detected_ignored_and_repaired_on_next_append(tmp
     assert ledger.verify(identity.public, recompute_epsilon=True) == []
     repair = ledger.entries()[1]
     side_file = ledger.path.with_name(repair["kept_in"])
-    assert side_file.read_bytes() == data[len(data.split(b"\n")[0]) + 1: -25]
+    assert side_file.read_bytes() == torn and data.endswith(torn)
 
 
 def test_altered_entry_breaks_the_chain_and_appends_are_refused(tmp_path, identity):

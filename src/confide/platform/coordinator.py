@@ -10,7 +10,7 @@ envelopes members upload, and the encrypted sums. It never holds a secret key or
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,33 +23,18 @@ from confide.aggregation.envelope import read_header, sum_envelopes
 from confide.aggregation.errors import AggregationError
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
+from confide.formats import Receipt, sha256, write_atomically
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
 
 MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
+STATE_FORMAT_VERSION = 2
+"""`PRAGMA user_version` of state.sqlite. 1: no version recorded (receipts without ledger heads)."""
+
+__all__ = ["Coordinator", "Receipt", "StateStore", "remove_leftover_temporaries", "sha256", "write_atomically"]
 
 log = logging.getLogger("confide.coordinator")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def remove_leftover_temporaries(directory: Path) -> list[Path]:
@@ -80,26 +65,6 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """The coordinator's signed statement that it accepted an upload."""
-
-    federation: str
-    round: int
-    institution: str
-    envelope_sha256: str
-    signature: str = ""
-
-    def message(self) -> bytes:
-        body = {"federation": self.federation, "round": self.round, "institution": self.institution,
-                "envelope_sha256": self.envelope_sha256}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-    def to_dict(self) -> dict:
-        return {"federation": self.federation, "round": self.round, "institution": self.institution,
-                "envelope_sha256": self.envelope_sha256, "signature": self.signature}
-
-
 class StateStore:
     """Coordinator state in SQLite: the federation state as one JSON snapshot, plus an event log.
 
@@ -120,6 +85,22 @@ class StateStore:
             "CREATE TABLE IF NOT EXISTS receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, "
             "signature TEXT, PRIMARY KEY (round, institution))"
         )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older state file to STATE_FORMAT_VERSION; refuse one written by a newer confide."""
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > STATE_FORMAT_VERSION:
+            raise ProtocolViolation(f"state.sqlite has format {version}, this confide reads up to "
+                                    f"{STATE_FORMAT_VERSION}", 500)
+        if version < 2:
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(receipts)")}
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for column, kind in (("ledger_seq", "INTEGER"), ("ledger_head", "TEXT")):
+                    if column not in columns:
+                        self.db.execute(f"ALTER TABLE receipts ADD COLUMN {column} {kind}")
+                self.db.execute(f"PRAGMA user_version = {STATE_FORMAT_VERSION}")
 
     def load(self, federation_id: str) -> FederationState | None:
         row = self.db.execute("SELECT state FROM federation WHERE id = ?", (federation_id,)).fetchone()
@@ -137,13 +118,23 @@ class StateStore:
             self.db.execute("INSERT INTO events (time, kind, detail) VALUES (?, ?, ?)", (now, kind, json.dumps(detail)))
             if receipt is not None:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?)",
-                    (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature),
+                    "INSERT OR REPLACE INTO receipts (round, institution, envelope_sha256, signature, ledger_seq, "
+                    "ledger_head) VALUES (?, ?, ?, ?, ?, ?)",
+                    (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature,
+                     receipt.ledger_seq, receipt.ledger_head),
                 )
 
-    def receipts(self) -> list[dict]:
-        rows = self.db.execute("SELECT round, institution, envelope_sha256, signature FROM receipts ORDER BY round")
-        return [dict(zip(("round", "institution", "envelope_sha256", "signature"), r)) for r in rows]
+    _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_seq", "ledger_head")
+
+    def receipts(self, institution: str | None = None) -> list[dict]:
+        """Every stored receipt (of `institution` only, if given), oldest round first, without `federation`."""
+        query = f"SELECT {', '.join(self._RECEIPT_COLUMNS)} FROM receipts"
+        args: tuple = ()
+        if institution is not None:
+            query, args = query + " WHERE institution = ?", (institution,)
+        rows = self.db.execute(query + " ORDER BY round", args)
+        return [{k: v for k, v in zip(self._RECEIPT_COLUMNS, r) if v is not None or not k.startswith("ledger_")}
+                for r in rows]
 
     def close(self) -> None:
         self.db.close()
@@ -241,8 +232,13 @@ class Coordinator:
         self.store.save(new, kind, {"round": new.current.index if new.current else None})
         self.state = new
 
-    def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> Receipt:
+    def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
+               ledger_head: tuple[int, str] | None = None) -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
+
+        `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
+        so the member's ledger is anchored outside the member's disk. A repeated upload (a reply
+        lost on the way) gets the receipt first signed for it.
 
         Checked before anything is stored: size, envelope header (key id, layout, slot count, digest),
         that it is one member's single update (not a sum that would inflate the count slot), the
@@ -267,7 +263,13 @@ class Coordinator:
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
         )
-        receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest))
+        if new is self.state:
+            stored = self.receipt_for(institution, round_index)
+            if stored is not None and stored.envelope_sha256 == digest:
+                return stored
+        seq, head = ledger_head if ledger_head is not None else (None, None)
+        receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest,
+                                     ledger_seq=seq, ledger_head=head))
         if new is not self.state:
             sum_envelopes(self.public_context, [envelope])  # parses every ciphertext
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)
@@ -317,9 +319,20 @@ class Coordinator:
             raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
         return self.get_blob(f"sum-r{round_index}.bin")
 
+    def receipt_for(self, institution: str, round_index: int) -> Receipt | None:
+        """The receipt signed for `institution`'s upload in `round_index`, if any."""
+        for row in self.store.receipts(institution):
+            if row["round"] == round_index:
+                return Receipt.from_dict({**row, "federation": self.state.federation_id})
+        return None
+
+    def last_receipt(self, institution: str) -> Receipt | None:
+        """`institution`'s most recent receipt: what an agent checks its ledger against when it starts."""
+        rows = self.store.receipts(institution)
+        return Receipt.from_dict({**rows[-1], "federation": self.state.federation_id}) if rows else None
+
     def _sign(self, receipt: Receipt) -> Receipt:
-        signature = b64(self.identity.sign(receipt.message()))
-        return Receipt(receipt.federation, receipt.round, receipt.institution, receipt.envelope_sha256, signature)
+        return dataclasses.replace(receipt, signature=b64(self.identity.sign(receipt.message())))
 
     def close(self) -> None:
         self.store.close()

@@ -3,11 +3,15 @@
 Everything a member knows lives under its state directory, so a new `Member` over the same
 directory resumes where the last one stopped (the agent may be killed at any moment):
 
-    <state_dir>/ledger/...                      the privacy ledger (privacy.ledger)
-    <state_dir>/federations/<fed>/member.json   progress: rounds applied, failed, aborted
-    <state_dir>/federations/<fed>/secret.key    the CKKS secret key material (0600)
-    <state_dir>/federations/<fed>/adapter.npy   the current global trainable state (float64)
-    <state_dir>/federations/<fed>/rounds/       our envelope or decline for each round
+    <state_dir>/ledger/...                        the dataset's privacy ledger (privacy.ledger)
+    <state_dir>/federations/<fed>/member.json     progress: rounds applied, failed, aborted (0600)
+    <state_dir>/federations/<fed>/secret.key      the CKKS secret key material (0600)
+    <state_dir>/federations/<fed>/adapter-rN.npy  the global trainable state after round N (float64, 0600)
+    <state_dir>/federations/<fed>/rounds/         our envelope or decline for each round
+
+The adapter of round N is written before member.json says round N is applied, under its own name:
+a kill in between leaves member.json naming round N-1, whose adapter is still there, and the sum
+is applied again to that one, never twice to the same weights.
 
 The rules are elsewhere and called, not copied: participation and the write-ahead spend in
 `privacy.reservation`, DP-SGD in `privacy`, packing and encryption in `aggregation`.
@@ -17,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +28,25 @@ import numpy as np
 
 from confide.aggregation.codec import flatten, unflatten
 from confide.aggregation.envelope import decrypt_sum, encrypt_update
+from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.errors import BadInput
-from confide.identity import Identity, unb64
-from confide.platform.coordinator import sha256, write_atomically
+from confide.formats import Receipt, sha256, write_atomically
+from confide.identity import Identity, PublicIdentity, unb64
+from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
-from confide.privacy.ledger import PrivacyLedger
+from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
+from confide.privacy.errors import LedgerRollbackError
+from confide.privacy.ledger import ledger_path
 from confide.privacy.reservation import reserve_round
 from confide.privacy.trainable import load_trainable_state, trainable_state
 
 
 class MemberError(BadInput):
     """The member cannot do what was asked in its current state."""
-
-
-@dataclass(frozen=True)
-class KeyBundle:
-    """What the key holder publishes: key id, adapter layout, public context, one sealed key per member."""
-
-    key_id: str
-    layout_hash: str
-    public_context: bytes
-    sealed: dict[str, bytes]
-
-
-@dataclass(frozen=True)
-class Contribution:
-    kind: str  # "upload" or "decline"
-    envelope: bytes | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str  # "applied" or "aborted"
-    count: int
-    detail: str = ""
 
 
 class Member:
@@ -95,29 +77,63 @@ class Member:
             raise MemberError(f"the roster's signing key for {self.institution_id} is not this identity's",
                               "put the fingerprint printed by `confide keys init` in the roster")
         self.dir = Path(policy.state_dir) / "federations" / federation.federation_id
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.model, self.tokenizer = build_model(federation)
         self.data = load_institution_data(policy, federation, self.tokenizer)
-        self.ledger = PrivacyLedger.open(policy.state_dir, self.institution_id, self.data.fingerprint, self.identity)
-        self.ledger.ensure_intact()
+        self.dataset_id = policy.dataset_id
+        _refuse_lost_ledger(Path(policy.state_dir), self.institution_id, self.dataset_id)
+        opened = open_dataset_ledger(
+            policy.state_dir, self.institution_id, self.dataset_id, self.identity,
+            DataVersion(self.data.fingerprint, self.data.records, self.data.train_size), policy.ledger_witness_dirs)
+        self.ledger = opened.ledger
+        self._announce(opened)
+        self.dir.mkdir(parents=True, exist_ok=True)
         initial = trainable_state(self.model)
         _, self.layout = flatten(initial)
         self.progress_state = self._load_progress()
-        adapter = self.dir / "adapter.npy"
-        if adapter.exists():
+        adapter = self._adapter_file(self.last_applied_round)
+        if adapter is not None:
             load_trainable_state(self.model, unflatten(np.load(adapter), self.layout))
         self._secret = None
         self._plan = None
+
+    def _announce(self, opened) -> None:
+        if opened.migrated:
+            self._emit(type="member", text=f"ledger: migrated {len(opened.migrated)} older ledger(s) into "
+                       f"dataset {self.dataset_id}")
+        if opened.new_version is not None and opened.previous_fingerprint is not None:
+            self._emit(type="member", text=f"dataset {self.dataset_id}: new data version "
+                       f"{opened.new_version.fingerprint[:12]} ({opened.new_version.records} records) recorded; "
+                       f"it inherits epsilon {self.ledger.epsilon_spent():.3f} already spent")
+
+    def _adapter_file(self, round_index: int) -> Path | None:
+        """The adapter saved after `round_index` (None: round 0, the initial adapter from the seed)."""
+        if round_index == 0:
+            return None
+        path = self.dir / f"adapter-r{round_index}.npy"
+        if path.exists():
+            return path
+        legacy = self.dir / "adapter.npy"  # one file for every round, before round-named adapters
+        if legacy.exists():
+            return legacy
+        raise MemberError(f"{path} is missing but member.json says round {round_index} was applied",
+                          "restore the federation's state directory from the same backup as member.json")
 
     # ----------------------------------------------------------------------------------- state
     def _load_progress(self) -> dict:
         path = self.dir / "member.json"
         if path.exists():
-            return json.loads(path.read_text())
-        return {"synced_round": 0, "aborted": None, "rounds": {}}
+            state = json.loads(path.read_text())
+            recorded = state.get("dataset_id")
+            if recorded is not None and recorded != self.dataset_id:
+                raise MemberError(f"{path}: this federation was joined with dataset {recorded!r}, the policy now "
+                                  f"names {self.dataset_id!r}", "set data.dataset_id back; a federation keeps "
+                                  "one dataset")
+            return {"consecutive_failures": 0, **state, "dataset_id": self.dataset_id}
+        return {"version": 2, "dataset_id": self.dataset_id, "synced_round": 0, "aborted": None, "rounds": {},
+                "consecutive_failures": 0}
 
     def _save_progress(self) -> None:
-        write_atomically(self.dir / "member.json", json.dumps(self.progress_state, indent=1).encode())
+        write_atomically(self.dir / "member.json", json.dumps(self.progress_state, indent=1).encode(), mode=0o600)
 
     def _emit(self, **event: Any) -> None:
         if self.progress is not None:
@@ -139,14 +155,7 @@ class Member:
         return (self.dir / "secret.key").exists()
 
     def _write_secret(self, secret: bytes) -> None:
-        path = self.dir / "secret.key"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomically(self.dir / "secret.key", secret, mode=0o600)
 
     def make_keys(self) -> KeyBundle:
         """Key holder only: create the federation's CKKS key (once) and seal it to every member."""
@@ -189,12 +198,22 @@ class Member:
             self._plan = self._nonprivate_plan()
         if self._plan is None:
             self._plan = plan_participation(self.federation, self.policy, self.data.train_size,
-                                            self.ledger.spend_history())
+                                            self.ledger.spend_history(), rounds=self.rounds_left())
         return self._plan.as_dict()
+
+    def rounds_left(self) -> int:
+        """Rounds still to plan for: those of the federation not settled yet, within our max_rounds.
+
+        After a restart this is what remains, so the noise is calibrated for the rounds to come on
+        top of what the ledger already holds (not re-spread over rounds that are over).
+        """
+        fed_rounds = self.federation.rounds - self.last_applied_round
+        ours = self.policy.max_rounds - self.ledger.rounds_taken(self.federation.federation_id)
+        return max(1, min(fed_rounds, ours))
 
     def _nonprivate_plan(self) -> ParticipationPlan:
         training, privacy = self.federation.training, self.federation.privacy
-        rounds = min(self.federation.rounds, self.policy.max_rounds)
+        rounds = self.rounds_left()
         spend = RoundSpend(0.0, sample_rate_for(training.expected_batch_size, self.data.train_size),
                            training.steps_per_round)
         return ParticipationPlan(spend, rounds, privacy.delta, privacy.accountant, self.ledger.epsilon_spent(),
@@ -205,7 +224,8 @@ class Member:
         rounds = self.dir / "rounds"
         envelope_path, decline_path = rounds / f"r{round_index}.envelope", rounds / f"r{round_index}.decline"
         if envelope_path.exists():
-            return Contribution("upload", envelope=envelope_path.read_bytes())
+            envelope = envelope_path.read_bytes()
+            return Contribution("upload", envelope=envelope, ledger_head=self._upload_head(round_index, envelope))
         if decline_path.exists():
             return Contribution("decline", reason=decline_path.read_text())
         if self.aborted:
@@ -220,8 +240,10 @@ class Member:
             return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
                                  "the round is not retrained")
         self.plan()
+        trained_on = {"data_fingerprint": self.data.fingerprint, "train_records": self.data.train_size}
         if self.private:
-            reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend)
+            reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend,
+                                        **trained_on)
             if not reservation.granted:
                 return self._decline(round_index, "; ".join(reservation.reasons), record=False)
             epsilon = reservation.entry["epsilon"]
@@ -230,18 +252,30 @@ class Member:
             # ones: the round is recorded as what it is, not as a spend.
             spend = self._plan.spend
             self.ledger.append("nonprivate", fed, round_index, sample_rate=spend.sample_rate, steps=spend.steps,
-                               clipping_norm=self.policy.clipping_norm)
+                               clipping_norm=self.policy.clipping_norm, **trained_on)
             epsilon = math.inf
         self._emit(type="member", text=f"round {round_index}: training (eps after {epsilon:.2f})")
         delta = self._train(round_index, epsilon)
         vector, _ = flatten(delta, self.layout)
-        weight = float(self.data.train_size)
+        # The weight travels inside the sum that every member decrypts, so it is public: it comes
+        # from the policy, never from the data (a record count here would tell the others our n,
+        # which the add/remove-one epsilon we record assumes they cannot learn).
+        weight = float(self.policy.aggregation_weight)
         envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
         write_atomically(envelope_path, envelope)
-        self.ledger.append("outcome", fed, round_index, result="uploaded", envelope_sha256=sha256(envelope),
-                           weight=weight)
+        entry = self.ledger.append("outcome", fed, round_index, result="uploaded", envelope_sha256=sha256(envelope),
+                                   weight=weight)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
-        return Contribution("upload", envelope=envelope)
+        return Contribution("upload", envelope=envelope, ledger_head=(entry["seq"], entry["hash"]))
+
+    def _upload_head(self, round_index: int, envelope: bytes) -> tuple[int, str] | None:
+        """The ledger head recorded with our upload of `round_index` (None if the record was lost in a crash)."""
+        digest = sha256(envelope)
+        for entry in reversed(self.ledger.entries()):
+            if (entry.get("kind") == "outcome" and entry.get("federation") == self.federation.federation_id
+                    and entry.get("round") == round_index and entry.get("envelope_sha256") == digest):
+                return entry["seq"], entry["hash"]
+        return None
 
     def _decline(self, round_index: int, reason: str, record: bool = True) -> Contribution:
         if record:
@@ -267,13 +301,54 @@ class Member:
             # only as the encrypted delta, and the sum is applied to the global state.
             load_trainable_state(self.model, before)
 
-    def record_receipt(self, round_index: int, receipt: dict) -> None:
-        """Keep the coordinator's signed receipt of our upload in the ledger (once)."""
+    def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None,
+                       coordinator_key: bytes) -> dict:
+        """Check the coordinator's receipt for our upload and keep it in the ledger (once); return it.
+
+        The receipt must name this federation, round, institution and envelope (None: the one we
+        stored for the round, if any), carry the ledger head we recorded with the upload, and
+        verify under `coordinator_key` (Ed25519, 32 bytes). Raises MemberError otherwise, and
+        stores nothing.
+        """
         fed = self.federation.federation_id
-        if any(e["kind"] == "receipt" and e["round"] == round_index and e["federation"] == fed
-               for e in self.ledger.entries()):
+        try:
+            parsed = Receipt.from_dict(receipt)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MemberError(f"round {round_index}: malformed receipt ({exc})") from None
+        if envelope is None:
+            stored = self.dir / "rounds" / f"r{round_index}.envelope"
+            envelope = stored.read_bytes() if stored.exists() else None
+        expected = (fed, round_index, self.institution_id)
+        if (parsed.federation, parsed.round, parsed.institution) != expected or (
+                envelope is not None and parsed.envelope_sha256 != sha256(envelope)):
+            raise MemberError(f"round {round_index}: the receipt does not describe our upload")
+        head = self._upload_head(round_index, envelope) if envelope is not None else None
+        if head is not None and (parsed.ledger_seq, parsed.ledger_head) != head:
+            raise MemberError(f"round {round_index}: the receipt names ledger head {parsed.ledger_seq}, not the "
+                              f"head {head[0]} we recorded with the upload")
+        try:
+            signature = unb64(parsed.signature, "receipt signature", 64)
+        except BadInput:
+            signature = b""
+        if not PublicIdentity(coordinator_key, b"").verify(signature, parsed.message()):
+            raise MemberError(f"round {round_index}: the receipt's signature does not verify under the "
+                              "coordinator's key")
+        if envelope is not None and self.ledger.last_of("receipt", fed, round_index) is None:
+            self.ledger.append("receipt", fed, round_index, receipt=parsed.to_dict())
+        return parsed.to_dict()
+
+    def check_anchor(self, receipt: dict | None) -> None:
+        """Refuse a ledger that is behind what our latest receipt shows the coordinator saw.
+
+        The coordinator keeps our newest receipt, which names our ledger head at that upload; a
+        ledger without that entry was restored from an older copy, replaced or lost. Raises
+        LedgerRollbackError then (nothing may be spent until an operator restores the newest copy).
+        """
+        if receipt is None or receipt.get("ledger_seq") is None:
             return
-        self.ledger.append("receipt", fed, round_index, receipt=receipt)
+        parsed = Receipt.from_dict(receipt)
+        self.ledger.witness(parsed.ledger_seq, parsed.ledger_head,
+                            f"the coordinator's receipt for round {parsed.round} of {parsed.federation}")
 
     def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
         """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average."""
@@ -284,8 +359,13 @@ class Member:
             return Outcome("aborted", 0, self.aborted)
         if round_index != self.last_applied_round + 1:
             raise MemberError(f"cannot apply round {round_index} on top of round {self.last_applied_round}")
-        result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
         fed = self.federation.federation_id
+        try:
+            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
+        except DecryptionCheckFailed as exc:
+            # Some contribution does not decrypt (a faulty or malicious member): nothing of this
+            # round is applied, the spends stay counted, and the federation goes on.
+            return self._settle_failed(round_index, f"the sum does not decrypt: {exc}", sum_envelope)
         if result.count < self.policy.min_cohort:
             detail = (f"round {round_index} sum has {result.count} contribution(s), below min_cohort "
                       f"{self.policy.min_cohort}: leaving the federation")
@@ -295,25 +375,58 @@ class Member:
         else:
             current, _ = flatten(trainable_state(self.model), self.layout)
             updated = current + result.average
+            # Named by round: until member.json says this round is applied, the restarted member
+            # loads the previous round's file and applies the sum to that, never on top of this.
+            write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", updated)
             load_trainable_state(self.model, unflatten(updated, self.layout))
-            write_atomically_npy(self.dir / "adapter.npy", updated)
-            self.ledger.append("applied", fed, round_index, count=result.count,
-                               sum_sha256=sha256(sum_envelope))
+            if self.ledger.last_of("applied", fed, round_index) is None:
+                self.ledger.append("applied", fed, round_index, count=result.count,
+                                   sum_sha256=sha256(sum_envelope))
             self.progress_state["synced_round"] = round_index
+            self.progress_state["consecutive_failures"] = 0
             outcome = Outcome("applied", result.count)
         self.progress_state["rounds"][str(round_index)] = outcome.__dict__
         self._save_progress()
+        self._drop_old_adapters(round_index)
         return outcome
 
-    def note_failed_round(self, round_index: int, reason: str) -> None:
+    def _drop_old_adapters(self, round_index: int) -> None:
+        for path in self.dir.glob("adapter-r*.npy"):
+            if path.name != f"adapter-r{self.last_applied_round}.npy":
+                path.unlink(missing_ok=True)
+        (self.dir / "adapter.npy").unlink(missing_ok=True)
+
+    def note_failed_round(self, round_index: int, reason: str) -> Outcome:
         """The round failed at the coordinator: nothing to apply, the adapter stays as it is."""
-        if str(round_index) in self.progress_state["rounds"]:
-            return
-        self.ledger.append("round_failed", self.federation.federation_id, round_index, reason=reason)
+        return self._settle_failed(round_index, reason)
+
+    def _settle_failed(self, round_index: int, reason: str, sum_envelope: bytes | None = None) -> Outcome:
+        done = self.progress_state["rounds"].get(str(round_index))
+        if done is not None:
+            return Outcome(done["kind"], done["count"], done.get("detail", ""))
+        fed = self.federation.federation_id
+        if self.ledger.last_of("round_failed", fed, round_index) is None:
+            extra = {"sum_sha256": sha256(sum_envelope)} if sum_envelope is not None else {}
+            self.ledger.append("round_failed", fed, round_index, reason=reason, **extra)
         if round_index == self.last_applied_round + 1:
             self.progress_state["synced_round"] = round_index
-        self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": reason}
+            self._carry_adapter_forward(round_index)
+        failures = int(self.progress_state.get("consecutive_failures", 0)) + (sum_envelope is not None)
+        self.progress_state["consecutive_failures"] = failures
+        detail = reason
+        if sum_envelope is not None and failures >= MAX_UNDECRYPTABLE_ROUNDS and not self.aborted:
+            detail = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
+                      f"(last: {reason})")
+            self.ledger.append("abort", fed, round_index, reason=detail, count=0)
+            self.progress_state["aborted"] = detail
+        self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": detail}
         self._save_progress()
+        return Outcome("failed", 0, detail)
+
+    def _carry_adapter_forward(self, round_index: int) -> None:
+        """A failed round leaves the adapter as it was: save it under the new round's name too."""
+        current, _ = flatten(trainable_state(self.model), self.layout)
+        write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", current)
 
     # ------------------------------------------------------------------------------- results
     def evaluate(self, records: list[dict] | None) -> dict:
@@ -338,15 +451,43 @@ class Member:
             "budget_epsilon": self.policy.budget.epsilon,
             "rounds_trained": self.ledger.rounds_taken(self.federation.federation_id),
             "ledger": str(self.ledger.path),
-            "dataset": self.data.fingerprint,
+            "dataset": self.dataset_id,
+            "data_fingerprint": self.data.fingerprint,
             "train_records": self.data.train_size,
             "aborted": self.aborted,
         }
 
 
+MAX_UNDECRYPTABLE_ROUNDS = 3
+"""A member leaves a federation after this many rounds in a row whose sums would not decrypt."""
+
+
 def write_atomically_npy(path: Path, vector: np.ndarray) -> None:
+    """Save a decrypted adapter readable by its owner only: it is a raw decryption (see the threat model)."""
     import io
 
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(vector, dtype=np.float64))
-    write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue(), mode=0o600)
+
+
+def _refuse_lost_ledger(state_dir: Path, institution: str, dataset_id: str) -> None:
+    """A missing ledger where the state directory shows this dataset took part in rounds is lost, not new.
+
+    Raises LedgerRollbackError naming the evidence and the fix.
+    """
+    path = ledger_path(state_dir, institution, dataset_id)
+    if path.exists():
+        return
+    for record in sorted((state_dir / "federations").glob("*/member.json")):
+        try:
+            state = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        mine = state.get("dataset_id") in (None, dataset_id)
+        took_part = bool(state.get("rounds")) or any((record.parent / "rounds").glob("r*.envelope"))
+        if mine and took_part:
+            raise LedgerRollbackError(
+                f"{path} is missing, but {record} shows that dataset {dataset_id} took part in rounds",
+                "restore the ledger from the newest backup; a new empty ledger would reopen spent budget",
+            )

@@ -192,9 +192,10 @@ def _run_round(sim: Simulation, coordinator: Coordinator, pool: MemberPool, acti
     upload_bytes = 0
     for member, contribution in sorted(replies.items()):
         if contribution.kind == "upload":
-            receipt = coordinator.upload(member, index, contribution.envelope, time.time())
+            receipt = coordinator.upload(member, index, contribution.envelope, time.time(), contribution.ledger_head)
             upload_bytes += len(contribution.envelope)
-            pool.call(member, "record_receipt", index, receipt.to_dict())
+            pool.call(member, "record_receipt", index, receipt.to_dict(), contribution.envelope,
+                      coordinator.identity.public.signing_public)
         else:
             coordinator.decline(member, index, contribution.reason, time.time())
     # Members that left the federation never answer: in a simulation there is nothing to wait

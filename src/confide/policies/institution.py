@@ -13,6 +13,12 @@ from confide.policies.common import FieldProblem, Identifier, StrictModel
 class DataSource(StrictModel):
     """Where the institution's records are and which fields hold text and label."""
 
+    dataset_id: Identifier | None = Field(
+        None,
+        description="Stable name of this dataset: its privacy budget and ledger belong to this id across every "
+        "version of the data (records added, removed, relabelled). Default: the institution id, i.e. one budget "
+        "for all data this institution brings.",
+    )
     path: Path = Field(description="JSONL or CSV file; a relative path is relative to this policy file.")
     format: Literal["jsonl", "csv"] = Field(description="File format.")
     text_field: str = Field("text", min_length=1, description="Field holding the input text.")
@@ -59,6 +65,18 @@ class InstitutionPolicy(StrictModel):
         description="Where the agent keeps its ledger, identity, keys and adapters; relative to this file."
     )
     identity_dir: Path | None = Field(None, description="Identity from `confide keys init` (default: state_dir/identity).")
+    ledger_witness_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Further directories, ideally on another disk or host, that keep a copy of the ledger's head "
+        "(seq and hash) so that a ledger restored from an older backup is noticed even with no coordinator at hand; "
+        "relative to this file.",
+    )
+    aggregation_weight: float = Field(
+        1.0, gt=0, le=1e6,
+        description="This institution's weight in the federated average. It is public (every member learns the sum "
+        "of the contributors' weights), so it must not be derived from the data: the default 1 averages members "
+        "equally and reveals nothing about the records.",
+    )
 
     @model_validator(mode="after")
     def _cap_within_budget(self) -> "InstitutionPolicy":
@@ -74,6 +92,11 @@ class InstitutionPolicy(StrictModel):
 
     def accepts_model(self, source: str) -> bool:
         return "*" in self.accepts.base_models or source in self.accepts.base_models
+
+    @property
+    def dataset_id(self) -> str:
+        """The id the privacy budget and ledger belong to (`data.dataset_id`, else the institution id)."""
+        return self.data.dataset_id or self.institution_id
 
     @property
     def identity_path(self) -> Path:

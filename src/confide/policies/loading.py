@@ -98,7 +98,8 @@ def _resolve_paths(policy: M, base: Path) -> M:
 
     data = policy.data.model_copy(update={"path": absolute(policy.data.path)})
     return policy.model_copy(
-        update={"data": data, "state_dir": absolute(policy.state_dir), "identity_dir": absolute(policy.identity_dir)}
+        update={"data": data, "state_dir": absolute(policy.state_dir), "identity_dir": absolute(policy.identity_dir),
+                "ledger_witness_dirs": [absolute(d) for d in policy.ledger_witness_dirs]}
     )
 
 

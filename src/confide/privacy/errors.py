@@ -56,3 +56,11 @@ class LedgerBrokenError(LedgerError):
         )
         self.path = path
         self.problems = problems
+
+
+class LedgerRollbackError(LedgerError):
+    """The ledger is behind what it already showed someone (a witness, a coordinator's receipt), or is missing.
+
+    It was restored from an older copy, replaced or deleted; spending on it could reopen budget
+    that is already spent, so nothing is spent until an operator restores the newest copy.
+    """

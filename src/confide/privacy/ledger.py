@@ -1,6 +1,7 @@
 """The privacy ledger: an append-only, hash-chained, signed record of what one dataset has spent.
 
-One JSON Lines file per (institution, dataset fingerprint). Every entry carries
+One JSON Lines file per (institution, dataset id): the budget belongs to the dataset the institution
+names, not to one version of its content (see `confide.privacy.dataset_ledger`). Every entry carries
 `seq` (1, 2, ...), `time` (UTC, ISO 8601, never decreasing), `institution`, `dataset`,
 `federation`, `round`, `kind`, `prev_hash` (the previous entry's `hash`; 64 zeros for the first),
 `hash` = SHA-256 (hex) of the canonical JSON of the entry without `hash` and `signature`, and
@@ -17,12 +18,14 @@ An interrupted append leaves at most one line without its newline at the end of 
 ignore it and report it; the next append moves it to a side file, records a `repair` entry and
 carries on (the torn entry never returned to its caller, so no training followed it). Any other
 damage (bad hash, broken chain, bad signature, gap in seq, time going back) makes the ledger
-refuse appends with LedgerBrokenError.
+refuse appends with LedgerBrokenError; a ledger behind a witness of its head (a restored older
+copy, a deleted file) refuses them with LedgerRollbackError.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import fcntl
 import hashlib
@@ -33,11 +36,12 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
+from confide.formats import fsync_directory, write_atomically
 from confide.identity import Identity, PublicIdentity
 from confide.privacy.accounting import ACCOUNTANTS, History, epsilon
-from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError
+from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError, LedgerRollbackError
 from confide.privacy.ledger_format import (  # re-exported: the format is part of the ledger's API
     BASE_FIELDS,
     GENESIS_HASH,
@@ -56,7 +60,8 @@ from confide.privacy.ledger_format import (  # re-exported: the format is part o
 )
 
 __all__ = [
-    "BASE_FIELDS", "GENESIS_HASH", "SEALED_FIELDS", "SPEND_FIELDS", "LedgerProblem", "PrivacyLedger",
+    "BASE_FIELDS", "GENESIS_HASH", "SEALED_FIELDS", "SPEND_FIELDS", "LedgerProblem", "LedgerTransaction",
+    "LedgerView", "PrivacyLedger",
     "canonical_json", "entry_hash", "ledger_path", "parse_ledger", "signed_message",
 ]
 
@@ -64,10 +69,11 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _KIND = re.compile(r"^[a-z][a-z_]{0,31}$")
+WITNESS_SUFFIX = ".head"
 
 
 def ledger_path(state_dir: Path, institution: str, dataset: str) -> Path:
-    """Where the ledger of `institution`'s dataset `dataset` (its fingerprint) lives under `state_dir`."""
+    """Where the ledger of `institution`'s dataset `dataset` (its dataset id) lives under `state_dir`."""
     return Path(state_dir) / "ledger" / f"{institution}.{dataset}.jsonl"
 
 
@@ -95,58 +101,11 @@ def _check_spend_fields(fields: dict) -> None:
             raise LedgerError(f"spend entry: {message}")
 
 
-class PrivacyLedger:
-    """The ledger of one institution's dataset. Reads are plain; appends are signed, locked and fsynced."""
+class LedgerView:
+    """Questions about a ledger's entries, answered the same way for a plain read and inside a transaction."""
 
-    def __init__(
-        self,
-        path: Path,
-        institution: str | None = None,
-        dataset: str | None = None,
-        identity: Identity | None = None,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        self.path = Path(path)
-        self.institution = institution
-        self.dataset = dataset
-        self._identity = identity
-        self._clock = clock
-
-    @classmethod
-    def open(
-        cls,
-        state_dir: Path,
-        institution: str,
-        dataset: str,
-        identity: Identity | None = None,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> "PrivacyLedger":
-        """The ledger for (`institution`, `dataset` fingerprint) under `state_dir`; created by the first append.
-
-        Without `identity` the ledger is read-only. Raises LedgerError for ids unsafe in a file
-        name or an identity of another institution.
-        """
-        for what, value in (("institution", institution), ("dataset", dataset)):
-            if not isinstance(value, str) or not _NAME.match(value):
-                raise LedgerError(f"{what} {value!r} is not a valid id", "lowercase letters, digits, '.', '_', '-'")
-        if identity is not None and identity.institution_id != institution:
-            raise LedgerError(
-                f"identity belongs to {identity.institution_id!r}, not {institution!r}", "check identity_dir"
-            )
-        return cls(ledger_path(state_dir, institution, dataset), institution, dataset, identity, clock)
-
-    # ----- reading
-
-    def _read(self) -> ParsedLedger:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        return parse_ledger(data)
-
-    def entries(self) -> list[dict]:
-        """Every complete entry, oldest first (a torn last line is left out). Copies: safe to modify."""
-        return copy.deepcopy(self._read().entries)
+    def entries(self) -> list[dict]:  # pragma: no cover - both subclasses define it
+        raise NotImplementedError
 
     def spend_entries(self) -> list[dict]:
         return [e for e in self.entries() if e.get("kind") == "spend"]
@@ -175,6 +134,87 @@ class PrivacyLedger:
         """Number of rounds of `federation` this dataset has spent privacy on."""
         return sum(1 for e in self.spend_entries() if e.get("federation") == federation)
 
+    def last_of(self, kind: str, federation: str | None = None, round_index: int | None = None) -> dict | None:
+        """The newest entry of `kind` (of that federation and round, if given), or None."""
+        for entry in reversed(self.entries()):
+            if entry.get("kind") != kind:
+                continue
+            if federation is not None and entry.get("federation") != federation:
+                continue
+            if round_index is not None and entry.get("round") != round_index:
+                continue
+            return entry
+        return None
+
+    def head(self) -> tuple[int, str] | None:
+        """`(seq, hash)` of the newest entry, or None for an empty ledger."""
+        entries = self.entries()
+        return (int(entries[-1]["seq"]), str(entries[-1]["hash"])) if entries else None
+
+
+class PrivacyLedger(LedgerView):
+    """The ledger of one institution's dataset. Reads are plain; appends are signed, locked and fsynced.
+
+    Besides the ledger file, every append leaves a witness of the new head (`seq` and `hash`) in
+    each witness directory (the ledger's own directory, plus any the institution names elsewhere).
+    A ledger that lacks what a witness saw was restored from an older copy or replaced, and refuses
+    to be appended to: `LedgerRollbackError`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        institution: str | None = None,
+        dataset: str | None = None,
+        identity: Identity | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        witness_dirs: Sequence[Path] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.institution = institution
+        self.dataset = dataset
+        self._identity = identity
+        self._clock = clock
+        self.witness_dirs = [self.path.parent, *[Path(d) for d in witness_dirs]]
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        institution: str,
+        dataset: str,
+        identity: Identity | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        witness_dirs: Sequence[Path] = (),
+    ) -> "PrivacyLedger":
+        """The ledger for (`institution`, `dataset` id) under `state_dir`; created by the first append.
+
+        Without `identity` the ledger is read-only. `witness_dirs` are further directories (ideally
+        on another disk or host) that keep a copy of the ledger's head. Raises LedgerError for ids
+        unsafe in a file name or an identity of another institution.
+        """
+        for what, value in (("institution", institution), ("dataset", dataset)):
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise LedgerError(f"{what} {value!r} is not a valid id", "lowercase letters, digits, '.', '_', '-'")
+        if identity is not None and identity.institution_id != institution:
+            raise LedgerError(
+                f"identity belongs to {identity.institution_id!r}, not {institution!r}", "check identity_dir"
+            )
+        return cls(ledger_path(state_dir, institution, dataset), institution, dataset, identity, clock, witness_dirs)
+
+    # ----- reading
+
+    def _read(self) -> ParsedLedger:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        return parse_ledger(data)
+
+    def entries(self) -> list[dict]:
+        """Every complete entry, oldest first (a torn last line is left out). Copies: safe to modify."""
+        return copy.deepcopy(self._read().entries)
+
     def verify(self, public: PublicIdentity | None = None, recompute_epsilon: bool = False) -> list[LedgerProblem]:
         """Every problem in the file: torn last line, format, seq gaps, chain, hashes, time order,
         owner, and (given `public`) signatures; with `recompute_epsilon`, also each spend's epsilon.
@@ -191,24 +231,136 @@ class PrivacyLedger:
         return sorted(problems, key=lambda p: p.line)
 
     def ensure_intact(self) -> None:
-        """Raise LedgerBrokenError if the ledger has any problem other than a torn last line."""
+        """Raise LedgerBrokenError if the ledger has any problem other than a torn last line, and
+        LedgerRollbackError if it lacks an entry one of its witnesses saw (or is missing)."""
         public = self._identity.public if self._identity is not None else None
         broken = [p for p in self.verify(public) if p.kind != "truncated"]
         if broken:
             raise LedgerBrokenError(str(self.path), broken)
+        self._check_witnesses(self._read().entries)
+
+    # ----- witnesses of the head
+
+    def _witness_file(self, directory: Path) -> Path:
+        return directory / (self.path.stem + WITNESS_SUFFIX)
+
+    def _check_witnesses(self, entries: list[dict]) -> None:
+        for directory in self.witness_dirs:
+            if not directory.is_dir():
+                if directory == self.path.parent:
+                    continue  # nothing written yet
+                raise LedgerRollbackError(
+                    f"{self.path}: witness directory {directory} is not there",
+                    "mount it again, or remove it from the policy's ledger_witness_dirs if it is gone for good")
+            witness = self._read_witness(directory)
+            if witness is not None:
+                self.require_holds(witness["seq"], witness["hash"], f"the witness {self._witness_file(directory)}",
+                                   entries)
+
+    def _read_witness(self, directory: Path) -> dict | None:
+        path = self._witness_file(directory)
+        try:
+            witness = json.loads(path.read_text())
+            return {"seq": int(witness["seq"]), "hash": str(witness["hash"])}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise LedgerRollbackError(f"{path}: unreadable ledger witness",
+                                      "restore it, or delete it only if the ledger is known to be the newest copy")
+
+    def require_holds(self, seq: int, hash_hex: str, seen_by: str, entries: list[dict] | None = None) -> None:
+        """Raise LedgerRollbackError unless the ledger's entry `seq` has hash `hash_hex` (as `seen_by` saw)."""
+        entries = self._read().entries if entries is None else entries
+        if len(entries) >= seq >= 1 and entries[seq - 1].get("hash") == hash_hex:
+            return
+        where = "is missing" if not entries and not self.path.exists() else f"holds {len(entries)} entries"
+        raise LedgerRollbackError(
+            f"{self.path} {where}, but {seen_by} saw entry {seq} with hash {hash_hex[:16]}...: the ledger was "
+            "restored from an older copy or replaced, and spending on it could reopen spent budget",
+            "restore the newest copy of the ledger (one holding that entry); nothing is spent until then. "
+            "If no such copy exists the spent budget cannot be recovered: retire this dataset_id",
+        )
+
+    def witness(self, seq: int, hash_hex: str, seen_by: str) -> None:
+        """Check a head seen by another party (a coordinator's receipt) and remember it locally.
+
+        Raises LedgerRollbackError if the ledger does not hold it.
+        """
+        with self._locked():
+            entries = self._read().entries
+            self.require_holds(seq, hash_hex, seen_by, entries)
+            current = self._read_witness(self.path.parent)
+            if current is None or current["seq"] < seq:
+                self._write_witnesses(seq, hash_hex, dirs=[self.path.parent])
+
+    def _write_witnesses(self, seq: int, hash_hex: str, dirs: Sequence[Path] | None = None) -> None:
+        body = canonical_json({"institution": self.institution, "dataset": self.dataset, "seq": seq,
+                               "hash": hash_hex, "ledger": self.path.name})
+        for directory in self.witness_dirs if dirs is None else dirs:
+            write_atomically(self._witness_file(directory), body + b"\n")
 
     # ----- writing
 
-    def append(self, kind: str, federation: str, round_index: int, **fields: Any) -> dict:
-        """Append one signed entry and fsync it before returning it.
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One lock file beside the ledger: every reader-then-writer (reservations, appends, agents of
+        # other federations, other processes) on this dataset takes it, so a check and the append
+        # it leads to can never interleave with another's.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
-        A `spend` needs every field of SPEND_FIELDS; its `epsilon` is computed here over all spends
-        including this one. Raises LedgerError (read-only ledger, bad kind or fields),
-        DoubleSpendError (a second spend for one round) or LedgerBrokenError (damaged ledger).
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["LedgerTransaction"]:
+        """Hold the dataset's lock: read the ledger, decide, append, with nobody else in between.
+
+        Raises LedgerError (read-only ledger), LedgerBrokenError (damaged) or LedgerRollbackError
+        (behind a witness) before yielding.
         """
         identity = self._identity
         if identity is None or self.institution is None or self.dataset is None:
             raise LedgerError(f"{self.path}: opened read-only", "open it with the institution's identity to append")
+        with self._locked():
+            self.ensure_intact()
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                if created:
+                    fsync_directory(self.path.parent)
+                parsed = self._read()
+                tx = LedgerTransaction(self, fd, identity, list(parsed.entries))
+                if parsed.torn:
+                    tx._repair(parsed)
+                yield tx
+            finally:
+                os.close(fd)
+
+    def append(self, kind: str, federation: str, round_index: int, **fields: Any) -> dict:
+        """Append one signed entry and fsync it before returning it (see `LedgerTransaction.append`)."""
+        with self.transaction() as tx:
+            return tx.append(kind, federation, round_index, **fields)
+
+
+class LedgerTransaction(LedgerView):
+    """The ledger as it is while its lock is held; `append` writes through to the file."""
+
+    def __init__(self, ledger: PrivacyLedger, fd: int, identity: Identity, entries: list[dict]) -> None:
+        self.ledger, self._fd, self._identity, self._entries = ledger, fd, identity, entries
+
+    def entries(self) -> list[dict]:
+        return copy.deepcopy(self._entries)
+
+    def append(self, kind: str, federation: str, round_index: int, **fields: Any) -> dict:
+        """Append one signed entry and fsync it (and the witnesses of the new head) before returning it.
+
+        A `spend` needs every field of SPEND_FIELDS; its `epsilon` is computed here over all spends
+        including this one. Raises LedgerError (bad kind or fields) or DoubleSpendError (a second
+        spend for one round).
+        """
         if not isinstance(kind, str) or not _KIND.match(kind):
             raise LedgerError(f"kind {kind!r} is not a lowercase word", "e.g. spend, outcome, decline, abort")
         if not isinstance(federation, str) or not federation:
@@ -220,33 +372,15 @@ class PrivacyLedger:
             raise LedgerError(f"fields {', '.join(reserved)} are set by the ledger itself")
         if kind == "spend":
             _check_spend_fields(fields)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            # One writer at a time: a second agent on the same dataset waits instead of forking the chain.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self.ensure_intact()
-            parsed = self._read()
-            entries = parsed.entries
-            if parsed.torn:
-                entries = entries + [self._repair(fd, parsed, identity)]
-            if kind == "spend":
-                entry_fields = self._spend_fields(entries, federation, round_index, fields)
-            else:
-                entry_fields = fields
-            entry = self._write(fd, entries, identity, kind, federation, round_index, entry_fields)
-        finally:
-            os.close(fd)
-        if created:
-            _fsync_directory(self.path.parent)
-        return entry
+            fields = self._spend_fields(federation, round_index, fields)
+        return self._write(kind, federation, round_index, fields)
 
-    def _spend_fields(self, entries: list[dict], federation: str, round_index: int, fields: dict) -> dict:
-        spends = [e for e in entries if e.get("kind") == "spend"]
-        if any(e["federation"] == federation and e["round"] == round_index for e in spends):
+    def _spend_fields(self, federation: str, round_index: int, fields: dict) -> dict:
+        spends = self.spend_entries()
+        # Spends copied from older ledgers (a migration) may repeat a round; a new spend may not.
+        if "migrated_from" not in fields and self.has_spend(federation, round_index):
             raise DoubleSpendError(
-                f"{self.path}: round {round_index} of {federation} already has a spend entry",
+                f"{self.ledger.path}: round {round_index} of {federation} already has a spend entry",
                 "its privacy is already counted; record an abort and do not train the round again",
             )
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in spends]
@@ -254,21 +388,22 @@ class PrivacyLedger:
         total = epsilon(history, fields["delta"], fields["accountant"])
         return {**fields, "epsilon": total}
 
-    def _repair(self, fd: int, parsed: ParsedLedger, identity: Identity) -> dict:
+    def _repair(self, parsed: ParsedLedger) -> None:
         """Move a torn last line to a side file, cut it off, and record that in a `repair` entry."""
-        side = self.path.with_name(f"{self.path.name}.torn-{len(parsed.entries) + 1}")
+        path = self.ledger.path
+        side = path.with_name(f"{path.name}.torn-{len(parsed.entries) + 1}")
         side.write_bytes(parsed.torn)
-        os.ftruncate(fd, parsed.complete_bytes)
-        os.fsync(fd)
-        log.warning("%s: removed an interrupted last line (%d bytes), kept in %s", self.path, len(parsed.torn), side)
+        os.ftruncate(self._fd, parsed.complete_bytes)
+        os.fsync(self._fd)
+        log.warning("%s: removed an interrupted last line (%d bytes), kept in %s", path, len(parsed.torn), side)
         detail = {"torn_bytes": len(parsed.torn), "torn_sha256": hashlib.sha256(parsed.torn).hexdigest(),
                   "kept_in": side.name}
-        return self._write(fd, parsed.entries, identity, "repair", "-", 0, detail)
+        self._write("repair", "-", 0, detail)
 
-    def _write(self, fd: int, entries: list[dict], identity: Identity, kind: str, federation: str,
-               round_index: int, fields: dict) -> dict:
+    def _write(self, kind: str, federation: str, round_index: int, fields: dict) -> dict:
+        ledger, entries = self.ledger, self._entries
         last = entries[-1] if entries else None
-        now = self._clock().astimezone(timezone.utc)
+        now = ledger._clock().astimezone(timezone.utc)
         previous = parse_time(last["time"]) if last else None
         if previous is not None and now < previous:
             now = previous  # the wall clock went back (NTP); the ledger's time must not
@@ -276,8 +411,8 @@ class PrivacyLedger:
             **fields,
             "seq": len(entries) + 1,
             "time": now.isoformat(timespec="microseconds"),
-            "institution": self.institution,
-            "dataset": self.dataset,
+            "institution": ledger.institution,
+            "dataset": ledger.dataset,
             "federation": federation,
             "round": round_index,
             "kind": kind,
@@ -288,19 +423,12 @@ class PrivacyLedger:
         except (TypeError, ValueError) as exc:
             raise LedgerError(f"entry fields are not plain JSON values: {exc}", "use numbers, strings, lists, dicts") from None
         entry["hash"] = entry_hash(entry)
-        entry["signature"] = base64.b64encode(identity.sign(signed_message(entry["hash"]))).decode("ascii")
+        entry["signature"] = base64.b64encode(self._identity.sign(signed_message(entry["hash"]))).decode("ascii")
         line = canonical_json(entry) + b"\n"
-        written = os.write(fd, line)
+        written = os.write(self._fd, line)
         if written != len(line):
-            raise LedgerError(f"{self.path}: short write ({written} of {len(line)} bytes)", "check free disk space")
-        os.fsync(fd)
-        return entry
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            raise LedgerError(f"{ledger.path}: short write ({written} of {len(line)} bytes)", "check free disk space")
+        os.fsync(self._fd)
+        entries.append(entry)
+        ledger._write_witnesses(entry["seq"], entry["hash"])
+        return copy.deepcopy(entry)

@@ -14,21 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from confide.formats import GENESIS_HASH, canonical_json
 from confide.identity import PublicIdentity
 from confide.privacy.accounting import epsilon
 
-GENESIS_HASH = "0" * 64
 SIGNATURE_CONTEXT = b"confide-ledger-v1:"
 BASE_FIELDS = ("seq", "time", "institution", "dataset", "federation", "round", "kind", "prev_hash")
 SEALED_FIELDS = ("hash", "signature")
 SPEND_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clipping_norm", "delta", "accountant")
 # Recomputed epsilons may differ in the last digits across numerical library versions.
 _EPSILON_RECOMPUTE_TOLERANCE = 1e-3
-
-
-def canonical_json(value: Any) -> bytes:
-    """The byte string hashed for an entry. Raises ValueError for NaN/infinity or non-JSON values."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def entry_hash(entry: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from confide.policies.decision import Decision, LedgerState, decide_participation
 from confide.policies.federation import FederationPolicy
@@ -46,42 +47,50 @@ def reserve_round(
     institution: InstitutionPolicy,
     round_index: int,
     spend: RoundSpend,
+    **recorded: Any,
 ) -> Reservation:
     """Decide round `round_index` of `federation` for `spend` and record the decision in `ledger`.
 
-    Granted: a `spend` entry (cumulative epsilon included) is fsynced before this returns, so a
-    crash during training still counts the spend. Declined: a `decline` entry lists the reasons,
-    which are also logged. Raises LedgerBrokenError if the ledger is damaged, DoubleSpendError if
-    this round already has a spend entry (a restarted agent must not retrain it).
+    The whole decision runs under the dataset's ledger lock (`PrivacyLedger.transaction`): the
+    budget is checked against the ledger as it is at that moment and the spend is appended before
+    anyone else may check, so agents of several federations on one dataset can never together
+    spend past the budget. Granted: a `spend` entry (cumulative epsilon included) is fsynced before
+    this returns, so a crash during training still counts the spend. Declined: a `decline` entry
+    lists the reasons, which are also logged. `recorded` fields (e.g. the data version trained on)
+    are written into either entry. Raises LedgerBrokenError if the ledger is damaged,
+    LedgerRollbackError if it is behind a witness, DoubleSpendError if this round already has a
+    spend entry (a restarted agent must not retrain it).
     """
-    ledger.ensure_intact()
     fed_id = federation.federation_id
-    if ledger.has_spend(fed_id, round_index):
-        raise DoubleSpendError(
-            f"{ledger.path}: round {round_index} of {fed_id} already has a spend entry",
-            "its privacy is already counted; record an abort and do not train the round again",
-        )
     delta, accountant = federation.privacy.delta, federation.privacy.accountant
-    check = would_exceed(
-        ledger.spend_history(), spend, institution.budget.epsilon, strictest_cap(federation, institution),
-        delta, accountant,
-    )
-    state = LedgerState(epsilon_spent=check.epsilon_before, rounds_taken=ledger.rounds_taken(fed_id))
-    decision = decide_participation(
-        federation, institution, state, check.round_facts(round_index, spend.noise_multiplier)
-    )
-    if not decision.allowed:
-        reasons = decision.reasons
-        log.info("%s declines round %d of %s: %s", institution.institution_id, round_index, fed_id, "; ".join(reasons))
-        entry = ledger.append(
-            "decline", fed_id, round_index, reasons=reasons, epsilon_spent=_finite(check.epsilon_before),
-            epsilon_after_round=_finite(check.epsilon_after), round_epsilon=_finite(check.round_epsilon),
-            noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
+    with ledger.transaction() as tx:
+        if tx.has_spend(fed_id, round_index):
+            raise DoubleSpendError(
+                f"{ledger.path}: round {round_index} of {fed_id} already has a spend entry",
+                "its privacy is already counted; record an abort and do not train the round again",
+            )
+        check = would_exceed(
+            tx.spend_history(), spend, institution.budget.epsilon, strictest_cap(federation, institution),
+            delta, accountant,
         )
-        return Reservation(False, entry, check, decision, reasons)
-    entry = ledger.append(
-        "spend", fed_id, round_index,
-        noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
-        clipping_norm=institution.clipping_norm, delta=delta, accountant=accountant,
-    )
+        state = LedgerState(epsilon_spent=check.epsilon_before, rounds_taken=tx.rounds_taken(fed_id))
+        decision = decide_participation(
+            federation, institution, state, check.round_facts(round_index, spend.noise_multiplier)
+        )
+        if not decision.allowed:
+            reasons = decision.reasons
+            log.info("%s declines round %d of %s: %s", institution.institution_id, round_index, fed_id,
+                     "; ".join(reasons))
+            entry = tx.append(
+                "decline", fed_id, round_index, reasons=reasons, epsilon_spent=_finite(check.epsilon_before),
+                epsilon_after_round=_finite(check.epsilon_after), round_epsilon=_finite(check.round_epsilon),
+                noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
+                **recorded,
+            )
+            return Reservation(False, entry, check, decision, reasons)
+        entry = tx.append(
+            "spend", fed_id, round_index,
+            noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
+            clipping_norm=institution.clipping_norm, delta=delta, accountant=accountant, **recorded,
+        )
     return Reservation(True, entry, check, decision, [])

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from confide.platform.service.errors import ServiceError
-from confide.identity import Identity, PublicIdentity, unb64
-from confide.platform.coordinator import Receipt, sha256, write_atomically
+from confide.formats import Receipt, write_atomically
+from confide.identity import Identity, unb64
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
 from confide.platform.service.hub import policy_sha256
 from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
@@ -88,6 +88,7 @@ class Agent:
         self.expected_policy = policy_sha256(federation)
         self.report = AgentReport()
         self.me = federation.member(member.institution_id)
+        self._anchored = False
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, once: bool = False) -> AgentReport:
@@ -142,7 +143,8 @@ class Agent:
     def _settle(self, r: RoundView) -> None:
         if r.status in SUMMED:
             outcome = self.member.apply_sum(r.index, self.client.round_sum(r.index))
-            (self.report.applied if outcome.kind == "applied" else self.report.aborted).append(r.index)
+            {"applied": self.report.applied, "failed": self.report.failed}.get(
+                outcome.kind, self.report.aborted).append(r.index)
             self.say(f"round {r.index}: {outcome.kind} the sum of {outcome.count} institution(s) {outcome.detail}")
             self.journal.settle(r.index, outcome.kind)
         elif r.status == "failed":
@@ -163,9 +165,9 @@ class Agent:
         contribution = self.member.take_part(r.index)  # idempotent: a resumed round is never retrained
         try:
             if contribution.kind == "upload":
-                reply = self.client.upload(r.index, contribution.envelope)
-                receipt = self._checked_receipt(reply, r.index, contribution.envelope)
-                self.member.record_receipt(r.index, receipt)
+                reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head)
+                receipt = self.member.record_receipt(r.index, _receipt_dict(reply), contribution.envelope,
+                                                     self._coordinator_key())
                 self.journal.answer(r.index, "uploaded", receipt)
                 self.report.uploaded.append(r.index)
                 self.say(f"round {r.index}: uploaded {reply.size_bytes} bytes, receipt {reply.signature[:12]}...")
@@ -183,15 +185,8 @@ class Agent:
             self.say(f"round {r.index}: too late ({exc.detail})")
         return True, r.index
 
-    def _checked_receipt(self, reply: ReceiptReply, round_index: int, envelope: bytes) -> dict:
-        receipt = Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature)
-        expected = (self.federation.federation_id, round_index, self.member.institution_id, sha256(envelope))
-        if (receipt.federation, receipt.round, receipt.institution, receipt.envelope_sha256) != expected:
-            raise AgentError(f"round {round_index}: the receipt does not describe our upload")
-        key = unb64(self.journal.data["coordinator_signing_key"], "coordinator signing key", 32)
-        if not PublicIdentity(key, b"").verify(unb64(receipt.signature, "receipt signature"), receipt.message()):
-            raise AgentError(f"round {round_index}: the receipt's signature does not verify")
-        return receipt.to_dict()
+    def _coordinator_key(self) -> bytes:
+        return unb64(self.journal.data["coordinator_signing_key"], "coordinator signing key", 32)
 
     def _check(self, view: FederationView) -> None:
         if view.federation_id != self.federation.federation_id:
@@ -206,10 +201,22 @@ class Agent:
         elif known != view.coordinator_signing_key:
             raise AgentError("the coordinator's receipt-signing key changed since we first joined",
                              "its state directory was replaced; ask its operator")
+        if not self._anchored:
+            # Before anything is spent: our ledger must hold the head our newest receipt names.
+            if view.last_receipt is not None:
+                receipt = _receipt_dict(view.last_receipt)
+                self.member.record_receipt(view.last_receipt.round, receipt, None, self._coordinator_key())
+                self.member.check_anchor(receipt)
+            self._anchored = True
 
     def _save_adapter(self) -> str:
         out = Path(self.journal.path).parent / "final-adapter"
         return self.member.save_adapter(out)
+
+
+def _receipt_dict(reply: ReceiptReply) -> dict:
+    return Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature,
+                   reply.ledger_seq, reply.ledger_head).to_dict()
 
 
 def run_agent(

@@ -26,7 +26,7 @@ from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
 from confide.platform.service.messages import (
-    INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
+    HEX64, INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
     KeySetupRequest, ReceiptReply,
 )
 from confide.platform.service.signing import Unauthorized
@@ -213,12 +213,17 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         request: Request,
         round_index: int = Path(ge=1, le=1_000_000),
         institution: str = Path(pattern=INSTITUTION),
+        ledger_seq: int | None = Query(None, ge=1, le=10**12, description="The member's ledger head: its seq."),
+        ledger_head: str | None = Query(None, pattern=HEX64, description="The member's ledger head: its hash."),
         who: str = Depends(member),
     ) -> ReceiptReply:
-        """Upload this member's encrypted update for the round; returns a signed receipt."""
+        """Upload this member's encrypted update for the round; returns a signed receipt naming its ledger head."""
         same(who, institution)
+        if (ledger_seq is None) != (ledger_head is None):
+            raise ProtocolViolation("ledger_seq and ledger_head go together", 400)
+        head = (ledger_seq, ledger_head) if ledger_seq is not None else None
         envelope = await request.body()
-        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time())
+        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head)
         changed(poke=True)
         return receipt
 

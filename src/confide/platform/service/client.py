@@ -181,10 +181,15 @@ class CoordinatorClient:
     def public_context(self) -> bytes:
         return self.call("GET", "/v1/keys/public-context").content
 
-    def upload(self, round_index: int, envelope: bytes) -> ReceiptReply:
-        """Upload our envelope for the round (a retry of the same envelope gets the same receipt)."""
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
+        """Upload our envelope for the round (a retry of the same envelope gets the same receipt).
+
+        `ledger_head` `(seq, hash)` is our ledger's head, which the coordinator signs into the receipt.
+        """
         path = f"/v1/rounds/{round_index}/uploads/{self.identity.institution_id}"
-        response = self.call("PUT", path, content=envelope, content_type="application/octet-stream", timeout_s=600)
+        params = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else None
+        response = self.call("PUT", path, params=params, content=envelope, content_type="application/octet-stream",
+                             timeout_s=600)
         return self._parse(response, ReceiptReply)
 
     def decline(self, round_index: int, reason: str) -> DeclineReply:

@@ -17,6 +17,7 @@ import logging
 import threading
 from pathlib import Path
 
+from confide.formats import Receipt
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -107,8 +108,15 @@ class CoordinatorHub:
             total_rounds=state.total_rounds, key_id=setup.key_id if setup else None,
             layout_hash=setup.layout_hash if setup else None, n_values=setup.n_values if setup else None,
             coordinator_signing_key=b64(self.identity.public.signing_public), revision=self.revision,
-            rounds=rounds,
+            rounds=rounds, last_receipt=self._last_receipt(institution),
         )
+
+    def _last_receipt(self, institution: str) -> ReceiptReply | None:
+        receipt = self.coordinator.last_receipt(institution)
+        if receipt is None:
+            return None
+        upload = next((r.uploads.get(institution) for r in self.state.rounds if r.index == receipt.round), None)
+        return _receipt_reply(receipt, upload.size_bytes if upload is not None else 0)
 
     def public_context(self) -> bytes:
         if self.state.key_setup is None:
@@ -135,17 +143,17 @@ class CoordinatorHub:
             self._mutated()
         return sorted(sealed)
 
-    def upload(self, institution: str, round_index: int, envelope: bytes, now: float) -> ReceiptReply:
+    def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
+               ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
-        Raises ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
+        `ledger_head` is the member's `(seq, hash)`, signed into the receipt. Raises
+        ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
         with self.lock:
-            receipt = self.coordinator.upload(institution, round_index, envelope, now)
+            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head)
             self._mutated()
-        return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
-                            envelope_sha256=receipt.envelope_sha256, size_bytes=len(envelope),
-                            signature=receipt.signature)
+        return _receipt_reply(receipt, len(envelope))
 
     def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
         with self.lock:
@@ -177,6 +185,12 @@ class CoordinatorHub:
         with self.lock:
             self.coordinator.close()
             self.nonces.close()
+
+
+def _receipt_reply(receipt: Receipt, size_bytes: int) -> ReceiptReply:
+    return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
+                        envelope_sha256=receipt.envelope_sha256, size_bytes=size_bytes, signature=receipt.signature,
+                        ledger_seq=receipt.ledger_seq, ledger_head=receipt.ledger_head)
 
 
 def _check_same_federation(state_dir: Path, digest: str) -> str:

@@ -71,6 +71,8 @@ class FederationView(WireModel):
     coordinator_signing_key: str = Field(description="Ed25519 key (base64) that signs receipts.")
     revision: int = Field(description="Grows with every state change; pass it back as `after_revision`.")
     rounds: list[RoundView]
+    last_receipt: ReceiptReply | None = Field(
+        None, description="The asking member's latest receipt: its ledger must hold the head it names.")
 
 
 class KeySetupRequest(WireModel):
@@ -110,8 +112,9 @@ class DeclineReply(WireModel):
 class ReceiptReply(WireModel):
     """The coordinator's signed receipt for an accepted upload; the member keeps it in its ledger.
 
-    The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution and
-    envelope_sha256 (see `confide.platform.coordinator.Receipt.message`).
+    The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution,
+    envelope_sha256 and, when the member sent its ledger head, ledger_seq and ledger_head (see
+    `confide.formats.Receipt.message`).
     """
 
     federation: str
@@ -120,3 +123,8 @@ class ReceiptReply(WireModel):
     envelope_sha256: str = Field(pattern=HEX64)
     size_bytes: int
     signature: str
+    ledger_seq: int | None = Field(None, description="The member's ledger head at upload: entry seq.")
+    ledger_head: str | None = Field(None, pattern=HEX64, description="The member's ledger head at upload: hash.")
+
+
+FederationView.model_rebuild()

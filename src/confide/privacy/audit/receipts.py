@@ -8,8 +8,11 @@ institution's ledger.
 Receipt file format: a JSON list, or JSON Lines, of objects
     {"federation": str, "round": int, "institution": str, "envelope_sha256": hex, "signature": base64}
 or an object {"federation": str, "receipts": [...]} whose `federation` fills in receipts without one.
-`signature` is the coordinator's Ed25519 signature over the canonical JSON (keys sorted, separators
-`,` and `:`, ASCII) of the four other fields, exactly `confide.platform.coordinator.Receipt.message()`.
+Newer receipts also carry `ledger_seq` and `ledger_head`: the institution's ledger head when it
+uploaded. `signature` is the coordinator's Ed25519 signature over the canonical JSON (keys sorted,
+separators `,` and `:`, ASCII) of the other fields, exactly `confide.formats.Receipt.message()`.
+A ledger whose entry `ledger_seq` does not have hash `ledger_head` was rewritten or rolled back
+after the upload, whoever re-signed it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from confide.formats import RECEIPT_FIELDS, Receipt
 from confide.identity import PublicIdentity
 from confide.privacy.audit.inputs import AuditInputError
 from confide.privacy.audit.result import Check
-from confide.privacy.ledger import canonical_json
-
-RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,17 @@ class UploadReceipt:
     signature: str
     index: int
     """Position in the receipts file (1-based), to name it in findings."""
+    ledger_seq: int | None = None
+    ledger_head: str | None = None
+    """The institution's ledger head when it uploaded (receipts from before heads were signed: None)."""
+
+    def as_receipt(self) -> Receipt:
+        return Receipt(self.federation, self.round, self.institution, self.envelope_sha256, self.signature,
+                       self.ledger_seq, self.ledger_head)
 
     def message(self) -> bytes:
         """The bytes the coordinator signed."""
-        return canonical_json({f: getattr(self, f) for f in RECEIPT_FIELDS})
+        return self.as_receipt().message()
 
     def verifies(self, coordinator: PublicIdentity) -> bool:
         try:
@@ -50,6 +58,16 @@ class UploadReceipt:
         except (ValueError, UnicodeEncodeError):
             return False
         return coordinator.verify(signature, self.message())
+
+
+def _receipt_from(record: dict, index: int) -> UploadReceipt:
+    seq = record.get("ledger_seq")
+    return UploadReceipt(
+        federation=str(record["federation"]), round=record["round"], institution=str(record["institution"]),
+        envelope_sha256=str(record["envelope_sha256"]), signature=str(record["signature"]), index=index,
+        ledger_seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+        ledger_head=str(record["ledger_head"]) if record.get("ledger_head") is not None else None,
+    )
 
 
 def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
@@ -96,10 +114,7 @@ def load_receipts(path: Path, default_federation: str | None = None) -> list[Upl
                                   + (" (pass --federation to supply it)" if missing == ["federation"] else ""))
         if not isinstance(record["round"], int) or isinstance(record["round"], bool):
             raise AuditInputError(f"{path}: receipt {index}: round {record['round']!r} is not an integer")
-        receipts.append(UploadReceipt(
-            federation=str(record["federation"]), round=record["round"], institution=str(record["institution"]),
-            envelope_sha256=str(record["envelope_sha256"]), signature=str(record["signature"]), index=index,
-        ))
+        receipts.append(_receipt_from(record, index))
     return receipts
 
 
@@ -142,6 +157,7 @@ def completeness_checks(institution: str | None, entries: list[dict],
     spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
+    by_seq = {e.get("seq"): e for e in entries if isinstance(e.get("seq"), int)}
     failures = []
     for r in mine:
         if (r.federation, r.round) not in spends:
@@ -149,6 +165,15 @@ def completeness_checks(institution: str | None, entries: list[dict],
                 "receipts", False,
                 f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
                 f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written"))
+        if r.ledger_seq is not None:
+            at = by_seq.get(r.ledger_seq)
+            if at is None or at.get("hash") != r.ledger_head:
+                failures.append(Check(
+                    "receipts", False,
+                    f"receipt {r.index}: when uploading round {r.round} of {r.federation} the ledger's entry "
+                    f"{r.ledger_seq} had hash {str(r.ledger_head)[:12]}, this ledger "
+                    + ("has no such entry" if at is None else f"has {str(at.get('hash'))[:12]}")
+                    + ": it was rewritten or rolled back after the upload", r.ledger_seq))
         recorded = uploads.get((r.federation, r.round))
         if recorded is not None and recorded[0] != r.envelope_sha256:
             failures.append(Check(
@@ -172,8 +197,7 @@ def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | Non
         if not isinstance(body, dict) or any(body.get(f) is None for f in (*RECEIPT_FIELDS, "signature")):
             failures.append(Check("ledger_receipts", False, "receipt entry without a complete coordinator receipt", seq))
             continue
-        receipt = UploadReceipt(str(body["federation"]), body["round"], str(body["institution"]),
-                                str(body["envelope_sha256"]), str(body["signature"]), 0)
+        receipt = _receipt_from(body, 0)
         where = f"round {receipt.round} of {receipt.federation}"
         if (receipt.federation, receipt.round, receipt.institution) != (
                 entry.get("federation"), entry.get("round"), entry.get("institution")):

@@ -1,0 +1,107 @@
+"""Formats both sides of a federation share: canonical JSON, hashing, atomic writes, the signed receipt.
+
+One definition each. The coordinator signs receipts, the member checks and keeps them, the auditor
+verifies them; if each had its own copy of the signed bytes, the three would drift apart. This
+module imports nothing of confide's, so every package may use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value: Any) -> bytes:
+    """Keys sorted, separators `,` and `:`, ASCII only, no NaN or infinity: the bytes that get hashed and signed.
+
+    Raises ValueError for NaN/infinity and TypeError for values that are not plain JSON.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def sha256(data: bytes) -> str:
+    """SHA-256 of `data` as 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the whole new one.
+
+    The file and its directory entry are fsynced. `mode` applies to the new file (0o600 for
+    anything only its owner may read: secrets, decrypted results).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what was asked for
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a new or renamed file's directory entry durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
+RECEIPT_LEDGER_FIELDS = ("ledger_seq", "ledger_head")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The coordinator's signed statement that it accepted one upload.
+
+    `ledger_seq` and `ledger_head` name the uploading member's ledger head (entry seq and hash)
+    when it uploaded: a witness, kept by another party, of how far that ledger had got. A ledger
+    later found without that entry was rolled back or replaced. Receipts from before this field
+    existed have them as None, and their signature covers only the four other fields.
+    """
+
+    federation: str
+    round: int
+    institution: str
+    envelope_sha256: str
+    signature: str = ""
+    ledger_seq: int | None = None
+    ledger_head: str | None = None
+
+    def body(self) -> dict:
+        """The signed fields (ledger head fields only when present)."""
+        body: dict[str, Any] = {f: getattr(self, f) for f in RECEIPT_FIELDS}
+        if self.ledger_seq is not None or self.ledger_head is not None:
+            body.update(ledger_seq=self.ledger_seq, ledger_head=self.ledger_head)
+        return body
+
+    def message(self) -> bytes:
+        """The exact bytes the coordinator signs."""
+        return canonical_json(self.body())
+
+    def to_dict(self) -> dict:
+        return {**self.body(), "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Receipt":
+        """A receipt from its dict form. Raises KeyError/TypeError/ValueError for a malformed one."""
+        seq = data.get("ledger_seq")
+        return cls(str(data["federation"]), int(data["round"]), str(data["institution"]),
+                   str(data["envelope_sha256"]), str(data.get("signature", "")),
+                   None if seq is None else int(seq), data.get("ledger_head"))
