@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.confide-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo demo-fast bench clean
+.PHONY: install lint test test-fast demo demo-fast bench clean
 
 # Ray (an optional extra for users) is installed here so the test suite runs the Ray executor too.
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 install: $(STAMP)
 
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle, import order, bugbear.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Everything: unit and integration tests (real model, subprocesses, worker processes, Ray, Chromium).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Unit tests only (tiny random models), for a quick loop while developing.
+# Unit tests only: in-process, tiny random models. tests/conftest.py fails any of them that starts a
+# process or loads real weights; those are marked `integration` and run in `make test`.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 

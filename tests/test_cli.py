@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # each test runs `confide` as a subprocess; test_cli_errors.py runs in-process
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -23,7 +27,8 @@ def test_policy_check_accepts_the_examples():
     result = confide("policy", "check", *sorted(EXAMPLES.glob("*.yaml")))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok ") == 6
-    assert "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 8 federated point(s)" in result.stdout
+    summary = "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 8 federated point(s)"
+    assert summary in result.stdout
 
 
 def test_policy_check_reports_a_bad_sweep_file_with_its_line(tmp_path):
@@ -32,7 +37,7 @@ def test_policy_check_reports_a_bad_sweep_file_with_its_line(tmp_path):
     bad.write_text(text.replace("federation: federation.yaml", f"federation: {EXAMPLES / 'federation.yaml'}")
                    .replace("template: hospital-a.yaml", f"template: {EXAMPLES / 'hospital-a.yaml'}")
                    .replace("lora_rank: [4]", "lora_rank: [0]"))
-    line = next(i for i, l in enumerate(bad.read_text().splitlines(), 1) if l.startswith("  lora_rank:"))
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if text.startswith("  lora_rank:"))
     result = confide("policy", "check", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
@@ -43,7 +48,7 @@ def test_policy_check_reports_bad_input_as_lines_with_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     text = (EXAMPLES / "hospital-a.yaml").read_text()
     bad.write_text(text.replace("min_cohort: 2", "min_cohort: -1"))
-    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("min_cohort:"))) + 1
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith("min_cohort:"))
     result = confide("policy", "check", EXAMPLES / "federation.yaml", bad)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

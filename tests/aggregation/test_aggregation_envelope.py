@@ -97,6 +97,7 @@ def test_upload_costs_about_eight_bytes_per_parameter(material, layout):
     assert len(envelope) / n <= 8.2
 
 
+@pytest.mark.integration
 def test_parallel_encryption_and_summation_match_the_serial_result(
     material, coordinator, layout, uploads, tmp_path
 ):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from confide.aggregation.envelope import decrypt_sum, sum_envelopes
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.coordinator import Receipt, sha256
+from confide.platform.service.app import Changes
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
 
@@ -222,13 +225,40 @@ def test_round_fails_at_its_deadline_below_quorum(served):
     assert api.request(fed.identities["b"], "GET", "/v1/rounds/1/sum").status_code == 409
 
 
-def test_long_poll_answers_at_once_when_behind_and_waits_when_up_to_date(served):
+def _record_parked_long_polls(monkeypatch) -> threading.Event:
+    """An event set whenever a long-poll parks to wait for a change (instead of answering)."""
+    parked = threading.Event()
+    wait = Changes.wait
+
+    async def wait_and_record(self, timeout_s: float) -> None:
+        parked.set()
+        await wait(self, timeout_s)
+
+    monkeypatch.setattr(Changes, "wait", wait_and_record)
+    return parked
+
+
+def test_long_poll_answers_at_once_when_behind(served, monkeypatch):
     hub, api, fed = served
     b = fed.identities["b"]
+    parked = _record_parked_long_polls(monkeypatch)
     revision = api.request(b, "GET", "/v1/federation").json()["revision"]
-    started = time.monotonic()
-    behind = api.request(b, "GET", "/v1/federation", params={"after_revision": revision - 1, "wait_s": 5})
-    assert behind.status_code == 200 and time.monotonic() - started < 1
-    started = time.monotonic()
-    waited = api.request(b, "GET", "/v1/federation", params={"after_revision": revision, "wait_s": 0.5})
-    assert waited.json()["revision"] == revision and time.monotonic() - started >= 0.45
+    behind = api.request(b, "GET", "/v1/federation", params={"after_revision": revision - 1, "wait_s": 30})
+    assert behind.status_code == 200 and behind.json()["revision"] == revision
+    assert not parked.is_set()
+
+
+def test_long_poll_waits_for_a_change_when_up_to_date_and_then_answers_with_it(served, monkeypatch):
+    hub, api, fed = served
+    keys = set_up(served)
+    b = fed.identities["b"]
+    parked = _record_parked_long_polls(monkeypatch)
+    revision = api.request(b, "GET", "/v1/federation").json()["revision"]
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(api.request, b, "GET", "/v1/federation",
+                           params={"after_revision": revision, "wait_s": 30})
+        assert parked.wait(timeout=30), "the long-poll answered instead of waiting"
+        assert not poll.done()
+        assert upload(api, fed.identities["a"], keys.envelope(np.ones(8))).status_code == 200
+        woken = poll.result(timeout=30)
+    assert woken.status_code == 200 and woken.json()["revision"] > revision

@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("confide.platform.member", reason="needs the institution Member")
+from confide.platform.service.client import Backoff, CoordinatorClient
+from confide.privacy.ledger import PrivacyLedger
 
-from confide.platform.service.client import Backoff, CoordinatorClient  # noqa: E402
-from confide.privacy.ledger import PrivacyLedger  # noqa: E402
+from .conftest import make_federation
+from .test_tls_client import free_port
 
-from .conftest import make_federation  # noqa: E402
-from .test_tls_client import free_port  # noqa: E402
-
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TRAINING = "training:\n  steps_per_round: 3\n  expected_batch_size: 8\n  max_physical_batch_size: 8\n"

@@ -178,6 +178,7 @@ def test_the_500_handler_logs_the_traceback(served, caplog, monkeypatch):
     assert "Traceback" in caplog.text
 
 
+@pytest.mark.integration  # runs a subprocess for a pid that is surely dead
 def test_temporary_files_of_crashed_writes_are_removed_when_the_coordinator_starts(tmp_path, federation):
     state = tmp_path / "coordinator"
     CoordinatorHub(federation.policy, state).close()

@@ -11,18 +11,16 @@ from __future__ import annotations
 import time
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test dependency")
+from confide.platform.service.app import create_app
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.service.messages import KeySetupRequest
+from confide.platform.service.signing import sign_request
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-
-from confide.platform.service.app import create_app  # noqa: E402
-from confide.platform.service.hub import CoordinatorHub  # noqa: E402
-from confide.platform.service.messages import KeySetupRequest  # noqa: E402
-from confide.platform.service.signing import sign_request  # noqa: E402
-
-from .conftest import Keys, make_federation, snapshot  # noqa: E402
+from .conftest import Keys, make_federation, snapshot
 
 
 class SignAs:

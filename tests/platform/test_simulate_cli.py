@@ -13,6 +13,8 @@ from confide.identity import Identity
 from confide.privacy.ledger import PrivacyLedger
 from tests.platform.federation_kit import make_federation_files
 
+pytestmark = pytest.mark.integration  # each test runs `confide` as a subprocess
+
 
 def confide(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "confide.cli", *map(str, args)], capture_output=True, text=True,
@@ -45,7 +47,8 @@ def test_simulate_policy_files_in_worker_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     check_summary(out, ["a", "b", "c"], rounds=2)
     # An auditor verifies every ledger independently, with the coordinator's signed receipts.
-    audit = confide("audit", *sorted(out.glob("institutions/*/ledger/*.jsonl")), "--federation", out / "federation.yaml",
+    ledgers = sorted(out.glob("institutions/*/ledger/*.jsonl"))
+    audit = confide("audit", *ledgers, "--federation", out / "federation.yaml",
                     *[arg for p in institutions for arg in ("--policy", p)], "--receipts", out / "receipts.jsonl",
                     "--coordinator-key", out / "coordinator" / "identity" / "identity.json", "--json")
     assert audit.returncode == 0, audit.stdout[-3000:]

@@ -148,6 +148,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # dies "during training", before any outco
 """
 
 
+@pytest.mark.integration
 def test_kill_between_spend_and_outcome_leaves_the_spend_counted(tmp_path, identity):
     identity.save(tmp_path / "identity")
     script = KILL_AFTER_SPEND.format(root=str(SRC.parent), identity=str(tmp_path / "identity"),

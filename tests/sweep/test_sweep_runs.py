@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +42,7 @@ def assert_complete(out: Path, report) -> None:
     assert "## Pareto front" in summary
 
 
+@pytest.mark.integration
 def test_local_sweep_completes_writes_results_plot_summary_and_a_rerun_skips_everything(tmp_path):
     sweep = write_tiny_sweep(tmp_path)
     report = run_sweep(sweep, tmp_path / "out", executor="local", workers=2)
@@ -56,8 +56,9 @@ def test_local_sweep_completes_writes_results_plot_summary_and_a_rerun_skips_eve
     assert len(jsonl_keys(tmp_path / "out")) == len(report.points)
 
 
+@pytest.mark.integration
 def test_ray_sweep_completes_on_a_local_ray_instance(tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'confide[ray]')")
+    import ray  # installed by `make install` (the ray extra): its absence is a failure, not a skip
     sweep = write_tiny_sweep(tmp_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -69,24 +70,34 @@ def test_ray_sweep_completes_on_a_local_ray_instance(tmp_path):
     assert_complete(tmp_path / "out", report)
 
 
+# Run in a child process: the sweep kills its whole process group (itself and its worker) with
+# SIGKILL right after the first point is recorded, so the crash lands at one known place, mid-run.
+_DIE_AFTER_FIRST_POINT = """
+import os, signal, sys
+from confide.platform.sweep import run_sweep
+from confide.platform.sweep.results import ResultStore
+
+record = ResultStore.append
+
+def record_then_die(self, row):
+    record(self, row)
+    os.killpg(0, signal.SIGKILL)
+
+ResultStore.append = record_then_die
+run_sweep(sys.argv[1], sys.argv[2], executor="local", workers=1)
+"""
+
+
+@pytest.mark.integration
 def test_killed_sweep_resumes_with_only_the_missing_points(tmp_path):
     sweep = write_tiny_sweep(tmp_path, alone=False, central=False)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "confide.cli", "sweep", str(sweep), "--out", str(out), "--workers", "1"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "results.jsonl").exists() and jsonl_keys(out):
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the sweep and its worker process, mid-run
-        process.wait()
+    process = subprocess.Popen([sys.executable, "-c", _DIE_AFTER_FIRST_POINT, str(sweep), str(out)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert process.wait(timeout=240) == -signal.SIGKILL
     before = jsonl_keys(out)
-    assert 0 < len(before) < 4, "the sweep should have been killed after its first point"
+    assert len(before) == 1
 
     report = run_sweep(sweep, out, executor="local", workers=0)
     assert sorted(report.skipped) == sorted(before)
