@@ -31,8 +31,8 @@ import argparse
 import copy
 import json
 import math
-import random
 import multiprocessing
+import random
 import resource
 import statistics
 import threading

@@ -141,7 +141,7 @@ def measure_sides(sides: dict[str, Any], deltas, weights, reference) -> dict[str
     encrypt_s = dict.fromkeys(sides, 0.0)
     for delta, weight in zip(deltas, weights):
         for name, side in sides.items():
-            upload, seconds = timed(lambda: side.encrypt(delta, weight))
+            upload, seconds = timed(lambda side=side, delta=delta, weight=weight: side.encrypt(delta, weight))
             uploads[name].append(upload)
             encrypt_s[name] += seconds
     totals: dict[str, Any] = {}
@@ -150,11 +150,11 @@ def measure_sides(sides: dict[str, Any], deltas, weights, reference) -> dict[str
     averages: dict[str, np.ndarray] = {}
     for _ in range(REPEATS):
         for name, side in sides.items():
-            totals[name], seconds = timed(lambda: side.sum(uploads[name]))
+            totals[name], seconds = timed(lambda side=side, name=name: side.sum(uploads[name]))
             sum_s[name] = min(sum_s[name], seconds)
     for _ in range(REPEATS):
         for name, side in sides.items():
-            averages[name], seconds = timed(lambda: side.decrypt(totals[name]))
+            averages[name], seconds = timed(lambda side=side, name=name: side.decrypt(totals[name]))
             decrypt_s[name] = min(decrypt_s[name], seconds)
     return {
         name: {

@@ -238,7 +238,9 @@ def _policy_summary(policy) -> str:
 
 
 @policy_app.command("check")
-def policy_check(files: List[Path] = typer.Argument(..., help="Policy files (federation, institution or sweep).")) -> None:
+def policy_check(
+    files: List[Path] = typer.Argument(..., help="Policy files (federation, institution or sweep)."),
+) -> None:
     """Validate policy files: a summary of each valid file, every problem of each invalid one (exit 2)."""
     from confide.platform.setup import load_checked
     from confide.platform.sweep.spec import LoadedSweep
@@ -310,7 +312,8 @@ def keys_init(
     out.print(f"identity written to {out_dir}")
     out.print(f"fingerprint: {ident.public.fingerprint}")
     out.print("roster entry for the federation file:")
-    out.print(f"  - id: {entry['id']}\n    signing_key: {entry['signing_key']}\n    sealing_key: {entry['sealing_key']}",
+    out.print(f"  - id: {entry['id']}\n    signing_key: {entry['signing_key']}\n"
+              f"    sealing_key: {entry['sealing_key']}",
               markup=False, highlight=False)
 
 
@@ -347,11 +350,15 @@ def simulate(
     institutions: List[Path] = typer.Argument(None, help="Institution policy files (or use --split)."),
     out_dir: Path = typer.Option(..., "--out", help="Empty or new directory for results, ledgers and adapters."),
     workers: int = typer.Option(2, "--workers", help="Worker processes hosting institutions (0: in this process)."),
-    split: Optional[str] = typer.Option(None, "--split", help="dirichlet:ALPHA: split one dataset across generated institutions."),
+    split: Optional[str] = typer.Option(None, "--split",
+                                        help="dirichlet:ALPHA: split one dataset across generated institutions."),
     n_institutions: int = typer.Option(3, "--institutions", help="With --split: how many institutions."),
-    template: Optional[Path] = typer.Option(None, "--template", help="With --split: the institution policy to copy (its data file is split)."),
-    test: Optional[Path] = typer.Option(None, "--test", help="Common test set (same format and fields as the institutions' data)."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="With --split: fraction held out as the test set."),
+    template: Optional[Path] = typer.Option(None, "--template",
+                                            help="With --split: the institution policy to copy (its data is split)."),
+    test: Optional[Path] = typer.Option(None, "--test",
+                                        help="Common test set (same format and fields as the institutions' data)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction",
+                                        help="With --split: fraction held out as the test set."),
     seed: int = typer.Option(0, "--seed", help="With --split: seed of the split."),
 ) -> None:
     """Run a whole federation on this machine: real DP training, real CKKS, real ledgers."""
@@ -382,8 +389,8 @@ def demo(
     examples: Optional[Path] = typer.Option(None, "--examples", help="Directory of the example policies."),
 ) -> None:
     """A real federation on the bundled MiniLM and BBC News, against each institution alone."""
-    from confide.platform.demo import DEMO_INSTITUTIONS, demo_policies, default_examples_dir, run_demo
-    from confide.platform.display import FederationDisplay, demo_table, rounds_table, budgets_table
+    from confide.platform.demo import DEMO_INSTITUTIONS, default_examples_dir, demo_policies, run_demo
+    from confide.platform.display import FederationDisplay, budgets_table, demo_table, rounds_table
 
     if examples is not None and not examples.is_dir():
         fail([f"{examples}: no such directory (give the folder holding the example policies)"])
@@ -417,8 +424,10 @@ def sweep(
     sweep_file: Path = typer.Argument(..., help="SWEEP.yaml: base policies, data split, grid and baselines."),
     out_dir: Path = typer.Option(..., "--out", help="Results directory; re-running into it skips finished points."),
     executor: str = typer.Option("local", "--executor", help="local (worker processes) or ray."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Points at a time (local default: cores / 2; 0: in this process)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: an existing cluster (e.g. auto)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Points at a time (local default: cores / 2; 0: in this process)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="With --executor ray: an existing cluster (e.g. auto)."),
 ) -> None:
     """Privacy-utility sweep: a simulated federation per grid point, plus each-alone and central baselines."""
     from confide.platform.sweep import sweep_command
@@ -529,7 +538,8 @@ def coordinator(
     state: Path = typer.Option(..., "--state", help="State directory (SQLite, blobs, TLS); restart with it to resume."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8443, "--port", help="Port to listen on."),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Certificate (PEM); default: self-signed in --state."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert",
+                                            help="Certificate (PEM); default: self-signed in --state."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP; accepted on a loopback address only."),
     tick_s: float = typer.Option(1.0, "--tick-s", min=0.05, help="How often round deadlines are checked (seconds)."),
@@ -562,7 +572,8 @@ def join(
                        say=lambda text: out.print(text, highlight=False, soft_wrap=True))
     out.print(f"uploaded rounds {report.uploaded or '-'}, declined {report.declined or '-'}, applied "
               f"{report.applied or '-'}, aborted {report.aborted or '-'}, failed {report.failed or '-'}"
-              + (f"; final adapter: {report.adapter_dir}" if report.adapter_dir else ""), highlight=False, soft_wrap=True)
+              + (f"; final adapter: {report.adapter_dir}" if report.adapter_dir else ""),
+              highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data

@@ -61,7 +61,8 @@ def tiny_policies(tmp_path_factory):
         "training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
         "  learning_rate: 0.05\n  optimizer: sgd\n")))
     institution = load_institution(_write(tmp / "policy.yaml", institution_yaml(8.0, None, 1.0).replace(
-        "data:\n  path: data.jsonl\n  format: jsonl\n", "data:\n  path: a.jsonl\n  format: jsonl\n  eval_fraction: 0\n")))
+        "data:\n  path: data.jsonl\n  format: jsonl\n",
+        "data:\n  path: a.jsonl\n  format: jsonl\n  eval_fraction: 0\n")))
     return federation, institution
 
 

@@ -31,7 +31,8 @@ def federation_text(identities: dict[str, Identity], rounds: int = 2, min_instit
     lines = ["kind: federation", "federation_id: net-test", "roster:"]
     for i, ident in identities.items():
         entry = ident.public.to_roster_entry(i)
-        lines += [f"  - id: {i}", f"    signing_key: {entry['signing_key']}", f"    sealing_key: {entry['sealing_key']}"]
+        lines += [f"  - id: {i}", f"    signing_key: {entry['signing_key']}",
+                  f"    sealing_key: {entry['sealing_key']}"]
     lines += [
         "model:", f"  source: {model}", "  labels: [x, y]", "  max_length_tokens: 16",
         "adapter:", "  rank: 2", f"rounds: {rounds}", f"min_institutions: {min_institutions}",

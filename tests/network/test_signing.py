@@ -6,7 +6,12 @@ import pytest
 
 from confide.identity import Identity
 from confide.platform.service.signing import (
-    HEADER_TIMESTAMP, NonceStore, RequestVerifier, Unauthorized, roster_identities, sign_request,
+    HEADER_TIMESTAMP,
+    NonceStore,
+    RequestVerifier,
+    Unauthorized,
+    roster_identities,
+    sign_request,
 )
 
 NOW = 1_800_000_000.0

@@ -37,7 +37,8 @@ def make_federation_files(
         identity = Identity.generate(inst)
         identity.save(root / "ids" / inst)
         entry = identity.public.to_roster_entry(inst)
-        roster.append(f"  - {{id: {inst}, signing_key: '{entry['signing_key']}', sealing_key: '{entry['sealing_key']}'}}")
+        roster.append(f"  - {{id: {inst}, signing_key: '{entry['signing_key']}', "
+                      f"sealing_key: '{entry['sealing_key']}'}}")
         write_data(root / f"{inst}.jsonl", records, seed=k)
         budget = (budgets or {}).get(inst, 6.0)
         cohort = (min_cohorts or {}).get(inst, 2)

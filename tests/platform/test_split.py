@@ -30,7 +30,7 @@ def test_small_alpha_is_more_skewed_than_large_alpha():
     def skew(alpha):
         shards = dirichlet_split(records(200), 3, alpha=alpha, seed=0)
         # mean share of each shard's most common label
-        return sum(max(sum(r["label"] == l for r in s) for l in "xyz") / len(s) for s in shards) / 3
+        return sum(max(sum(r["label"] == label for r in s) for label in "xyz") / len(s) for s in shards) / 3
 
     assert skew(0.1) > skew(100.0) + 0.2
 
@@ -49,4 +49,4 @@ def test_bad_split_spec_is_refused_with_the_expected_form(spec):
 def test_write_jsonl_round_trips(tmp_path):
     data = records(2)
     write_jsonl(tmp_path / "d" / "a.jsonl", data)
-    assert [json.loads(l) for l in (tmp_path / "d" / "a.jsonl").read_text().splitlines()] == data
+    assert [json.loads(line) for line in (tmp_path / "d" / "a.jsonl").read_text().splitlines()] == data

@@ -11,7 +11,8 @@ def roster_yaml(ids: list[str]) -> str:
     lines = []
     for i in ids:
         entry = Identity.generate(i).public.to_roster_entry(i)
-        lines += [f"  - id: {i}", f"    signing_key: {entry['signing_key']}", f"    sealing_key: {entry['sealing_key']}"]
+        lines += [f"  - id: {i}", f"    signing_key: {entry['signing_key']}",
+                  f"    sealing_key: {entry['sealing_key']}"]
     return "\n".join(lines)
 
 

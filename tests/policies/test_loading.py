@@ -1,6 +1,13 @@
 import pytest
 
-from confide.policies import FederationPolicy, InstitutionPolicy, PolicyError, load_federation, load_institution, load_policy
+from confide.policies import (
+    FederationPolicy,
+    InstitutionPolicy,
+    PolicyError,
+    load_federation,
+    load_institution,
+    load_policy,
+)
 from tests.policies.conftest import EXAMPLES
 
 

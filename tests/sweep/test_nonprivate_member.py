@@ -13,7 +13,7 @@ def test_nonprivate_simulation_trains_and_records_nonprivate_rounds_instead_of_s
 
     assert summary["rounds"][0]["status"] in ("summed", "closed")
     assert summary["rounds"][0]["accuracy"] is not None
-    for name, status in summary["institutions"].items():
+    for status in summary["institutions"].values():
         assert status["private"] is False
         assert status["epsilon"] is None
         entries = PrivacyLedger(status["ledger"]).entries()

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from confide.platform.sweep import load_sweep
 from confide.policies import PolicyError
 from tests.sweep.sweep_kit import write_tiny_sweep
-from confide.platform.sweep import load_sweep
 
 
 def test_valid_sweep_loads_with_inf_meaning_no_dp(tmp_path):

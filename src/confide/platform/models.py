@@ -178,7 +178,7 @@ def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase,
                 labels = list(settings.labels)
                 return AutoModelForSequenceClassification.from_pretrained(
                     directory, local_files_only=True, num_labels=len(labels),
-                    id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
                 )
             return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -228,7 +228,7 @@ def _lora_config(federation: FederationPolicy, base: nn.Module, head: str | None
 
 
 def build_adapter_model(federation: FederationPolicy, device: torch.device | None = None) -> AdapterModel:
-    """The federation's base model with LoRA, initialised from `federation.seed`, on `device` (default: CUDA if available).
+    """The federation's base model with LoRA, initialised from `federation.seed`, on `device` (default: CUDA if any).
 
     Trainable: the LoRA B matrices, the A matrices too unless `adapter.freeze_a`, and for sequence
     classification the head (peft `modules_to_save`). Two calls with the same federation give

@@ -1,7 +1,7 @@
 """Policy files: the federation's participation rules and each institution's own limits."""
 
-from confide.policies.decision import Decision, LedgerState, RoundFacts, RuleResult, decide_participation
 from confide.policies.ckks import CkksParameters
+from confide.policies.decision import Decision, LedgerState, RoundFacts, RuleResult, decide_participation
 from confide.policies.errors import PolicyError, Problem
 from confide.policies.federation import (
     AdapterSettings,

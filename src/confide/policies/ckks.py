@@ -9,7 +9,7 @@ canonical embedding). Further primes only enlarge the secret key, so the default
 
 Default: N=4096, one 60-bit prime, scale 2**40. Measured with TenSEAL 0.3.18: 8.05 bytes per
 parameter on the wire for large updates, a max error around 1e-9 for 10 contributions, and 2**18
-of headroom so that weights such as record counts (10 institutions x 10,000 records) fit.
+of headroom for the summed values, the institutions' aggregation weights included.
 
 The 128-bit security limit on log2(q) is asked of SEAL itself (``CoeffModulus.MaxBitCount`` at
 ``TC128``), the same table SEAL enforces when the key holder builds the context, so a file that
@@ -129,10 +129,10 @@ class CkksParameters(StrictModel):
     def federation_problem(self, n_members: int) -> FieldProblem | None:
         """What stops a federation of ``n_members`` from ever decrypting a correct sum, or None.
 
-        Each upload carries a count slot of 1 and a weight of at least 1 (its record count), so the
-        sum reaches at least ``n_members``; and the count slot must decrypt to within
-        :data:`COUNT_TOLERANCE` of a whole number, which the error of ``n_members`` contributions
-        must allow.
+        Each upload carries a count slot of 1, so the sum reaches at least ``n_members``; and the
+        count slot must decrypt to within :data:`COUNT_TOLERANCE` of a whole number, which the error
+        of ``n_members`` contributions must allow. (Each member's aggregation weight is checked
+        against :attr:`max_abs_sum` when it encrypts.)
         """
         if n_members > self.max_abs_sum:
             return FieldProblem(("scale_bits",),
@@ -147,10 +147,11 @@ class CkksParameters(StrictModel):
         return None
 
     def describe(self, n_members: int) -> str:
-        """One line: ring, modulus against its limit, room for the members' summed weights."""
+        """One line: ring, modulus against its limit, room for the members' weighted sums."""
         room = self.max_abs_sum / max(n_members, 1)
         return (f"CKKS N={self.poly_modulus_degree}, log2(q) {sum(self.coeff_mod_bit_sizes)}/"
-                f"{max_log_q_128(self.poly_modulus_degree)}, weights up to {room:.0f} records per member")
+                f"{max_log_q_128(self.poly_modulus_degree)} (128-bit), sums up to {self.max_abs_sum:g} "
+                f"({room:.0f} per member)")
 
 
 DEFAULT_PARAMETERS = CkksParameters()

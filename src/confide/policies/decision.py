@@ -96,7 +96,8 @@ def decide_participation(
                f"federation delta {fed.privacy.delta:g} > budget delta {inst.budget.delta:g}"),
         _check("cohort", fed.min_institutions >= inst.min_cohort,
                f"sums have at least {fed.min_institutions} >= min_cohort {inst.min_cohort} contributions",
-               f"the federation may sum only {fed.min_institutions} contribution(s), below min_cohort {inst.min_cohort}"),
+               f"the federation may sum only {fed.min_institutions} contribution(s), "
+               f"below min_cohort {inst.min_cohort}"),
         _check("release", inst.allow_release or not fed.release.to_coordinator,
                "the final adapter stays with the members" if not fed.release.to_coordinator
                else "release to the coordinator is allowed",

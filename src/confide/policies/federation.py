@@ -132,7 +132,9 @@ class FederationPolicy(StrictModel):
     min_institutions: int = Field(2, ge=1, description="A round is summed only with at least this many uploads.")
     round_deadline_s: float = Field(600.0, gt=0, description="Seconds after opening that a round stops waiting.")
     privacy: PrivacyRequirements = Field(default_factory=PrivacyRequirements)
-    encryption: Literal["ckks"] = Field("ckks", description="How updates are protected in transit and at the coordinator.")
+    encryption: Literal["ckks"] = Field(
+        "ckks", description="How updates are protected in transit and at the coordinator."
+    )
     ckks: CkksParameters = Field(
         default_factory=CkksParameters,
         description="CKKS parameters: checked against SEAL's 128-bit security limit and the roster's sums.",

@@ -68,7 +68,9 @@ def _checked(history: Iterable[tuple[float, float, int]]) -> History:
         try:
             sigma, rate, steps = float(entry[0]), float(entry[1]), entry[2]
         except (TypeError, ValueError, IndexError):
-            raise AccountingError(f"history[{index}] is not (noise_multiplier, sample_rate, steps): {entry!r}") from None
+            raise AccountingError(
+                f"history[{index}] is not (noise_multiplier, sample_rate, steps): {entry!r}"
+            ) from None
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise AccountingError(f"history[{index}]: steps must be a non-negative integer, got {steps!r}")
         if not (0.0 < rate <= 1.0) or math.isnan(rate):

@@ -38,7 +38,9 @@ def _check_same_layout(state: State, reference: dict[str, torch.Tensor], what: s
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(reference[name].shape):
-            raise TrainingError(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {tuple(reference[name].shape)}")
+            raise TrainingError(
+                f"{what}: {name} has shape {tuple(tensor.shape)}, expected {tuple(reference[name].shape)}"
+            )
 
 
 def load_trainable_state(model: nn.Module, state: State) -> None:
@@ -71,7 +73,10 @@ def state_to_vector(state: State) -> torch.Tensor:
 
 
 def vector_to_state(vector: torch.Tensor, like: State) -> State:
-    """Inverse of `state_to_vector`: cut `vector` into tensors shaped as in `like`. Raises TrainingError on a length mismatch."""
+    """Inverse of `state_to_vector`: cut `vector` into tensors shaped as in `like`.
+
+    Raises TrainingError on a length mismatch.
+    """
     total = sum(t.numel() for t in like.values())
     if vector.numel() != total:
         raise TrainingError(f"vector has {vector.numel()} values, the adapter has {total}")

@@ -68,7 +68,7 @@ class DPSettings:
     def from_policies(
         cls, federation: FederationPolicy, institution: InstitutionPolicy, spend: RoundSpend
     ) -> "DPSettings":
-        """The round's settings: the spend the ledger recorded plus the federation's optimizer and the institution's clipping."""
+        """The round's settings: the recorded spend, the federation's optimizer, the institution's clipping."""
         training = federation.training
         return cls(
             noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,

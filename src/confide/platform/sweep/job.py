@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.platform.sweep.points import Point, plain
+from confide.policies import FederationPolicy, InstitutionPolicy
 
 CENTRAL = "central"
 

@@ -34,10 +34,10 @@ from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
 from confide.policies import FederationPolicy, InstitutionPolicy
+from confide.privacy import DPSettings, run_dp_round
 from confide.privacy.accounting import epsilon as accounted_epsilon_of
 from confide.privacy.audit.canary_bound import CanaryBound, bound_from_scores
 from confide.privacy.budget import plan_participation
-from confide.privacy import DPSettings, run_dp_round
 from confide.privacy.objective import per_example_loss
 from confide.privacy.trainable import load_trainable_state, trainable_parameters, trainable_state
 
@@ -89,7 +89,9 @@ def canary_settings(
     return DPSettings.from_policies(federation, institution, plan.spend), plan.rounds
 
 
-def make_canaries(like: TensorDataset, model: nn.Module, task: str, count: int, generator: torch.Generator) -> TensorDataset:
+def make_canaries(
+    like: TensorDataset, model: nn.Module, task: str, count: int, generator: torch.Generator
+) -> TensorDataset:
     """`count` random records shaped like `like`'s `(input_ids, attention_mask, labels)`.
 
     Tokens are drawn from the upper 90% of the vocabulary (low ids are special tokens in common

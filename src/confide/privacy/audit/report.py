@@ -80,9 +80,9 @@ def write_report(result: AuditResult, out: Path, generated: datetime | None = No
     """Write the report of `result` to `out` (`.html` or `.md`); return every file written.
 
     HTML: one self-contained file. Markdown: the .md plus one PNG per institution (and an overview
-    PNG for several) beside it, named `<stem>-<n>-<institution>.png` and `<stem>-overview.png`. `generated` is the time printed
-    in the report (default: now, UTC). Raises AuditInputError for another suffix or an unwritable
-    path.
+    PNG for several) beside it, named `<stem>-<n>-<institution>.png` and `<stem>-overview.png`.
+    `generated` is the time printed in the report (default: now, UTC). Raises AuditInputError for
+    another suffix or an unwritable path.
     """
     from confide.privacy.audit.report_chart import epsilon_chart
 

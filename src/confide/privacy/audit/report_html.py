@@ -40,7 +40,8 @@ def _status(summary: InstitutionSummary) -> str:
 
 def _overview_table(summaries: Sequence[InstitutionSummary]) -> str:
     rows = "".join(
-        f'<tr><td class="text">{escape(s.name)}</td><td class="text" title="{escape(s.dataset)}">{escape(s.dataset[:16])}&hellip;</td>'
+        f'<tr><td class="text">{escape(s.name)}</td>'
+        f'<td class="text" title="{escape(s.dataset)}">{escape(s.dataset[:16])}&hellip;</td>'
         f"<td>{number(s.budget)}</td><td>{number(s.spent)}</td><td>{number(s.remaining)}</td>"
         f'<td class="text">{escape(s.accountants)}</td><td>{len(s.spends)}</td><td class="text">{_status(s)}</td></tr>'
         for s in summaries

@@ -34,11 +34,14 @@ def _spend_problem(entry: dict) -> str | None:
     rules = [
         (_number(sigma) and sigma >= 0, f"noise_multiplier {sigma!r} is not a number >= 0"),
         (_number(rate) and 0 < rate <= 1, f"sample_rate {rate!r} is not in (0, 1]"),
-        (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, f"steps {steps!r} is not a positive integer"),
+        (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+         f"steps {steps!r} is not a positive integer"),
         (_number(entry.get("delta")) and 0 < entry["delta"] < 1, f"delta {entry.get('delta')!r} is not in (0, 1)"),
-        (_number(entry.get("epsilon")) and entry["epsilon"] >= 0, f"epsilon {entry.get('epsilon')!r} is not a number >= 0"),
+        (_number(entry.get("epsilon")) and entry["epsilon"] >= 0,
+         f"epsilon {entry.get('epsilon')!r} is not a number >= 0"),
         (isinstance(entry.get("accountant"), str), f"accountant {entry.get('accountant')!r} is not a name"),
-        (isinstance(entry.get("round"), int) and isinstance(entry.get("federation"), str), "round or federation missing"),
+        (isinstance(entry.get("round"), int) and isinstance(entry.get("federation"), str),
+         "round or federation missing"),
         (isinstance(entry.get("seq"), int), f"seq {entry.get('seq')!r} is not an integer"),
     ]
     failed = [message for ok, message in rules if not ok]
@@ -77,7 +80,8 @@ def _summary(name: str, failures: list[Check], passed_detail: str) -> list[Check
     return failures if failures else [Check(name, True, passed_detail)]
 
 
-def accounting_checks(recomputed: Sequence[SpendRecomputation], tolerance: Tolerance = DEFAULT_TOLERANCE) -> list[Check]:
+def accounting_checks(recomputed: Sequence[SpendRecomputation],
+                      tolerance: Tolerance = DEFAULT_TOLERANCE) -> list[Check]:
     """Flag recorded cumulative epsilons below the PLD or the recorded accountant's recomputation.
 
     A recorded value above either is conservative and passes (RDP is 8-17% above PLD by design).
@@ -87,7 +91,8 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation], tolerance: Toler
         if tolerance.is_below(r.recorded_epsilon, r.pld_epsilon):
             pld.append(Check("epsilon_pld", False,
                              f"recorded epsilon {r.recorded_epsilon:.4f} < {r.pld_epsilon:.4f} by PLD "
-                             f"(round {r.round} of {r.federation}; tolerance {tolerance.allowed_shortfall(r.pld_epsilon):.3g})",
+                             f"(round {r.round} of {r.federation}; "
+                             f"tolerance {tolerance.allowed_shortfall(r.pld_epsilon):.3g})",
                              r.seq))
         if r.accountant not in ("prv", "rdp"):
             acct.append(Check("epsilon_accountant", False,
@@ -101,9 +106,11 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation], tolerance: Toler
                               f"recorded epsilon {r.recorded_epsilon:.4f} < {r.accountant_epsilon:.4f} by Opacus "
                               f"{r.accountant.upper()} recomputed from the spends", r.seq))
     n = len(recomputed)
-    last = f"; last {recomputed[-1].recorded_epsilon:.4f} recorded, {recomputed[-1].pld_epsilon:.4f} by PLD" if n else ""
+    last = (f"; last {recomputed[-1].recorded_epsilon:.4f} recorded, {recomputed[-1].pld_epsilon:.4f} by PLD"
+            if n else "")
     return (_summary("epsilon_pld", pld, f"{n} recorded epsilons at or above dp_accounting PLD{last}")
-            + _summary("epsilon_accountant", acct, f"{n} recorded epsilons at or above their accountant's recomputation"))
+            + _summary("epsilon_accountant", acct,
+                       f"{n} recorded epsilons at or above their accountant's recomputation"))
 
 
 def institution_checks(recomputed: Sequence[SpendRecomputation], spends: Sequence[SpendParameters],
@@ -120,7 +127,8 @@ def institution_checks(recomputed: Sequence[SpendRecomputation], spends: Sequenc
         over = next((r for r in recomputed if max(r.recorded_epsilon, r.pld_epsilon) > budget + EPSILON_SLACK), None)
         if over is not None:
             checks.append(Check("budget", False,
-                                f"cumulative epsilon {over.recorded_epsilon:.4f} recorded, {over.pld_epsilon:.4f} by PLD "
+                                f"cumulative epsilon {over.recorded_epsilon:.4f} recorded, "
+                                f"{over.pld_epsilon:.4f} by PLD "
                                 f"exceeds the budget {budget:g} (round {over.round} of {over.federation})", over.seq))
         else:
             spent = max((max(r.recorded_epsilon, r.pld_epsilon) for r in recomputed), default=0.0)
@@ -169,7 +177,8 @@ def federation_checks(spends: Sequence[SpendParameters], federations: dict[str, 
         evaluated += 1
         req = fed.privacy
         if s.delta > req.delta * (1 + 1e-9):
-            failures.append(Check("federation_delta", False, f"delta {s.delta:g} > federation delta {req.delta:g}", s.seq))
+            failures.append(Check("federation_delta", False,
+                                  f"delta {s.delta:g} > federation delta {req.delta:g}", s.seq))
         if s.accountant != req.accountant:
             failures.append(Check("federation_accountant", False,
                                   f"accountant {s.accountant!r}, federation requires {req.accountant!r}", s.seq))
@@ -177,6 +186,7 @@ def federation_checks(spends: Sequence[SpendParameters], federations: dict[str, 
             failures.append(Check("federation_noise", False, f"noise multiplier {s.noise_multiplier:g} < federation "
                                   f"minimum {req.min_noise_multiplier:g}", s.seq))
     if not evaluated:
-        return [Check("federation", None, "no federation file for these spends (--federation): requirements not checked")]
+        return [Check("federation", None,
+                      "no federation file for these spends (--federation): requirements not checked")]
     return failures or [Check("federation", True, f"{evaluated} spends meet their federation's delta, accountant and "
                                                   "minimum noise")]
