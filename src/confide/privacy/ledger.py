@@ -247,8 +247,8 @@ class PrivacyLedger(LedgerView):
     def _check_witnesses(self, entries: list[dict]) -> None:
         for directory in self.witness_dirs:
             if not directory.is_dir():
-                if directory == self.path.parent:
-                    continue  # nothing written yet
+                if directory == self.path.parent or not entries:
+                    continue  # nothing witnessed yet: the first append creates it
                 raise LedgerRollbackError(
                     f"{self.path}: witness directory {directory} is not there",
                     "mount it again, or remove it from the policy's ledger_witness_dirs if it is gone for good")
@@ -297,6 +297,7 @@ class PrivacyLedger(LedgerView):
         body = canonical_json({"institution": self.institution, "dataset": self.dataset, "seq": seq,
                                "hash": hash_hex, "ledger": self.path.name})
         for directory in self.witness_dirs if dirs is None else dirs:
+            directory.mkdir(parents=True, exist_ok=True)
             write_atomically(self._witness_file(directory), body + b"\n")
 
     # ----- writing
