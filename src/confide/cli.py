@@ -375,8 +375,7 @@ def simulate(
     with FederationDisplay(out, sim.federation.rounds, ids, sim.federation.federation_id) as display:
         sim.on_event = display
         summary = run_simulation(sim)
-    out.print(rounds_table(summary))
-    out.print(budgets_table(summary))
+    out.print(rounds_table(summary), "", budgets_table(summary), "")
     out.print(f"summary: {out_dir / 'summary.json'}; adapters: {out_dir / 'adapters'}")
 
 
@@ -412,9 +411,7 @@ def demo(
     finally:
         for d in displays.values():
             d.__exit__(None)
-    out.print(rounds_table(result.federated))
-    out.print(budgets_table(result.federated))
-    out.print(demo_table(result))
+    out.print(rounds_table(result.federated), "", budgets_table(result.federated), "", demo_table(result), "")
     out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
 
 

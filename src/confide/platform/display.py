@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -14,7 +17,7 @@ class FederationDisplay:
         self.console = console
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"),
-            BarColumn(bar_width=28),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
@@ -41,7 +44,7 @@ class FederationDisplay:
             eps = event.get("epsilon")
             status = f"round {event['round']} step {event['step']}/{event['steps']}"
             if eps is not None:
-                status += f"  eps {eps:.2f}"
+                status += f" eps {eps:.2f}"
             self.progress.update(self.tasks[event["institution"]], completed=event["step"], total=event["steps"],
                                  status=status)
         elif kind == "member" and event.get("institution") in self.tasks:
@@ -52,32 +55,60 @@ class FederationDisplay:
             self.progress.update(self.rounds_task, advance=1, status=text)
             for institution, reason in event.get("declined", {}).items():
                 if institution in self.tasks:
-                    self.progress.update(self.tasks[institution], status=f"declined: {reason[:60]}")
+                    self.progress.update(self.tasks[institution], status=f"declined: {reason[:30]}")
+
+
+def _compact(title: str) -> Table:
+    """A table that fits an 80-column terminal: light rules, one space of padding, wrapping cells."""
+    return Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True,
+                 show_edge=False, title_justify="left")
 
 
 def rounds_table(summary: dict) -> Table:
-    table = Table(title=f"federation {summary['federation']}: rounds")
-    for column in ("round", "status", "participants", "declined", "accuracy", "loss", "upload", "seconds"):
-        table.add_column(column, justify="right" if column in ("accuracy", "loss", "upload", "seconds") else "left")
+    """One row per round; who took part is a count, and only who declined is named."""
+    table = _compact(f"federation {summary['federation']}: rounds")
+    table.add_column("round", justify="right")
+    table.add_column("status")
+    table.add_column("took part", justify="right")
+    table.add_column("declined", overflow="fold", min_width=10)
+    for column in ("accuracy", "loss", "MB up", "seconds"):
+        table.add_column(column, justify="right")
+    members = len(summary.get("institutions") or {}) or None
     for r in summary["rounds"]:
+        took_part = str(len(r["participants"])) + (f"/{members}" if members else "")
         table.add_row(
-            str(r["round"]), r["status"], ", ".join(r["participants"]) or "-",
-            ", ".join(r["declined"]) or "-",
+            str(r["round"]), r["status"], took_part, ", ".join(r["declined"]) or "-",
             "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}",
             "-" if r["loss"] is None else f"{r['loss']:.3f}",
-            f"{r['upload_bytes'] / 1e6:.2f} MB", f"{r['seconds']:.1f}",
+            f"{r['upload_bytes'] / 1e6:.2f}", f"{r['seconds']:.1f}",
         )
     return table
 
 
 def budgets_table(summary: dict) -> Table:
-    table = Table(title="privacy spent vs budget")
-    for column in ("institution", "epsilon spent", "budget", "delta", "rounds trained", "ledger"):
-        table.add_column(column)
+    """Epsilon spent against each budget; the ledgers' common folder goes below the table."""
+    table = _compact("privacy spent vs budget")
+    table.add_column("institution", no_wrap=True)
+    for column in ("epsilon spent", "budget", "delta", "rounds trained"):
+        table.add_column(column, justify="right")
+    ledgers = []
     for institution, s in summary["institutions"].items():
         table.add_row(institution, f"{s['epsilon']:.3f}", f"{s['budget_epsilon']:g}", f"{s['delta']:g}",
-                      str(s.get("rounds_trained", "-")), s["ledger"])
+                      str(s.get("rounds_trained", "-")))
+        ledgers.append(str(s["ledger"]))
+    if ledgers:
+        table.caption = _ledgers_caption(ledgers)
+        table.caption_justify = "left"
     return table
+
+
+def _ledgers_caption(paths: list[str]) -> str:
+    if len(paths) == 1:
+        return f"ledger: {paths[0]}"
+    try:
+        return f"ledgers under {os.path.commonpath(paths)}{os.sep}"
+    except ValueError:  # mixed absolute and relative paths
+        return "ledgers: " + ", ".join(paths)
 
 
 def demo_table(result) -> Table:
@@ -85,14 +116,14 @@ def demo_table(result) -> Table:
     from confide.platform.demo import final_accuracy
 
     federated = final_accuracy(result.federated)
-    table = Table(title="what federating bought each institution (same test set, same privacy settings)")
-    for column in ("institution", "alone: accuracy", "alone: epsilon", "federated: accuracy",
-                   "federated: epsilon", "budget", "gain"):
-        table.add_column(column)
+    table = _compact("federated vs alone (same test set, same privacy settings)")
+    table.add_column("institution", no_wrap=True)
+    for column in ("alone acc", "alone eps", "fed. acc", "fed. eps", "budget", "gain pts"):
+        table.add_column(column, justify="right")
     for name, summary in result.local.items():
         alone = final_accuracy(summary)
         fed_status = result.federated["institutions"][name]
-        gain = "-" if alone is None or federated is None else f"{(federated - alone) * 100:+.1f} pts"
+        gain = "-" if alone is None or federated is None else f"{(federated - alone) * 100:+.1f}"
         table.add_row(name, "-" if alone is None else f"{alone:.3f}", f"{summary['institutions'][name]['epsilon']:.2f}",
                       "-" if federated is None else f"{federated:.3f}", f"{fed_status['epsilon']:.2f}",
                       f"{fed_status['budget_epsilon']:g}", gain)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,8 +21,9 @@ class SweepDisplay:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("sweep points"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            # Sized for an 80-column terminal: the status keeps its accuracy first and is cut to fit.
+            TextColumn("points"), BarColumn(bar_width=16), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=False,
         )
         self.task = None
@@ -37,15 +39,15 @@ class SweepDisplay:
         kind = event.get("type")
         if kind == "start":
             done = event["done"]
-            status = f"{done} already finished, resuming" if done else ""
+            status = f"{done} done before, resuming" if done else ""
             self.task = self.progress.add_task("sweep", total=event["total"], completed=done, status=status)
         elif kind == "point" and self.task is not None:
             row = event.get("row")
             if row is None:
-                status = f"failed: {event['label'][:50]}"
+                status = f"failed: {event['label'][:18]}"
             else:
                 acc = row["accuracy"]
-                status = f"{event['label'][:60]}: accuracy {'-' if acc is None else f'{acc:.3f}'}"
+                status = f"acc {'-' if acc is None else f'{acc:.3f}'} {event['label'][:16]}"
             self.progress.update(self.task, advance=1, status=status)
         elif kind == "tick" and self.task is not None:
             self.progress.refresh()
@@ -53,11 +55,14 @@ class SweepDisplay:
 
 def best_table(best: list[dict[str, str]]) -> Table:
     """The best setting for each epsilon beside both baselines (rows from `report.best_rows`)."""
-    table = Table(title="best setting for each epsilon (final test accuracy)")
-    columns = {"epsilon": "target epsilon", "setting": "best federated setting", "accuracy": "accuracy",
-               "spent": "epsilon spent", "alone": "each alone (mean, min-max)", "central": "central"}
-    for title in columns.values():
-        table.add_column(title)
+    table = Table(title="best setting for each epsilon (final test accuracy)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False, title_justify="left")
+    # Short headers so that the table reads at 80 columns; the setting wraps within its cell.
+    columns = {"epsilon": "target eps", "setting": "best federated setting", "accuracy": "acc",
+               "spent": "eps spent", "alone": "alone: mean (min-max)", "central": "central"}
+    for key, title in columns.items():
+        table.add_column(title, overflow="fold" if key == "setting" else "ellipsis",
+                         no_wrap=key not in ("setting", "alone"))
     for row in best:
         table.add_row(*(row[key] for key in columns))
     return table
