@@ -143,6 +143,10 @@ class Member:
     def last_applied_round(self) -> int:
         return int(self.progress_state["synced_round"])
 
+    def applied_round(self) -> int:
+        """`last_applied_round` as a call (what a driver in another process can ask)."""
+        return self.last_applied_round
+
     @property
     def aborted(self) -> str | None:
         return self.progress_state["aborted"]
@@ -170,7 +174,7 @@ class Member:
             m.id: seal_secret(raw, unb64(m.sealing_key, f"roster {m.id} sealing_key", 32), m.id, secret.key_id)
             for m in self.federation.roster
         }
-        return KeyBundle(secret.key_id, self.layout.hash, secret.public_context().to_bytes(), sealed)
+        return KeyBundle(secret.key_id, self.layout.hash, secret.public_context().to_bytes(), sealed, self.layout.size)
 
     def install_key(self, sealed: bytes) -> None:
         """Open our sealed copy of the federation key and keep it (idempotent)."""
@@ -225,7 +229,13 @@ class Member:
         envelope_path, decline_path = rounds / f"r{round_index}.envelope", rounds / f"r{round_index}.decline"
         if envelope_path.exists():
             envelope = envelope_path.read_bytes()
-            return Contribution("upload", envelope=envelope, ledger_head=self._upload_head(round_index, envelope))
+            head = self._upload_head(round_index, envelope)
+            if head is None:  # killed between writing the envelope and recording it: record it now
+                entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
+                                           envelope_sha256=sha256(envelope),
+                                           weight=float(self.policy.aggregation_weight))
+                head = (entry["seq"], entry["hash"])
+            return Contribution("upload", envelope=envelope, ledger_head=head)
         if decline_path.exists():
             return Contribution("decline", reason=decline_path.read_text())
         if self.aborted:
@@ -354,7 +364,7 @@ class Member:
         """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average."""
         done = self.progress_state["rounds"].get(str(round_index))
         if done is not None:
-            return Outcome(done["kind"], done["count"], done.get("detail", ""))
+            return _outcome(done)
         if self.aborted:
             return Outcome("aborted", 0, self.aborted)
         if round_index != self.last_applied_round + 1:
@@ -403,7 +413,7 @@ class Member:
     def _settle_failed(self, round_index: int, reason: str, sum_envelope: bytes | None = None) -> Outcome:
         done = self.progress_state["rounds"].get(str(round_index))
         if done is not None:
-            return Outcome(done["kind"], done["count"], done.get("detail", ""))
+            return _outcome(done)
         fed = self.federation.federation_id
         if self.ledger.last_of("round_failed", fed, round_index) is None:
             extra = {"sum_sha256": sha256(sum_envelope)} if sum_envelope is not None else {}
@@ -419,9 +429,10 @@ class Member:
                       f"(last: {reason})")
             self.ledger.append("abort", fed, round_index, reason=detail, count=0)
             self.progress_state["aborted"] = detail
-        self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": detail}
+        self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": detail,
+                                                           "undecryptable": sum_envelope is not None}
         self._save_progress()
-        return Outcome("failed", 0, detail)
+        return Outcome("failed", 0, detail, undecryptable=sum_envelope is not None)
 
     def _carry_adapter_forward(self, round_index: int) -> None:
         """A failed round leaves the adapter as it was: save it under the new round's name too."""
@@ -456,6 +467,10 @@ class Member:
             "train_records": self.data.train_size,
             "aborted": self.aborted,
         }
+
+
+def _outcome(done: dict) -> Outcome:
+    return Outcome(done["kind"], done["count"], done.get("detail", ""), bool(done.get("undecryptable", False)))
 
 
 MAX_UNDECRYPTABLE_ROUNDS = 3

@@ -19,6 +19,8 @@ class KeyBundle:
     layout_hash: str
     public_context: bytes
     sealed: dict[str, bytes]
+    n_values: int | None = None
+    """The adapter layout's size: lets the coordinator refuse an update of another size on arrival."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Outcome:
     kind: Literal["applied", "aborted", "failed"]
     count: int
     detail: str = ""
+    undecryptable: bool = False
+    """The round's sum did not decrypt: the driver reports it to the coordinator."""
 
 
 @runtime_checkable

@@ -1,17 +1,22 @@
 """`confide simulate`: a whole federation on one machine, with no network.
 
 Everything is real except the wire: each institution is a `Member` (DP training, write-ahead
-ledger, CKKS encryption) hosted in a worker process, and the coordinator is the same `Coordinator`
-the HTTP service uses (SQLite state, blobs on disk, encrypted sums). Identities are generated for
+ledger, CKKS encryption) hosted in a worker process and driven by the same `RoundDriver` as
+`confide join`, and the coordinator is the same `CoordinatorHub` the HTTP service runs (SQLite
+state, blobs on disk, encrypted sums, receipts). Only the transport (in-process calls) and the clock
+(simulated: deadlines pass when every member is waiting) differ from a federation over the network. Identities are generated for
 the simulated institutions under OUT/identities, and each institution's ledger and state live under
 OUT/institutions/<id>, so a simulation never spends the budget recorded in a real state directory.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import json
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +24,16 @@ from typing import Callable
 
 import yaml
 
+from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.identity import Identity
-from confide.platform.coordinator import Coordinator
+from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.member import Member
-from confide.platform.protocol import new_federation
+from confide.platform.member_api import Outcome
+from confide.platform.protocol import ProtocolViolation
+from confide.platform.service.client import CoordinatorRefused
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply
 from confide.platform.workers import MemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy
 
@@ -115,6 +125,9 @@ class _Events:
         else:
             self.queue = queue.SimpleQueue()
 
+    def pump(self, sink: Callable[[dict], None] | None) -> Callable[[], None]:
+        return lambda: self.drain(sink)
+
     def drain(self, sink: Callable[[dict], None] | None) -> None:
         while True:
             try:
@@ -125,49 +138,245 @@ class _Events:
                 sink(event)
 
 
+class InProcessTransport:
+    """The coordinator as a simulated member reaches it: direct calls to the same `CoordinatorHub` the
+    HTTP service runs, with its refusals raised as the `CoordinatorRefused` the client would raise."""
+
+    def __init__(self, hub: CoordinatorHub, institution: str, clock: Callable[[], float], idle: "_Idle") -> None:
+        self.hub, self.institution, self.clock, self.idle = hub, institution, clock, idle
+
+    def _call(self, method: Callable, *args):
+        try:
+            return method(*args)
+        except ProtocolViolation as exc:
+            raise CoordinatorRefused(exc.status, str(exc)) from None
+        except (AggregationError, BadInput) as exc:
+            raise CoordinatorRefused(422, str(exc)) from None
+
+    def _changed(self) -> None:
+        self.hub.tick(self.clock())
+
+    def federation(self, after_revision: int | None = None, wait_s: float = 0.0) -> FederationView:
+        if after_revision is not None and wait_s > 0:
+            with self.idle.waiting(self.institution):
+                self.hub.wait_for_change(after_revision, wait_s)
+        return self.hub.view_for(self.institution)
+
+    def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
+                     n_values: int | None = None) -> None:
+        request = KeySetupRequest(key_id=key_id, layout_hash=layout_hash, n_values=n_values,
+                                  public_context=base64.b64encode(public_context).decode(),
+                                  sealed={m: base64.b64encode(b).decode() for m, b in sealed.items()})
+        self._call(self.hub.publish_keys, self.institution, request)
+        self._changed()
+
+    def sealed_key(self) -> bytes:
+        return self._call(self.hub.sealed_key, self.institution)
+
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
+        reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head)
+        self._changed()
+        return reply
+
+    def decline(self, round_index: int, reason: str) -> None:
+        self._call(self.hub.decline, self.institution, round_index, reason, self.clock())
+        self._changed()
+
+    def report_undecryptable(self, round_index: int, sum_sha256: str, reason: str) -> None:
+        self._call(self.hub.report_undecryptable, self.institution, round_index, sum_sha256, reason)
+        self._changed()
+
+    def round_sum(self, round_index: int) -> bytes:
+        return self._call(self.hub.sum_for, round_index)
+
+
+class _Idle:
+    """Which drivers are waiting for the coordinator with nothing to do (the simulated clock's cue)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.members: set[str] = set()
+
+    @contextlib.contextmanager
+    def waiting(self, member: str):
+        with self.lock:
+            self.members.add(member)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.members.discard(member)
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.members)
+
+
+class SimulatedClock:
+    """Wall-clock time that jumps ahead when every member is waiting: a deadline passes when, and only
+    when, nobody can still answer, so a dropped member costs no real waiting."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def skip_to(self, when: float) -> None:
+        self.offset += max(0.0, when - self())
+
+
+class RemoteMember:
+    """A member hosted in the worker pool, seen by its driver as a `RoundMember`."""
+
+    def __init__(self, pool: MemberPool, institution_id: str, federation: FederationPolicy) -> None:
+        self.pool, self.institution_id, self.federation = pool, institution_id, federation
+
+    def _call(self, method: str, *args):
+        return self.pool.call(self.institution_id, method, *args)
+
+    @property
+    def last_applied_round(self) -> int:
+        return self._call("applied_round")
+
+    def is_key_holder(self) -> bool:
+        return self.federation.key_holder_id == self.institution_id
+
+    def has_key(self) -> bool:
+        return self._call("has_key")
+
+    def make_keys(self):
+        return self._call("make_keys")
+
+    def install_key(self, sealed: bytes) -> None:
+        self._call("install_key", sealed)
+
+    def take_part(self, round_index: int):
+        return self._call("take_part", round_index)
+
+    def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
+        return self._call("record_receipt", round_index, receipt, envelope, coordinator_key)
+
+    def check_anchor(self, receipt: dict | None) -> None:
+        self._call("check_anchor", receipt)
+
+    def apply_sum(self, round_index: int, sum_envelope: bytes):
+        return self._call("apply_sum", round_index, sum_envelope)
+
+    def note_failed_round(self, round_index: int, reason: str):
+        return self._call("note_failed_round", round_index, reason)
+
+    def save_adapter(self, out_dir: Path) -> str:
+        return self._call("save_adapter", out_dir)
+
+
+class _Rounds:
+    """Collects what the drivers settle into one RoundReport per round (evaluating once all settled)."""
+
+    def __init__(self, sim: Simulation, pool: MemberPool, members: list[str], emit) -> None:
+        self.sim, self.pool, self.members, self.emit = sim, pool, members, emit
+        self.lock = threading.Lock()
+        self.settled: dict[int, dict[str, Outcome]] = {}
+        self.metrics: dict[int, dict[str, dict]] = {}
+        self.finished_at: dict[int, float] = {}
+        self.left: set[str] = set()
+
+    def on_settled(self, member: str, round_index: int, outcome: Outcome) -> None:
+        metrics = None
+        if outcome.kind == "applied" and member not in self.left:
+            # Evaluated by the member right after applying, before it trains the next round.
+            active = sorted(set(self.members) - self.left)
+            if self.sim.test_records is None:
+                metrics = self.pool.call(member, "evaluate", None)
+            elif active and member == active[0]:
+                metrics = self.pool.call(member, "evaluate", self.sim.test_records)
+        with self.lock:
+            if outcome.kind == "aborted":
+                self.left.add(member)
+            self.settled.setdefault(round_index, {})[member] = outcome
+            if metrics is not None:
+                self.metrics.setdefault(round_index, {})[member] = metrics
+            done = len(self.settled[round_index]) == len(self.members)
+            if done:
+                self.finished_at[round_index] = time.time()
+        if done:
+            self.emit({"type": "round_done", **self.report(round_index, None).to_dict()})
+
+    def evaluation(self, round_index: int) -> tuple[float | None, float | None]:
+        results = list(self.metrics.get(round_index, {}).values())
+        n = sum(r["examples"] for r in results)
+        if not results or n == 0:
+            return None, None
+        accuracy = sum(r["accuracy"] * r["examples"] for r in results) / n
+        loss = sum(r["loss"] * r["examples"] for r in results) / n
+        return accuracy, loss
+
+    def report(self, round_index: int, state) -> RoundReport:
+        outcomes = self.settled.get(round_index, {})
+        aborted = {m: o.detail for m, o in outcomes.items() if o.kind == "aborted" and o.count > 0}
+        accuracy, loss = self.evaluation(round_index)
+        r = None if state is None else next((x for x in state.rounds if x.index == round_index), None)
+        status = "summed" if r is None or r.status in ("summed", "closed") else r.status
+        uploads = {} if r is None else r.uploads
+        started = r.opened_at if r is not None else self.finished_at.get(round_index, 0.0)
+        return RoundReport(round_index, status, sorted(uploads), dict(r.declined) if r else {}, aborted,
+                           accuracy, loss, sum(u.size_bytes for u in uploads.values()),
+                           round(max(0.0, self.finished_at.get(round_index, started) - started), 3))
+
+
+def _refuse_inadmissible(federation: FederationPolicy, institutions: list[InstitutionPolicy]) -> None:
+    """The simulation admits institutions exactly as `confide join` does, before anything runs."""
+    for policy in institutions:
+        try:
+            admit(federation, policy)
+        except AgentError as exc:
+            raise SimulationError(f"{exc} (fix the institution policy or leave it out of the simulation)") from None
+
+
 def run_simulation(sim: Simulation) -> dict:
-    """Run every round of the federation and write OUT/summary.json; return the summary."""
+    """Run every round of the federation and write OUT/summary.json; return the summary.
+
+    Each institution is driven by the same `RoundDriver` as `confide join`, in its own thread, over
+    in-process calls to a `CoordinatorHub` (the HTTP service's coordinator) instead of HTTP, with a
+    simulated clock; the members themselves run in the worker pool.
+    """
     federation, institutions = prepare_institutions(sim.federation, sim.institutions, sim.out_dir, sim.generated)
+    _refuse_inadmissible(federation, institutions)
     events = _Events(sim.workers)
     emit = sim.on_event or (lambda e: None)
     specs = {p.institution_id: (federation, p) for p in institutions}
     pool = MemberPool(functools.partial(Member, private=sim.private), specs, sim.workers, progress=events.queue)
-    pump = lambda: events.drain(sim.on_event)  # noqa: E731
-    coordinator_identity = Identity.generate("coordinator")
-    coordinator_identity.save(sim.out_dir / "coordinator" / "identity")
     # The federation as simulated (its roster holds the generated identities): what an auditor
     # passes to `confide audit --federation` to check the ledgers' signatures.
     (sim.out_dir / "federation.yaml").write_text(
         "# The federation as simulated: the roster holds the identities generated under identities/.\n"
         + yaml.safe_dump(federation.model_dump(mode="json"), sort_keys=False))
-    coordinator = Coordinator(
-        sim.out_dir / "coordinator",
-        new_federation(federation.federation_id, list(specs), federation.key_holder_id, federation.min_institutions,
-                       federation.rounds, federation.round_deadline_s),
-        coordinator_identity,
-    )
+    hub = CoordinatorHub(federation, sim.out_dir / "coordinator")
+    clock, idle = SimulatedClock(), _Idle()
+    rounds = _Rounds(sim, pool, sorted(specs), emit)
+    out_adapters = sim.out_dir / "adapters"
+    status: dict = {}
     try:
         emit({"type": "phase", "text": "loading models and data"})
-        plans = pool.call_many([(m, "plan", (), {}) for m in specs], on_wait=pump)
+        plans = pool.call_many([(m, "plan", (), {}) for m in specs], on_wait=events.pump(sim.on_event))
         emit({"type": "plans", "plans": plans})
-        bundle = pool.call(federation.key_holder_id, "make_keys")
-        coordinator.publish_keys(federation.key_holder_id, bundle.key_id, bundle.layout_hash, bundle.public_context,
-                                 bundle.sealed)
-        pool.call_many([(m, "install_key", (coordinator.sealed_key_for(m),), {}) for m in specs], on_wait=pump)
-        coordinator.open_next_round(time.time())
-        active = set(specs)
-        while coordinator.state.status == "running":
-            sim.rounds.append(_run_round(sim, coordinator, pool, active, pump, emit))
-            coordinator.open_next_round(time.time())
-        out_adapters = sim.out_dir / "adapters"
-        pool.call_many([(m, "save_adapter", (out_adapters / m,), {}) for m in specs], on_wait=pump)
-        status = pool.call_many([(m, "privacy_status", (), {}) for m in specs], on_wait=pump)
-        receipts = [dict(r, federation=federation.federation_id) for r in coordinator.store.receipts()]
+        drivers = {
+            m: RoundDriver(RemoteMember(pool, m, federation), InProcessTransport(hub, m, clock, idle), federation,
+                           Path(p.state_dir) / "federations" / federation.federation_id / "agent.json",
+                           say=lambda line, m=m: emit({"type": "member", "institution": m, "text": line}),
+                           wait_s=0.5, clock=clock, adapter_dir=out_adapters / m,
+                           on_settled=lambda r, o, m=m: rounds.on_settled(m, r, o))
+            for m, (_, p) in specs.items()
+        }
+        _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
+        status = pool.call_many([(m, "privacy_status", (), {}) for m in specs])
+        receipts = [dict(r, federation=federation.federation_id) for r in hub.coordinator.store.receipts()]
         (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
+        sim.rounds = [rounds.report(r.index, hub.state) for r in hub.state.rounds]
     finally:
         pool.close()
-        coordinator.close()
-        pump()
+        hub.close()
+        events.drain(sim.on_event)
     summary = {
         "federation": federation.federation_id,
         "model": federation.model.source,
@@ -184,59 +393,46 @@ def run_simulation(sim: Simulation) -> dict:
     return summary
 
 
-def _run_round(sim: Simulation, coordinator: Coordinator, pool: MemberPool, active: set[str], pump, emit) -> RoundReport:
-    started = time.perf_counter()
-    index = coordinator.state.current.index
-    emit({"type": "round", "round": index})
-    replies = pool.call_many([(m, "take_part", (index,), {}) for m in sorted(active)], on_wait=pump)
-    upload_bytes = 0
-    for member, contribution in sorted(replies.items()):
-        if contribution.kind == "upload":
-            receipt = coordinator.upload(member, index, contribution.envelope, time.time(), contribution.ledger_head)
-            upload_bytes += len(contribution.envelope)
-            pool.call(member, "record_receipt", index, receipt.to_dict(), contribution.envelope,
-                      coordinator.identity.public.signing_public)
+def _drive(drivers: dict[str, RoundDriver], hub: CoordinatorHub, clock: SimulatedClock, idle: _Idle,
+           events: "_Events", on_event, emit) -> None:
+    """Run every driver in its own thread until the federation finishes; move the clock when all wait."""
+    errors: list[BaseException] = []
+    emitted_rounds: set[int] = set()
+
+    def run(member: str, driver: RoundDriver) -> None:
+        try:
+            driver.run()
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+            with hub.changed:
+                hub.changed.notify_all()
+
+    threads = [threading.Thread(target=run, args=item, name=f"driver-{item[0]}", daemon=True)
+               for item in drivers.items()]
+    for thread in threads:
+        thread.start()
+    quiet_since: tuple[int, float] | None = None
+    while any(t.is_alive() for t in threads) and not errors:
+        events.drain(on_event)
+        hub.tick(clock())
+        state = hub.state
+        current = state.current
+        if current is not None and current.status in ("open", "collecting") and current.index not in emitted_rounds:
+            emitted_rounds.add(current.index)
+            emit({"type": "round", "round": current.index})
+        alive = {m for m, t in zip(drivers, threads) if t.is_alive()}
+        # Every live driver waits and nothing changed for a while: only a deadline can move things.
+        if alive and alive <= idle.snapshot() and state.status == "running" and current is not None \
+                and current.status in ("open", "collecting"):
+            if quiet_since is None or quiet_since[0] != hub.revision:
+                quiet_since = (hub.revision, time.monotonic())
+            elif time.monotonic() - quiet_since[1] > 1.0:
+                clock.skip_to(current.deadline_at + 1e-3)
+                quiet_since = None
         else:
-            coordinator.decline(member, index, contribution.reason, time.time())
-    # Members that left the federation never answer: in a simulation there is nothing to wait
-    # for, so the round is judged as at its deadline.
-    now = time.time() if active == set(coordinator.state.members) else coordinator.state.current.deadline_at + 1
-    decision = coordinator.advance(now)
-    current = coordinator.state.current
-    aborted: dict[str, str] = {}
-    accuracy = loss = None
-    if decision == "sum":
-        total = coordinator.sum_for(index)
-        outcomes = pool.call_many([(m, "apply_sum", (index, total), {}) for m in sorted(active)], on_wait=pump)
-        for member, outcome in outcomes.items():
-            if outcome.kind == "aborted":
-                aborted[member] = outcome.detail
-                active.discard(member)
-        accuracy, loss = _evaluate(sim, pool, sorted(active), pump)
-    else:
-        pool.call_many([(m, "note_failed_round", (index, current.failure or "failed"), {}) for m in sorted(active)],
-                       on_wait=pump)
-    report = RoundReport(index, current.status, sorted(current.uploads), dict(current.declined), aborted,
-                         accuracy, loss, upload_bytes, round(time.perf_counter() - started, 3))
-    emit({"type": "round_done", **report.to_dict()})
-    return report
-
-
-def _evaluate(sim: Simulation, pool: MemberPool, members: list[str], pump) -> tuple[float | None, float | None]:
-    """Accuracy and mean loss of the global adapter (identical at every active member).
-
-    On a common test set one member evaluates; without one, every member evaluates on its own
-    local eval split and the results are pooled by record count.
-    """
-    if not members:
-        return None, None
-    if sim.test_records is not None:
-        metrics = pool.call(members[0], "evaluate", sim.test_records)
-        return metrics["accuracy"], metrics["loss"]
-    results = pool.call_many([(m, "evaluate", (None,), {}) for m in members], on_wait=pump)
-    n = sum(r["examples"] for r in results.values())
-    if n == 0:
-        return None, None
-    accuracy = sum(r["accuracy"] * r["examples"] for r in results.values()) / n
-    loss = sum(r["loss"] * r["examples"] for r in results.values()) / n
-    return accuracy, loss
+            quiet_since = None
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(timeout=0 if errors else None)
+    if errors:
+        raise errors[0]

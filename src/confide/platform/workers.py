@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -70,6 +71,10 @@ class MemberPool:
         self.factory, self.specs = factory, specs
         self.route: dict[str, int] = {}
         self.processes, self.connections = [], []
+        # Round drivers call members from several threads: one call at a time per worker (and
+        # one at a time in this process, where members share torch and TenSEAL state).
+        self._local_lock = threading.Lock()
+        self._worker_locks: list[threading.Lock] = []
         if workers <= 0:
             return
         workers = min(workers, len(specs))
@@ -83,6 +88,7 @@ class MemberPool:
             process.start()
             self.processes.append(process)
             self.connections.append(parent)
+            self._worker_locks.append(threading.Lock())
             for i in mine:
                 self.route[i] = w
 
@@ -98,11 +104,22 @@ class MemberPool:
         Raises the member's own exception where it can travel between processes, else WorkerFailed.
         """
         if not self.processes:
-            return {m: getattr(self._local(m), method)(*args, **kwargs) for m, method, args, kwargs in calls}
-        results: dict[str, Any] = {}
+            with self._local_lock:
+                return {m: getattr(self._local(m), method)(*args, **kwargs) for m, method, args, kwargs in calls}
         queues: dict[int, list] = {}
         for call in calls:
             queues.setdefault(self.route[call[0]], []).append(call)
+        locks = [self._worker_locks[w] for w in sorted(queues)]  # always taken in one order: no deadlock
+        for lock in locks:
+            lock.acquire()
+        try:
+            return self._run(queues, on_wait)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _run(self, queues: dict[int, list], on_wait: Callable[[], None] | None) -> dict:
+        results: dict[str, Any] = {}
         pending = {w: q.pop(0) for w, q in queues.items()}
         for w, call in pending.items():
             self.connections[w].send(call)

@@ -17,7 +17,7 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import Receipt
+from confide.formats import Receipt, policy_sha256
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -30,12 +30,6 @@ log = logging.getLogger("confide.service.coordinator")
 
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 POLICY_HASH_FILE = "federation.sha256"
-
-
-def policy_sha256(policy: FederationPolicy) -> str:
-    """SHA-256 of the federation file's content (not its formatting), as coordinator and agents see it."""
-    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def coordinator_identity(state_dir: Path) -> Identity:
@@ -78,6 +72,8 @@ class CoordinatorHub:
         self.verifier = RequestVerifier(federation.federation_id, roster_identities(federation.roster),
                                         self.nonces, window_s)
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        """Notified on every state change: in-process drivers long-poll on it (the HTTP app has its own)."""
         self.revision = self._read_revision()
 
     # -- reading ------------------------------------------------------------------------------
@@ -99,6 +95,8 @@ class CoordinatorHub:
                 uploads=len(r.uploads), declines=len(r.declined),
                 mine="uploaded" if institution in r.uploads else "declined" if institution in r.declined else None,
                 contributors=len(r.contributors), sum_sha256=r.sum_sha256, failure=r.failure,
+                left_out=len(r.left_out), mine_left_out=institution in r.left_out,
+                undecryptable=len(r.undecryptable),
             )
             for r in state.rounds
         ]
@@ -108,6 +106,7 @@ class CoordinatorHub:
             total_rounds=state.total_rounds, key_id=setup.key_id if setup else None,
             layout_hash=setup.layout_hash if setup else None, n_values=setup.n_values if setup else None,
             coordinator_signing_key=b64(self.identity.public.signing_public), revision=self.revision,
+            excluded=dict(state.excluded),
             rounds=rounds, last_receipt=self._last_receipt(institution),
         )
 
@@ -132,6 +131,13 @@ class CoordinatorHub:
     # -- transitions --------------------------------------------------------------------------
     def _mutated(self) -> None:
         self.revision = self._read_revision()
+        self.changed.notify_all()
+
+    def wait_for_change(self, after_revision: int, timeout_s: float) -> int:
+        """Block until the revision differs from `after_revision` or `timeout_s` passes; return the revision."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.revision != after_revision, timeout=timeout_s)
+            return self.revision
 
     def publish_keys(self, institution: str, request: KeySetupRequest) -> list[str]:
         """Store the key holder's set-up (the Coordinator checks it: roster, key id, sealed headers)."""
@@ -154,6 +160,14 @@ class CoordinatorHub:
             receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head)
             self._mutated()
         return _receipt_reply(receipt, len(envelope))
+
+    def report_undecryptable(self, institution: str, round_index: int, sum_sha256: str, reason: str) -> int:
+        """Record a member's report that the round's sum does not decrypt; return the round's report count."""
+        with self.lock:
+            self.coordinator.report_undecryptable(institution, round_index, sum_sha256, reason)
+            self._mutated()
+            r = next(r for r in self.state.rounds if r.index == round_index)
+            return len(r.undecryptable)
 
     def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
         with self.lock:

@@ -1,0 +1,275 @@
+"""The round driver: one member's side of a federation, the same for the network agent and the simulation.
+
+`confide join` drives it over HTTP (`CoordinatorClient`), `confide simulate` over in-process calls to
+the same coordinator (`confide.platform.simulation`); both give it a member (`RoundMember`) and a
+clock. It only ever asks the coordinator: each pass it fetches the federation (long-polling when
+there is nothing to do) and does the next thing its own policy allows. Its member keeps key,
+adapter and ledger under the state directory and is idempotent per round, so a killed driver
+restarts where it was and never trains twice; the driver's own journal (`agent.json` beside the
+member's files) remembers which rounds are settled and which receipts it holds, so an upload whose
+reply was lost is sent again (the coordinator answers a repeat with the same receipt).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from confide.formats import Receipt, policy_sha256, sha256, write_atomically
+from confide.identity import unb64
+from confide.platform.member_api import Outcome, RoundMember
+from confide.platform.service.client import CoordinatorRefused
+from confide.platform.service.errors import ServiceError
+from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
+from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
+
+ACTIVE = ("open", "collecting")
+SUMMED = ("summed", "closed")
+
+
+class AgentError(ServiceError):
+    """The agent cannot go on: wrong federation, policy refuses it, or the coordinator misbehaves."""
+
+
+class CoordinatorTransport(Protocol):
+    """How a driver reaches the coordinator: HTTP (`CoordinatorClient`) or in-process calls (the simulation).
+
+    Refusals are raised as `CoordinatorRefused` with the HTTP status the service would answer.
+    """
+
+    def federation(self, after_revision: int | None = None, wait_s: float = 0.0) -> FederationView: ...
+
+    def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
+                     n_values: int | None = None) -> Any: ...
+
+    def sealed_key(self) -> bytes: ...
+
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply: ...
+
+    def decline(self, round_index: int, reason: str) -> Any: ...
+
+    def report_undecryptable(self, round_index: int, sum_sha256: str, reason: str) -> Any: ...
+
+    def round_sum(self, round_index: int) -> bytes: ...
+
+
+def admit(federation: FederationPolicy, policy: InstitutionPolicy) -> None:
+    """Check the federation against the institution's policy before anything else; AgentError if it may not join."""
+    decision = decide_participation(federation, policy)
+    if not decision.allowed:
+        raise AgentError(f"{policy.institution_id} may not join {federation.federation_id}: "
+                         + "; ".join(decision.reasons))
+
+
+@dataclass
+class AgentReport:
+    """What one run of the agent did (rounds by index)."""
+
+    uploaded: list[int] = field(default_factory=list)
+    declined: list[int] = field(default_factory=list)
+    applied: list[int] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    missed: list[int] = field(default_factory=list)
+    finished: bool = False
+    adapter_dir: str | None = None
+
+
+class Journal:
+    """The agent's own small durable record: coordinator key, receipts, settled and answered rounds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"coordinator_signing_key": None, "receipts": {}, "answered": {}, "settled": {}}
+        if path.exists():
+            self.data.update(json.loads(path.read_text()))
+
+    def save(self) -> None:
+        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+
+    def answered(self, round_index: int) -> str | None:
+        return self.data["answered"].get(str(round_index))
+
+    def answer(self, round_index: int, how: str, receipt: dict | None = None) -> None:
+        self.data["answered"][str(round_index)] = how
+        if receipt is not None:
+            self.data["receipts"][str(round_index)] = receipt
+        self.save()
+
+    def settled(self, round_index: int) -> bool:
+        return str(round_index) in self.data["settled"]
+
+    def settle(self, round_index: int, how: str) -> None:
+        self.data["settled"][str(round_index)] = how
+        self.save()
+
+
+class RoundDriver:
+    """Drives one member through a federation: the one round sequence of `confide join` and `confide simulate`.
+
+    Admission happens before (`admit`); then, from each view of the federation: publish keys (key
+    holder), install the sealed key, check the ledger against our newest receipt, settle finished
+    rounds in order (decrypt, check the count, apply; or note the failure), answer the open round
+    (decide, reserve, train, encrypt, upload, check the receipt; or decline). Only the transport and
+    the clock differ between the network and a simulation. `on_settled(round, outcome)` is called
+    after each round we settle (the simulation evaluates there).
+    """
+
+    def __init__(self, member: RoundMember, client: CoordinatorTransport, federation: FederationPolicy,
+                 journal_path: Path, say: Callable[[str], None] = print, wait_s: float = 20.0,
+                 clock: Callable[[], float] = time.time, adapter_dir: Path | None = None,
+                 on_settled: Callable[[int, Outcome], None] | None = None) -> None:
+        self.member, self.client, self.federation = member, client, federation
+        self.journal = Journal(journal_path)
+        self.say, self.wait_s = say, wait_s
+        self.clock, self.adapter_dir, self.on_settled = clock, adapter_dir, on_settled
+        self.expected_policy = policy_sha256(federation)
+        self.report = AgentReport()
+        self.me = federation.member(member.institution_id)
+        self._anchored = False
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, once: bool = False) -> AgentReport:
+        """Take part until the federation finishes (or, with `once`, until our next round is settled)."""
+        revision: int | None = None
+        target: int | None = None
+        while True:
+            view = self.client.federation(after_revision=revision, wait_s=self.wait_s)
+            self._check(view)
+            # With `once`, the round we answered is the last: settle it, answer no other.
+            acted, answered = self.step(view, answer=not (once and target is not None))
+            if target is None and answered is not None:
+                target = answered
+            if once and target is not None and self.journal.settled(target):
+                return self.report
+            if view.status == "finished" and all(self.journal.settled(r.index) for r in view.rounds):
+                self.report.finished = True
+                self.report.adapter_dir = self._save_adapter()
+                self.say(f"federation {view.federation_id} finished; adapter saved to {self.report.adapter_dir}")
+                return self.report
+            revision = None if acted else view.revision
+
+    def step(self, view: FederationView, answer: bool = True) -> tuple[bool, int | None]:
+        """Do everything possible now (answering the open round only if `answer`).
+
+        Returns (did anything, the index of the open round if we answered it or had already).
+        """
+        if view.status == "setup":
+            if self.member.is_key_holder():
+                bundle = self.member.make_keys()
+                self.client.publish_keys(bundle.key_id, bundle.layout_hash, bundle.public_context, bundle.sealed,
+                                         bundle.n_values)
+                self.say(f"published key {bundle.key_id[:8]}... sealed for {len(bundle.sealed)} members")
+                return True, None
+            return False, None
+        acted = False
+        if not self.member.has_key():
+            self.member.install_key(self.client.sealed_key())
+            self.say(f"installed federation key {view.key_id[:8]}...")
+            acted = True
+        for r in view.rounds:
+            if r.status in ACTIVE:
+                if not answer:
+                    return acted, None
+                did, answered = self._answer(r)
+                return acted or did, answered
+            if not self.journal.settled(r.index):
+                self._settle(r)
+                acted = True
+        return acted, None
+
+    # -- rounds -------------------------------------------------------------------------------
+    def _settle(self, r: RoundView) -> None:
+        if r.status in SUMMED:
+            total = self.client.round_sum(r.index)
+            outcome = self.member.apply_sum(r.index, total)
+            {"applied": self.report.applied, "failed": self.report.failed}.get(
+                outcome.kind, self.report.aborted).append(r.index)
+            self.say(f"round {r.index}: {outcome.kind} the sum of {outcome.count} institution(s) {outcome.detail}")
+            if outcome.undecryptable:
+                # Signed by us: the coordinator cannot decrypt, so members tell it which sums break.
+                self.client.report_undecryptable(r.index, sha256(total), outcome.detail[:2000])
+        elif r.status == "failed":
+            outcome = self.member.note_failed_round(r.index, r.failure or "failed")
+            self.report.failed.append(r.index)
+            self.say(f"round {r.index}: failed at the coordinator ({r.failure})")
+        else:
+            return
+        self.journal.settle(r.index, outcome.kind)
+        if self.on_settled is not None:
+            self.on_settled(r.index, outcome)
+
+    def _answer(self, r: RoundView) -> tuple[bool, int | None]:
+        done = self.journal.answered(r.index)
+        if done is not None:
+            return False, r.index
+        if r.mine is None and self.clock() > r.deadline_at:
+            self.journal.answer(r.index, "missed")
+            self.report.missed.append(r.index)
+            self.say(f"round {r.index}: its deadline passed before we could answer")
+            return True, r.index
+        contribution = self.member.take_part(r.index)  # idempotent: a resumed round is never retrained
+        try:
+            if contribution.kind == "upload":
+                reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head)
+                receipt = self.member.record_receipt(r.index, _receipt_dict(reply), contribution.envelope,
+                                                     self._coordinator_key())
+                self.journal.answer(r.index, "uploaded", receipt)
+                self.report.uploaded.append(r.index)
+                self.say(f"round {r.index}: uploaded {reply.size_bytes} bytes, receipt {reply.signature[:12]}...")
+            else:
+                self.client.decline(r.index, contribution.reason or "declined")
+                self.journal.answer(r.index, "declined")
+                self.report.declined.append(r.index)
+                self.say(f"round {r.index}: declined ({contribution.reason})")
+        except CoordinatorRefused as exc:
+            if exc.status != 409:
+                raise
+            # The round closed (deadline or quorum) while we trained: our answer no longer counts.
+            self.journal.answer(r.index, "missed")
+            self.report.missed.append(r.index)
+            self.say(f"round {r.index}: too late ({exc.detail})")
+        return True, r.index
+
+    def _coordinator_key(self) -> bytes:
+        return unb64(self.journal.data["coordinator_signing_key"], "coordinator signing key", 32)
+
+    def _check(self, view: FederationView) -> None:
+        if view.federation_id != self.federation.federation_id:
+            raise AgentError(f"the coordinator runs federation {view.federation_id}, not {self.federation.federation_id}")
+        if view.policy_sha256 != self.expected_policy:
+            raise AgentError("the coordinator's federation file differs from ours",
+                             "both sides must use the same federation file; compare them")
+        known = self.journal.data["coordinator_signing_key"]
+        if known is None:
+            self.journal.data["coordinator_signing_key"] = view.coordinator_signing_key
+            self.journal.save()
+        elif known != view.coordinator_signing_key:
+            raise AgentError("the coordinator's receipt-signing key changed since we first joined",
+                             "its state directory was replaced; ask its operator")
+        if not self._anchored:
+            # Before anything is spent: our ledger must hold the head our newest receipt names.
+            if view.last_receipt is not None:
+                receipt = _receipt_dict(view.last_receipt)
+                self.member.record_receipt(view.last_receipt.round, receipt, None, self._coordinator_key())
+                self.member.check_anchor(receipt)
+            self._anchored = True
+
+    def _save_adapter(self) -> str:
+        out = self.adapter_dir if self.adapter_dir is not None else Path(self.journal.path).parent / "final-adapter"
+        return self.member.save_adapter(out)
+
+
+def _receipt_dict(reply: ReceiptReply) -> dict:
+    return Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature,
+                   reply.ledger_seq, reply.ledger_head).to_dict()
+
+
+def _receipt_dict(reply: ReceiptReply) -> dict:
+    return Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature,
+                   reply.ledger_seq, reply.ledger_head).to_dict()
+
+

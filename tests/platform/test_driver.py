@@ -1,0 +1,217 @@
+"""One round driver for the network and the simulation; a member killed at any step resumes correctly."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from confide.aggregation.codec import flatten
+from confide.platform import member as member_module
+from confide.platform.member import Member
+from confide.platform.service.driver import Journal, RoundDriver
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.simulation import InProcessTransport, SimulatedClock, SimulationError, Simulation, _Idle
+from confide.platform.simulation import run_simulation
+from confide.privacy.trainable import trainable_state
+from tests.network.conftest import make_federation
+from tests.network.fake_member import FakeMember
+from tests.network.test_agent import agent_for, run_all
+from tests.network.test_tls_client import free_port, serve
+from tests.platform.federation_kit import load_files, make_federation_files
+
+
+class Crash(BaseException):
+    """An injected kill: not an Exception, so nothing on the way catches it (like SIGKILL)."""
+
+
+def _drivers_in_process(hub: CoordinatorHub, members: dict, federation, root: Path, clock=None, idle=None):
+    clock, idle = clock or SimulatedClock(), idle or _Idle()
+    return {m: RoundDriver(member, InProcessTransport(hub, m, clock, idle), federation, root / m / "agent.json",
+                           say=lambda _line: None, wait_s=0.2, clock=clock, adapter_dir=root / m / "final")
+            for m, member in members.items()}
+
+
+def _run_threads(drivers: dict[str, RoundDriver]) -> dict:
+    reports, errors = {}, []
+
+    def run(name: str, driver: RoundDriver) -> None:
+        try:
+            reports[name] = driver.run()
+        except BaseException as exc:  # surfaced below
+            errors.append((name, exc))
+
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in drivers.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    return reports
+
+
+@pytest.mark.integration
+def test_the_network_agent_and_the_in_process_transport_run_the_same_driver(tmp_path):
+    # Over HTTPS, with a real coordinator process-in-thread and TLS...
+    federation = make_federation(tmp_path / "net", rounds=2)
+    port = free_port()
+    running = serve(federation, tmp_path / "net" / "coordinator", port)
+    pin = (tmp_path / "net" / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+    network = (federation, running, f"https://127.0.0.1:{port}", pin, tmp_path / "net")
+    try:
+        agents = [agent_for(network, who) for who in ("a", "b", "c")]
+        assert all(isinstance(a, RoundDriver) for a in agents)
+        net_reports = run_all(agents)
+    finally:
+        running.stop()
+    # ...and in process, over the same hub class the service runs, with the same members.
+    hub = CoordinatorHub(federation.policy, tmp_path / "local" / "coordinator")
+    members = {who: FakeMember(federation.policy, federation.identities[who], tmp_path / "local" / who)
+               for who in ("a", "b", "c")}
+    local_reports = _run_threads(_drivers_in_process(hub, members, federation.policy, tmp_path / "local"))
+    hub.close()
+    for who, net in zip(("a", "b", "c"), net_reports):
+        local = local_reports[who]
+        assert (net.uploaded, net.applied, net.declined, net.failed) == \
+               (local.uploaded, local.applied, local.declined, local.failed) == ([1, 2], [1, 2], [], [])
+    net_adapters = [a.member.adapter for a in agents]
+    local_adapters = [members[w].adapter for w in ("a", "b", "c")]
+    # Within each run the members hold bit-identical adapters; across the two runs they agree up
+    # to the CKKS noise of two independent encryptions.
+    assert all(np.array_equal(net_adapters[0], x) for x in net_adapters)
+    assert all(np.array_equal(local_adapters[0], x) for x in local_adapters)
+    assert np.abs(net_adapters[0] - local_adapters[0]).max() < 1e-6
+    # Both ways the coordinator's receipts were checked and kept with the same rounds.
+    for who in ("a", "b", "c"):
+        assert sorted(Journal(tmp_path / "local" / who / "agent.json").data["receipts"]) == ["1", "2"]
+
+
+def test_the_simulation_refuses_an_institution_whose_policy_refuses_the_federation(tmp_path):
+    federation, institutions = load_files(*make_federation_files(tmp_path / "files"))
+    strict = institutions[1].model_copy(update={"accepts": institutions[1].accepts.model_copy(
+        update={"federations": ["another-federation"]})})
+    with pytest.raises(SimulationError, match="b may not join tiny"):
+        run_simulation(Simulation(federation, [institutions[0], strict, institutions[2]], tmp_path / "out", workers=0))
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+# Where a member can die in a round, each after the step named has completed.
+KILL_POINTS = {
+    "reserved": ("reserve_round", None),
+    "trained": ("_train", None),
+    "envelope written": ("write_atomically", "r1.envelope"),
+    "upload recorded in the ledger": ("ledger_append", "outcome"),
+    "uploaded, reply lost": ("transport_upload", None),
+    "receipt kept": ("journal_answer", None),
+    "adapter written": ("write_atomically", "adapter-r1.npy"),
+    "round recorded as applied": ("write_atomically", "member.json"),
+    "settled in the journal": ("journal_settle", None),
+}
+
+
+def _arm(monkeypatch, point: str, fired: list) -> None:
+    """Make the member's process die right after the step `point`, once, in round 1."""
+    what, detail = KILL_POINTS[point]
+
+    def after(original, condition=lambda *a, **k: True):
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            if not fired and threading.current_thread().name == "victim" and condition(*args, **kwargs):
+                fired.append(point)
+                raise Crash(point)
+            return result
+        return wrapped
+
+    if what == "reserve_round":
+        monkeypatch.setattr(member_module, "reserve_round", after(member_module.reserve_round))
+    elif what == "_train":
+        monkeypatch.setattr(Member, "_train", after(Member._train))
+    elif what == "write_atomically":
+        monkeypatch.setattr(member_module, "write_atomically",
+                            after(member_module.write_atomically, lambda path, *a, **k: Path(path).name == detail))
+    elif what == "ledger_append":
+        from confide.privacy.ledger import PrivacyLedger
+        monkeypatch.setattr(PrivacyLedger, "append", after(PrivacyLedger.append, lambda self, kind, *a, **k: kind == detail))
+    elif what == "transport_upload":
+        monkeypatch.setattr(InProcessTransport, "upload", after(InProcessTransport.upload))
+    elif what == "journal_answer":
+        monkeypatch.setattr(Journal, "answer", after(Journal.answer))
+    elif what == "journal_settle":
+        monkeypatch.setattr(Journal, "settle", after(Journal.settle))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_member_killed_at_any_step_resumes_without_training_spending_or_applying_twice(tmp_path, monkeypatch,
+                                                                                          point):
+    federation, institutions = load_files(*make_federation_files(tmp_path, ids=("a", "b"), rounds=2))
+    hub = CoordinatorHub(federation, tmp_path / "coordinator")
+    clock, idle = SimulatedClock(), _Idle()
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    drivers = _drivers_in_process(hub, members, federation, tmp_path / "agents", clock, idle)
+    fired: list = []
+    _arm(monkeypatch, point, fired)
+    survivor = threading.Thread(target=drivers["b"].run, daemon=True)
+    survivor.start()
+    killed = threading.Thread(target=lambda: _expect_crash(drivers["a"]), name="victim", daemon=True)
+    killed.start()
+    killed.join(timeout=300)
+    assert fired == [point], "the kill point was never reached"
+    # A new process: fresh member and driver objects over the same state directories.
+    monkeypatch.undo()
+    restarted = Member(federation, institutions[0])
+    again = _drivers_in_process(hub, {"a": restarted}, federation, tmp_path / "agents", clock, idle)["a"]
+    report = again.run()
+    survivor.join(timeout=300)
+    assert report.finished and hub.state.status == "finished"
+    finals = {}
+    for name in ("a", "b"):
+        member = restarted if name == "a" else members["b"]
+        finals[name] = flatten(trainable_state(member.model))[0]
+        entries = member.ledger.entries()
+        for round_index in (1, 2):
+            of_round = [e for e in entries if e["round"] == round_index and e["federation"] == "tiny"]
+            kinds = [e["kind"] for e in of_round]
+            assert kinds.count("spend") <= 1, (name, round_index, kinds)
+            assert kinds.count("outcome") <= 1, (name, round_index, kinds)  # trained at most once
+            summed = hub.state.rounds[round_index - 1].status in ("summed", "closed")
+            assert kinds.count("applied") == int(summed), (name, round_index, kinds)  # applied exactly once
+        assert member.ledger.verify(member.identity.public) == []
+    assert np.array_equal(finals["a"], finals["b"])
+    hub.close()
+
+
+def _expect_crash(driver: RoundDriver) -> None:
+    with pytest.raises(Crash):
+        driver.run()
+
+
+def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head(tmp_path):
+    from confide.formats import Receipt, sha256
+    from confide.identity import Identity, b64
+    from confide.platform.member import MemberError
+
+    federation, institutions = load_files(*make_federation_files(tmp_path, ids=("a", "b")))
+    a = Member(federation, institutions[0])
+    a.install_key(a.make_keys().sealed["a"])
+    contribution = a.take_part(1)
+    coordinator = Identity.generate("coordinator")
+    seq, head = contribution.ledger_head
+
+    def signed(**changes) -> dict:
+        receipt = Receipt("tiny", 1, "a", sha256(contribution.envelope), ledger_seq=seq, ledger_head=head)
+        receipt = Receipt(**{**receipt.__dict__, **changes})
+        return {**receipt.to_dict(), "signature": b64(coordinator.sign(receipt.message()))}
+
+    key = coordinator.public.signing_public
+    assert a.record_receipt(1, signed(), contribution.envelope, key)["ledger_seq"] == seq
+    with pytest.raises(MemberError, match="ledger head"):
+        a.record_receipt(1, signed(ledger_seq=seq - 1), contribution.envelope, key)
+    with pytest.raises(MemberError, match="does not describe"):
+        a.record_receipt(1, signed(envelope_sha256="0" * 64), contribution.envelope, key)
+    forged = {**signed(), "signature": signed(round=2)["signature"]}
+    with pytest.raises(MemberError, match="signature"):
+        a.record_receipt(1, forged, contribution.envelope, key)
+    assert [e["kind"] for e in a.ledger.entries()].count("receipt") == 1
