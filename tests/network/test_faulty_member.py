@@ -13,7 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import encrypt_update
+from confide.aggregation.envelope import encrypt_update, read_header
+from confide.aggregation.errors import DecryptionCheckFailed
+from confide.aggregation.keys import create_key_material
+from confide.aggregation.params import CkksParameters
+from confide.aggregation.wire import KIND_UPDATE, build_envelope
+from confide.formats import sha256
 from confide.platform.protocol import FederationState
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
@@ -129,3 +134,87 @@ def test_the_federation_finishes_with_the_honest_members_when_one_uploads_the_wr
         assert outcomes[who].finished and outcomes[who].applied == [1, 2]
         # deltas 1 and 2 times the round: averages 1.5 then 3
         assert np.allclose(agents[who].member.adapter, np.full(SIZE, 4.5))
+
+
+class ToleratesBadSums(FakeMember):
+    """A member that settles a round as failed when its sum does not decrypt (as the real Member does),
+    and reports it to the coordinator through `reporter` before doing anything else (so before its
+    agent answers the next round, the order the coordinator's search relies on)."""
+
+    reporter = None
+
+    def apply_sum(self, round_index: int, sum_envelope: bytes):
+        try:
+            return super().apply_sum(round_index, sum_envelope)
+        except DecryptionCheckFailed as exc:
+            self.reporter(round_index, sha256(sum_envelope), f"count slot check failed: {exc}")
+            return self.note_failed_round(round_index, f"the sum does not decrypt: {exc}")
+
+
+class Undecryptable(ToleratesBadSums):
+    """Uploads well-formed envelopes under the federation's key id whose ciphertexts were made with
+    another secret key: nothing short of decrypting tells them from good ones."""
+
+    def take_part(self, round_index: int) -> Contribution:
+        other = create_key_material(CkksParameters(**self.federation.ckks.model_dump()))
+        forged = encrypt_update(other, np.ones(SIZE), 1.0, LAYOUT)
+        header = read_header(forged)
+        blobs = [forged[o:o + n] for o, n in zip(header.ciphertext_offsets(), header.ciphertext_lengths)]
+        envelope = build_envelope(KIND_UPDATE, self._secret().key_id, LAYOUT, SIZE, header.slots, 1, blobs)
+        return Contribution("upload", envelope=envelope)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_others_finish(tmp_path):
+    federation = make_federation(tmp_path, rounds=6, min_institutions=2, deadline_s=20)
+    port = free_port()
+    running = serve(federation, tmp_path / "coordinator", port)
+    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+    url = f"https://127.0.0.1:{port}"
+    agents, outcomes = {}, {}
+    try:
+        for who, member_class in (("a", ToleratesBadSums), ("b", ToleratesBadSums), ("c", Undecryptable)):
+            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
+            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
+            member.reporter = client.report_undecryptable
+            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
+                                say=lambda _line: None, wait_s=1)
+
+        def run(who: str) -> None:
+            try:
+                outcomes[who] = agents[who].run()
+            except Exception as exc:  # the excluded member's agent may stop on a refusal
+                outcomes[who] = exc
+
+        threads = [threading.Thread(target=run, args=(who,)) for who in agents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=150)
+        assert not any(thread.is_alive() for thread in threads)
+        state = running.hub.state
+        view = running.hub.view_for("a")
+    finally:
+        for agent in agents.values():
+            agent.client.close()
+        running.stop()
+
+    # c is refused (403) if it uploads while a round is open, or too late (409) once the others'
+    # uploads are enough to sum without waiting for it.
+    faulty = outcomes["c"]
+    if isinstance(faulty, CoordinatorRefused):
+        assert faulty.status == 403 and "excluded" in faulty.detail
+    else:
+        assert faulty.uploaded == [1, 2, 3, 4] and faulty.missed == [5, 6]
+    assert list(state.excluded) == ["c"] and view.excluded == state.excluded
+    assert state.status == "finished"
+    # Rounds 1-3 held c's upload (round 2 left a out, round 3 b) and did not decrypt; from round 4
+    # on c is kept out, and the honest two apply every sum.
+    assert [r.contributors for r in state.rounds] == [["a", "b", "c"], ["b", "c"], ["a", "c"],
+                                                      ["a", "b"], ["a", "b"], ["a", "b"]]
+    assert [len(r.undecryptable) >= 2 for r in state.rounds] == [True, True, True, False, False, False]
+    for who in ("a", "b"):
+        assert outcomes[who].finished and outcomes[who].failed == [1, 2, 3] and outcomes[who].applied == [4, 5, 6]
+        # deltas 1 and 2 times the round, averaged over rounds 4-6: 1.5 * (4 + 5 + 6)
+        assert np.allclose(agents[who].member.adapter, np.full(SIZE, 22.5))

@@ -25,7 +25,7 @@ from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
 from confide.formats import Receipt, sha256, write_atomically
 from confide.identity import Identity, b64
-from confide.platform import protocol
+from confide.platform import faults, protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
 
 MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
@@ -289,7 +289,18 @@ class Coordinator:
         decision = protocol.sum_decision(self.state, now)
         current = self.state.current
         if decision == "sum":
-            contributors = sorted(current.uploads)
+            # Reports on earlier rounds are in (members settle rounds in order before answering):
+            # narrow the suspects of broken sums, and keep the right uploads out of this one.
+            reviewed = faults.review(self.state)
+            left_out = faults.leave_out(reviewed, sorted(current.uploads))
+            contributors = [i for i in sorted(current.uploads) if i not in left_out]
+            if len(contributors) < reviewed.min_institutions:
+                reason = (f"{len(contributors)} upload(s) once excluded members' are left out, "
+                          f"min_institutions is {reviewed.min_institutions}")
+                new = protocol.fail_round(reviewed, current.index, reason)
+                self.store.save(new, "failed", {"round": current.index, "reason": reason})
+                self.state = new
+                return "fail"
             paths = [self.blob_path(f"upload-r{current.index}-{i}.bin") for i in contributors]
             try:
                 total = sum_envelopes(self.public_context, paths, workers=workers)
@@ -297,13 +308,15 @@ class Coordinator:
                 # Uploads are fully checked on arrival, so this means damaged storage: fail the
                 # round with the reason rather than retrying a sum that cannot succeed forever.
                 reason = f"summing failed: {exc}"
-                new = protocol.fail_round(self.state, current.index, reason)
+                new = protocol.fail_round(reviewed, current.index, reason)
                 self.store.save(new, "failed", {"round": current.index, "reason": reason})
                 self.state = new
                 return "fail"
             self._put_blob(f"sum-r{current.index}.bin", total)
-            new = protocol.record_sum(self.state, current.index, sha256(total), contributors)
-            self.store.save(new, "summed", {"round": current.index, "contributors": contributors})
+            new = protocol.record_sum(reviewed, current.index, sha256(total), contributors, left_out)
+            self.store.save(new, "summed", {"round": current.index, "contributors": contributors,
+                                            "left_out": left_out, "excluded": sorted(new.excluded),
+                                            "suspects": new.suspects})
             self.state = new
         elif decision == "fail":
             reason = (f"{len(current.uploads)} upload(s), min_institutions is {self.state.min_institutions}")
@@ -311,6 +324,14 @@ class Coordinator:
             self.store.save(new, "failed", {"round": current.index, "reason": reason})
             self.state = new
         return decision
+
+    def report_undecryptable(self, institution: str, round_index: int, sum_sha256: str, reason: str) -> None:
+        """Record a member's report that a round's sum does not decrypt (see `faults`)."""
+        new = protocol.record_undecryptable(self.state, institution, round_index, sum_sha256, reason)
+        if new is not self.state:
+            self.store.save(new, "undecryptable", {"round": round_index, "institution": institution,
+                                                   "reason": reason})
+            self.state = new
 
     def sum_for(self, round_index: int) -> bytes:
         rounds = {r.index: r for r in self.state.rounds}

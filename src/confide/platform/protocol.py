@@ -49,6 +49,8 @@ class Round:
     sum_sha256: str | None = None
     contributors: list[str] = field(default_factory=list)
     failure: str | None = None
+    left_out: list[str] = field(default_factory=list)  # accepted uploads kept out of the sum (see `faults`)
+    undecryptable: dict[str, str] = field(default_factory=dict)  # member -> reason, from signed reports
 
     def responded(self) -> set[str]:
         return set(self.uploads) | set(self.declined)
@@ -76,6 +78,9 @@ class FederationState:
     status: FederationStatus = "setup"
     key_setup: KeySetup | None = None
     rounds: list[Round] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)  # member -> why its uploads are no longer taken
+    suspects: list[str] | None = None  # who may be breaking sums (None: no unexplained broken round)
+    reviewed_round: int = 0  # rounds up to this one have been taken into account by `faults.review`
 
     @property
     def current(self) -> Round | None:
@@ -180,6 +185,9 @@ def accept_upload(
         raise ProtocolViolation(f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)
     if layout_hash != state.key_setup.layout_hash:
         raise ProtocolViolation("envelope adapter layout differs from the federation's", 422)
+    if institution in state.excluded:
+        raise ProtocolViolation(f"{institution} is excluded from {state.federation_id}: "
+                                f"{state.excluded[institution]}", 403)
     previous = current.uploads.get(institution)
     if previous is not None:
         if previous.envelope_sha256 == envelope_sha256:
@@ -217,25 +225,49 @@ def sum_decision(state: FederationState, now: float) -> Literal["wait", "sum", "
     if current is None or current.status not in ("open", "collecting"):
         return "wait"
     enough = len(current.uploads) >= state.min_institutions
-    everyone = current.responded() >= set(state.members)
+    everyone = current.responded() >= set(state.members) - set(state.excluded)
     if everyone or now > current.deadline_at:
         return "sum" if enough else "fail"
     return "wait"
 
 
-def record_sum(state: FederationState, round_index: int, sum_sha256: str, contributors: list[str]) -> FederationState:
-    """The coordinator added the current round's uploads: remember who is in the sum and its hash."""
+def record_sum(state: FederationState, round_index: int, sum_sha256: str, contributors: list[str],
+               left_out: list[str] = ()) -> FederationState:
+    """The coordinator added the current round's uploads: remember who is in the sum and its hash.
+
+    `left_out` are accepted uploads kept out of this sum while a member that breaks sums is looked
+    for (see `faults.leave_out`); every accepted upload is either a contributor or left out.
+    """
     current = state.current
     if current is None or current.index != round_index or current.status not in ("open", "collecting"):
         raise ProtocolViolation(f"round {round_index} cannot be summed now")
-    if sorted(contributors) != sorted(current.uploads):
-        raise ProtocolViolation("the sum must cover exactly the accepted uploads", 500)
+    if sorted(list(contributors) + list(left_out)) != sorted(current.uploads) or set(contributors) & set(left_out):
+        raise ProtocolViolation("the sum must cover exactly the accepted uploads not left out", 500)
     if len(contributors) < state.min_institutions:
         raise ProtocolViolation(f"only {len(contributors)} uploads, min_institutions is {state.min_institutions}")
     new = copy.deepcopy(state)
     new.current.status = "summed"
     new.current.sum_sha256 = sum_sha256
     new.current.contributors = sorted(contributors)
+    new.current.left_out = sorted(left_out)
+    return new
+
+
+def record_undecryptable(state: FederationState, institution: str, round_index: int, sum_sha256: str,
+                         reason: str) -> FederationState:
+    """A member reports that the round's published sum does not decrypt (its count or padding
+    check failed). Only a member's report of the sum actually published counts; once per member."""
+    _require_member(state, institution)
+    rounds = {r.index: r for r in state.rounds}
+    r = rounds.get(round_index)
+    if r is None or r.sum_sha256 is None:
+        raise ProtocolViolation(f"round {round_index} has no sum to report on", 409 if r else 404)
+    if sum_sha256 != r.sum_sha256:
+        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one reported", 409)
+    if institution in r.undecryptable:
+        return state
+    new = copy.deepcopy(state)
+    next(x for x in new.rounds if x.index == round_index).undecryptable[institution] = reason
     return new
 
 

@@ -27,7 +27,7 @@ from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
 from confide.platform.service.messages import (
     HEX64, INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
-    KeySetupRequest, ReceiptReply,
+    KeySetupRequest, ReceiptReply, ReportReply, UndecryptableReport,
 )
 from confide.platform.service.signing import Unauthorized
 
@@ -240,6 +240,21 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         await run_in_threadpool(hub.decline, institution, round_index, request_body.reason, time.time())
         changed(poke=True)
         return DeclineReply(round=round_index, institution=institution)
+
+    @app.post("/v1/rounds/{round_index}/reports/{institution}", response_model=ReportReply, tags=["rounds"],
+              responses=_ERRORS)
+    async def report_undecryptable(
+        request_body: UndecryptableReport,
+        round_index: int = Path(ge=1, le=1_000_000),
+        institution: str = Path(pattern=INSTITUTION),
+        who: str = Depends(member),
+    ) -> ReportReply:
+        """Report that the round's published sum fails this member's decryption checks (see `faults`)."""
+        same(who, institution)
+        count = await run_in_threadpool(hub.report_undecryptable, institution, round_index,
+                                        request_body.sum_sha256, request_body.reason)
+        changed()
+        return ReportReply(round=round_index, institution=institution, reports=count)
 
     @app.get("/v1/rounds/{round_index}/sum", response_class=Response, tags=["rounds"],
              responses={200: {"content": _BINARY}, **_ERRORS})

@@ -24,6 +24,7 @@ from confide.identity import Identity
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
     DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply, KeySetupRequest, ReceiptReply,
+    ReportReply, UndecryptableReport,
 )
 from confide.platform.service.signing import sign_request
 from confide.platform.service.tls import TlsError, ca_context, fetch_certificate, is_loopback, pinned_context
@@ -197,6 +198,14 @@ class CoordinatorClient:
         path = f"/v1/rounds/{round_index}/declines/{self.identity.institution_id}"
         response = self.call("POST", path, content=body.model_dump_json().encode(), content_type="application/json")
         return self._parse(response, DeclineReply)
+
+    def report_undecryptable(self, round_index: int, sum_sha256: str, reason: str) -> ReportReply:
+        """Tell the coordinator the round's sum failed our decryption checks. Send it before answering
+        the next round: the coordinator narrows its suspects when it sums that round."""
+        body = UndecryptableReport(sum_sha256=sum_sha256, reason=reason[:500] or "does not decrypt")
+        path = f"/v1/rounds/{round_index}/reports/{self.identity.institution_id}"
+        response = self.call("POST", path, content=body.model_dump_json().encode(), content_type="application/json")
+        return self._parse(response, ReportReply)
 
     def round_sum(self, round_index: int) -> bytes:
         return self.call("GET", f"/v1/rounds/{round_index}/sum", timeout_s=600).content

@@ -53,6 +53,9 @@ class RoundView(WireModel):
     contributors: int = Field(description="Uploads in the sum (0 until summed).")
     sum_sha256: str | None = Field(description="SHA-256 of the sum envelope once summed.")
     failure: str | None = Field(description="Why the round failed, if it did.")
+    left_out: int = Field(0, description="Accepted uploads kept out of the sum while a faulty member is sought.")
+    mine_left_out: bool = Field(False, description="Whether the asking member's upload was kept out of the sum.")
+    undecryptable: int = Field(0, description="Members that reported the sum does not decrypt.")
 
 
 class FederationView(WireModel):
@@ -70,6 +73,9 @@ class FederationView(WireModel):
     n_values: int | None = Field(None, description="Values every envelope must hold, if the key holder said.")
     coordinator_signing_key: str = Field(description="Ed25519 key (base64) that signs receipts.")
     revision: int = Field(description="Grows with every state change; pass it back as `after_revision`.")
+    excluded: dict[str, str] = Field(
+        default_factory=dict, description="Members whose uploads are refused because their sums kept not "
+        "decrypting, with the reason.")
     rounds: list[RoundView]
     last_receipt: ReceiptReply | None = Field(
         None, description="The asking member's latest receipt: its ledger must hold the head it names.")
@@ -107,6 +113,21 @@ class DeclineReply(WireModel):
 
     round: int
     institution: str
+
+
+class UndecryptableReport(WireModel):
+    """Body of `POST /v1/rounds/{round}/reports/{institution}`: the round's sum failed our decryption checks."""
+
+    sum_sha256: str = Field(pattern=HEX64, description="SHA-256 of the sum envelope that did not decrypt.")
+    reason: str = Field(min_length=1, max_length=500, description="Which check failed (count, padding, weight).")
+
+
+class ReportReply(WireModel):
+    """Reply of a recorded report: how many members reported this round's sum so far."""
+
+    round: int
+    institution: str
+    reports: int
 
 
 class ReceiptReply(WireModel):

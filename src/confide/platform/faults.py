@@ -1,0 +1,85 @@
+"""Finding the member whose uploads break sums, without the key: group tests across rounds.
+
+The coordinator cannot decrypt, so it cannot tell a good upload from one that is well formed but
+does not decrypt (encrypted under another key, or holding values that overflow the sum). Members
+can: a member whose decryption of a round's sum fails its checks reports it, signed
+(`protocol.record_undecryptable`). A round is *broken* when at least `min_institutions` members
+reported it, so one member's reports alone cannot make honest members look faulty.
+
+Assuming one member keeps breaking sums, it is in every broken round and in no round that
+decrypts. So the coordinator keeps a set of suspects and narrows it with each summed round:
+
+- a broken round: suspects = suspects (everyone, at first) that are in its sum;
+- a round that decrypted: suspects = suspects that are not in its sum;
+- one suspect left: it is excluded (its uploads are refused from then on, with the reason), as
+  long as enough members remain for `min_institutions`; none left: the evidence contradicts the
+  assumption (an intermittent fault, several faulty members, false reports) and the search restarts.
+
+While there are suspects, each sum leaves half of the uploading suspects out (`leave_out`), so a
+broken round or a good one halves the suspects: about log2(members) rounds find the member.
+
+Why across rounds and never by summing subsets of one round: two sums over one round's uploads
+that differ in one member let every key holder subtract them and read that member's update, and a
+faulty member that holds the key could provoke such tests on purpose. Each round's sum covers
+fresh updates, as when a member drops out of a round. A left-out member's privacy spend is
+counted by the member as for any upload; it simply adds nothing that round.
+
+This relies on agents reporting a failed decryption before they answer the next round (agents
+settle rounds in order), so that when round r is summed the reports on rounds before r are in.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from confide.platform.protocol import FederationState, Round
+
+
+def is_broken(state: FederationState, r: Round) -> bool:
+    """Whether enough members reported that round `r`'s sum does not decrypt."""
+    return r.sum_sha256 is not None and len(r.undecryptable) >= state.min_institutions
+
+
+def review(state: FederationState) -> FederationState:
+    """Narrow the suspects (and exclude a member) with every summed round before the current one
+    not yet reviewed. Pure; returns `state` itself when there was nothing new."""
+    current = state.current
+    upto = current.index - 1 if current is not None else 0
+    if upto <= state.reviewed_round:
+        return state
+    new = copy.deepcopy(state)
+    for r in new.rounds:
+        if not new.reviewed_round < r.index <= upto or r.sum_sha256 is None:
+            continue
+        in_sum = set(r.contributors)
+        if is_broken(new, r):
+            pool = set(new.suspects) if new.suspects is not None else set(new.members)
+            suspects = (pool & in_sum) - set(new.excluded)
+        elif new.suspects is not None:
+            suspects = set(new.suspects) - in_sum
+        else:
+            continue
+        if len(suspects) == 1 and len(new.members) - len(new.excluded) - 1 >= new.min_institutions:
+            (culprit,) = suspects
+            new.excluded[culprit] = (f"sums with its upload did not decrypt (reported by members, last in round "
+                                     f"{r.index}) and sums without it did")
+            new.suspects = None
+        else:
+            new.suspects = sorted(suspects) or None
+    new.reviewed_round = upto
+    return new
+
+
+def leave_out(state: FederationState, uploads: list[str]) -> list[str]:
+    """Which of the current round's accepted uploads to keep out of its sum: excluded members' (an
+    upload accepted before its sender was excluded) and half of the uploading suspects, as far as
+    `min_institutions` allows."""
+    out = sorted(set(uploads) & set(state.excluded))
+    remaining = [u for u in uploads if u not in out]
+    if state.suspects is None:
+        return out
+    candidates = sorted(set(state.suspects) & set(remaining))
+    k = max(1, len(candidates) // 2) if candidates else 0
+    while k > 0 and len(remaining) - k < state.min_institutions:
+        k -= 1
+    return sorted(out + candidates[:k])
