@@ -6,6 +6,7 @@ count is refused on arrival (422), before it can fail a round that honest member
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -18,7 +19,6 @@ from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.keys import create_key_material
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import KIND_UPDATE, build_envelope
-from confide.formats import sha256
 from confide.platform.protocol import FederationState
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
@@ -137,18 +137,15 @@ def test_the_federation_finishes_with_the_honest_members_when_one_uploads_the_wr
 
 
 class ToleratesBadSums(FakeMember):
-    """A member that settles a round as failed when its sum does not decrypt (as the real Member does),
-    and reports it to the coordinator through `reporter` before doing anything else (so before its
-    agent answers the next round, the order the coordinator's search relies on)."""
-
-    reporter = None
+    """A member that settles a round as failed when its sum does not decrypt, marking the outcome
+    undecryptable as the real Member does; the agent then reports it to the coordinator."""
 
     def apply_sum(self, round_index: int, sum_envelope: bytes):
         try:
             return super().apply_sum(round_index, sum_envelope)
         except DecryptionCheckFailed as exc:
-            self.reporter(round_index, sha256(sum_envelope), f"count slot check failed: {exc}")
-            return self.note_failed_round(round_index, f"the sum does not decrypt: {exc}")
+            failed = self.note_failed_round(round_index, f"the sum does not decrypt: {exc}")
+            return dataclasses.replace(failed, undecryptable=True)
 
 
 class Undecryptable(ToleratesBadSums):
@@ -177,7 +174,6 @@ def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_oth
         for who, member_class in (("a", ToleratesBadSums), ("b", ToleratesBadSums), ("c", Undecryptable)):
             member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
             client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
-            member.reporter = client.report_undecryptable
             agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
                                 say=lambda _line: None, wait_s=1)
 
