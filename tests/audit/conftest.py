@@ -56,10 +56,10 @@ def tiny_policies(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("canary")
     write_records(tmp / "a.jsonl", 64)
     a, b = Identity.generate("hospital-a"), Identity.generate("hospital-b")
-    federation = load_federation(_write(tmp / "federation.yaml", federation_yaml(a, b, 0.5, "prv", 1e-5) + (
-        "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n"
-        "training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
-        "  learning_rate: 0.05\n  optimizer: sgd\n")))
+    training = ("training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
+                "  learning_rate: 0.05\n  optimizer: sgd\n")
+    federation = load_federation(_write(tmp / "federation.yaml", federation_yaml(a, b, 0.5, "prv", 1e-5, training) + (
+        "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n")))
     institution = load_institution(_write(tmp / "policy.yaml", institution_yaml(8.0, None, 1.0).replace(
         "data:\n  path: data.jsonl\n  format: jsonl\n",
         "data:\n  path: a.jsonl\n  format: jsonl\n  eval_fraction: 0\n")))

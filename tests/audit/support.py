@@ -53,7 +53,9 @@ class World:
         return b64(self.coordinator.public.signing_public)
 
 
-def federation_yaml(a: Identity, b: Identity, min_noise: float, accountant: str, delta: float) -> str:
+def federation_yaml(a: Identity, b: Identity, min_noise: float, accountant: str, delta: float,
+                    training: str | None = None) -> str:
+    """The test federation; `training` replaces its training section (default: the steps SPEND takes)."""
     roster = ""
     for ident in (a, b):
         entry = ident.public.to_roster_entry(ident.institution_id)
@@ -61,6 +63,7 @@ def federation_yaml(a: Identity, b: Identity, min_noise: float, accountant: str,
                    f"    sealing_key: {entry['sealing_key']}\n")
     return (f"kind: federation\nfederation_id: {FEDERATION_ID}\nroster:\n{roster}"
             "model:\n  source: random:tiny-bert\n  labels: [x, y]\nrounds: 5\nmin_institutions: 2\n"
+            + (training if training is not None else f"training:\n  steps_per_round: {SPEND['steps']}\n") +
             f"privacy:\n  delta: {delta}\n  accountant: {accountant}\n  min_noise_multiplier: {min_noise}\n")
 
 

@@ -286,3 +286,62 @@ def test_spend_with_an_unknown_accountant_is_caught(world):
     result = full_audit(world)
     assert [c.seq for c in failed(result, "epsilon_accountant")] == [1]
     assert [c.seq for c in failed(result, "federation_accountant")] == [1]
+
+
+def test_resigned_ledger_with_steps_other_than_the_federation_file_fails(world):
+    entries = read_entries(world.ledger)
+    entries[SPEND_SEQS[1] - 1]["steps"] = SPEND["steps"] // 2
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world, receipts=None)
+    assert [c.seq for c in failed(result, "federation_steps")] == [SPEND_SEQS[1]]
+    assert result.exit_code == 1
+
+
+def test_resigned_sample_rate_that_disagrees_with_the_recorded_training_size_fails(world):
+    expected_batch = 32  # the federation file's default
+    entries = read_entries(world.ledger)
+    for seq in SPEND_SEQS:  # the institution records its training-set size with each spend...
+        entries[seq - 1]["train_records"] = round(expected_batch / SPEND["sample_rate"])
+    write_entries(world.ledger, reseal(entries, world.institution))
+    assert failed(full_audit(world, receipts=None), "sample_rate") == []
+    entries[SPEND_SEQS[0] - 1]["sample_rate"] = SPEND["sample_rate"] / 2  # ...then claims a smaller rate
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world, receipts=None)
+    assert [c.seq for c in failed(result, "sample_rate")] == [SPEND_SEQS[0]]
+
+
+def test_an_institution_in_the_receipts_whose_ledger_is_not_handed_in_fails(world):
+    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS) + \
+        sign_receipts(world.coordinator, "hospital-b", 1)
+    world.receipts.write_text(json.dumps(receipts))
+    result = full_audit(world)
+    missing = failed(result, "receipts_ledgers")
+    assert len(missing) == 1 and "hospital-b" in missing[0].detail and result.exit_code == 1
+
+
+def test_a_noiseless_round_in_a_real_federation_fails(world):
+    from confide.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(world.ledger, "hospital-a", "ds-1", world.institution)
+    ledger.append("nonprivate", "fed-1", ROUNDS + 1, sample_rate=0.05, steps=SPEND["steps"], clipping_norm=1.0)
+    result = full_audit(world)
+    assert [c.name for c in failures(result)] == ["nonprivate"]
+
+
+def test_a_ledger_rewritten_after_the_upload_contradicts_the_receipt_that_names_its_head(world):
+    from confide.formats import Receipt
+
+    entries = read_entries(world.ledger)
+    outcome = next(e for e in entries if e["kind"] == "outcome" and e["round"] == 1)
+    body = Receipt("fed-1", 1, "hospital-a", outcome["envelope_sha256"], ledger_seq=outcome["seq"],
+                   ledger_head=outcome["hash"])
+    signed = {**body.to_dict(), "signature": b64(world.coordinator.sign(body.message()))}
+    receipts = [signed] + sign_receipts(world.coordinator, "hospital-a", ROUNDS)[1:]
+    world.receipts.write_text(json.dumps(receipts))
+    assert failures(full_audit(world)) == []
+    # The institution raises round 1's noise after the fact and re-signs everything with its own key.
+    entries[SPEND_SEQS[0] - 1]["noise_multiplier"] = SPEND["noise_multiplier"] * 2
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    rewritten = [c for c in failed(result, "receipts") if "rewritten or rolled back" in c.detail]
+    assert len(rewritten) == 1 and rewritten[0].seq == outcome["seq"]

@@ -5,7 +5,10 @@ Checks over the spend entries of one ledger:
 - `epsilon_pld`: no recorded cumulative epsilon is below dp_accounting's PLD value (independent);
 - `epsilon_accountant`: nor below the recorded accountant (Opacus RDP/PRV) recomputed from scratch;
 - `budget`, `budget_delta`, `round_cap`, `clipping`: the institution policy's limits;
-- `federation_delta`, `federation_accountant`, `federation_noise`: the federation's requirements.
+- `federation_delta`, `federation_accountant`, `federation_noise`: the federation's requirements;
+- `federation_steps`, `sample_rate`, `nonprivate`: each spend matches the federation's schedule
+  (steps per round; sample rate = expected batch / the training records the ledger itself records),
+  and no round of a real federation trained without noise.
 """
 
 from __future__ import annotations
@@ -190,3 +193,61 @@ def federation_checks(spends: Sequence[SpendParameters], federations: dict[str, 
                       "no federation file for these spends (--federation): requirements not checked")]
     return failures or [Check("federation", True, f"{evaluated} spends meet their federation's delta, accountant and "
                                                   "minimum noise")]
+
+
+def _train_records_at(entries: list[dict]) -> dict[int, int]:
+    """seq of each spend -> the training-set size in force (its own record, else the last data version)."""
+    sizes, current = {}, None
+    for entry in entries:
+        if entry.get("kind") == "data_version" and isinstance(entry.get("train_records"), int):
+            current = entry["train_records"]
+        if entry.get("kind") == "spend" and isinstance(entry.get("seq"), int):
+            own = entry.get("train_records")
+            size = own if isinstance(own, int) and not isinstance(own, bool) else current
+            if size is not None:
+                sizes[entry["seq"]] = size
+    return sizes
+
+
+def schedule_checks(entries: list[dict], spends: Sequence[SpendParameters],
+                    federations: dict[str, FederationPolicy]) -> list[Check]:
+    """Each spend against its federation's schedule, and no noiseless round in a real federation.
+
+    A re-signed ledger can claim any parameters, but not ones that disagree with the federation
+    file (steps per round) or with its own recorded training-set size and the federation's expected
+    batch (the sample rate q = min(1, expected_batch_size / n)). Spends copied from an older ledger
+    (`migrated_from`) are checked like any other.
+    """
+    checks: list[Check] = []
+    sizes = _train_records_at(entries)
+    steps_failures, rate_failures, evaluated, rated = [], [], 0, 0
+    for s in spends:
+        fed = federations.get(s.federation)
+        if fed is None:
+            continue
+        evaluated += 1
+        if s.steps != fed.training.steps_per_round:
+            steps_failures.append(Check("federation_steps", False, f"round {s.round} of {s.federation} records "
+                                        f"{s.steps} steps, the federation file says {fed.training.steps_per_round}",
+                                        s.seq))
+        n = sizes.get(s.seq)
+        if n is None or n < 1:
+            continue
+        rated += 1
+        expected = min(1.0, fed.training.expected_batch_size / n)
+        if abs(s.sample_rate - expected) > 1e-9 * max(1.0, expected):
+            rate_failures.append(Check("sample_rate", False, f"round {s.round} of {s.federation} records sample "
+                                       f"rate {s.sample_rate:.6g}, but expected batch "
+                                       f"{fed.training.expected_batch_size} over the {n} training records the "
+                                       f"ledger records gives {expected:.6g}", s.seq))
+    if evaluated:
+        checks += _summary("federation_steps", steps_failures, f"{evaluated} spends take their federation's steps")
+    if rated:
+        checks += _summary("sample_rate", rate_failures,
+                           f"{rated} sample rates match expected batch / recorded training records")
+    elif evaluated:
+        checks.append(Check("sample_rate", None, "no training-set size recorded: sample rates not checked"))
+    noiseless = [e for e in entries if e.get("kind") == "nonprivate" and e.get("federation") in federations]
+    checks += [Check("nonprivate", False, f"round {e.get('round')} of {e.get('federation')} trained without noise "
+                     "(a nonprivate entry): no epsilon bounds it", e.get("seq")) for e in noiseless]
+    return checks

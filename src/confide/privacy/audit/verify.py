@@ -30,6 +30,7 @@ from confide.privacy.audit.spending import (
     federation_checks,
     institution_checks,
     parse_spends,
+    schedule_checks,
 )
 from confide.privacy.ledger import parse_ledger
 
@@ -77,6 +78,7 @@ def audit_ledger(
     checks += accounting_checks(recomputed, tolerance)
     checks += institution_checks(recomputed, spends, policy, federations)
     checks += federation_checks(spends, federations)
+    checks += schedule_checks(entries, spends, federations)
     return LedgerAudit(
         path=str(path), institution=institution, dataset=dataset, checks=checks, spends=recomputed,
         budget_epsilon=policy.budget.epsilon if policy else None,
@@ -121,6 +123,10 @@ def audit_ledgers(
     owners = [ledger_owner(entries)[0] for _, entries in parsed]
     spent = [{(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"}
              for _, entries in parsed]
+    if usable is not None:
+        unaudited = sorted({r.institution for r in usable} - {o for o in owners if o})
+        top += [Check("receipts_ledgers", False, f"the coordinator's receipts list uploads by {who}, whose ledger "
+                      "was not handed in: its spending cannot be verified") for who in unaudited]
     audits = []
     for index, (path, entries) in enumerate(parsed):
         # A receipt is also accounted for by a spend in the same institution's other (dataset's) ledger.
