@@ -17,7 +17,8 @@ from confide.aggregation.keys import create_key_material, load_secret, open_seal
 from confide.aggregation.params import CkksParameters
 from confide.formats import Receipt, sha256
 from confide.identity import Identity, PublicIdentity, unb64
-from confide.platform.member_api import Contribution, KeyBundle as Bundle, Outcome
+from confide.platform.member_api import Contribution, Outcome
+from confide.platform.member_api import KeyBundle as Bundle
 
 from .conftest import LAYOUT
 

@@ -18,7 +18,12 @@ from confide.platform.service.app import create_app
 from confide.platform.service.gate import BodyTimeouts, RequestGate
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import (
-    HEADER_SIGNATURE, HEADER_TIMESTAMP, NOT_AUTHENTICATED, NonceStore, RequestVerifier, roster_identities,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    NOT_AUTHENTICATED,
+    NonceStore,
+    RequestVerifier,
+    roster_identities,
     sign_request,
 )
 

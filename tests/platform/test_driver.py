@@ -13,8 +13,14 @@ from confide.platform import member as member_module
 from confide.platform.member import Member
 from confide.platform.service.driver import Journal, RoundDriver
 from confide.platform.service.hub import CoordinatorHub
-from confide.platform.simulation import InProcessTransport, SimulatedClock, SimulationError, Simulation, _Idle
-from confide.platform.simulation import run_simulation
+from confide.platform.simulation import (
+    InProcessTransport,
+    SimulatedClock,
+    Simulation,
+    SimulationError,
+    _Idle,
+    run_simulation,
+)
 from confide.privacy.trainable import trainable_state
 from tests.network.conftest import make_federation
 from tests.network.fake_member import FakeMember
@@ -133,7 +139,8 @@ def _arm(monkeypatch, point: str, fired: list) -> None:
                             after(member_module.write_atomically, lambda path, *a, **k: Path(path).name == detail))
     elif what == "ledger_append":
         from confide.privacy.ledger import PrivacyLedger
-        monkeypatch.setattr(PrivacyLedger, "append", after(PrivacyLedger.append, lambda self, kind, *a, **k: kind == detail))
+        monkeypatch.setattr(PrivacyLedger, "append",
+                            after(PrivacyLedger.append, lambda self, kind, *a, **k: kind == detail))
     elif what == "transport_upload":
         monkeypatch.setattr(InProcessTransport, "upload", after(InProcessTransport.upload))
     elif what == "journal_answer":

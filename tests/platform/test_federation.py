@@ -63,7 +63,7 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
     decrypted = decrypt_sum(secret, total, layout)
     assert decrypted.count == 3
     assert np.abs(decrypted.average - fedavg).max() <= 1e-6
-    for name, member in members.items():
+    for member in members.values():
         assert member.apply_sum(1, total).kind == "applied"
     after = adapters(members)
     assert np.abs(after["a"] - (before + fedavg)).max() <= 1e-6

@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from confide.aggregation.envelope import read_header, sum_envelopes
@@ -77,9 +76,11 @@ class StateStore:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS federation (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)")
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, kind TEXT, detail TEXT)"
+            "CREATE TABLE IF NOT EXISTS federation (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS events "
+            "(seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, kind TEXT, detail TEXT)"
         )
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, "

@@ -182,7 +182,8 @@ def accept_upload(
         raise ProtocolViolation("keys are not set up yet", 409)
     current = _open_round(state, round_index, now)
     if key_id != state.key_setup.key_id:
-        raise ProtocolViolation(f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)
+        raise ProtocolViolation(
+            f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)
     if layout_hash != state.key_setup.layout_hash:
         raise ProtocolViolation("envelope adapter layout differs from the federation's", 422)
     if institution in state.excluded:
@@ -201,7 +202,9 @@ def accept_upload(
     return new
 
 
-def record_decline(state: FederationState, institution: str, round_index: int, reason: str, now: float) -> FederationState:
+def record_decline(
+    state: FederationState, institution: str, round_index: int, reason: str, now: float
+) -> FederationState:
     """An institution says it will not take part in this round (its reason is kept)."""
     _require_member(state, institution)
     current = _open_round(state, round_index, now)

@@ -4,9 +4,10 @@ Everything is real except the wire: each institution is a `Member` (DP training,
 ledger, CKKS encryption) hosted in a worker process and driven by the same `RoundDriver` as
 `confide join`, and the coordinator is the same `CoordinatorHub` the HTTP service runs (SQLite
 state, blobs on disk, encrypted sums, receipts). Only the transport (in-process calls) and the clock
-(simulated: deadlines pass when every member is waiting) differ from a federation over the network. Identities are generated for
-the simulated institutions under OUT/identities, and each institution's ledger and state live under
-OUT/institutions/<id>, so a simulation never spends the budget recorded in a real state directory.
+(simulated: deadlines pass when every member is waiting) differ from a federation over the network.
+Identities are generated for the simulated institutions under OUT/identities, and each institution's
+ledger and state live under OUT/institutions/<id>, so a simulation never spends the budget recorded
+in a real state directory.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import yaml
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.identity import Identity
-from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.client import CoordinatorRefused
+from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply
 from confide.platform.workers import MemberPool

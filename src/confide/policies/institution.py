@@ -64,7 +64,8 @@ class InstitutionPolicy(StrictModel):
     state_dir: Path = Field(
         description="Where the agent keeps its ledger, identity, keys and adapters; relative to this file."
     )
-    identity_dir: Path | None = Field(None, description="Identity from `confide keys init` (default: state_dir/identity).")
+    identity_dir: Path | None = Field(
+        None, description="Identity from `confide keys init` (default: state_dir/identity).")
     ledger_witness_dirs: list[Path] = Field(
         default_factory=list,
         description="Further directories, ideally on another disk or host, that keep a copy of the ledger's head "

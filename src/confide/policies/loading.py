@@ -105,7 +105,8 @@ def _resolve_paths(policy: M, base: Path) -> M:
 
 def _validate(doc: YamlDocument, model: type[M], base: Path) -> M:
     if not isinstance(doc.data, dict):
-        raise PolicyError([Problem(doc.file, 1, "", "the file must be a YAML mapping of keys to values", "see examples/")])
+        raise PolicyError(
+            [Problem(doc.file, 1, "", "the file must be a YAML mapping of keys to values", "see examples/")])
     try:
         policy = model.model_validate(doc.data)
     except ValidationError as exc:

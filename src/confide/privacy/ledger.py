@@ -92,7 +92,8 @@ def _check_spend_fields(fields: dict) -> None:
         (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0, "noise_multiplier must be > 0"),
         (isinstance(rate, (int, float)) and 0 < rate <= 1, "sample_rate must be in (0, 1]"),
         (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps must be a positive integer"),
-        (isinstance(fields["clipping_norm"], (int, float)) and fields["clipping_norm"] > 0, "clipping_norm must be > 0"),
+        (isinstance(fields["clipping_norm"], (int, float)) and fields["clipping_norm"] > 0,
+         "clipping_norm must be > 0"),
         (isinstance(fields["delta"], (int, float)) and 0 < fields["delta"] < 1, "delta must be in (0, 1)"),
         (fields["accountant"] in ACCOUNTANTS, f"accountant must be one of {', '.join(ACCOUNTANTS)}"),
     ]
@@ -266,7 +267,8 @@ class PrivacyLedger(LedgerView):
             return None
         except (OSError, ValueError, KeyError, TypeError):
             raise LedgerRollbackError(f"{path}: unreadable ledger witness",
-                                      "restore it, or delete it only if the ledger is known to be the newest copy")
+                                      "restore it, or delete it only if the ledger is known to be the newest copy"
+                                      ) from None
 
     def require_holds(self, seq: int, hash_hex: str, seen_by: str, entries: list[dict] | None = None) -> None:
         """Raise LedgerRollbackError unless the ledger's entry `seq` has hash `hash_hex` (as `seen_by` saw)."""
@@ -422,7 +424,8 @@ class LedgerTransaction(LedgerView):
         try:
             entry = json.loads(canonical_json(entry))  # what a reader will parse is what gets hashed
         except (TypeError, ValueError) as exc:
-            raise LedgerError(f"entry fields are not plain JSON values: {exc}", "use numbers, strings, lists, dicts") from None
+            raise LedgerError(f"entry fields are not plain JSON values: {exc}",
+                              "use numbers, strings, lists, dicts") from None
         entry["hash"] = entry_hash(entry)
         entry["signature"] = base64.b64encode(self._identity.sign(signed_message(entry["hash"]))).decode("ascii")
         line = canonical_json(entry) + b"\n"

@@ -116,7 +116,8 @@ def check_signatures(entries: list[dict], public: PublicIdentity) -> list[Ledger
         except (ValueError, UnicodeEncodeError):
             ok = False
         if not ok:
-            problems.append(LedgerProblem(index + 1, "signature", "signature does not verify with the institution's key"))
+            problems.append(
+                LedgerProblem(index + 1, "signature", "signature does not verify with the institution's key"))
     return problems
 
 
@@ -133,8 +134,10 @@ def check_epsilons(entries: list[dict]) -> list[LedgerProblem]:
             problems.append(LedgerProblem(index + 1, "epsilon", f"cannot recompute epsilon: {exc}"))
             continue
         recorded = entry.get("epsilon")
-        if not isinstance(recorded, (int, float)) or abs(recorded - expected) > _EPSILON_RECOMPUTE_TOLERANCE * max(1.0, expected):
-            problems.append(LedgerProblem(index + 1, "epsilon", f"epsilon {recorded!r} but the spends give {expected:.6g}"))
+        allowed = _EPSILON_RECOMPUTE_TOLERANCE * max(1.0, expected)
+        if not isinstance(recorded, (int, float)) or abs(recorded - expected) > allowed:
+            problems.append(
+                LedgerProblem(index + 1, "epsilon", f"epsilon {recorded!r} but the spends give {expected:.6g}"))
     return problems
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from confide.identity import Identity
-from confide.platform.service.driver import AgentError, AgentReport, Journal, RoundDriver, admit
 from confide.platform.service.client import Backoff, CoordinatorClient
+from confide.platform.service.driver import AgentError, AgentReport, Journal, RoundDriver, admit
 from confide.policies import load_federation, load_institution
 
 Agent = RoundDriver

@@ -23,11 +23,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.platform.protocol import ProtocolViolation
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
+from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import (
-    HEX64, INSTITUTION, DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply,
-    KeySetupRequest, ReceiptReply, ReportReply, UndecryptableReport,
+    HEX64,
+    INSTITUTION,
+    DeclineReply,
+    DeclineRequest,
+    ErrorReply,
+    FederationView,
+    Health,
+    KeySetupReply,
+    KeySetupRequest,
+    ReceiptReply,
+    ReportReply,
+    UndecryptableReport,
 )
 from confide.platform.service.signing import Unauthorized
 

@@ -23,8 +23,16 @@ from confide.errors import BadInput
 from confide.identity import Identity
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
-    DeclineReply, DeclineRequest, ErrorReply, FederationView, Health, KeySetupReply, KeySetupRequest, ReceiptReply,
-    ReportReply, UndecryptableReport,
+    DeclineReply,
+    DeclineRequest,
+    ErrorReply,
+    FederationView,
+    Health,
+    KeySetupReply,
+    KeySetupRequest,
+    ReceiptReply,
+    ReportReply,
+    UndecryptableReport,
 )
 from confide.platform.service.signing import sign_request
 from confide.platform.service.tls import TlsError, ca_context, fetch_certificate, is_loopback, pinned_context

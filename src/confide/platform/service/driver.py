@@ -239,7 +239,8 @@ class RoundDriver:
 
     def _check(self, view: FederationView) -> None:
         if view.federation_id != self.federation.federation_id:
-            raise AgentError(f"the coordinator runs federation {view.federation_id}, not {self.federation.federation_id}")
+            raise AgentError(
+                f"the coordinator runs federation {view.federation_id}, not {self.federation.federation_id}")
         if view.policy_sha256 != self.expected_policy:
             raise AgentError("the coordinator's federation file differs from ours",
                              "both sides must use the same federation file; compare them")

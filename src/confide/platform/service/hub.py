@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
 import logging
 import threading
 from pathlib import Path

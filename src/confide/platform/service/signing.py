@@ -2,7 +2,8 @@
 
 The signature covers a canonical text of the request::
 
-    confide-request-v1 \\n federation \\n institution \\n METHOD \\n raw path?query \\n sha256(body) \\n timestamp \\n nonce
+    confide-request-v1 \\n federation \\n institution \\n METHOD \\n raw path?query \\n sha256(body)
+        \\n timestamp \\n nonce
 
 and travels in four headers (`X-Confide-Institution`, `-Timestamp`, `-Nonce`, `-Signature`). The
 coordinator accepts a request only if the institution is on the roster, the signature verifies
@@ -30,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import BadInput
-from confide.platform.service.errors import ServiceError
 from confide.identity import Identity, PublicIdentity, b64, unb64
+from confide.platform.service.errors import ServiceError
 
 log = logging.getLogger("confide.service.auth")
 

@@ -81,7 +81,8 @@ def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
             try:
                 records.append(json.loads(line))
             except ValueError:
-                raise AuditInputError(f"{path}:{number}: not JSON (expected a JSON list or one receipt per line)") from None
+                raise AuditInputError(
+                    f"{path}:{number}: not JSON (expected a JSON list or one receipt per line)") from None
         return records, None
     if isinstance(data, dict) and isinstance(data.get("receipts"), list):
         return data["receipts"], data.get("federation")
@@ -153,7 +154,8 @@ def completeness_checks(institution: str | None, entries: list[dict],
     """
     mine = [r for r in receipts if r.institution == institution]
     if not mine:
-        return [Check("receipts", None, f"no receipts for {institution!r}: deleted trailing entries cannot be detected")]
+        return [Check("receipts", None,
+                      f"no receipts for {institution!r}: deleted trailing entries cannot be detected")]
     spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
@@ -195,7 +197,8 @@ def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | Non
     for entry in kept:
         seq, body = entry.get("seq"), entry.get("receipt")
         if not isinstance(body, dict) or any(body.get(f) is None for f in (*RECEIPT_FIELDS, "signature")):
-            failures.append(Check("ledger_receipts", False, "receipt entry without a complete coordinator receipt", seq))
+            failures.append(
+                Check("ledger_receipts", False, "receipt entry without a complete coordinator receipt", seq))
             continue
         receipt = _receipt_from(body, 0)
         where = f"round {receipt.round} of {receipt.federation}"
