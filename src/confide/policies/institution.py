@@ -60,7 +60,9 @@ class InstitutionPolicy(StrictModel):
     )
     max_rounds: int = Field(100, ge=1, description="Most rounds to take part in, per federation.")
     require_encryption: bool = Field(True, description="Refuse any federation that does not encrypt updates.")
-    allow_release: bool = Field(False, description="May the final adapter be released to the coordinator.")
+    allow_release: bool = Field(
+        False, description="May the final adapter be released to the coordinator. Admission still checks it, but "
+        "this version has no release: a federation file that asks for one is refused at `policy check`.")
     state_dir: Path = Field(
         description="Where the agent keeps its ledger, identity, keys and adapters; relative to this file."
     )
