@@ -454,7 +454,10 @@ def audit_ledgers_command(
 ) -> None:
     """Verify hashes, chain, signatures, receipts; recompute epsilon with an independent accountant.
 
-    Exit 0 when everything verifies, 1 when a check fails, 2 for unreadable input.
+    It can show the record's integrity, its consistency with the coordinator's receipts and the
+    federation file, and correct accounting; no ledger can show which noise was actually drawn
+    (see `confide audit canaries`). Exit 0 when everything verifies, 1 when a check fails, 3 when
+    nothing failed but a budget could not be evaluated (no --policy), 2 for unreadable input.
     """
     from confide.privacy.audit import audit_ledgers, audit_renderables
 

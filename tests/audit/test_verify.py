@@ -345,3 +345,17 @@ def test_a_ledger_rewritten_after_the_upload_contradicts_the_receipt_that_names_
     result = full_audit(world)
     rewritten = [c for c in failed(result, "receipts") if "rewritten or rolled back" in c.detail]
     assert len(rewritten) == 1 and rewritten[0].seq == outcome["seq"]
+
+
+def test_an_audit_that_could_not_evaluate_the_budget_is_incomplete_not_a_pass(world, tmp_path):
+    from confide.privacy.audit import audit_renderables, write_report
+    from confide.privacy.audit.result import EXIT_INCOMPLETE
+
+    result = full_audit(world, policies=[])
+    assert failures(result) == [] and result.verdict == "incomplete" and result.exit_code == EXIT_INCOMPLETE
+    assert "hospital-a" in result.verdict_text and "--policy" in result.verdict_text
+    assert result.to_dict()["verdict"] == "incomplete"
+    assert any("incomplete" in str(r) for r in audit_renderables(result))
+    page = write_report(result, tmp_path / "report.html")[0].read_text()
+    assert "incomplete" in page and "Every ledger verifies" not in page
+    assert full_audit(world).verdict == "verified"

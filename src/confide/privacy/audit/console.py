@@ -59,9 +59,8 @@ def audit_renderables(result: AuditResult) -> list[Any]:
                                _number(s.pld_epsilon),
                                Text(f"{s.accountant} {_number(s.accountant_epsilon)}"))
             out.append(spends)
-    verdict = ("[green]every ledger verifies[/green]" if result.passed
-               else "[bold red]verification failed[/bold red] (see FAIL rows)")
-    out.append(f"verdict: {verdict}")
+    style = {"verified": "green", "failed": "bold red", "incomplete": "bold yellow"}[result.verdict]
+    out.append(Text("verdict: ") + Text(result.verdict_text, style=style))
     return out
 
 

@@ -101,7 +101,8 @@ def write_report(result: AuditResult, out: Path, generated: datetime | None = No
         if suffix in (".html", ".htm"):
             from confide.privacy.audit.report_html import render_html
 
-            out.write_text(render_html(summaries, result.passed, overall, charts, overview, when), encoding="utf-8")
+            page = render_html(summaries, result.verdict_text, overall, charts, overview, when)
+            out.write_text(page, encoding="utf-8")
             return [out]
         from confide.privacy.audit.report_markdown import render_markdown
 
@@ -114,7 +115,7 @@ def write_report(result: AuditResult, out: Path, generated: datetime | None = No
             written.append(image)
         files = [image.name for image in written]
         overview_file, chart_files = (files[0], files[1:]) if overview else (None, files)
-        out.write_text(render_markdown(summaries, result.passed, overall, chart_files, overview_file, when),
+        out.write_text(render_markdown(summaries, result.verdict_text, overall, chart_files, overview_file, when),
                        encoding="utf-8")
         return [out, *written]
     except OSError as exc:

@@ -89,16 +89,17 @@ def _section(summary: InstitutionSummary, chart: bytes) -> str:
 
 def render_html(
     summaries: Sequence[InstitutionSummary],
-    passed: bool,
+    verdict: str,
     overall: Sequence[str],
     charts: Sequence[bytes],
     overview: bytes | None,
     generated: str,
 ) -> str:
     """The whole page. `charts` are PNGs aligned with `summaries`; `overall` lists findings that
-    concern no single ledger (e.g. receipts not signed by the coordinator)."""
-    verdict = ('<p class="ok">Every ledger verifies.</p>' if passed
-               else '<p class="bad">At least one check failed: see the findings below.</p>')
+    concern no single ledger (e.g. receipts not signed by the coordinator). `verdict` is the audit's
+    verdict text (`AuditResult.verdict_text`)."""
+    css = "ok" if verdict.startswith("every ledger verifies") else "bad"
+    verdict = f'<p class="{css}">Verdict: {escape(verdict)}.</p>'
     overall_html = ("<ul class=\"findings\">" + "".join(f'<li class="bad">{escape(o)}</li>' for o in overall)
                     + "</ul>") if overall else ""
     overview_html = _png(overview, "cumulative epsilon of every institution") if overview else ""

@@ -47,7 +47,7 @@ def _section(summary: InstitutionSummary, chart: str) -> list[str]:
 
 def render_markdown(
     summaries: Sequence[InstitutionSummary],
-    passed: bool,
+    verdict: str,
     overall: Sequence[str],
     charts: Sequence[str],
     overview: str | None,
@@ -57,7 +57,7 @@ def render_markdown(
     lines = ["# Privacy budget report", "",
              f"Generated {generated} by confide; epsilons recomputed independently with dp_accounting's PLD "
              "accountant and the recorded Opacus accountant.", "",
-             "**Every ledger verifies.**" if passed else "**At least one check failed: see the findings below.**", ""]
+             f"**Verdict: {cell(verdict)}.**", ""]
     lines += [f"- {cell(o)}" for o in overall] + ([""] if overall else [])
     lines += _overview(summaries) + [""]
     if overview:

@@ -13,6 +13,14 @@ from confide.privacy.audit.recompute import SpendRecomputation
 
 EXIT_VERIFIED = 0
 EXIT_CHECK_FAILED = 1
+EXIT_INCOMPLETE = 3
+"""No check failed, but a ledger's budget could not be evaluated (no institution policy): not a pass."""
+
+VERDICT_TEXT = {
+    "verified": "every ledger verifies",
+    "failed": "verification failed (see the FAIL rows)",
+    "incomplete": "incomplete: nothing failed, but the budget of {names} was not evaluated (pass its --policy)",
+}
 
 
 @dataclass(frozen=True)
@@ -76,13 +84,31 @@ class AuditResult:
         return all(ledger.passed for ledger in self.ledgers) and all(c.passed is not False for c in self.checks)
 
     @property
+    def unevaluated_budgets(self) -> list[str]:
+        """Institutions (or ledger paths) whose budget check could not be evaluated."""
+        return [ledger.institution or ledger.path for ledger in self.ledgers
+                if any(c.name == "budget" and c.passed is None for c in ledger.checks)]
+
+    @property
+    def verdict(self) -> str:
+        """`failed` (a check failed), `incomplete` (none failed, a budget was not evaluated) or `verified`."""
+        if not self.passed:
+            return "failed"
+        return "incomplete" if self.unevaluated_budgets else "verified"
+
+    @property
+    def verdict_text(self) -> str:
+        return VERDICT_TEXT[self.verdict].format(names=", ".join(self.unevaluated_budgets))
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_VERIFIED if self.passed else EXIT_CHECK_FAILED
+        return {"verified": EXIT_VERIFIED, "failed": EXIT_CHECK_FAILED, "incomplete": EXIT_INCOMPLETE}[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form with the same content as the table: every check, every recomputation."""
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
             "checks": [asdict(c) for c in self.checks],
             "ledgers": [
                 {
