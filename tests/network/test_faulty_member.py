@@ -97,35 +97,8 @@ class WrongSize(FakeMember):
 @pytest.mark.timeout(120)
 def test_the_federation_finishes_with_the_honest_members_when_one_uploads_the_wrong_size(tmp_path):
     federation = make_federation(tmp_path, rounds=2, min_institutions=2, deadline_s=4)
-    port = free_port()
-    running = serve(federation, tmp_path / "coordinator", port)
-    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
-    url = f"https://127.0.0.1:{port}"
-    agents, outcomes = {}, {}
-    try:
-        for who, member_class in (("a", FakeMember), ("b", FakeMember), ("c", WrongSize)):
-            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
-            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
-            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
-                                say=lambda _line: None, wait_s=1)
-
-        def run(who: str) -> None:
-            try:
-                outcomes[who] = agents[who].run()
-            except Exception as exc:  # the faulty member's agent stops on the refusal
-                outcomes[who] = exc
-
-        threads = [threading.Thread(target=run, args=(who,)) for who in agents]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=90)
-        assert not any(thread.is_alive() for thread in threads)
-        state = running.hub.state
-    finally:
-        for agent in agents.values():
-            agent.client.close()
-        running.stop()
+    agents, outcomes, state, _ = _run_federation(tmp_path, federation, {"a": FakeMember, "b": FakeMember,
+                                                                         "c": WrongSize}, join_s=90)
 
     refused = outcomes["c"]
     assert isinstance(refused, CoordinatorRefused) and refused.status == 422 and "values" in refused.detail
@@ -165,36 +138,8 @@ class Undecryptable(ToleratesBadSums):
 @pytest.mark.timeout(180)
 def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_others_finish(tmp_path):
     federation = make_federation(tmp_path, rounds=6, min_institutions=2, deadline_s=20)
-    port = free_port()
-    running = serve(federation, tmp_path / "coordinator", port)
-    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
-    url = f"https://127.0.0.1:{port}"
-    agents, outcomes = {}, {}
-    try:
-        for who, member_class in (("a", ToleratesBadSums), ("b", ToleratesBadSums), ("c", Undecryptable)):
-            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
-            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
-            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
-                                say=lambda _line: None, wait_s=1)
-
-        def run(who: str) -> None:
-            try:
-                outcomes[who] = agents[who].run()
-            except Exception as exc:  # the excluded member's agent may stop on a refusal
-                outcomes[who] = exc
-
-        threads = [threading.Thread(target=run, args=(who,)) for who in agents]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=150)
-        assert not any(thread.is_alive() for thread in threads)
-        state = running.hub.state
-        view = running.hub.view_for("a")
-    finally:
-        for agent in agents.values():
-            agent.client.close()
-        running.stop()
+    agents, outcomes, state, view = _run_federation(
+        tmp_path, federation, {"a": ToleratesBadSums, "b": ToleratesBadSums, "c": Undecryptable}, join_s=150)
 
     # c is refused (403) if it uploads while a round is open, or too late (409) once the others'
     # uploads are enough to sum without waiting for it.
@@ -214,3 +159,39 @@ def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_oth
         assert outcomes[who].finished and outcomes[who].failed == [1, 2, 3] and outcomes[who].applied == [4, 5, 6]
         # deltas 1 and 2 times the round, averaged over rounds 4-6: 1.5 * (4 + 5 + 6)
         assert np.allclose(agents[who].member.adapter, np.full(SIZE, 22.5))
+
+
+def _run_federation(tmp_path, federation, member_classes: dict, join_s: float):
+    """Serve the federation, run one agent per member until all stop; return agents, outcomes, state, a's view.
+
+    An agent that stops on a refusal (the faulty one) has the exception as its outcome.
+    """
+    port = free_port()
+    running = serve(federation, tmp_path / "coordinator", port)
+    pin = (tmp_path / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+    url = f"https://127.0.0.1:{port}"
+    agents, outcomes = {}, {}
+    try:
+        for who, member_class in member_classes.items():
+            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
+            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
+            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
+                                say=lambda _line: None, wait_s=1)
+
+        def run(who: str) -> None:
+            try:
+                outcomes[who] = agents[who].run()
+            except Exception as exc:  # the faulty member's agent may stop on a refusal
+                outcomes[who] = exc
+
+        threads = [threading.Thread(target=run, args=(who,)) for who in agents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=join_s)
+        assert not any(thread.is_alive() for thread in threads)
+        return agents, outcomes, running.hub.state, running.hub.view_for("a")
+    finally:
+        for agent in agents.values():
+            agent.client.close()
+        running.stop()
