@@ -26,6 +26,7 @@ from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
+JOURNAL_VERSION = 2
 ACTIVE = ("open", "collecting")
 SUMMED = ("summed", "closed")
 
@@ -83,9 +84,14 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = {"coordinator_signing_key": None, "receipts": {}, "answered": {}, "settled": {}}
+        self.data: dict[str, Any] = {"version": JOURNAL_VERSION, "coordinator_signing_key": None, "receipts": {},
+                                     "answered": {}, "settled": {}}
         if path.exists():
-            self.data.update(json.loads(path.read_text()))
+            stored = json.loads(path.read_text())
+            if int(stored.get("version", 1)) > JOURNAL_VERSION:
+                raise AgentError(f"{path} was written by a newer confide (format {stored['version']})",
+                                 "run that version, or restore the journal it replaced")
+            self.data.update(stored, version=JOURNAL_VERSION)  # format 1 had no version and reads the same
 
     def save(self) -> None:
         write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
