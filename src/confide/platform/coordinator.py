@@ -341,17 +341,18 @@ class Coordinator:
             raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
         return self.get_blob(f"sum-r{round_index}.bin")
 
+    def _receipts_of(self, institution: str) -> list[Receipt]:
+        return [Receipt.from_dict({**row, "federation": self.state.federation_id})
+                for row in self.store.receipts(institution)]
+
     def receipt_for(self, institution: str, round_index: int) -> Receipt | None:
         """The receipt signed for `institution`'s upload in `round_index`, if any."""
-        for row in self.store.receipts(institution):
-            if row["round"] == round_index:
-                return Receipt.from_dict({**row, "federation": self.state.federation_id})
-        return None
+        return next((r for r in self._receipts_of(institution) if r.round == round_index), None)
 
     def last_receipt(self, institution: str) -> Receipt | None:
         """`institution`'s most recent receipt: what an agent checks its ledger against when it starts."""
-        rows = self.store.receipts(institution)
-        return Receipt.from_dict({**rows[-1], "federation": self.state.federation_id}) if rows else None
+        receipts = self._receipts_of(institution)
+        return receipts[-1] if receipts else None
 
     def _sign(self, receipt: Receipt) -> Receipt:
         return dataclasses.replace(receipt, signature=b64(self.identity.sign(receipt.message())))

@@ -143,10 +143,6 @@ class Member:
     def last_applied_round(self) -> int:
         return int(self.progress_state["synced_round"])
 
-    def applied_round(self) -> int:
-        """`last_applied_round` as a call (what a driver in another process can ask)."""
-        return self.last_applied_round
-
     @property
     def aborted(self) -> str | None:
         return self.progress_state["aborted"]
@@ -229,12 +225,8 @@ class Member:
         envelope_path, decline_path = rounds / f"r{round_index}.envelope", rounds / f"r{round_index}.decline"
         if envelope_path.exists():
             envelope = envelope_path.read_bytes()
-            head = self._upload_head(round_index, envelope)
-            if head is None:  # killed between writing the envelope and recording it: record it now
-                entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
-                                           envelope_sha256=sha256(envelope),
-                                           weight=float(self.policy.aggregation_weight))
-                head = (entry["seq"], entry["hash"])
+            # Killed between writing the envelope and recording it: record it now.
+            head = self._upload_head(round_index, envelope) or self._record_upload(round_index, envelope)
             return Contribution("upload", envelope=envelope, ledger_head=head)
         if decline_path.exists():
             return Contribution("decline", reason=decline_path.read_text())
@@ -273,10 +265,15 @@ class Member:
         weight = float(self.policy.aggregation_weight)
         envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
         write_atomically(envelope_path, envelope)
-        entry = self.ledger.append("outcome", fed, round_index, result="uploaded", envelope_sha256=sha256(envelope),
-                                   weight=weight)
+        head = self._record_upload(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
-        return Contribution("upload", envelope=envelope, ledger_head=(entry["seq"], entry["hash"]))
+        return Contribution("upload", envelope=envelope, ledger_head=head)
+
+    def _record_upload(self, round_index: int, envelope: bytes) -> tuple[int, str]:
+        """Record the upload of `envelope` in the ledger; return the new head `(seq, hash)`."""
+        entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
+                                   envelope_sha256=sha256(envelope), weight=float(self.policy.aggregation_weight))
+        return entry["seq"], entry["hash"]
 
     def _upload_head(self, round_index: int, envelope: bytes) -> tuple[int, str] | None:
         """The ledger head recorded with our upload of `round_index` (None if the record was lost in a crash)."""
@@ -397,10 +394,11 @@ class Member:
             outcome = Outcome("applied", result.count)
         self.progress_state["rounds"][str(round_index)] = outcome.__dict__
         self._save_progress()
-        self._drop_old_adapters(round_index)
+        self._drop_old_adapters()
         return outcome
 
-    def _drop_old_adapters(self, round_index: int) -> None:
+    def _drop_old_adapters(self) -> None:
+        """Once member.json names the round, the adapters of earlier rounds are no longer needed."""
         for path in self.dir.glob("adapter-r*.npy"):
             if path.name != f"adapter-r{self.last_applied_round}.npy":
                 path.unlink(missing_ok=True)
@@ -432,6 +430,7 @@ class Member:
         self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": detail,
                                                            "undecryptable": sum_envelope is not None}
         self._save_progress()
+        self._drop_old_adapters()
         return Outcome("failed", 0, detail, undecryptable=sum_envelope is not None)
 
     def _carry_adapter_forward(self, round_index: int) -> None:

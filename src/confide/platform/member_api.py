@@ -51,9 +51,6 @@ class RoundMember(Protocol):
 
     institution_id: str
 
-    @property
-    def last_applied_round(self) -> int: ...
-
     def is_key_holder(self) -> bool: ...
 
     def has_key(self) -> bool: ...

@@ -236,10 +236,6 @@ class RemoteMember:
     def _call(self, method: str, *args):
         return self.pool.call(self.institution_id, method, *args)
 
-    @property
-    def last_applied_round(self) -> int:
-        return self._call("applied_round")
-
     def is_key_holder(self) -> bool:
         return self.federation.key_holder_id == self.institution_id
 
@@ -274,8 +270,8 @@ class RemoteMember:
 class _Rounds:
     """Collects what the drivers settle into one RoundReport per round (evaluating once all settled)."""
 
-    def __init__(self, sim: Simulation, pool: MemberPool, members: list[str], emit) -> None:
-        self.sim, self.pool, self.members, self.emit = sim, pool, members, emit
+    def __init__(self, sim: Simulation, pool: MemberPool, hub: CoordinatorHub, members: list[str], emit) -> None:
+        self.sim, self.pool, self.hub, self.members, self.emit = sim, pool, hub, members, emit
         self.lock = threading.Lock()
         self.settled: dict[int, dict[str, Outcome]] = {}
         self.metrics: dict[int, dict[str, dict]] = {}
@@ -301,7 +297,7 @@ class _Rounds:
             if done:
                 self.finished_at[round_index] = time.time()
         if done:
-            self.emit({"type": "round_done", **self.report(round_index, None).to_dict()})
+            self.emit({"type": "round_done", **self.report(round_index).to_dict()})
 
     def evaluation(self, round_index: int) -> tuple[float | None, float | None]:
         results = list(self.metrics.get(round_index, {}).values())
@@ -312,17 +308,16 @@ class _Rounds:
         loss = sum(r["loss"] * r["examples"] for r in results) / n
         return accuracy, loss
 
-    def report(self, round_index: int, state) -> RoundReport:
+    def report(self, round_index: int) -> RoundReport:
+        """The round as the coordinator recorded it (every member settles a round only once it is over)."""
         outcomes = self.settled.get(round_index, {})
         aborted = {m: o.detail for m, o in outcomes.items() if o.kind == "aborted" and o.count > 0}
         accuracy, loss = self.evaluation(round_index)
-        r = None if state is None else next((x for x in state.rounds if x.index == round_index), None)
-        status = "summed" if r is None or r.status in ("summed", "closed") else r.status
-        uploads = {} if r is None else r.uploads
-        started = r.opened_at if r is not None else self.finished_at.get(round_index, 0.0)
-        return RoundReport(round_index, status, sorted(uploads), dict(r.declined) if r else {}, aborted,
-                           accuracy, loss, sum(u.size_bytes for u in uploads.values()),
-                           round(max(0.0, self.finished_at.get(round_index, started) - started), 3))
+        r = next(x for x in self.hub.state.rounds if x.index == round_index)
+        status = "summed" if r.status == "closed" else r.status
+        ended = self.finished_at.get(round_index, r.opened_at)
+        return RoundReport(round_index, status, sorted(r.uploads), dict(r.declined), aborted, accuracy, loss,
+                           sum(u.size_bytes for u in r.uploads.values()), round(max(0.0, ended - r.opened_at), 3))
 
 
 def _refuse_inadmissible(federation: FederationPolicy, institutions: list[InstitutionPolicy]) -> None:
@@ -354,7 +349,7 @@ def run_simulation(sim: Simulation) -> dict:
         + yaml.safe_dump(federation.model_dump(mode="json"), sort_keys=False))
     hub = CoordinatorHub(federation, sim.out_dir / "coordinator")
     clock, idle = SimulatedClock(), _Idle()
-    rounds = _Rounds(sim, pool, sorted(specs), emit)
+    rounds = _Rounds(sim, pool, hub, sorted(specs), emit)
     out_adapters = sim.out_dir / "adapters"
     status: dict = {}
     try:
@@ -373,7 +368,7 @@ def run_simulation(sim: Simulation) -> dict:
         status = pool.call_many([(m, "privacy_status", (), {}) for m in specs])
         receipts = [dict(r, federation=federation.federation_id) for r in hub.coordinator.store.receipts()]
         (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
-        sim.rounds = [rounds.report(r.index, hub.state) for r in hub.state.rounds]
+        sim.rounds = [rounds.report(r.index) for r in hub.state.rounds]
     finally:
         pool.close()
         hub.close()

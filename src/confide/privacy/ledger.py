@@ -222,7 +222,10 @@ class PrivacyLedger(LedgerView):
 
         Returns an empty list for a sound ledger. Never raises for file content.
         """
-        parsed = self._read()
+        return self._problems(self._read(), public, recompute_epsilon)
+
+    def _problems(self, parsed: ParsedLedger, public: PublicIdentity | None,
+                  recompute_epsilon: bool = False) -> list[LedgerProblem]:
         problems = list(parsed.problems)
         problems += check_structure(parsed.entries, self.institution, self.dataset)
         if public is not None:
@@ -234,11 +237,14 @@ class PrivacyLedger(LedgerView):
     def ensure_intact(self) -> None:
         """Raise LedgerBrokenError if the ledger has any problem other than a torn last line, and
         LedgerRollbackError if it lacks an entry one of its witnesses saw (or is missing)."""
+        self._ensure_intact(self._read())
+
+    def _ensure_intact(self, parsed: ParsedLedger) -> None:
         public = self._identity.public if self._identity is not None else None
-        broken = [p for p in self.verify(public) if p.kind != "truncated"]
+        broken = [p for p in self._problems(parsed, public) if p.kind != "truncated"]
         if broken:
             raise LedgerBrokenError(str(self.path), broken)
-        self._check_witnesses(self._read().entries)
+        self._check_witnesses(parsed.entries)
 
     # ----- witnesses of the head
 
@@ -328,13 +334,13 @@ class PrivacyLedger(LedgerView):
         if identity is None or self.institution is None or self.dataset is None:
             raise LedgerError(f"{self.path}: opened read-only", "open it with the institution's identity to append")
         with self._locked():
-            self.ensure_intact()
+            parsed = self._read()  # once: nobody else writes while the lock is held
+            self._ensure_intact(parsed)
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 if created:
                     fsync_directory(self.path.parent)
-                parsed = self._read()
                 tx = LedgerTransaction(self, fd, identity, list(parsed.entries))
                 if parsed.torn:
                     tx._repair(parsed)
