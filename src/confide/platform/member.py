@@ -447,10 +447,15 @@ class Member:
         return evaluate(self.model, dataset)
 
     def save_adapter(self, out_dir: Path) -> str:
-        """Save the current adapter in PEFT format (loadable with PeftModel.from_pretrained)."""
+        """Save the current adapter in PEFT format (loadable with PeftModel.from_pretrained), with its
+        model card: README.md and privacy.json stating our ledger's guarantee (platform.model_card)."""
+        from confide.platform.model_card import member_card, write_card
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(out_dir))
+        write_card(out_dir, member_card(out_dir, self.federation, self.policy, self.ledger, self.last_applied_round,
+                                        self.private))
         return str(out_dir)
 
     def privacy_status(self) -> dict:

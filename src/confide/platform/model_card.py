@@ -1,0 +1,152 @@
+"""The model card of a saved adapter: `README.md` (what Hugging Face tools show) and `privacy.json`.
+
+Written beside the PEFT files (`adapter_config.json`, `adapter_model.safetensors`), which stay as
+peft wrote them, so `PeftModel.from_pretrained(base, DIR)` loads the directory as before. The
+README is rendered from the same card as privacy.json (see `confide.privacy.guarantee`); an
+auditor checks privacy.json with `confide audit adapter DIR LEDGER...`.
+
+A member writes the guarantee it can vouch for: its own ledger's. A simulation, which holds every
+member, then completes each card with every institution's (`complete_cards`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from confide.policies import FederationPolicy, InstitutionPolicy
+from confide.privacy.guarantee import (
+    AdapterGuarantee,
+    InstitutionGuarantee,
+    guarantee_from_entries,
+    read_guarantee,
+    weights_digest,
+    write_guarantee,
+)
+
+CARD_README = "README.md"
+
+
+def member_card(adapter_dir: Path, federation: FederationPolicy, policy: InstitutionPolicy, ledger: Any,
+                rounds_applied: int, private: bool = True) -> AdapterGuarantee:
+    """The card of the adapter just saved in `adapter_dir` by one member, with its own guarantee.
+
+    `ledger` is the member's ledger (anything with `entries()`), `rounds_applied` the federation's
+    rounds whose sum the member applied.
+    """
+    entries = ledger.entries()
+    own = guarantee_from_entries(entries, policy.institution_id, policy.dataset_id, federation.federation_id,
+                                 federation.privacy.delta, federation.privacy.accountant, private,
+                                 policy.budget.epsilon)
+    lora = federation.adapter
+    return AdapterGuarantee(
+        federation=federation.federation_id,
+        base_model=federation.model.source,
+        task=federation.model.task,
+        labels=list(federation.model.labels) if federation.model.task == "sequence_classification" else [],
+        rounds_planned=federation.rounds,
+        rounds_applied=rounds_applied,
+        institutions=len(federation.roster),
+        adapter={"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules),
+                 "freeze_a": lora.freeze_a},
+        weights_sha256=weights_digest(adapter_dir),
+        guarantees=[own],
+    )
+
+
+def write_card(adapter_dir: Path, card: AdapterGuarantee) -> None:
+    """Write privacy.json and the README.md rendered from it (replacing peft's empty template)."""
+    adapter_dir = Path(adapter_dir)
+    write_guarantee(adapter_dir, card)
+    (adapter_dir / CARD_README).write_text(render_card(card, _base_model_path(adapter_dir)), encoding="utf-8")
+
+
+def complete_cards(adapter_dirs: Sequence[Path]) -> None:
+    """Give every card of one federation every institution's guarantee (a simulation holds them all).
+
+    Each institution's epsilon bounds its records' influence on any member's final adapter: the
+    adapters differ only if a member stopped early, and then depend on fewer of the same steps.
+    """
+    dirs = [Path(d) for d in adapter_dirs if (Path(d) / "privacy.json").exists()]
+    cards = {d: read_guarantee(d) for d in dirs}
+    rows: dict[str, InstitutionGuarantee] = {}
+    for card in cards.values():
+        rows.update({g.institution: g for g in card.guarantees})
+    for directory, card in cards.items():
+        write_card(directory, card.with_guarantees(list(rows.values())))
+
+
+def _base_model_path(adapter_dir: Path) -> str | None:
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("base_model_name_or_path")
+    return str(value) if value else None
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> str:
+    """The README.md: YAML front matter for the Hugging Face hub, then the guarantee in words and a table."""
+    base = base_model_path or card.base_model
+    front = ["---", f"base_model: {json.dumps(base)}", "library_name: peft", "tags:",
+             "- lora", "- differential-privacy", "- federated-learning", "- confide", "---", ""]
+    private = [g for g in card.guarantees if g.private]
+    lines = [
+        f"# LoRA adapter of federation `{card.federation}`",
+        "",
+        f"Fine-tuned by confide from `{card.base_model}` ({card.task}) by a federation of {card.institutions} "
+        f"institutions: {card.rounds_applied} of {card.rounds_planned} planned rounds applied. Each institution "
+        "trained on its own records with DP-SGD (Opacus) and sent only a CKKS-encrypted update.",
+        "",
+        f"LoRA rank {card.adapter.get('rank')}, alpha {card.adapter.get('alpha')}, on "
+        f"{', '.join(card.adapter.get('target_modules', []))}; "
+        + ("A frozen, B trained (FFA-LoRA)." if card.adapter.get("freeze_a") else "A and B trained."),
+    ]
+    if card.labels:
+        lines += ["", "Labels, in output order: " + ", ".join(f"`{label}`" for label in card.labels) + "."]
+    lines += ["", "## Privacy guarantee", ""]
+    if private:
+        lines.append("For each institution below, this adapter is (epsilon, delta)-differentially private with "
+                     "respect to one record of that institution's dataset: epsilon composes the DP-SGD steps "
+                     "its ledger records for this federation, with the accountant named. `dataset eps` is all "
+                     "its ledger has spent on the dataset, in every federation.")
+    if len(private) < len(card.guarantees):
+        lines.append("")
+        lines.append("Institutions marked `no DP` trained without noise (a reference run): the adapter has no "
+                     "privacy guarantee for their records.")
+    lines += ["", "| institution | dataset | epsilon | delta | accountant | rounds | dataset eps | budget | "
+              "ledger head |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in card.guarantees:
+        head = f"{g.ledger_seq}:{g.ledger_head[:16]}" if g.ledger_head else "-"
+        lines.append(f"| {g.institution} | {g.dataset} | {_number(g.epsilon) if g.private else 'no DP'} | "
+                     f"{g.delta:g} | {g.accountant} | {g.rounds_trained} | {_number(g.dataset_epsilon)} | "
+                     f"{_number(g.budget_epsilon, 2)} | `{head}` |")
+    if len(card.guarantees) < card.institutions:
+        lines += ["", f"This card lists {len(card.guarantees)} of the {card.institutions} institutions: a member "
+                  "states only the guarantee its own ledger holds; the others' are in their own cards."]
+    lines += [
+        "",
+        "## Checking it",
+        "",
+        "`privacy.json` holds the same numbers, the full ledger head hashes and the SHA-256 of "
+        f"`adapter_model.safetensors` (`{card.weights_sha256[:16]}...`). An auditor checks them against the "
+        "signed ledgers and the coordinator's receipts:",
+        "",
+        "```",
+        "confide audit adapter ADAPTER_DIR LEDGER.jsonl... --receipts RECEIPTS.jsonl --federation FEDERATION.yaml",
+        "```",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)",
+        "```",
+        "",
+    ]
+    return "\n".join(front + lines)
