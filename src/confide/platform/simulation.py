@@ -30,6 +30,7 @@ from confide.errors import BadInput
 from confide.identity import Identity
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
+from confide.platform.model_card import complete_cards
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.client import CoordinatorRefused
 from confide.platform.service.driver import AgentError, RoundDriver, admit
@@ -366,6 +367,7 @@ def run_simulation(sim: Simulation) -> dict:
         }
         _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
         status = pool.call_many([(m, "privacy_status", (), {}) for m in specs])
+        complete_cards([out_adapters / m for m in specs])  # every institution's guarantee on every card
         receipts = [dict(r, federation=federation.federation_id) for r in hub.coordinator.store.receipts()]
         (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
         sim.rounds = [rounds.report(r.index) for r in hub.state.rounds]
