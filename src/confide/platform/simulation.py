@@ -234,38 +234,38 @@ class RemoteMember:
     def __init__(self, pool: MemberPool, institution_id: str, federation: FederationPolicy) -> None:
         self.pool, self.institution_id, self.federation = pool, institution_id, federation
 
-    def _call(self, method: str, *args):
-        return self.pool.call(self.institution_id, method, *args)
+    def _call(self, function, *args):
+        return self.pool.call(self.institution_id, function, *args)
 
     def is_key_holder(self) -> bool:
         return self.federation.key_holder_id == self.institution_id
 
     def has_key(self) -> bool:
-        return self._call("has_key")
+        return self._call(Member.has_key)
 
     def make_keys(self):
-        return self._call("make_keys")
+        return self._call(Member.make_keys)
 
     def install_key(self, sealed: bytes) -> None:
-        self._call("install_key", sealed)
+        self._call(Member.install_key, sealed)
 
     def take_part(self, round_index: int):
-        return self._call("take_part", round_index)
+        return self._call(Member.take_part, round_index)
 
     def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
-        return self._call("record_receipt", round_index, receipt, envelope, coordinator_key)
+        return self._call(Member.record_receipt, round_index, receipt, envelope, coordinator_key)
 
     def check_anchor(self, receipt: dict | None) -> None:
-        self._call("check_anchor", receipt)
+        self._call(Member.check_anchor, receipt)
 
     def apply_sum(self, round_index: int, sum_envelope: bytes):
-        return self._call("apply_sum", round_index, sum_envelope)
+        return self._call(Member.apply_sum, round_index, sum_envelope)
 
     def note_failed_round(self, round_index: int, reason: str):
-        return self._call("note_failed_round", round_index, reason)
+        return self._call(Member.note_failed_round, round_index, reason)
 
     def save_adapter(self, out_dir: Path) -> str:
-        return self._call("save_adapter", out_dir)
+        return self._call(Member.save_adapter, out_dir)
 
 
 class _Rounds:
@@ -285,9 +285,9 @@ class _Rounds:
             # Evaluated by the member right after applying, before it trains the next round.
             active = sorted(set(self.members) - self.left)
             if self.sim.test_records is None:
-                metrics = self.pool.call(member, "evaluate", None)
+                metrics = self.pool.call(member, Member.evaluate, None)
             elif active and member == active[0]:
-                metrics = self.pool.call(member, "evaluate", self.sim.test_records)
+                metrics = self.pool.call(member, Member.evaluate, self.sim.test_records)
         with self.lock:
             if outcome.kind == "aborted":
                 self.left.add(member)
@@ -355,7 +355,7 @@ def run_simulation(sim: Simulation) -> dict:
     status: dict = {}
     try:
         emit({"type": "phase", "text": "loading models and data"})
-        plans = pool.call_many([(m, "plan", (), {}) for m in specs], on_wait=events.pump(sim.on_event))
+        plans = pool.call_many([(m, Member.plan, (), {}) for m in specs], on_wait=events.pump(sim.on_event))
         emit({"type": "plans", "plans": plans})
         drivers = {
             m: RoundDriver(RemoteMember(pool, m, federation), InProcessTransport(hub, m, clock, idle), federation,
@@ -366,7 +366,7 @@ def run_simulation(sim: Simulation) -> dict:
             for m, (_, p) in specs.items()
         }
         _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
-        status = pool.call_many([(m, "privacy_status", (), {}) for m in specs])
+        status = pool.call_many([(m, Member.privacy_status, (), {}) for m in specs])
         complete_cards([out_adapters / m for m in specs])  # every institution's guarantee on every card
         receipts = [dict(r, federation=federation.federation_id) for r in hub.coordinator.store.receipts()]
         (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))

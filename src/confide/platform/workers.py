@@ -3,7 +3,9 @@
 TenSEAL and torch's CPU kernels hold the GIL for long stretches, so parallelism needs processes.
 They are started with `spawn`: a fork after a TenSEAL context exists deadlocked. Each worker hosts
 one or more members for the whole simulation (models stay loaded between rounds); the main process
-sends it method calls and gets plain results back. Progress events travel on a shared queue.
+sends it calls and gets plain results back. A call names the function to run on the member (e.g.
+`Member.take_part`, pickled by reference), never a method name as a string: a renamed method then fails
+where it is referenced, not at run time in a worker. Progress events travel on a shared queue.
 
 With `workers=0` the same members run in the calling process through the same interface, which is
 what tests and debugging use.
@@ -20,6 +22,8 @@ from typing import Any, Callable
 from confide.errors import BadInput
 
 Factory = Callable[..., Any]
+MemberFunction = Callable[..., Any]
+"""A function whose first argument is the member, e.g. an unbound method `Member.plan`."""
 
 
 class WorkerFailed(RuntimeError):
@@ -40,11 +44,11 @@ def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, thre
         message = connection.recv()
         if message is None:
             return
-        member_id, method, args, kwargs = message
+        member_id, function, args, kwargs = message
         try:
             if member_id not in members:
                 members[member_id] = factory(*specs[member_id], progress=progress)
-            result = ("ok", getattr(members[member_id], method)(*args, **kwargs))
+            result = ("ok", function(members[member_id], *args, **kwargs))
         except BadInput as exc:  # the user's mistake: its message travels, not the traceback
             result = ("bad_input", str(exc))
         except BaseException as exc:  # sent back whole: the main process decides what is fatal
@@ -97,15 +101,16 @@ class MemberPool:
             self.local[member_id] = self.factory(*self.specs[member_id], progress=self.progress)
         return self.local[member_id]
 
-    def call_many(self, calls: list[tuple[str, str, tuple, dict]], on_wait: Callable[[], None] | None = None) -> dict:
-        """Run `(member_id, method, args, kwargs)` calls, one per member, in parallel across workers.
+    def call_many(self, calls: list[tuple[str, MemberFunction, tuple, dict]],
+                  on_wait: Callable[[], None] | None = None) -> dict:
+        """Run `(member_id, function, args, kwargs)` calls, one per member, in parallel across workers.
 
         Returns {member_id: result}. Calls to members of the same worker run one after another.
         Raises the member's own exception where it can travel between processes, else WorkerFailed.
         """
         if not self.processes:
             with self._local_lock:
-                return {m: getattr(self._local(m), method)(*args, **kwargs) for m, method, args, kwargs in calls}
+                return {m: function(self._local(m), *args, **kwargs) for m, function, args, kwargs in calls}
         queues: dict[int, list] = {}
         for call in calls:
             queues.setdefault(self.route[call[0]], []).append(call)
@@ -143,8 +148,9 @@ class MemberPool:
                     self.connections[w].send(pending[w])
         return results
 
-    def call(self, member_id: str, method: str, *args, **kwargs) -> Any:
-        return self.call_many([(member_id, method, args, kwargs)])[member_id]
+    def call(self, member_id: str, function: MemberFunction, *args, **kwargs) -> Any:
+        """`function(member, *args, **kwargs)` on member `member_id`, wherever it lives."""
+        return self.call_many([(member_id, function, args, kwargs)])[member_id]
 
     def close(self) -> None:
         for connection in self.connections:

@@ -275,8 +275,3 @@ def _receipt_dict(reply: ReceiptReply) -> dict:
                    reply.ledger_seq, reply.ledger_head).to_dict()
 
 
-def _receipt_dict(reply: ReceiptReply) -> dict:
-    return Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature,
-                   reply.ledger_seq, reply.ledger_head).to_dict()
-
-
