@@ -13,6 +13,7 @@ from confide.aggregation import (
     EnvelopeError,
     InvalidUpdate,
     LayoutMismatch,
+    PublicContext,
     WorkerPool,
     WrongKey,
     create_key_material,
@@ -23,15 +24,16 @@ from confide.aggregation import (
     sum_envelopes,
     unflatten,
 )
-from confide.aggregation.wire import KIND_SUM, build_envelope
+from confide.aggregation.wire import KIND_SUM, build_envelope, read_seeds
 
 N_INSTITUTIONS = 10
 
 
 def institution_updates(size: int, rng: np.random.Generator):
-    """Ten updates ~ N(0, 0.01) (standard deviation 0.1) with unequal sample-count weights."""
+    """Ten updates ~ N(0, 0.01) (standard deviation 0.1) with unequal policy weights (public
+    aggregation weights: small numbers, never record counts)."""
     deltas = [rng.normal(0.0, 0.1, size) for _ in range(N_INSTITUTIONS)]
-    weights = [float(w) for w in rng.integers(50, 2000, N_INSTITUTIONS)]
+    weights = [float(w) for w in rng.integers(1, 5, N_INSTITUTIONS)]
     return deltas, weights
 
 
@@ -54,9 +56,9 @@ def test_decrypted_average_matches_plaintext_fedavg_for_ten_institutions(
 ):
     deltas, weights, envelopes = uploads
     result = decrypt_sum(material, sum_envelopes(coordinator, envelopes), layout.hash)
-    assert np.max(np.abs(result.average - fedavg(deltas, weights))) <= 1e-6
+    assert np.max(np.abs(result.average - fedavg(deltas, weights))) <= 1e-4
     assert result.count == N_INSTITUTIONS
-    assert result.total_weight == pytest.approx(sum(weights), abs=1e-6)
+    assert result.total_weight == pytest.approx(sum(weights), abs=1e-4)
     assert np.max(np.abs(result.average - fedavg(deltas, weights))) <= result.error_bound
 
 
@@ -69,7 +71,7 @@ def test_dropped_institutions_leave_the_average_of_those_that_uploaded(
         material, sum_envelopes(coordinator, [envelopes[i] for i in kept]), layout.hash
     )
     expected = fedavg([deltas[i] for i in kept], [weights[i] for i in kept])
-    assert np.max(np.abs(result.average - expected)) <= 1e-6
+    assert np.max(np.abs(result.average - expected)) <= result.error_bound
     assert result.count == len(kept)
 
 
@@ -78,7 +80,7 @@ def test_sums_of_sums_add_up_like_one_sum(material, coordinator, layout, uploads
     partial = [sum_envelopes(coordinator, envelopes[:4]), sum_envelopes(coordinator, envelopes[4:])]
     result = decrypt_sum(material, sum_envelopes(coordinator, partial), layout.hash)
     assert result.count == N_INSTITUTIONS
-    assert np.max(np.abs(result.average - fedavg(deltas, weights))) <= 1e-6
+    assert np.max(np.abs(result.average - fedavg(deltas, weights))) <= result.error_bound
 
 
 def test_decrypted_average_unflattens_into_the_adapter(material, coordinator):
@@ -88,13 +90,13 @@ def test_decrypted_average_unflattens_into_the_adapter(material, coordinator):
     result = decrypt_sum(material, sum_envelopes(coordinator, [envelope]), layout.hash)
     restored = unflatten(result.average, layout)
     for name, tensor in state.items():
-        assert np.allclose(restored[name].numpy(), tensor.numpy(), atol=1e-6)
+        assert np.allclose(restored[name].numpy(), tensor.numpy(), atol=result.error_bound)
 
 
-def test_upload_costs_about_eight_bytes_per_parameter(material, layout):
+def test_upload_costs_less_than_a_float32_per_parameter(material, layout):
     n = 40 * 4096 - 2  # whole ciphertexts, so no padding is counted
     envelope = encrypt_update(material, np.zeros(n), 1.0, layout.hash)
-    assert len(envelope) / n <= 8.2
+    assert len(envelope) / n < 4.0
 
 
 @pytest.mark.integration
@@ -112,7 +114,7 @@ def test_parallel_encryption_and_summation_match_the_serial_result(
         assert sum_envelopes(coordinator, envelopes[:3], workers=pool) == serial
         parallel_upload = encrypt_update(material, deltas[0], weights[0], layout.hash, workers=pool)
     result = decrypt_sum(material, sum_envelopes(coordinator, [parallel_upload]), layout.hash)
-    assert np.max(np.abs(result.average - deltas[0])) <= 1e-6
+    assert np.max(np.abs(result.average - deltas[0])) <= result.error_bound
 
 
 def test_summing_paths_reads_files_and_matches_bytes(coordinator, uploads, tmp_path):
@@ -157,7 +159,8 @@ def test_truncated_envelope_is_refused(coordinator, uploads, keep, tmp_path):
 
 
 # Byte offsets in the fixed header: magic 0, version 4, kind 5, key id 8, layout 24,
-# payload digest 56, n_values 88, slots 96, n_ciphertexts 100, n_summed 104.
+# payload digest 56, n_values 88, slots 96, n_ciphertexts 100, n_summed 104, widths 108-109,
+# reserved 110; the seed follows at 112, the ciphertexts at 144.
 @pytest.mark.parametrize(
     "offset, error",
     [
@@ -169,7 +172,9 @@ def test_truncated_envelope_is_refused(coordinator, uploads, keep, tmp_path):
         (95, EnvelopeError),  # n_values
         (99, EnvelopeError),  # slots
         (103, EnvelopeError),  # ciphertext count
-        (110, EnvelopeError),  # length table
+        (108, EnvelopeError),  # coefficient width
+        (110, EnvelopeError),  # reserved
+        (120, EnvelopeError),  # seed
         (200, EnvelopeError),  # inside a ciphertext
         (-5, EnvelopeError),  # end of the last ciphertext
     ],
@@ -220,11 +225,15 @@ def test_coordinator_misstating_the_number_of_contributions_is_detected(
 ):
     # A dishonest coordinator can rewrite the header and its checksum; the count slot is
     # encrypted, so the key-holder still notices.
+    # The declared count is the number of seeds: claiming a fourth contribution needs a fourth
+    # seed, whose polynomial then garbles the decryption.
     total = sum_envelopes(coordinator, uploads[2][:3])
     h = read_header(total)
     blobs = [total[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
-    forged = build_envelope(KIND_SUM, h.key_id, h.layout_hash, h.n_values, h.slots, 4, blobs)
-    with pytest.raises(DecryptionCheckFailed, match="count slot says 3"):
+    seeds = read_seeds(total, h) + [bytes(range(32))]
+    forged = build_envelope(KIND_SUM, h.key_id, h.layout_hash, h.n_values, h.slots, seeds,
+                            h.bits, h.last_bits, blobs)
+    with pytest.raises(DecryptionCheckFailed):
         decrypt_sum(material, forged, layout.hash)
 
 
@@ -261,9 +270,34 @@ def test_update_too_large_for_the_parameters_is_refused(material):
 
 
 def test_a_replayed_upload_relabelled_as_a_sum_is_still_refused(coordinator, uploads):
+    # A sum of one upload is that upload repacked at full width, under the same seed.
     envelope = uploads[2][0]
-    h = read_header(envelope)
-    blobs = [envelope[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
-    relabelled = build_envelope(KIND_SUM, h.key_id, h.layout_hash, h.n_values, h.slots, 1, blobs)
+    relabelled = sum_envelopes(coordinator, [envelope])
+    assert read_header(relabelled).kind == "sum"
     with pytest.raises(EnvelopeError, match="same upload"):
         sum_envelopes(coordinator, [envelope, relabelled])
+
+
+def test_version_1_envelopes_are_refused_with_a_message_that_says_why(coordinator, uploads):
+    old = bytearray(uploads[2][0])
+    old[4] = 1
+    with pytest.raises(EnvelopeError, match="version 1 .* no longer read") as err:
+        sum_envelopes(coordinator, [bytes(old)])
+    assert "re-encrypt" in err.value.hint
+
+
+def test_uploads_of_other_precision_parameters_are_refused_by_the_coordinator(coordinator, layout):
+    coarse = create_key_material(CkksParameters(upload_precision_bits=12))
+    foreign = encrypt_update(coarse, np.zeros(layout.size), 1.0, layout.hash)
+    other = PublicContext.from_bytes(coarse.public_context_bytes())
+    sum_envelopes(other, [foreign])  # its own coordinator takes it
+    with pytest.raises(EnvelopeError, match="bit coefficients"):
+        sum_envelopes(coordinator, [_rekeyed(foreign, coordinator.key_id)])
+
+
+def _rekeyed(envelope: bytes, key_id: str) -> bytes:
+    """The same envelope under another key id (as if it were made with the coordinator's key)."""
+    h = read_header(envelope)
+    blobs = [envelope[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
+    return build_envelope(1, key_id, h.layout_hash, h.n_values, h.slots, read_seeds(envelope, h),
+                          h.bits, h.last_bits, blobs)

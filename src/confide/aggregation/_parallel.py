@@ -1,4 +1,5 @@
-"""Work split across processes: TenSEAL holds the GIL, so threads would not help.
+"""Work split across processes: TenSEAL holds the GIL, so threads would not help; and the
+coordinator's summation, in numpy, as a streaming pass over the envelopes.
 
 Always the ``spawn`` start method: forking a process after a TenSEAL context exists deadlocked
 in our measurements, and a spawned worker inherits nothing but what it is sent. Tasks are
@@ -8,18 +9,19 @@ module-level functions over plain bytes and numpy arrays so they pickle across p
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as seal
 
-from confide.aggregation import _seal
-from confide.aggregation.wire import EnvelopeSource, read_ciphertext
+from confide.aggregation import _seal, bitpack, compact
+from confide.aggregation.wire import EnvelopeHeader, EnvelopeSource, read_ciphertext
 
-#: A ciphertext reader for one envelope: ("bytes", [blob per position]) when the parent
-#: already holds the bytes, or ("path", path, [(offset, length) per position]).
-SourceSpec = tuple[Any, ...]
+#: Ciphertext positions a summation reads from each envelope at once (64 x 4096 coefficients:
+#: a few MB for the running block and one envelope's block).
+SUM_BLOCK = 64
 
 
 class WorkerPool:
@@ -71,75 +73,91 @@ def split_ranges(n: int, parts: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def encrypt_task(job: tuple[bytes, np.ndarray]) -> list[bytes]:
-    """Worker: encrypt rows of complex slots with the secret material sent along."""
+def encrypt_task(job: tuple[bytes, np.ndarray, list[tuple[int, int]], bytes, int]) -> list[bytes]:
+    """Worker: encrypt rows of complex slots with the secret material sent along. The upload's
+    seed and the rows' first position keep every ciphertext's ``a`` distinct."""
     from confide.aggregation.keys import load_secret
 
-    secret_bytes, rows = job
+    secret_bytes, rows, widths, seed, first = job
     material = load_secret(secret_bytes)
     with _seal.SealScratch() as scratch:
-        return _seal.encrypt_rows(
-            material.context, material.secret_key, rows, material.params.scale_bits, scratch
-        )
+        return compact.encrypt_rows(
+            material.context, material.secret_key, rows, material.params.scale_bits, widths,
+            scratch, seed=seed, first_position=first,
+        )[1]
 
 
-def sum_positions(
-    context: seal.SEALContext,
-    scale_bits: int,
-    readers: Sequence[Callable[[int], bytes | memoryview]],
-    positions: range,
-    scratch: _seal.SealScratch,
-) -> list[bytes]:
-    """Add, position by position, the ciphertexts every reader returns for that position.
+@dataclass(frozen=True)
+class EnvelopePart:
+    """The bytes of a run of one envelope's ciphertexts, or the path to read them from: what a
+    worker needs for its share (only a parent's in-memory bytes cross the process boundary)."""
 
-    Memory holds one running ciphertext and one being added, whatever the number of readers.
-    """
-    evaluator = seal.Evaluator(context)
-    out = []
-    for j in positions:
-        total = None
-        for i, read in enumerate(readers):
-            ct = _seal.load_update_ciphertext(
-                scratch, context, read(j), scale_bits, f"ciphertext {j} of envelope {i}"
-            )
-            if total is None:
-                total = ct
-            else:
-                evaluator.add_inplace(total, ct)
-        out.append(scratch.dump(total))
+    header: EnvelopeHeader
+    path: str | None
+    data: bytes | memoryview | None
+    base: int
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        if self.path is not None:
+            return read_ciphertext(self.path, offset, length)
+        assert self.data is not None
+        return memoryview(self.data)[offset - self.base : offset - self.base + length]
+
+
+def part_of(source: EnvelopeSource, header: EnvelopeHeader, positions: range | None,
+            copy: bool) -> EnvelopePart:
+    """The part of ``source`` a summation of ``positions`` (all if None) reads."""
+    if isinstance(source, (str, os.PathLike)):
+        return EnvelopePart(header, str(source), None, 0)
+    if positions is None or not copy:
+        return EnvelopePart(header, None, source, 0)
+    offsets, lengths = header.ciphertext_offsets(), header.ciphertext_lengths
+    start, stop = offsets[positions.start], offsets[positions.stop - 1] + lengths[positions.stop - 1]
+    return EnvelopePart(header, None, bytes(memoryview(source)[start:stop]), start)
+
+
+def sum_positions(parts: Sequence[EnvelopePart], positions: range, q: int, full_bits: int,
+                  block: int = SUM_BLOCK) -> list[bytes]:
+    """Add, modulo ``q``, the ciphertexts every envelope holds at ``positions``; return them
+    packed at ``full_bits``. Works through ``block`` positions at a time: memory holds one
+    running block and one envelope's block, whatever the number of envelopes."""
+    out: list[bytes] = []
+    n = 2 * parts[0].header.slots
+    modulus = np.uint64(q)
+    for begin in range(positions.start, positions.stop, block):
+        run = range(begin, min(begin + block, positions.stop))
+        total = np.zeros(len(run) * n, dtype=np.uint64)
+        for count, part in enumerate(parts, start=1):
+            total += _block_coefficients(part, run, q, full_bits)
+            if count % compact.ADDS_PER_REDUCTION == 0:
+                np.remainder(total, modulus, out=total)
+        np.remainder(total, modulus, out=total)
+        out.extend(bitpack.pack(poly, full_bits) for poly in total.reshape(len(run), n))
     return out
 
 
-def reader_for(spec: SourceSpec, first: int) -> Callable[[int], bytes | memoryview]:
-    """A reader over a worker's share of one envelope; positions count from ``first``."""
-    if spec[0] == "bytes":
-        blobs = spec[1]
-        return lambda j: blobs[j - first]
-    _, path, slices = spec
-
-    def read(j: int) -> bytes | memoryview:
-        offset, length = slices[j - first]
-        return read_ciphertext(path, offset, length)
-
-    return read
-
-
-def share_of(source: EnvelopeSource, offsets: Sequence[int], lengths: Sequence[int],
-             positions: range) -> SourceSpec:
-    """What a worker needs to read ``positions`` of one envelope (paths are read by the
-    worker itself, so only the parent's bytes cross the process boundary)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        view = memoryview(source)
-        return ("bytes", [bytes(view[offsets[j] : offsets[j] + lengths[j]]) for j in positions])
-    return ("path", str(source), [(offsets[j], lengths[j]) for j in positions])
+def _block_coefficients(part: EnvelopePart, run: range, q: int, full_bits: int) -> np.ndarray:
+    """One envelope's coefficients at positions ``run``, restored modulo ``q``, concatenated."""
+    header = part.header
+    n = 2 * header.slots
+    offsets, lengths = header.ciphertext_offsets(), header.ciphertext_lengths
+    raw = part.read(offsets[run.start], offsets[run.stop - 1] + lengths[run.stop - 1] - offsets[run.start])
+    what = f"ciphertexts {run.start}..{run.stop - 1}"
+    last = header.n_ciphertexts - 1
+    # All but the envelope's last ciphertext share one width, so a run unpacks in one call.
+    bulk = [j for j in run if j != last]
+    pieces = []
+    if bulk:
+        size = lengths[0] * len(bulk)
+        packed = bitpack.unpack(raw[:size], header.bits, n * len(bulk))
+        pieces.append(compact.restore_coefficients(packed, full_bits - header.bits, q, what))
+    if last in run:
+        packed = bitpack.unpack(raw[len(raw) - lengths[last] :], header.last_bits, n)
+        pieces.append(compact.restore_coefficients(packed, full_bits - header.last_bits, q, what))
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def sum_task(job: tuple[bytes, list[SourceSpec], range]) -> list[bytes]:
+def sum_task(job: tuple[list[EnvelopePart], range, int, int]) -> list[bytes]:
     """Worker: sum its range of ciphertext positions across all envelopes."""
-    from confide.aggregation.keys import PublicContext
-
-    public_bytes, specs, positions = job
-    public = PublicContext.from_bytes(public_bytes)
-    readers = [reader_for(spec, positions.start) for spec in specs]
-    with _seal.SealScratch() as scratch:
-        return sum_positions(public.context, public.params.scale_bits, readers, positions, scratch)
+    parts, positions, q, full_bits = job
+    return sum_positions(parts, positions, q, full_bits)

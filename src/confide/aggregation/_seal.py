@@ -2,10 +2,14 @@
 
 TenSEAL 0.3.18 exposes SEAL's ``save``/``load`` by file path only, so objects travel through a
 private scratch directory (on tmpfs when available, mode 0700), one short-lived file at a time.
+Its ``save`` always compresses (zstd), so coefficients are read back one by one
+(``Ciphertext.__getitem__``, about 0.5 us each) and written by building SEAL's uncompressed
+serialization, which ``load`` accepts and validates (:func:`ciphertext_from_polys`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import struct
@@ -39,6 +43,51 @@ def build_context(params: CkksParameters) -> seal.SEALContext:
             "use the defaults (N=4096, [60], scale_bits=40)",
         )
     return context
+
+
+def last_modulus(context: seal.SEALContext) -> int:
+    """The prime ``q0`` of the last level, where uploads and sums live."""
+    return int(context.last_context_data().parms().coeff_modulus()[0].value())
+
+
+@functools.cache
+def _header_version() -> bytes:
+    """The version bytes of this SEAL build's serialization header (major, minor)."""
+    with SealScratch() as scratch:
+        return scratch.dump(seal.Plaintext())[3:5]
+
+
+def _seal_header(body_size: int) -> bytes:
+    """A SEAL serialization header for an uncompressed object of ``body_size`` bytes."""
+    return _SEAL_HEADER.pack(_SEAL_MAGIC, _SEAL_HEADER.size, *_header_version(), 0, 0,
+                             _SEAL_HEADER.size + body_size)
+
+
+def ciphertext_from_polys(
+    scratch: SealScratch,
+    context: seal.SEALContext,
+    c0: np.ndarray,
+    c1: np.ndarray,
+    scale_bits: int,
+) -> seal.Ciphertext:
+    """A two-polynomial ciphertext at the last level, in coefficient form, from its polynomials
+    (uint64 arrays of N values below ``q0``). SEAL's ``load`` checks every value against ``q0``.
+
+    The bytes follow SEAL 4's ``Ciphertext::save_members`` without compression: parms_id, the
+    NTT flag, size, N, modulus count, scale, correction factor, then the coefficient array as
+    a nested serializable (its own header, its length, the words).
+    """
+    words = np.concatenate([c0, c1]).astype("<u8", copy=False)
+    array = struct.pack("<Q", words.size) + words.tobytes()
+    array = _seal_header(len(array)) + array
+    body = (struct.pack("<4Q", *context.last_parms_id()) + b"\x00"
+            + struct.pack("<QQQdQ", 2, c0.size, 1, 2.0**scale_bits, 1) + array)
+    return scratch.load_ciphertext(context, _seal_header(len(body)) + body)
+
+
+def read_poly(ct: seal.Ciphertext, index: int, n: int) -> np.ndarray:
+    """Polynomial ``index`` of a one-prime ciphertext as uint64 (n coefficients)."""
+    return np.fromiter(map(ct.__getitem__, range(index * n, (index + 1) * n)), dtype=np.uint64, count=n)
 
 
 def context_fingerprint(context: seal.SEALContext) -> str:

@@ -7,15 +7,15 @@ the federated average and reads the number of contributions from the count slot.
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from confide.aggregation import _parallel, _seal
+from confide.aggregation import _parallel, _seal, bitpack, compact
 from confide.aggregation._parallel import WorkerPool
 from confide.aggregation.errors import (
     DecryptionCheckFailed,
@@ -25,17 +25,18 @@ from confide.aggregation.errors import (
     LayoutMismatch,
 )
 from confide.aggregation.keys import SecretKeyMaterial, require_public
-from confide.aggregation.params import COUNT_TOLERANCE, check_capacity
+from confide.aggregation.params import COUNT_TOLERANCE, CkksParameters, check_capacity
 from confide.aggregation.wire import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     KIND_SUM,
     KIND_UPDATE,
+    SEED_BYTES,
     EnvelopeHeader,
     EnvelopeSource,
     build_envelope,
-    max_ciphertext_bytes,
     read_ciphertext,
     read_header,
+    read_seeds,
 )
 
 __all__ = [
@@ -109,23 +110,34 @@ def encrypt_update(
     check_capacity(params, delta.size, float(np.max(np.abs(values))), n_contributions=1)
 
     rows = _seal.pack_complex(values, params.slots)
+    widths = upload_widths(params, len(rows))
     n_workers = _parallel.worker_count(workers)
+    seed = os.urandom(SEED_BYTES)
     if n_workers > 1 and len(rows) > 1:
         secret_bytes = material.to_bytes()
         jobs = [
-            (secret_bytes, rows[r.start : r.stop])
+            (secret_bytes, rows[r.start : r.stop], widths[r.start : r.stop], seed, r.start)
             for r in _parallel.split_ranges(len(rows), n_workers)
         ]
         parts = _parallel.run_spawned(_parallel.encrypt_task, jobs, workers)
         blobs = [b for part in parts for b in part]
     else:
         with _seal.SealScratch() as scratch:
-            blobs = _seal.encrypt_rows(
-                material.context, material.secret_key, rows, params.scale_bits, scratch
+            _, blobs = compact.encrypt_rows(
+                material.context, material.secret_key, rows, params.scale_bits, widths, scratch,
+                seed=seed,
             )
     return build_envelope(
-        KIND_UPDATE, material.key_id, layout_hash, delta.size, params.slots, 1, blobs
+        KIND_UPDATE, material.key_id, layout_hash, delta.size, params.slots, [seed],
+        params.upload_bits(), params.upload_bits(trailer=True), blobs,
     )
+
+
+def upload_widths(params: CkksParameters, n_ciphertexts: int) -> list[tuple[int, int]]:
+    """``(bits, dropped)`` of each ciphertext of an upload: the last one holds the trailer."""
+    bulk = (params.upload_bits(), params.dropped_bits())
+    last = (params.upload_bits(trailer=True), params.dropped_bits(trailer=True))
+    return [bulk] * (n_ciphertexts - 1) + [last]
 
 
 def sum_envelopes(
@@ -137,29 +149,28 @@ def sum_envelopes(
     """Add update (or sum) envelopes into one sum envelope, without any secret key.
 
     ``public_context`` is a PublicContext or its bytes; anything holding a secret key is refused.
-    ``envelopes`` are bytes or paths. Every header is validated before any ciphertext is
-    parsed; ciphertexts are then added position by position, so working memory is a few
-    ciphertexts plus the result, whatever the number of institutions (paths are read piecewise).
-    ``workers`` > 1 (or a :class:`WorkerPool`) splits the positions across processes.
+    ``envelopes`` are bytes or paths. Every header is validated (key, slots, layout, size,
+    coefficient widths, digest) before any coefficient is added; the ``c0`` polynomials are then
+    added modulo ``q0`` in numpy, a block of positions at a time across all envelopes, so
+    working memory is two blocks whatever the number of institutions (paths are read
+    piecewise), and the contributions' seeds are passed on. ``workers`` > 1 (or a
+    :class:`WorkerPool`) splits the positions across processes.
 
     Raises :class:`SecretKeyPresent`, :class:`EnvelopeError` (malformed, none given, duplicate,
-    different sizes), :class:`WrongKey`, :class:`LayoutMismatch`.
+    different sizes or widths), :class:`WrongKey`, :class:`LayoutMismatch`.
     """
     public = require_public(public_context)
+    params = public.params
     sources = list(envelopes)
     if not sources:
         raise EnvelopeError("no envelopes to sum", "wait for at least one upload")
     headers = [
-        read_header(
-            s,
-            expected_key_id=public.key_id,
-            expected_slots=public.params.slots,
-            max_bytes=max_bytes,
-        )
+        read_header(s, expected_key_id=public.key_id, expected_slots=params.slots, max_bytes=max_bytes)
         for s in sources
     ]
     first = headers[0]
-    for i, h in enumerate(headers[1:], start=1):
+    full_bits = params.coeff_mod_bit_sizes[0]
+    for i, h in enumerate(headers):
         if h.layout_hash != first.layout_hash:
             raise LayoutMismatch(
                 f"envelope {i} carries adapter layout {h.layout_hash[:12]}..., "
@@ -171,71 +182,49 @@ def sum_envelopes(
                 f"envelope {i} holds {h.n_values} values, envelope 0 holds {first.n_values}",
                 "only updates of the same adapter can be summed",
             )
-    offsets = [h.ciphertext_offsets() for h in headers]
-    _refuse_duplicates(sources, headers, offsets)
+        expected = (
+            (params.upload_bits(), params.upload_bits(trailer=True)) if h.kind == "update"
+            else (full_bits, full_bits)
+        )
+        if (h.bits, h.last_bits) != expected:
+            raise EnvelopeError(
+                f"envelope {i} carries {h.bits}/{h.last_bits}-bit coefficients; these parameters "
+                f"make {expected[0]}/{expected[1]}",
+                "it was made with other CKKS parameters (upload_precision_bits, scale_bits)",
+            )
+    seeds = [seed for s, h in zip(sources, headers) for seed in read_seeds(s, h)]
+    _refuse_duplicates(seeds, headers)
 
     n_ct = first.n_ciphertexts
-    limit = max_ciphertext_bytes(first.slots)
+    q = _seal.last_modulus(public.context)
     n_workers = _parallel.worker_count(workers)
     if n_workers > 1 and n_ct > 1:
-        public_bytes = public.to_bytes()
         jobs = [
-            (
-                public_bytes,
-                [
-                    _parallel.share_of(s, o, h.ciphertext_lengths, r)
-                    for s, o, h in zip(sources, offsets, headers)
-                ],
-                r,
-            )
+            ([_parallel.part_of(s, h, r, copy=True) for s, h in zip(sources, headers)], r, q, full_bits)
             for r in _parallel.split_ranges(n_ct, n_workers)
         ]
         parts = _parallel.run_spawned(_parallel.sum_task, jobs, workers)
         blobs = [b for part in parts for b in part]
     else:
-        readers = [
-            _checked_reader(s, o, h.ciphertext_lengths, limit)
-            for s, o, h in zip(sources, offsets, headers)
-        ]
-        with _seal.SealScratch() as scratch:
-            blobs = _parallel.sum_positions(
-                public.context, public.params.scale_bits, readers, range(n_ct), scratch
-            )
-    n_summed = sum(h.n_summed for h in headers)
+        envelope_parts = [_parallel.part_of(s, h, None, copy=False) for s, h in zip(sources, headers)]
+        blobs = _parallel.sum_positions(envelope_parts, range(n_ct), q, full_bits)
     return build_envelope(
-        KIND_SUM, public.key_id, first.layout_hash, first.n_values, first.slots, n_summed, blobs
+        KIND_SUM, public.key_id, first.layout_hash, first.n_values, first.slots, seeds,
+        full_bits, full_bits, blobs,
     )
 
 
-def _checked_reader(
-    source: EnvelopeSource, offsets: list[int], lengths: tuple[int, ...], limit: int
-) -> Callable[[int], bytes | memoryview]:
-    """Reads ciphertext ``j`` of one envelope, re-checking its framing (a file may change)."""
-
-    def read(j: int) -> bytes | memoryview:
-        blob = read_ciphertext(source, offsets[j], lengths[j])
-        _seal.check_seal_blob(blob, limit, f"ciphertext {j}")
-        return blob
-
-    return read
-
-
-def _refuse_duplicates(
-    sources: list[EnvelopeSource], headers: list[EnvelopeHeader], offsets: list[list[int]]
-) -> None:
-    """Refuse the same upload twice (a replay would double-count one member). Every encryption
-    draws fresh seeds, so byte-identical first ciphertexts mean copies, whatever the headers say.
-    """
+def _refuse_duplicates(seeds: list[bytes], headers: list[EnvelopeHeader]) -> None:
+    """Refuse the same upload twice (a replay would double-count one member). Every upload
+    draws a fresh seed, so a seed seen twice means a copy, whatever the headers say."""
+    owner = [i for i, h in enumerate(headers) for _ in range(h.n_summed)]
     seen: dict[bytes, int] = {}
-    for i, (source, header, offset) in enumerate(zip(sources, headers, offsets)):
-        first = read_ciphertext(source, offset[0], header.ciphertext_lengths[0])
-        digest = hashlib.sha256(first).digest()
-        if digest in seen:
-            raise EnvelopeError(
-                f"envelopes {seen[digest]} and {i} are the same upload",
-                "sum each institution's upload once",
-            )
-        seen[digest] = i
+    for seed, i in zip(seeds, owner):
+        if seed in seen:
+            first = seen[seed]
+            where = f"envelopes {first} and {i} carry" if first != i else f"envelope {i} carries"
+            raise EnvelopeError(f"{where} the same upload", "sum each institution's upload once")
+        seen[seed] = i
 
 
 def decrypt_sum(
@@ -262,15 +251,27 @@ def decrypt_sum(
         raise EnvelopeError(
             "this envelope is a single update, not a sum", "decrypt what the coordinator returns"
         )
-    view = memoryview(envelope_bytes)
+    q = _seal.last_modulus(material.context)
+    full_bits = params.coeff_mod_bit_sizes[0]
+    if (header.bits, header.last_bits) != (full_bits, full_bits):
+        raise EnvelopeError(
+            f"sum envelope carries {header.bits}-bit coefficients; these parameters make {full_bits}",
+            "it was made with other CKKS parameters",
+        )
+    n_coeff = params.poly_modulus_degree
+    c0_sums = [
+        compact.restore_coefficients(
+            bitpack.unpack(read_ciphertext(envelope_bytes, o, size), full_bits, n_coeff), 0, q,
+            f"ciphertext {j}",
+        )
+        for j, (o, size) in enumerate(zip(header.ciphertext_offsets(), header.ciphertext_lengths))
+    ]
     with _seal.SealScratch() as scratch:
-        cts = [
-            _seal.load_update_ciphertext(
-                scratch, material.context, view[o : o + n], params.scale_bits, f"ciphertext {j}"
-            )
-            for j, (o, n) in enumerate(zip(header.ciphertext_offsets(), header.ciphertext_lengths))
-        ]
-    values = _seal.unpack_real(_seal.decrypt_rows(material.context, material.secret_key, cts))
+        slots = compact.decrypt_rows(
+            material.context, material.secret_key, c0_sums, read_seeds(envelope_bytes, header),
+            params.scale_bits, scratch,
+        )
+    values = _seal.unpack_real(slots)
     n = header.n_values
     total_weight, count_slot = float(values[n]), float(values[n + 1])
     count = round(count_slot)
@@ -285,6 +286,7 @@ def decrypt_sum(
             "the coordinator's header is wrong; do not apply this round",
         )
     noise = params.error_bound(count)
+    # Padding shares the trailer's ciphertext; the coarser bulk bound is still far below a wrap.
     padding = values[n + 2 :]
     if padding.size and float(np.max(np.abs(padding))) > _PADDING_FACTOR * noise:
         raise DecryptionCheckFailed(

@@ -1,19 +1,24 @@
 """The binary envelope that carries encrypted updates and sums (never pickled).
 
-Layout, big endian::
+Layout, version 2, big endian::
 
     magic "CFHE" (4) | version (1) | kind (1: update, 2: sum) | reserved (2, zero)
     key id (16) | layout hash (32, SHA-256) | SHA-256 digest (32) | n_values (8)
     slots per ciphertext (4) | n_ciphertexts (4) | n_summed (4)
-    n_ciphertexts x ciphertext length (4 each) | ciphertexts (SEAL serialization, concatenated)
+    bits per coefficient: all ciphertexts but the last (1) | the last (1) | reserved (2, zero)
+    n_summed x seed (32 each) | n_ciphertexts x packed c0 (N = 2 x slots coefficients each)
 
-``n_values`` counts the adapter values; two trailer values (weight, 1) follow them, and the
-ciphertext count must equal ``ceil((n_values + 2) / (2 * slots))``. Every declared length is
-checked against the actual byte count and against what these parameters can produce, so a
-truncated, padded, oversized or garbled envelope is refused before SEAL parses anything. The
-digest covers the whole envelope (with the digest field zeroed) and catches corruption in
-transit or storage, which SEAL alone would not notice in a ciphertext's coefficients or in a
-header count. It is a checksum, not a signature: the platform signs uploads.
+Each ciphertext is its ``c0`` polynomial in coefficient form, bit-packed at the declared width
+(see :mod:`confide.aggregation.compact`); its ``a`` polynomial comes from the seeds, one per
+contribution. ``n_values`` counts the adapter values; two trailer values (weight, 1) follow
+them, and the ciphertext count must equal ``ceil((n_values + 2) / (2 * slots))``. Sizes follow
+from the header alone, so every declared count is checked against the actual byte count before
+anything is parsed. The digest covers the whole envelope (with the digest field zeroed) and
+catches corruption in transit or storage. It is a checksum, not a signature: the platform signs
+uploads.
+
+Version 1 (SEAL-serialized ciphertexts, about 8 bytes per parameter) is refused with a message
+that says so: its uploads only ever lived for one round.
 """
 
 from __future__ import annotations
@@ -26,26 +31,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from confide.aggregation._seal import check_seal_blob
+from confide.aggregation.bitpack import packed_size
 from confide.aggregation.errors import EnvelopeError, LayoutMismatch, WrongKey
 
 MAGIC = b"CFHE"
-VERSION = 1
+VERSION = 2
 KIND_UPDATE = 1
 KIND_SUM = 2
 _KIND_NAMES = {KIND_UPDATE: "update", KIND_SUM: "sum"}
-_FIXED = struct.Struct(">4sBBH16s32s32sQIII")
-_LENGTH = struct.Struct(">I")
+_FIXED = struct.Struct(">4sBBH16s32s32sQIIIBBH")
 _DIGEST_AT = 56  # offset of the digest field in the fixed header
 _DIGEST_END = _DIGEST_AT + 32
-_N_CT_FIELD = 9  # index of n_ciphertexts among the fixed header's fields
+SEED_BYTES = 32
+#: Coefficient widths an envelope may declare: SEAL's primes have at most 60 bits.
+MIN_COEFFICIENT_BITS, MAX_COEFFICIENT_BITS = 8, 60
 
-#: Default ceiling on one envelope: 2 GiB holds a sum of about 10**8 parameters.
+#: Default ceiling on one envelope: 2 GiB holds a sum of about 2 x 10**8 parameters.
 DEFAULT_MAX_ENVELOPE_BYTES = 2**31
 #: Slot counts of the supported ring degrees 4096..32768.
 _SLOT_COUNTS = (2048, 4096, 8192, 16384)
-#: SEAL metadata and compression framing on top of the raw polynomial data of one ciphertext.
-_CT_OVERHEAD = 1024
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 EnvelopeSource = bytes | bytearray | memoryview | str | os.PathLike
@@ -53,7 +57,8 @@ EnvelopeSource = bytes | bytearray | memoryview | str | os.PathLike
 
 @dataclass(frozen=True)
 class EnvelopeHeader:
-    """Validated header of an envelope. Sizes are in bytes; ``n_values`` excludes the trailer."""
+    """Validated header of an envelope. Sizes are in bytes; ``n_values`` excludes the trailer;
+    ``bits`` is the coefficient width of every ciphertext but the last, ``last_bits`` of the last."""
 
     kind: str
     key_id: str
@@ -63,9 +68,24 @@ class EnvelopeHeader:
     slots: int
     n_ciphertexts: int
     n_summed: int
-    ciphertext_lengths: tuple[int, ...]
+    bits: int
+    last_bits: int
     header_bytes: int
     total_bytes: int
+
+    @property
+    def ciphertext_lengths(self) -> tuple[int, ...]:
+        n = 2 * self.slots
+        bulk = packed_size(n, self.bits)
+        return (bulk,) * (self.n_ciphertexts - 1) + (packed_size(n, self.last_bits),)
+
+    def bits_of(self, position: int) -> int:
+        """Coefficient width of ciphertext ``position``."""
+        return self.last_bits if position == self.n_ciphertexts - 1 else self.bits
+
+    @property
+    def seeds_offset(self) -> int:
+        return _FIXED.size
 
     def ciphertext_offsets(self) -> list[int]:
         """Byte offset of each ciphertext from the start of the envelope."""
@@ -74,11 +94,6 @@ class EnvelopeHeader:
             offsets.append(pos)
             pos += length
         return offsets
-
-
-def max_ciphertext_bytes(slots: int) -> int:
-    """Largest serialized ciphertext this protocol makes: two polynomials over one prime."""
-    return 2 * (2 * slots) * 8 + _CT_OVERHEAD
 
 
 def ciphertexts_needed(n_values: int, slots: int) -> int:
@@ -98,10 +113,13 @@ def build_envelope(
     layout_hash: str,
     n_values: int,
     slots: int,
-    n_summed: int,
+    seeds: Sequence[bytes],
+    bits: int,
+    last_bits: int,
     blobs: Sequence[bytes],
 ) -> bytes:
-    """Assemble an envelope from serialized ciphertexts (see the module docstring)."""
+    """Assemble an envelope from the contributions' seeds and the packed ciphertexts (see the
+    module docstring); ``len(seeds)`` is the number of contributions."""
     fixed = _FIXED.pack(
         MAGIC,
         VERSION,
@@ -113,58 +131,24 @@ def build_envelope(
         n_values,
         slots,
         len(blobs),
-        n_summed,
+        len(seeds),
+        bits,
+        last_bits,
+        0,
     )
-    prefix = fixed + b"".join(_LENGTH.pack(len(b)) for b in blobs)
-    digest = _digest_of_prefix(prefix)
-    for blob in blobs:
-        digest.update(blob)
-    prefix = prefix[:_DIGEST_AT] + digest.digest() + prefix[_DIGEST_END:]
-    return b"".join([prefix, *blobs])
+    digest = _digest_of_prefix(fixed)
+    for part in (*seeds, *blobs):
+        digest.update(part)
+    fixed = fixed[:_DIGEST_AT] + digest.digest() + fixed[_DIGEST_END:]
+    return b"".join([fixed, *seeds, *blobs])
 
 
 def _digest_of_prefix(prefix: bytes) -> hashlib._Hash:
-    """SHA-256 state after the header and length table, with the digest field read as zeros."""
+    """SHA-256 state after the fixed header, with the digest field read as zeros."""
     digest = hashlib.sha256(prefix[:_DIGEST_AT])
     digest.update(bytes(32))
     digest.update(prefix[_DIGEST_END:])
     return digest
-
-
-def _parse_fixed(prefix: bytes, total_bytes: int, max_bytes: int) -> tuple:
-    if total_bytes > max_bytes:
-        raise EnvelopeError(
-            f"envelope has {total_bytes} bytes, more than the {max_bytes} allowed",
-            "raise max_bytes only if the adapter really is that large",
-        )
-    if len(prefix) < _FIXED.size:
-        raise EnvelopeError(f"envelope is truncated ({total_bytes} bytes)", "upload it again")
-    fields = _FIXED.unpack_from(prefix, 0)
-    magic, version, kind, reserved, _, _, _, n_values, slots, n_ct, n_summed = fields
-    if magic != MAGIC:
-        raise EnvelopeError("these bytes are not a confide envelope", "check what was uploaded")
-    if version != VERSION:
-        raise EnvelopeError(
-            f"envelope format version {version} is not supported (this build reads {VERSION})",
-            "encrypt with the same confide version as the federation",
-        )
-    if kind not in _KIND_NAMES or reserved != 0:
-        raise EnvelopeError("envelope header is corrupt (kind or reserved field)", "upload again")
-    if slots not in _SLOT_COUNTS:
-        raise EnvelopeError(f"envelope declares {slots} slots per ciphertext", "it is corrupt")
-    # More values than max_bytes could carry means a forged count; refusing it here also bounds
-    # the length table that is read next.
-    if n_values < 1 or n_values > max_bytes:
-        raise EnvelopeError(f"envelope declares {n_values} values", "it is corrupt")
-    if n_ct != ciphertexts_needed(n_values, slots):
-        raise EnvelopeError(
-            f"envelope declares {n_ct} ciphertexts for {n_values} values; "
-            f"{ciphertexts_needed(n_values, slots)} are needed",
-            "it is corrupt",
-        )
-    if n_summed < 1 or (kind == KIND_UPDATE and n_summed != 1):
-        raise EnvelopeError(f"envelope declares {n_summed} contributions", "it is corrupt")
-    return fields
 
 
 def _parse_header(
@@ -176,18 +160,50 @@ def _parse_header(
     expected_slots: int | None,
     max_bytes: int,
 ) -> EnvelopeHeader:
-    fields = _parse_fixed(prefix, total_bytes, max_bytes)
-    _, _, kind, _, key_raw, layout_raw, digest, n_values, slots, n_ct, n_summed = fields
-    header_bytes = _FIXED.size + _LENGTH.size * n_ct
-    if len(prefix) < header_bytes:
-        raise EnvelopeError("envelope is truncated inside its length table", "upload it again")
-    lengths = struct.unpack_from(f">{n_ct}I", prefix, _FIXED.size)
-    limit = max_ciphertext_bytes(slots)
-    if any(not 16 <= n <= limit for n in lengths):
+    if total_bytes > max_bytes:
         raise EnvelopeError(
-            f"envelope declares a ciphertext outside 16..{limit} bytes", "it is corrupt"
+            f"envelope has {total_bytes} bytes, more than the {max_bytes} allowed",
+            "raise max_bytes only if the adapter really is that large",
         )
-    declared = header_bytes + sum(lengths)
+    if len(prefix) >= 5 and prefix[:4] == MAGIC and prefix[4] != VERSION:
+        if prefix[4] == 1:
+            raise EnvelopeError(
+                "envelope format version 1 (SEAL-serialized, from confide before compact uploads) "
+                "is no longer read; this build reads version 2",
+                "re-encrypt the update with this confide version",
+            )
+        raise EnvelopeError(
+            f"envelope format version {prefix[4]} is not supported (this build reads {VERSION})",
+            "encrypt with the same confide version as the federation",
+        )
+    if len(prefix) < _FIXED.size:
+        raise EnvelopeError(f"envelope is truncated ({total_bytes} bytes)", "upload it again")
+    fields = _FIXED.unpack_from(prefix, 0)
+    (magic, _, kind, reserved, key_raw, layout_raw, digest, n_values, slots, n_ct, n_summed,
+     bits, last_bits, reserved2) = fields
+    if magic != MAGIC:
+        raise EnvelopeError("these bytes are not a confide envelope", "check what was uploaded")
+    if kind not in _KIND_NAMES or reserved != 0 or reserved2 != 0:
+        raise EnvelopeError("envelope header is corrupt (kind or reserved field)", "upload again")
+    if slots not in _SLOT_COUNTS:
+        raise EnvelopeError(f"envelope declares {slots} slots per ciphertext", "it is corrupt")
+    # More values than max_bytes could carry means a forged count.
+    if n_values < 1 or n_values > 2 * max_bytes:
+        raise EnvelopeError(f"envelope declares {n_values} values", "it is corrupt")
+    if n_ct != ciphertexts_needed(n_values, slots):
+        raise EnvelopeError(
+            f"envelope declares {n_ct} ciphertexts for {n_values} values; "
+            f"{ciphertexts_needed(n_values, slots)} are needed",
+            "it is corrupt",
+        )
+    if n_summed < 1 or (kind == KIND_UPDATE and n_summed != 1):
+        raise EnvelopeError(f"envelope declares {n_summed} contributions", "it is corrupt")
+    widths_ok = all(MIN_COEFFICIENT_BITS <= b <= MAX_COEFFICIENT_BITS for b in (bits, last_bits))
+    if not widths_ok or (kind == KIND_SUM and bits != last_bits):
+        raise EnvelopeError(f"envelope declares {bits}/{last_bits}-bit coefficients", "it is corrupt")
+    header_bytes = _FIXED.size + SEED_BYTES * n_summed
+    n = 2 * slots
+    declared = header_bytes + (n_ct - 1) * packed_size(n, bits) + packed_size(n, last_bits)
     if declared != total_bytes:
         problem = "truncated" if declared > total_bytes else "followed by unexpected bytes"
         raise EnvelopeError(
@@ -203,7 +219,8 @@ def _parse_header(
         slots=slots,
         n_ciphertexts=n_ct,
         n_summed=n_summed,
-        ciphertext_lengths=tuple(lengths),
+        bits=bits,
+        last_bits=last_bits,
         header_bytes=header_bytes,
         total_bytes=total_bytes,
     )
@@ -240,9 +257,8 @@ def read_header(
     every upload before storing it.
 
     ``data`` is the envelope bytes or a path to it. Checks magic, version, kind, the declared
-    sizes against the actual length and ``max_bytes``, each ciphertext's SEAL framing, the
-    optional expectations, then the digest (one SHA-256 pass, about 2 GB/s; skip with
-    ``verify_digest=False``).
+    sizes against the actual length and ``max_bytes``, the optional expectations, then the
+    digest (one SHA-256 pass, about 2 GB/s; skip with ``verify_digest=False``).
 
     Raises :class:`EnvelopeError` (malformed, truncated, oversized, corrupted),
     :class:`WrongKey`, :class:`LayoutMismatch`.
@@ -258,20 +274,11 @@ def read_header(
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError(f"an envelope must be bytes or a path, not {type(data).__name__}")
     view = memoryview(data)
-    n_table = 0
-    if len(view) >= _FIXED.size:
-        declared = _FIXED.unpack_from(view, 0)[_N_CT_FIELD]
-        n_table = min(declared, (len(view) - _FIXED.size) // _LENGTH.size)
-    prefix = bytes(view[: _FIXED.size + _LENGTH.size * n_table])
+    prefix = bytes(view[: _FIXED.size])
     header = _parse_header(prefix, len(view), **expectations)  # type: ignore[arg-type]
-    limit = max_ciphertext_bytes(header.slots)
-    for i, (offset, length) in enumerate(
-        zip(header.ciphertext_offsets(), header.ciphertext_lengths)
-    ):
-        check_seal_blob(view[offset : offset + length], limit, f"ciphertext {i}")
     if verify_digest:
         digest = _digest_of_prefix(prefix)
-        digest.update(view[header.header_bytes :])
+        digest.update(view[_FIXED.size :])
         _check_digest(header, digest.hexdigest())
     return header
 
@@ -284,26 +291,21 @@ def _check_digest(header: EnvelopeHeader, actual: str) -> None:
         )
 
 
+_READ_CHUNK = 1 << 20
+
+
 def _read_header_file(
     path: Path, verify_digest: bool, expectations: dict[str, object]
 ) -> EnvelopeHeader:
-    max_bytes = expectations["max_bytes"]
     try:
         with open(path, "rb") as f:
             total = os.fstat(f.fileno()).st_size
             prefix = f.read(_FIXED.size)
-            # Validate the fixed part before reading the table, so a forged ciphertext count
-            # cannot make us read more than the file holds.
-            fields = _parse_fixed(prefix, total, max_bytes)  # type: ignore[arg-type]
-            prefix += f.read(_LENGTH.size * fields[_N_CT_FIELD])
             header = _parse_header(prefix, total, **expectations)  # type: ignore[arg-type]
-            limit = max_ciphertext_bytes(header.slots)
-            digest = _digest_of_prefix(prefix)
-            for i, length in enumerate(header.ciphertext_lengths):
-                blob = f.read(length)
-                check_seal_blob(blob, limit, f"ciphertext {i} of {path}")
-                if verify_digest:
-                    digest.update(blob)
+            if verify_digest:
+                digest = _digest_of_prefix(prefix)
+                while chunk := f.read(_READ_CHUNK):
+                    digest.update(chunk)
     except OSError as err:
         raise EnvelopeError(
             f"cannot read envelope {path}: {err.strerror}", "check the path"
@@ -313,8 +315,14 @@ def _read_header_file(
     return header
 
 
+def read_seeds(source: EnvelopeSource, header: EnvelopeHeader) -> list[bytes]:
+    """The contributions' seeds, in order."""
+    raw = bytes(read_ciphertext(source, header.seeds_offset, SEED_BYTES * header.n_summed))
+    return [raw[i : i + SEED_BYTES] for i in range(0, len(raw), SEED_BYTES)]
+
+
 def read_ciphertext(source: EnvelopeSource, offset: int, length: int) -> bytes | memoryview:
-    """Bytes of one ciphertext of an envelope given as bytes or a path."""
+    """``length`` bytes at ``offset`` of an envelope given as bytes or a path."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
             f.seek(offset)
