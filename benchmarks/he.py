@@ -1,8 +1,16 @@
 """Benchmark: confide's CKKS aggregation against TenSEAL's high-level ``ckks_vector``.
 
 Both sides are measured in the same run on the same data: 10 institutions, updates drawn from
-N(0, 0.01) (variance 0.01), unequal sample-count weights, each uploading ``weight * delta``
-followed by the trailer ``[weight, 1]``. The baseline is ``ts.ckks_vector`` with N=8192,
+N(0, 0.01) (variance 0.01), unequal public aggregation weights (1 to 4, as policies set them),
+each uploading ``weight * delta`` followed by the trailer ``[weight, 1]``.
+
+confide's parameters follow from a precision requirement: the error bound of the decrypted
+average must stay within 1e-4 and 100x below the DP noise in the same update. That noise is
+measured here, not assumed: one DP round (8 steps, AdamW lr 0.02, sigma 0.3 = the example
+federation's noise floor, clipping 1, batch 64) of a random tiny BERT with LoRA, run twice from
+the same weights with the same Poisson batches, once with noise and once without; the standard
+deviation of the difference per parameter is the DP noise in one update, and in the weighted
+average it shrinks by sqrt(sum w**2) / sum w. The baseline is ``ts.ckks_vector`` with N=8192,
 coeff_mod_bit_sizes [60, 40, 40, 60], scale 2**40, one ciphertext per 4096 values (TenSEAL's
 own multi-ciphertext vectors are no faster and print a warning), added by a coordinator holding
 a context without the secret key.
@@ -16,6 +24,9 @@ three, alternating), so a change in load on the shared host hits both alike. The
 are single-process on both sides (from bytes in memory); "parallel" repeats encryption and the
 sum with ``--workers`` spawned processes, the sum reading the uploads from files as the
 coordinator does. Not a test: nothing here gates on time.
+
+The coordinator's sum is also compared with a plaintext numpy float32 sum of the same updates
+(the physical reference: ``sum_slowdown_vs_numpy_float32`` is how many times longer it takes).
 
 Usage: python benchmarks/he.py [--quick] [--workers 2] [--institutions 10] [--seed 0]
 """
@@ -35,7 +46,6 @@ import numpy as np
 import tenseal as ts
 
 from confide.aggregation import (
-    CkksParameters,
     PublicContext,
     WorkerPool,
     create_key_material,
@@ -43,6 +53,11 @@ from confide.aggregation import (
     encrypt_update,
     sum_envelopes,
 )
+from confide.aggregation.params import for_precision
+
+#: The precision requirement: the average's error bound within this, and 100x below DP noise.
+MAX_AVERAGE_ERROR = 1e-4
+DP_NOISE_MARGIN = 100.0
 
 BASELINE_DEGREE = 8192
 BASELINE_BITS = [60, 40, 40, 60]
@@ -65,7 +80,7 @@ def best_of(fn: Callable[[], Any], repeats: int = REPEATS) -> tuple[Any, float]:
 def make_updates(size: int, institutions: int, seed: int):
     rng = np.random.default_rng(seed)
     deltas = [rng.normal(0.0, 0.1, size) for _ in range(institutions)]
-    weights = [float(w) for w in rng.integers(50, 2000, institutions)]
+    weights = [float(w) for w in rng.integers(1, 5, institutions)]
     w = np.asarray(weights)
     reference = (w[:, None] * np.stack(deltas)).sum(axis=0) / w.sum()
     return deltas, weights, reference
@@ -74,8 +89,8 @@ def make_updates(size: int, institutions: int, seed: int):
 class ConfideSide:
     """confide's pipeline: seeded symmetric CKKS at the last level, two reals per slot."""
 
-    def __init__(self) -> None:
-        self.material = create_key_material(CkksParameters())
+    def __init__(self, params) -> None:
+        self.material = create_key_material(params)
         self.coordinator = PublicContext.from_bytes(self.material.public_context_bytes())
 
     def encrypt(self, delta: np.ndarray, weight: float) -> bytes:
@@ -226,9 +241,53 @@ def plaintext_sum_s(deltas, weights) -> float:
     return best_of(add_all)[1]
 
 
-def run_size(size: int, institutions: int, workers: int, seed: int) -> dict[str, Any]:
+def dp_noise_in_update(seed: int) -> float:
+    """Standard deviation per parameter of the DP noise in one member's update (see the module
+    docstring): two runs of one round that differ only in the Gaussian noise."""
+    import copy
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from confide.identity import Identity
+    from confide.platform.models import build_adapter_model
+    from confide.policies import FederationPolicy
+    from confide.privacy import DPSettings, run_dp_round
+
+    roster = [Identity.generate(i).public.to_roster_entry(i) for i in ("a", "b")]
+    federation = FederationPolicy.model_validate({
+        "kind": "federation", "federation_id": "bench", "roster": roster, "rounds": 1,
+        "model": {"source": "random:tiny-bert", "labels": ["x", "y"], "max_length_tokens": 16},
+    })
+    built = build_adapter_model(federation, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    records = 640
+    ids = torch.randint(5, built.tokenizer.vocab_size, (records, 16), generator=generator)
+    data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 2, (records,), generator=generator))
+    deltas = []
+    for sigma in (0.3, 0.0):
+        model = copy.deepcopy(built.model)
+        settings = DPSettings(noise_multiplier=sigma, sample_rate=64 / records, steps=8, clipping_norm=1.0,
+                              max_physical_batch_size=64, learning_rate=0.02, optimizer="adamw")
+        delta = run_dp_round(model, data, "sequence_classification", settings, seed=seed).delta
+        deltas.append(torch.cat([t.reshape(-1) for t in delta.values()]).double())
+    return float((deltas[0] - deltas[1]).std())
+
+
+def requirement(deltas, weights, dp_noise: float) -> tuple[Any, float, float]:
+    """Parameters for this federation's sums, and the error required of the average."""
+    w = np.asarray(weights)
+    noise_in_average = dp_noise * float(np.sqrt((w**2).sum()) / w.sum())
+    max_error = min(MAX_AVERAGE_ERROR, noise_in_average / DP_NOISE_MARGIN)
+    reach = max(float(w.sum()), float(sum(wi * np.max(np.abs(d)) for d, wi in zip(deltas, w))))
+    params = for_precision(reach, max_error * float(w.sum()), len(weights))
+    return params, max_error, noise_in_average
+
+
+def run_size(size: int, institutions: int, workers: int, seed: int, dp_noise: float) -> dict[str, Any]:
     deltas, weights, reference = make_updates(size, institutions, seed)
-    confide_side, baseline_side = ConfideSide(), BaselineSide()
+    params, required_error, noise_in_average = requirement(deltas, weights, dp_noise)
+    confide_side, baseline_side = ConfideSide(params), BaselineSide()
     measured = measure_sides(
         {"confide": confide_side, "baseline": baseline_side}, deltas, weights, reference
     )
@@ -246,6 +305,7 @@ def run_size(size: int, institutions: int, workers: int, seed: int) -> dict[str,
     ours.update(
         measure_files_and_parallel(confide_side, envelopes, deltas, weights, reference, workers)
     )
+    numpy_s = plaintext_sum_s(deltas, weights)
     result = {
         "n_params": size,
         "institutions": institutions,
@@ -256,7 +316,13 @@ def run_size(size: int, institutions: int, workers: int, seed: int) -> dict[str,
         "decrypt_speedup_vs_baseline": ours["decrypt_params_per_s"] / base["decrypt_params_per_s"],
         "max_abs_error": ours["max_abs_error"],
         "baseline_max_abs_error": base["max_abs_error"],
-        "plaintext_float32_sum_s": plaintext_sum_s(deltas, weights),
+        "error_bound": ours["error_bound"],
+        "required_average_error": required_error,
+        "dp_noise_std_in_update": dp_noise,
+        "dp_noise_std_in_average": noise_in_average,
+        "dp_noise_over_max_abs_error": noise_in_average / ours["max_abs_error"],
+        "plaintext_float32_sum_s": numpy_s,
+        "sum_slowdown_vs_numpy_float32": ours["sum_s"] / numpy_s,
         "confide": ours,
         "baseline": base,
     }
@@ -264,11 +330,12 @@ def run_size(size: int, institutions: int, workers: int, seed: int) -> dict[str,
         par = ours["parallel"]
         par["encrypt_speedup_vs_baseline"] = par["encrypt_params_per_s"] / base["encrypt_params_per_s"]
         par["sum_speedup_vs_baseline"] = base["sum_s"] / par["sum_from_files_s"]
+        par["sum_slowdown_vs_numpy_float32"] = par["sum_from_files_s"] / numpy_s
     result["targets_met"] = {
-        "upload_bytes_per_param_le_9": result["upload_bytes_per_param"] <= 9.0,
-        "encrypt_speedup_ge_4": result["encrypt_speedup_vs_baseline"] >= 4.0,
+        "upload_bytes_per_param_le_4": result["upload_bytes_per_param"] <= 4.0,
+        "max_abs_error_le_1e-4": result["max_abs_error"] <= 1e-4,
+        "error_100x_below_dp_noise": result["dp_noise_over_max_abs_error"] >= DP_NOISE_MARGIN,
         "sum_no_slower_than_baseline": result["sum_speedup_vs_baseline"] >= 1.0,
-        "max_abs_error_le_1e-6": result["max_abs_error"] <= 1e-6,
     }
     return result
 
@@ -281,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [10**5] if args.quick else [10**5, 10**6]
-    report = {str(n): run_size(n, args.institutions, args.workers, args.seed) for n in sizes}
+    dp_noise = dp_noise_in_update(args.seed)
+    report = {str(n): run_size(n, args.institutions, args.workers, args.seed, dp_noise) for n in sizes}
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

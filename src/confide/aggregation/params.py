@@ -20,6 +20,7 @@ from confide.policies.ckks import (
     COUNT_TOLERANCE,
     DEFAULT_PARAMETERS,
     MAX_PRIME_BITS,
+    MIN_PRECISION_BITS,
     MIN_SCALE_BITS,
     SCALE_MARGIN_BITS,
     CkksParameters,
@@ -33,6 +34,7 @@ __all__ = [
     "CkksParameters",
     "check_capacity",
     "for_magnitude",
+    "for_precision",
     "max_log_q_128",
     "parameters",
 ]
@@ -133,3 +135,23 @@ def for_magnitude(max_abs_sum: float, poly_modulus_degree: int = 4096) -> CkksPa
         )
     return parameters(poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=(MAX_PRIME_BITS,),
                       scale_bits=scale)
+
+
+def for_precision(
+    max_abs_sum: float, max_error: float, n_contributions: int, poly_modulus_degree: int = 4096
+) -> CkksParameters:
+    """The most compact parameters (one 60-bit prime) whose sums of ``n_contributions`` uploads
+    reach magnitudes up to ``max_abs_sum`` without wrapping and keep a high-probability error
+    per value of at most ``max_error`` (both in the units of the summed values).
+
+    Raises :class:`CapacityExceeded` when no precision meets ``max_error``.
+    """
+    base = for_magnitude(max_abs_sum, poly_modulus_degree)
+    for bits in range(MIN_PRECISION_BITS, base.scale_bits + 1):
+        candidate = parameters(**{**base.model_dump(), "upload_precision_bits": bits})
+        if candidate.error_bound(n_contributions) <= max_error:
+            return candidate
+    raise CapacityExceeded(
+        f"no upload precision gives an error within {max_error:g} for sums up to {max_abs_sum:g}",
+        "accept a larger error, or bound the values more tightly",
+    )
