@@ -48,6 +48,11 @@ __all__ = ["DPSettings", "RoundResult", "evaluate", "run_dp_round", "train_round
 StepCallback = Callable[[int, int], None]
 """Called after every DP step with (steps done, steps in the round)."""
 
+PerSampleHook = Callable[[list[nn.Parameter]], None]
+"""Called with the trainable parameters once their per-sample gradients (`param.grad_sample`) are
+computed for a physical batch, before Opacus clips, sums and noises them. Only the canary audit
+(`confide.privacy.audit.canary_gradients`) passes one, in its own separate training run."""
+
 # Attributes Opacus puts on parameters; removed after the round so nothing leaks into later rounds.
 _OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample", "_norm_sample")
 
@@ -160,6 +165,7 @@ def run_dp_round(
     settings: DPSettings,
     seed: int | None = None,
     on_step: StepCallback | None = None,
+    per_sample_hook: PerSampleHook | None = None,
 ) -> RoundResult:
     """Train `settings.steps` DP-SGD steps on `model`'s trainable parameters and return the delta.
 
@@ -169,7 +175,8 @@ def run_dp_round(
     to the sum (Opacus, hooks mode). The model is trained in place on whatever device it is on.
     `seed` makes sampling and noise reproducible (tests only; None draws from the OS, and a real
     round must use None: whoever knows the seed can subtract the noise). `on_step(done, total)` is
-    called after each DP step.
+    called after each DP step. `per_sample_hook` is for the canary audit only (see PerSampleHook);
+    `train_round`, what the agent calls, has no such parameter.
 
     Raises TrainingError for invalid settings, a step count that does not match the plan, or
     trainable weights that did not move (Opacus issue 820).
@@ -228,6 +235,8 @@ def run_dp_round(
                     loss.backward()
                     examples += len(batch[0])
                     loss_sum += float(loss.detach()) * len(batch[0])
+                if per_sample_hook is not None:
+                    per_sample_hook(params)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
     except BaseException:

@@ -10,7 +10,8 @@ k_minus is (up to a delta term) stochastically dominated by Binomial(r, e^eps / 
 
 An epsilon for which observing v correct guesses has probability below 1 - confidence is rejected;
 the lower bound is the largest rejected epsilon. This module is pure statistics: scores in, bound
-out. The training that produces the scores is in `canary_run`.
+out. The training that produces the scores is in `canary_run`; the tighter f-DP bound computed
+beside this one from the same guesses is in `canary_fdp`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 from scipy.stats import binom
+
+from confide.privacy.audit.canary_fdp import fdp_epsilon_lower_bound
 
 DEFAULT_GUESS_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)
 """Fractions of m guessed on each side; the bound is Bonferroni-corrected over these choices."""
@@ -87,12 +90,20 @@ def guess_membership(scores: Sequence[float], k_plus: int, k_minus: int) -> np.n
 
 @dataclass(frozen=True)
 class GuessOutcome:
-    """One choice of how many canaries to guess: r guesses, v of them correct, the bound it gives."""
+    """One choice of how many canaries to guess: r guesses, v of them correct, the bounds they give.
+
+    `reachable_*` is what the same number of guesses would give were every one of them correct:
+    the most this audit could show, whatever the training did.
+    """
 
     k_plus: int
     k_minus: int
     correct: int
     epsilon_lower_bound: float
+    reachable_epsilon: float
+    fdp_mu_lower_bound: float
+    fdp_epsilon_lower_bound: float
+    fdp_reachable_epsilon: float
 
     @property
     def guesses(self) -> int:
@@ -101,13 +112,22 @@ class GuessOutcome:
 
 @dataclass(frozen=True)
 class CanaryBound:
-    """The audit's statistical outcome: the best bound over the guess counts tried, and each of them."""
+    """The audit's statistical outcome: per guess count both bounds, and the best of each.
+
+    `epsilon_lower_bound` (Steinke-Nasr-Jagielski) holds for (epsilon, delta)-DP whatever the
+    mechanism; `fdp_epsilon_lower_bound` (Mahloujifar-Melis-Chaudhuri) is the epsilon of the
+    smallest mu-GDP the guesses do not reject (see `canary_fdp`).
+    """
 
     canaries: int
     included: int
     delta: float
     confidence: float
     epsilon_lower_bound: float
+    reachable_epsilon: float
+    fdp_mu_lower_bound: float
+    fdp_epsilon_lower_bound: float
+    fdp_reachable_epsilon: float
     best: GuessOutcome
     outcomes: list[GuessOutcome] = field(default_factory=list)
 
@@ -123,7 +143,7 @@ def bound_from_scores(
 
     For each fraction f, guesses f*m canaries "in" and f*m "out"; each bound is computed at
     confidence 1 - (1 - confidence) / len(guess_fractions) (Bonferroni), so reporting the best of
-    them still holds at `confidence`.
+    them still holds at `confidence` (for each of the two bounds).
     """
     truth = np.where(np.asarray(included, dtype=bool), 1, -1)
     m = len(truth)
@@ -131,19 +151,28 @@ def bound_from_scores(
         raise ValueError(f"need one score per canary, got {len(scores)} scores for {m} canaries")
     per_test = 1.0 - (1.0 - confidence) / len(guess_fractions)
     outcomes = []
-    for fraction in guess_fractions:
-        k = max(1, min(m // 2, int(round(fraction * m))))
+    for k in sorted({max(1, min(m // 2, int(round(f * m)))) for f in guess_fractions}):
         guesses = guess_membership(scores, k, k)
         correct = int(np.sum(guesses == truth))
-        bound = epsilon_lower_bound(m, 2 * k, correct, delta, per_test)
-        outcomes.append(GuessOutcome(k, k, correct, bound))
+        mu, fdp = fdp_epsilon_lower_bound(m, 2 * k, correct, delta, per_test)
+        outcomes.append(GuessOutcome(
+            k, k, correct, epsilon_lower_bound(m, 2 * k, correct, delta, per_test),
+            reachable_epsilon=epsilon_lower_bound(m, 2 * k, 2 * k, delta, per_test),
+            fdp_mu_lower_bound=mu, fdp_epsilon_lower_bound=fdp,
+            fdp_reachable_epsilon=fdp_epsilon_lower_bound(m, 2 * k, 2 * k, delta, per_test)[1],
+        ))
     best = max(outcomes, key=lambda o: o.epsilon_lower_bound)
+    best_fdp = max(outcomes, key=lambda o: o.fdp_mu_lower_bound)
     return CanaryBound(
         canaries=m,
         included=int(np.sum(truth == 1)),
         delta=delta,
         confidence=confidence,
         epsilon_lower_bound=best.epsilon_lower_bound,
+        reachable_epsilon=max(o.reachable_epsilon for o in outcomes),
+        fdp_mu_lower_bound=best_fdp.fdp_mu_lower_bound,
+        fdp_epsilon_lower_bound=best_fdp.fdp_epsilon_lower_bound,
+        fdp_reachable_epsilon=max(o.fdp_reachable_epsilon for o in outcomes),
         best=best,
         outcomes=outcomes,
     )
