@@ -270,15 +270,34 @@ def policy_check(
 def policy_explain(
     federation: Path = typer.Argument(..., help="The federation policy file."),
     institution: Path = typer.Argument(..., help="The institution policy file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision and the privacy plan as JSON."),
 ) -> None:
-    """May this institution join this federation? Each rule, pass or fail. Exit 0 if it may, 1 if not."""
-    from confide.platform.admission import explain_admission
+    """May this institution join this federation, and what will it cost? Exit 0 if it may, 1 if not.
+
+    Each rule, pass or fail; with the institution's data at hand (data.path) also the privacy plan
+    its agent would make: records after the eval split, sample rate, rounds and steps, the
+    calibrated noise, epsilon per round and after the last against the budget and what the ledger
+    (under state_dir, read only) already holds, and the rule that would first refuse a round.
+    """
+    from confide.platform.plan_preview import plan_rows, preview_plan
+    from confide.policies import decide_participation, load_federation, load_institution
 
     need_files(federation, institution)
-    decision = explain_admission(federation, institution)
+    fed, inst = load_federation(federation), load_institution(institution)
+    preview, missing = None, None
+    if Path(inst.data.path).exists():
+        preview = preview_plan(fed, inst)
+        decision = preview.decision
+    else:
+        missing = f"not evaluated: {inst.data.path} not found (the plan needs the institution's data)"
+        decision = decide_participation(fed, inst)
+    allowed = decision.allowed and (preview is None or preview.plan is not None)
     if as_json:
-        out.print_json(json.dumps({"allowed": decision.allowed, "rules": [r.__dict__ for r in decision.results]}))
+        plan = preview.to_dict() if preview is not None else None
+        if plan is not None:
+            plan.pop("decision")
+        out.print_json(json.dumps({"allowed": allowed, "rules": [r.__dict__ for r in decision.results],
+                                   "plan": plan, "plan_missing": missing}))
     else:
         table = Table(title=f"{institution.name} joining {federation.name}")
         table.add_column("rule")
@@ -288,9 +307,18 @@ def policy_explain(
         for r in decision.results:
             table.add_row(r.rule, marks[r.passed], r.detail)
         out.print(table)
-        verdict = "[green]may join[/green]" if decision.allowed else "[red]may not join[/red]"
+        if preview is not None:
+            plan_table = Table(title=f"privacy plan of {preview.institution} (dataset {preview.dataset})")
+            plan_table.add_column("quantity")
+            plan_table.add_column("value")
+            for name, value in plan_rows(preview):
+                plan_table.add_row(name, value)
+            out.print(plan_table)
+        else:
+            out.print(f"privacy plan: {missing}", highlight=False, soft_wrap=True)
+        verdict = "[green]may join[/green]" if allowed else "[red]may not join[/red]"
         out.print(f"verdict: {verdict}")
-    raise typer.Exit(0 if decision.allowed else 1)
+    raise typer.Exit(0 if allowed else 1)
 
 
 # ----------------------------------------------------------------------------- keys
