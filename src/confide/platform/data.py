@@ -160,26 +160,93 @@ def _csv_rows(text: str, file: str, needed: list[str]):
         line = reader.line_num + 1
 
 
+_NEEDS_DATA_EXTRA = "install confide's data extra: pip install 'confide[data]'"
+
+
+def _missing_column(file: str, field: str, columns: list[str]) -> DataError:
+    return DataError(file, 0, field, f"no such column (columns: {columns})", "fix the data or data.*_field")
+
+
+def _parquet_rows(path: Path, file: str, needed: list[str]):
+    """Rows of a Parquet file, numbered from 1 (the number stands where a text file's line would)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise DataError(file, 0, "format", "reading Parquet needs pyarrow", _NEEDS_DATA_EXTRA) from None
+    if not path.is_file():
+        raise DataError(file, 0, "", "file not found", "check data.path in the institution policy")
+    try:
+        table = parquet.read_table(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise DataError(file, 0, "", f"not a readable Parquet file: {_one_line(exc)}",
+                        "write it with pandas.to_parquet or pyarrow") from None
+    for field in needed:
+        if field not in table.column_names:
+            raise _missing_column(file, field, table.column_names)
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _hf_dataset_rows(path: Path, file: str, needed: list[str], label_field: str):
+    """Rows of a Hugging Face dataset saved with `save_to_disk`, numbered from 1; class labels by name."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(file, 0, "format", "reading a saved Hugging Face dataset needs datasets",
+                        _NEEDS_DATA_EXTRA) from None
+    if not path.is_dir():
+        raise DataError(file, 0, "", "no such directory", "data.path must be the folder save_to_disk wrote")
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(file, 0, "", f"not a dataset saved with save_to_disk ({_one_line(exc)})",
+                        "point data.path at the folder Dataset.save_to_disk wrote") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        raise DataError(file, 0, "", f"holds the splits {splits}, not one dataset",
+                        f"point data.path at one split's folder, e.g. {path / splits[0]}" if splits else "")
+    for field in needed:
+        if field not in loaded.column_names:
+            raise _missing_column(file, field, loaded.column_names)
+    feature = loaded.features.get(label_field)
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    for number, row in enumerate(loaded, start=1):
+        value = row.get(label_field)
+        if names is not None and isinstance(value, int) and 0 <= value < len(names):
+            row = {**row, label_field: names[value]}
+        yield number, row
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def read_records(
     path: str | Path, format: str = "jsonl", text_field: str = "text", label_field: str = "label",
     require_label: bool = True,
 ) -> list[dict]:
-    """Every record of a JSONL or CSV file as `{"text", "label", "line"}` (label None if absent and
-    not required), in file order; blank lines hold no record and are passed over.
+    """Every record of a JSONL, CSV or Parquet file or a saved Hugging Face dataset (`hf_dataset`:
+    the folder `Dataset.save_to_disk` wrote) as `{"text", "label", "line"}` (label None if absent
+    and not required), in file order; blank lines hold no record and are passed over. For Parquet
+    and datasets, `line` is the row number (from 1); class labels of a dataset are read by name.
 
-    Raises DataError naming the file and line of the first malformed line, missing field or
+    Raises DataError naming the file and line (row) of the first malformed line, missing field or
     non-string value, or if there are no records. Labels are not checked against a federation
     here (see `read_source`).
     """
     path = Path(path)
     file = str(path)
-    text = _read_text(path)
-    if format == "jsonl":
-        rows = _jsonl_rows(text, file)
+    needed = [text_field] + ([label_field] if require_label else [])
+    if format == "parquet":
+        rows = _parquet_rows(path, file, needed)
+    elif format == "hf_dataset":
+        rows = _hf_dataset_rows(path, file, needed, label_field)
+    elif format == "jsonl":
+        rows = _jsonl_rows(_read_text(path), file)
     elif format == "csv":
-        rows = _csv_rows(text, file, [text_field] + ([label_field] if require_label else []))
+        rows = _csv_rows(_read_text(path), file, needed)
     else:
-        raise DataError(file, 0, "format", f"unknown format {format!r}", "use jsonl or csv")
+        raise DataError(file, 0, "format", f"unknown format {format!r}", "use jsonl, csv, parquet or hf_dataset")
     records = [_raw_record(row, file, line, text_field, label_field, require_label) for line, row in rows]
     if not records:
         raise DataError(file, 0, "", "no records", "the file is empty")

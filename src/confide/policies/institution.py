@@ -19,8 +19,10 @@ class DataSource(StrictModel):
         "version of the data (records added, removed, relabelled). Default: the institution id, i.e. one budget "
         "for all data this institution brings.",
     )
-    path: Path = Field(description="JSONL or CSV file; a relative path is relative to this policy file.")
-    format: Literal["jsonl", "csv"] = Field(description="File format.")
+    path: Path = Field(description="JSONL, CSV or Parquet file, or the folder of a Hugging Face dataset saved with "
+                       "`save_to_disk`; a relative path is relative to this policy file.")
+    format: Literal["jsonl", "csv", "parquet", "hf_dataset"] = Field(
+        description="File format: `jsonl`, `csv`, `parquet` or `hf_dataset` (the last two need confide[data]).")
     text_field: str = Field("text", min_length=1, description="Field holding the input text.")
     label_field: str = Field("label", min_length=1, description="Field holding the label (one of the federation's).")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of records kept aside for local evaluation.")
