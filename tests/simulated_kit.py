@@ -46,6 +46,6 @@ def simulated_run() -> SimulatedRun:
     federation, institutions = make_federation_files(root / "files")
     out, tensorboard = root / "out", root / "tb"
     result = CliRunner().invoke(app, ["simulate", str(federation), *map(str, institutions), "--out", str(out),
-                                      "--workers", "0"])
+                                      "--workers", "0", "--tensorboard", str(tensorboard)])
     assert result.exit_code == 0, result.output[-3000:]
     return SimulatedRun(root, out, tensorboard, federation, institutions)

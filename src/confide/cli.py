@@ -371,6 +371,10 @@ def calibrate(
 # ----------------------------------------------------------------------------- federation
 
 
+_TENSORBOARD_HELP = ("Also write per-round metrics as TensorBoard event files under DIR (and to MLflow when "
+                     "it is installed and MLFLOW_TRACKING_URI is set).")
+
+
 @app.command("simulate")
 @handles_bad_input
 def simulate(
@@ -388,6 +392,7 @@ def simulate(
     test_fraction: float = typer.Option(0.2, "--test-fraction",
                                         help="With --split: fraction held out as the test set."),
     seed: int = typer.Option(0, "--seed", help="With --split: seed of the split."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """Run a whole federation on this machine: real DP training, real CKKS, real ledgers."""
     from confide.platform.display import FederationDisplay, budgets_table, rounds_table
@@ -395,6 +400,8 @@ def simulate(
 
     need_files(federation, *(institutions or []), template, test)
     make_out_dir(out_dir)
+    if tensorboard is not None:
+        make_out_dir(tensorboard, "--tensorboard")
     sim = simulation_from_files(federation, institutions or [], out_dir, workers, split, n_institutions, template,
                                 test, test_fraction, seed)
     from confide.platform.simulation import run_simulation
@@ -405,6 +412,10 @@ def simulate(
         summary = run_simulation(sim)
     out.print(rounds_table(summary), "", budgets_table(summary), "")
     out.print(f"summary: {out_dir / 'summary.json'}; adapters: {out_dir / 'adapters'}")
+    if tensorboard is not None:
+        from confide.platform.tracking import log_federation
+
+        out.print(f"tensorboard: {log_federation(summary, tensorboard)}", highlight=False, soft_wrap=True)
 
 
 @app.command("demo")
@@ -414,6 +425,7 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where results, ledgers, adapters and the plot go."),
     workers: int = typer.Option(2, "--workers", help="Worker processes for the federated run."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="Directory of the example policies."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """A real federation on the bundled MiniLM and BBC News, against each institution alone."""
     from confide.platform.demo import DEMO_INSTITUTIONS, default_examples_dir, demo_policies, run_demo
@@ -422,6 +434,8 @@ def demo(
     if examples is not None and not examples.is_dir():
         fail([f"{examples}: no such directory (give the folder holding the example policies)"])
     make_out_dir(out_dir)
+    if tensorboard is not None:
+        make_out_dir(tensorboard, "--tensorboard")
     federation, _ = demo_policies(examples or default_examples_dir(), fast)
     displays: dict[str, FederationDisplay] = {}
 
@@ -441,6 +455,13 @@ def demo(
             d.__exit__(None)
     out.print(rounds_table(result.federated), "", budgets_table(result.federated), "", demo_table(result), "")
     out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
+    if tensorboard is not None:
+        from confide.platform.tracking import log_runs
+
+        runs = [("federated", result.federated), *[(f"{name}-alone", s) for name, s in result.local.items()]]
+        log_runs(runs, tensorboard)
+        out.print(f"tensorboard: {tensorboard} (runs {', '.join(name for name, _ in runs)})", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("sweep")
@@ -453,13 +474,21 @@ def sweep(
                                           help="Points at a time (local default: cores / 2; 0: in this process)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
                                               help="With --executor ray: an existing cluster (e.g. auto)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """Privacy-utility sweep: a simulated federation per grid point, plus each-alone and central baselines."""
     from confide.platform.sweep import sweep_command
 
     need_files(sweep_file)
     make_out_dir(out_dir)
+    if tensorboard is not None:
+        make_out_dir(tensorboard, "--tensorboard")
     report = sweep_command(sweep_file, out_dir, executor, workers, ray_address, console=out)
+    if tensorboard is not None:
+        from confide.platform.tracking import log_runs, sweep_runs
+
+        logged = log_runs(sweep_runs(out_dir), tensorboard)
+        out.print(f"tensorboard: {tensorboard} ({len(logged)} point(s), one run each)", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if report.failed else 0)
 
 

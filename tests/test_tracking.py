@@ -1,0 +1,79 @@
+"""Per-round metrics of simulate, sweep and demo as TensorBoard event files, read back with TensorBoard's reader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from confide.cli import app
+from confide.platform.tracking import log_federation, log_runs, read_scalars
+from tests.simulated_kit import simulated_run
+
+
+def _summary(tmp_path, with_f1: bool) -> dict:
+    ledger = tmp_path / "a.jsonl"
+    spends = [{"kind": "spend", "federation": "fed", "round": r, "epsilon": 0.7 * r} for r in (1, 2, 3)]
+    other = {"kind": "spend", "federation": "elsewhere", "round": 1, "epsilon": 9.0}
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in [other, *spends]) + '{"torn')
+    rounds = []
+    for r in (1, 2, 3):
+        report = {"round": r, "status": "summed", "participants": ["a", "b"][: 1 + r % 2], "accuracy": 0.5 + r / 10,
+                  "loss": 1.0 / r, "upload_bytes": 1000 * r, "seconds": 2.5 * r}
+        if with_f1:
+            report["macro_f1"] = 0.4 + r / 10
+        rounds.append(report)
+    rounds[1]["accuracy"] = None  # a round that was not evaluated
+    return {"federation": "fed", "model": "random:tiny-bert", "rounds": rounds,
+            "institutions": {"a": {"private": True, "ledger": str(ledger), "epsilon": 2.1}}}
+
+
+def _same(series, expected) -> bool:
+    """Same steps, same values up to TensorBoard's float32."""
+    return [s for s, _ in series] == [s for s, _ in expected] and \
+        [v for _, v in series] == pytest.approx([v for _, v in expected], rel=1e-6)
+
+
+def test_events_read_back_hold_each_rounds_metrics_and_the_ledgers_epsilon(tmp_path):
+    summary = _summary(tmp_path, with_f1=True)
+    run = log_federation(summary, tmp_path / "tb")
+    scalars = read_scalars(run)
+    rounds = summary["rounds"]
+    assert _same(scalars["round/accuracy"], [(r["round"], r["accuracy"]) for r in rounds if r["accuracy"] is not None])
+    for name in ("loss", "macro_f1", "upload_bytes", "seconds"):
+        assert _same(scalars[f"round/{name}"], [(r["round"], r[name]) for r in rounds])
+    assert scalars["round/participants"] == [(r["round"], len(r["participants"])) for r in rounds]
+    assert _same(scalars["epsilon/a"], [(1, 0.7), (2, 1.4), (3, 2.1)])  # this federation's spends only
+
+
+def test_logging_a_run_again_replaces_it_and_runs_share_one_folder(tmp_path):
+    summary = _summary(tmp_path, with_f1=False)
+    first, again = log_runs([("federated", summary), ("federated", summary)], tmp_path / "tb")
+    assert first == again and len(list(first.glob("events.out.tfevents.*"))) == 1
+    scalars = read_scalars(first)
+    assert "round/macro_f1" not in scalars and len(scalars["round/loss"]) == 3
+
+
+@pytest.mark.integration
+def test_simulate_with_tensorboard_logs_what_summary_json_and_the_ledgers_record():
+    run = simulated_run()
+    summary = json.loads((run.out / "summary.json").read_text())
+    scalars = read_scalars(run.tensorboard / summary["federation"])
+    assert [step for step, _ in scalars["round/accuracy"]] == [1, 2]
+    assert [v for _, v in scalars["round/accuracy"]] == pytest.approx([r["accuracy"] for r in summary["rounds"]])
+    assert [v for _, v in scalars["round/upload_bytes"]] == [r["upload_bytes"] for r in summary["rounds"]]
+    for name, status in summary["institutions"].items():
+        steps, values = zip(*scalars[f"epsilon/{name}"])
+        assert steps == (1, 2) and values[-1] == pytest.approx(status["epsilon"])
+        assert values[0] < values[1]
+
+
+def test_tensorboard_option_refuses_a_file_in_one_line(tmp_path):
+    target, federation = tmp_path / "taken", tmp_path / "fed.yaml"
+    target.write_text("")
+    federation.write_text("kind: federation\n")  # refused before the federation file is even read
+    result = CliRunner().invoke(app, ["simulate", str(federation), "--out", str(tmp_path / "o"),
+                                      "--tensorboard", str(target)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "is a file, not a directory" in result.output and "--tensorboard" in result.output
