@@ -70,6 +70,57 @@ def policy_sha256(policy: Any) -> str:
 
 RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
 RECEIPT_LEDGER_FIELDS = ("ledger_seq", "ledger_head")
+DECLARED_SPEND_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clipping_norm", "delta", "accountant")
+
+
+@dataclass(frozen=True)
+class DeclaredSpend:
+    """The DP-SGD round behind an upload, as its member declares it and the coordinator signs it.
+
+    The fields are those of the member's ledger entry that accounts for the round (a `spend`, or a
+    `nonprivate` entry of a no-noise experiment, whose noise multiplier is 0), and `entry_hash` is
+    that entry's hash. Signed into the receipt by another party, they pin what the round spent: a
+    ledger re-signed later with other parameters contradicts a signature its owner cannot forge.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clipping_norm: float
+    delta: float
+    accountant: str
+    entry_hash: str
+
+    def to_dict(self) -> dict:
+        return {**{f: getattr(self, f) for f in DECLARED_SPEND_FIELDS}, "entry_hash": self.entry_hash}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeclaredSpend":
+        """Raises KeyError/TypeError/ValueError for a malformed declaration."""
+        if not isinstance(data, dict):
+            raise TypeError("a declared spend is a JSON object")
+        steps = data["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise TypeError(f"steps {steps!r} is not an integer")
+        return cls(float(data["noise_multiplier"]), float(data["sample_rate"]), steps,
+                   float(data["clipping_norm"]), float(data["delta"]), str(data["accountant"]),
+                   str(data["entry_hash"]))
+
+    @classmethod
+    def of_entry(cls, entry: dict) -> "DeclaredSpend":
+        """The declaration for a ledger entry (`spend` or `nonprivate`). Raises KeyError if it lacks a field."""
+        noise = entry.get("noise_multiplier", 0.0 if entry.get("kind") == "nonprivate" else None)
+        return cls.from_dict({**{f: entry.get(f) for f in DECLARED_SPEND_FIELDS}, "noise_multiplier": noise,
+                              "entry_hash": entry["hash"]})
+
+    def differences(self, entry: dict) -> list[str]:
+        """The fields in which ledger entry `entry` disagrees with this declaration (empty: it matches)."""
+        try:
+            recorded = DeclaredSpend.of_entry(entry)
+        except (KeyError, TypeError, ValueError):
+            return ["the entry lacks DP-SGD parameters"]
+        return [f"{name} {getattr(recorded, name)!r} (signed: {getattr(self, name)!r})"
+                for name in (*DECLARED_SPEND_FIELDS, "entry_hash") if getattr(recorded, name) != getattr(self, name)]
 
 
 @dataclass(frozen=True)
@@ -78,8 +129,10 @@ class Receipt:
 
     `ledger_seq` and `ledger_head` name the uploading member's ledger head (entry seq and hash)
     when it uploaded: a witness, kept by another party, of how far that ledger had got. A ledger
-    later found without that entry was rolled back or replaced. Receipts from before this field
-    existed have them as None, and their signature covers only the four other fields.
+    later found without that entry was rolled back or replaced. `spend` is the round's DP-SGD
+    parameters as the member declared them and the coordinator checked them against the
+    federation file. Receipts from before these fields existed have them as None, and their
+    signature covers only the fields present.
     """
 
     federation: str
@@ -89,12 +142,15 @@ class Receipt:
     signature: str = ""
     ledger_seq: int | None = None
     ledger_head: str | None = None
+    spend: DeclaredSpend | None = None
 
     def body(self) -> dict:
-        """The signed fields (ledger head fields only when present)."""
+        """The signed fields (ledger head and spend only when present)."""
         body: dict[str, Any] = {f: getattr(self, f) for f in RECEIPT_FIELDS}
         if self.ledger_seq is not None or self.ledger_head is not None:
             body.update(ledger_seq=self.ledger_seq, ledger_head=self.ledger_head)
+        if self.spend is not None:
+            body["spend"] = self.spend.to_dict()
         return body
 
     def message(self) -> bytes:
@@ -107,7 +163,8 @@ class Receipt:
     @classmethod
     def from_dict(cls, data: dict) -> "Receipt":
         """A receipt from its dict form. Raises KeyError/TypeError/ValueError for a malformed one."""
-        seq = data.get("ledger_seq")
+        seq, spend = data.get("ledger_seq"), data.get("spend")
         return cls(str(data["federation"]), int(data["round"]), str(data["institution"]),
                    str(data["envelope_sha256"]), str(data.get("signature", "")),
-                   None if seq is None else int(seq), data.get("ledger_head"))
+                   None if seq is None else int(seq), data.get("ledger_head"),
+                   None if spend is None else DeclaredSpend.from_dict(spend))

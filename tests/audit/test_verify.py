@@ -359,3 +359,39 @@ def test_an_audit_that_could_not_evaluate_the_budget_is_incomplete_not_a_pass(wo
     page = write_report(result, tmp_path / "report.html")[0].read_text()
     assert "incomplete" in page and "Every ledger verifies" not in page
     assert full_audit(world).verdict == "verified"
+
+
+def _receipts_signing_the_spends(world) -> list[dict]:
+    """Receipts as the coordinator now signs them: each names the round's declared spend (no ledger head,
+    so that only the spend binds the ledger here)."""
+    from confide.formats import DeclaredSpend, Receipt
+
+    entries = read_entries(world.ledger)
+    receipts = []
+    for e in entries:
+        if e["kind"] == "spend":
+            body = Receipt("fed-1", e["round"], "hospital-a", sign_receipts(world.coordinator, "hospital-a",
+                                                                            e["round"])[-1]["envelope_sha256"],
+                           spend=DeclaredSpend.of_entry(e))
+            receipts.append({**body.to_dict(), "signature": b64(world.coordinator.sign(body.message()))})
+    return receipts
+
+
+@pytest.mark.parametrize("field, change", [
+    ("noise_multiplier", lambda v: v * 1.5),
+    ("steps", lambda v: v + 1),
+    ("sample_rate", lambda v: v / 2),
+])
+def test_a_ledger_resigned_with_other_dp_parameters_after_the_upload_fails_against_the_signed_spend(
+        world, field, change):
+    world.receipts.write_text(json.dumps(_receipts_signing_the_spends(world)))
+    assert failures(full_audit(world)) == []
+    entries = read_entries(world.ledger)
+    entries[SPEND_SEQS[1] - 1][field] = change(entries[SPEND_SEQS[1] - 1][field])
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    contradicted = [c for c in failed(result, "receipts") if "declaring another spend" in c.detail]
+    # The changed round names the field; every later spend's hash moved with the re-sealed chain.
+    assert [c.seq for c in contradicted] == list(SPEND_SEQS[1:])
+    assert field in contradicted[0].detail and result.exit_code == 1
+    assert all("entry_hash" in c.detail and field not in c.detail for c in contradicted[1:])

@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from confide.aggregation.envelope import encrypt_update
 from confide.aggregation.keys import create_key_material, seal_secret
 from confide.aggregation.params import CkksParameters
+from confide.formats import DeclaredSpend
 from confide.identity import Identity
 from confide.platform.service.app import create_app
 from confide.platform.service.hub import CoordinatorHub
@@ -69,6 +70,18 @@ def federation(tmp_path) -> Federation:
     return make_federation(tmp_path)
 
 
+def declared_spend(policy) -> DeclaredSpend:
+    """A round's DP-SGD spend that keeps to `policy` (a FederationPolicy), as a member declares it."""
+    privacy = policy.privacy
+    return DeclaredSpend(max(1.0, privacy.min_noise_multiplier), 0.1, policy.training.steps_per_round, 1.0,
+                         privacy.delta, privacy.accountant, hashlib.sha256(b"spend entry").hexdigest())
+
+
+def spend_params(policy) -> dict:
+    """`declared_spend(policy)` as the upload's query parameters (what CoordinatorClient.upload sends)."""
+    return {k: repr(v) if isinstance(v, float) else v for k, v in declared_spend(policy).to_dict().items()}
+
+
 class Keys:
     """The key holder's side of key set-up, made directly with confide.aggregation."""
 
@@ -92,9 +105,11 @@ class Keys:
 class SignedClient:
     """Requests to an in-process app, signed as one of the federation's institutions."""
 
-    def __init__(self, client: TestClient, federation_id: str = "net-test") -> None:
+    def __init__(self, client: TestClient, federation_id: str = "net-test", policy=None) -> None:
         self.client = client
         self.federation_id = federation_id
+        self.policy = policy
+        """The federation file the app serves: what `upload` declares a spend against."""
 
     def request(self, identity: Identity | None, method: str, path: str, content: bytes = b"",
                 headers: dict | None = None, json_body=None, params: dict | None = None):
@@ -106,6 +121,13 @@ class SignedClient:
             target = request.url.raw_path.decode()
             request.headers.update(sign_request(identity, self.federation_id, method, target, content))
         return self.client.send(request)
+
+    def upload(self, identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None):
+        """PUT an envelope as `identity` (for `institution`, default itself), declaring a spend that keeps to
+        the federation file, as `CoordinatorClient.upload` does."""
+        path = f"/v1/rounds/{round_index}/uploads/{institution or identity.institution_id}"
+        return self.request(identity, "PUT", path, content=envelope,
+                            headers={"content-type": "application/octet-stream"}, params=spend_params(self.policy))
 
 
 def snapshot(hub: CoordinatorHub) -> tuple:
@@ -121,5 +143,5 @@ def served(tmp_path, federation):
     """A hub over a fresh state directory and a signed in-process client of its app (ticking fast)."""
     hub = CoordinatorHub(federation.policy, tmp_path / "coordinator", max_upload_bytes=2_000_000)
     with TestClient(create_app(hub, tick_s=0.05)) as client:
-        yield hub, SignedClient(client), federation
+        yield hub, SignedClient(client, policy=federation.policy), federation
     hub.close()

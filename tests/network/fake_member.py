@@ -20,7 +20,7 @@ from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.member_api import Contribution, Outcome
 from confide.platform.member_api import KeyBundle as Bundle
 
-from .conftest import LAYOUT
+from .conftest import LAYOUT, declared_spend
 
 SIZE = 16
 
@@ -85,7 +85,7 @@ class FakeMember:
     def take_part(self, round_index: int) -> Contribution:
         envelope, decline = self.dir / f"r{round_index}.envelope", self.dir / f"r{round_index}.decline"
         if envelope.exists():
-            return Contribution("upload", envelope=envelope.read_bytes())
+            return Contribution("upload", envelope=envelope.read_bytes(), declared=declared_spend(self.federation))
         if decline.exists():
             return Contribution("decline", reason=decline.read_text())
         assert self.last_applied_round == round_index - 1, "sums must be applied before the next round"
@@ -97,7 +97,7 @@ class FakeMember:
         delta = np.full(SIZE, float(ord(self.institution_id[0]) - ord("a") + 1) * round_index)
         blob = encrypt_update(self._secret(), delta, 1.0, LAYOUT)
         envelope.write_bytes(blob)
-        return Contribution("upload", envelope=blob)
+        return Contribution("upload", envelope=blob, declared=declared_spend(self.federation))
 
     def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
         parsed = Receipt.from_dict(receipt)

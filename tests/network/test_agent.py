@@ -80,8 +80,8 @@ def test_an_agent_that_declines_still_applies_the_sum(network):
 class LosesUploadReply(CoordinatorClient):
     """The upload reaches the coordinator, but the agent dies before it reads the reply."""
 
-    def upload(self, round_index, envelope, ledger_head=None):
-        super().upload(round_index, envelope, ledger_head)
+    def upload(self, round_index, envelope, ledger_head=None, declared=None):
+        super().upload(round_index, envelope, ledger_head, declared)
         raise KeyboardInterrupt("killed after the upload, before the reply")
 
 

@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from confide.platform.service.app import Changes
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
 
-from .conftest import LAYOUT, Keys, snapshot
+from .conftest import LAYOUT, Keys, declared_spend, snapshot, spend_params
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> None:
@@ -37,8 +38,7 @@ def set_up(served) -> Keys:
 
 
 def upload(api, identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None):
-    path = f"/v1/rounds/{round_index}/uploads/{institution or identity.institution_id}"
-    return api.request(identity, "PUT", path, content=envelope, headers={"content-type": "application/octet-stream"})
+    return api.upload(identity, envelope, round_index, institution)
 
 
 def test_health_and_openapi_need_no_signature(served):
@@ -87,7 +87,8 @@ def test_round_sums_when_everyone_answered_and_receipts_verify(served):
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["envelope_sha256"] == sha256(envelopes[i]) and body["round"] == 1
-        receipt = Receipt(body["federation"], body["round"], body["institution"], body["envelope_sha256"])
+        receipt = Receipt.from_dict({k: v for k, v in body.items() if k not in ("version", "size_bytes")})
+        assert receipt.spend == declared_spend(fed.policy)  # what the upload declared is what is signed
         assert PublicIdentity(coordinator_key, b"").verify(unb64(body["signature"], "sig"), receipt.message())
     decline = api.request(fed.identities["c"], "POST", "/v1/rounds/1/declines/c", json_body={"reason": "budget"})
     assert decline.status_code == 200
@@ -130,10 +131,11 @@ def test_refused_uploads_leave_the_state_unchanged(served, case):
     elif case == "unknown_key":
         reply, expected = upload(api, Identity.generate("a"), good), 401
     elif case == "replayed":
-        headers = sign_request(a, "net-test", "PUT", "/v1/rounds/1/uploads/a", good)
-        assert api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good, headers=headers).status_code == 200
+        target = f"/v1/rounds/1/uploads/a?{urlencode(spend_params(fed.policy))}"
+        headers = sign_request(a, "net-test", "PUT", target, good)
+        assert api.request(None, "PUT", target, content=good, headers=headers).status_code == 200
         before = snapshot(hub)
-        reply, expected = api.request(None, "PUT", "/v1/rounds/1/uploads/a", content=good, headers=headers), 401
+        reply, expected = api.request(None, "PUT", target, content=good, headers=headers), 401
     elif case == "other_identity":
         reply, expected = upload(api, b, good, institution="a"), 403
     elif case == "claims_other":
@@ -186,7 +188,7 @@ def test_restarted_hub_resumes_the_round_without_double_counting(tmp_path, serve
     again = CoordinatorHub(fed.policy, tmp_path / "coordinator")
     try:
         assert again.state.current.index == 1 and list(again.state.current.uploads) == ["a"]
-        receipt = again.upload("a", 1, envelope, time.time())
+        receipt = again.upload("a", 1, envelope, time.time(), declared=declared_spend(fed.policy))
         assert receipt.model_dump() == first and len(again.state.current.uploads) == 1
     finally:
         again.close()

@@ -23,7 +23,7 @@ from confide.platform.protocol import FederationState
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
 
-from .conftest import LAYOUT, Keys, make_federation, snapshot
+from .conftest import LAYOUT, Keys, declared_spend, make_federation, snapshot
 from .fake_member import SIZE, Contribution, FakeMember
 from .test_tls_client import free_port, serve
 
@@ -44,8 +44,7 @@ def set_up(served, n_values: int | None):
 
 
 def upload(api, identity, envelope: bytes):
-    path = f"/v1/rounds/1/uploads/{identity.institution_id}"
-    return api.request(identity, "PUT", path, content=envelope, headers={"content-type": "application/octet-stream"})
+    return api.upload(identity, envelope)
 
 
 def test_an_upload_with_another_value_count_than_the_key_set_up_is_refused_unchanged(served):
@@ -90,7 +89,7 @@ class WrongSize(FakeMember):
 
     def take_part(self, round_index: int) -> Contribution:
         blob = encrypt_update(self._secret(), np.ones(SIZE + 1), 1.0, LAYOUT)
-        return Contribution("upload", envelope=blob)
+        return Contribution("upload", envelope=blob, declared=declared_spend(self.federation))
 
 
 @pytest.mark.integration
@@ -131,7 +130,7 @@ class Undecryptable(ToleratesBadSums):
         header = read_header(forged)
         blobs = [forged[o:o + n] for o, n in zip(header.ciphertext_offsets(), header.ciphertext_lengths)]
         envelope = build_envelope(KIND_UPDATE, self._secret().key_id, LAYOUT, SIZE, header.slots, 1, blobs)
-        return Contribution("upload", envelope=envelope)
+        return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation))
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def _expect_crash(driver: RoundDriver) -> None:
         driver.run()
 
 
-def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head(tmp_path):
+def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_or_spend(tmp_path):
     from confide.formats import Receipt, sha256
     from confide.identity import Identity, b64
     from confide.platform.member import MemberError
@@ -208,7 +209,8 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head(
     seq, head = contribution.ledger_head
 
     def signed(**changes) -> dict:
-        receipt = Receipt("tiny", 1, "a", sha256(contribution.envelope), ledger_seq=seq, ledger_head=head)
+        receipt = Receipt("tiny", 1, "a", sha256(contribution.envelope), ledger_seq=seq, ledger_head=head,
+                          spend=contribution.declared)
         receipt = Receipt(**{**receipt.__dict__, **changes})
         return {**receipt.to_dict(), "signature": b64(coordinator.sign(receipt.message()))}
 
@@ -218,6 +220,11 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head(
         a.record_receipt(1, signed(ledger_seq=seq - 1), contribution.envelope, key)
     with pytest.raises(MemberError, match="does not describe"):
         a.record_receipt(1, signed(envelope_sha256="0" * 64), contribution.envelope, key)
+    noisier = dataclasses.replace(contribution.declared, noise_multiplier=contribution.declared.noise_multiplier * 2)
+    with pytest.raises(MemberError, match="spend does not match.*noise_multiplier"):
+        a.record_receipt(1, signed(spend=noisier), contribution.envelope, key)
+    with pytest.raises(MemberError, match="signs no spend"):
+        a.record_receipt(1, signed(spend=None), contribution.envelope, key)
     forged = {**signed(), "signature": signed(round=2)["signature"]}
     with pytest.raises(MemberError, match="signature"):
         a.record_receipt(1, forged, contribution.envelope, key)

@@ -21,7 +21,7 @@ def start(tmp_path, **kwargs):
         tmp_path / "coordinator",
         new_federation("tiny", list(members), federation.key_holder_id, federation.min_institutions,
                        federation.rounds, federation.round_deadline_s),
-        Identity.generate("coordinator"),
+        Identity.generate("coordinator"), federation,
     )
     bundle = members[federation.key_holder_id].make_keys()
     coordinator.publish_keys(federation.key_holder_id, bundle.key_id, bundle.layout_hash, bundle.public_context,
@@ -30,6 +30,12 @@ def start(tmp_path, **kwargs):
         member.install_key(coordinator.sealed_key_for(name))
     coordinator.open_next_round(now=0.0)
     return federation, members, coordinator
+
+
+def upload(coordinator, name, contribution):
+    """Upload a member's contribution to round 1 as its driver would: envelope, ledger head, declared spend."""
+    return coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
+                              declared=contribution.declared)
 
 
 def adapters(members):
@@ -47,7 +53,8 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
         contribution = member.take_part(1)
         assert contribution.kind == "upload"
         envelopes[name] = contribution.envelope
-        receipt = coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head)
+        receipt = coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
+                                     declared=contribution.declared)
         member.record_receipt(1, receipt.to_dict(), contribution.envelope, coordinator.identity.public.signing_public)
     assert coordinator.advance(now=1.0) == "sum"
     total = coordinator.sum_for(1)
@@ -116,7 +123,7 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
             assert "budget" in contribution.reason
             coordinator.decline(name, 1, contribution.reason, now=1.0)
         else:
-            coordinator.upload(name, 1, contribution.envelope, now=1.0)
+            coordinator.upload(name, 1, contribution.envelope, now=1.0, declared=contribution.declared)
     assert coordinator.advance(now=1.0) == "sum"
     assert list(coordinator.state.current.declined) == ["c"]
     assert "budget" in coordinator.state.current.declined["c"]
@@ -133,7 +140,7 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
 def test_dropped_institution_round_closes_with_quorum_at_the_deadline(tmp_path):
     _, members, coordinator = start(tmp_path)
     for name in ("a", "b"):
-        coordinator.upload(name, 1, members[name].take_part(1).envelope, now=1.0)
+        upload(coordinator, name, members[name].take_part(1))
     assert coordinator.advance(now=30.0) == "wait"  # c may still come
     assert coordinator.advance(now=61.0) == "sum"
     assert coordinator.state.current.contributors == ["a", "b"]
@@ -144,7 +151,7 @@ def test_dropped_institution_round_closes_with_quorum_at_the_deadline(tmp_path):
 def test_round_fails_cleanly_when_dropouts_leave_too_few(tmp_path):
     _, members, coordinator = start(tmp_path, min_institutions=3, min_cohorts={"a": 3, "b": 3, "c": 3})
     for name in ("a", "b"):
-        coordinator.upload(name, 1, members[name].take_part(1).envelope, now=1.0)
+        upload(coordinator, name, members[name].take_part(1))
     assert coordinator.advance(now=61.0) == "fail"
     assert coordinator.state.current.status == "failed"
     before = adapters(members)
@@ -173,3 +180,50 @@ def test_member_refuses_a_roster_key_that_is_not_its_identity(tmp_path):
     impostor = institutions[0].model_copy(update={"identity_dir": tmp_path / "other-a"})
     with pytest.raises(Exception, match="roster's signing key"):
         Member(federation, impostor)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"steps": 7}, "7 steps"),
+    ({"delta": 1e-3}, "delta"),
+    ({"accountant": "rdp"}, "accountant"),
+    ({"noise_multiplier": 0.0}, "noise multiplier 0 is below"),
+])
+def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federation(tmp_path, change, problem):
+    import dataclasses
+
+    from confide.platform.protocol import ProtocolViolation
+
+    federation, members, coordinator = start(tmp_path)
+    federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
+        update={"min_noise_multiplier": 0.1})})
+    coordinator.federation = federation
+    contribution = members["a"].take_part(1)
+    before = coordinator.state
+    broken = dataclasses.replace(contribution.declared, **change)
+    with pytest.raises(ProtocolViolation, match=problem) as refused:
+        coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
+                           declared=broken)
+    assert refused.value.status == 422
+    with pytest.raises(ProtocolViolation, match="does not declare"):
+        coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head)
+    assert coordinator.state == before and coordinator.store.receipts() == []
+    receipt = upload(coordinator, "a", contribution)  # the honest declaration is accepted and signed
+    assert receipt.spend == contribution.declared
+    assert receipt.spend.entry_hash == members["a"].ledger.last_of("spend", "tiny", 1)["hash"]
+
+
+def test_coordinator_enforces_the_federations_per_round_epsilon_cap(tmp_path):
+    from confide.platform.protocol import ProtocolViolation
+    from confide.privacy.accounting import RoundSpend, round_epsilon
+
+    federation, members, coordinator = start(tmp_path)
+    contribution = members["a"].take_part(1)
+    d = contribution.declared
+    spent = round_epsilon(RoundSpend(d.noise_multiplier, d.sample_rate, d.steps), d.delta, d.accountant)
+    coordinator.federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
+        update={"max_round_epsilon": spent / 2})})
+    with pytest.raises(ProtocolViolation, match="max_round_epsilon"):
+        upload(coordinator, "a", contribution)
+    coordinator.federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
+        update={"max_round_epsilon": spent * 1.01})})
+    assert upload(coordinator, "a", contribution).spend == d

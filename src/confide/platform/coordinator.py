@@ -22,13 +22,15 @@ from confide.aggregation.envelope import read_header, sum_envelopes
 from confide.aggregation.errors import AggregationError
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
-from confide.formats import Receipt, sha256, write_atomically
+from confide.formats import DeclaredSpend, Receipt, sha256, write_atomically
 from confide.identity import Identity, b64
 from confide.platform import faults, protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
+from confide.policies.federation import FederationPolicy
+from confide.privacy.declared import declared_spend_problems
 
 MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
-STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 3
 """`PRAGMA user_version` of state.sqlite. 1: no version recorded (receipts without ledger heads)."""
 
 __all__ = ["Coordinator", "Receipt", "StateStore", "remove_leftover_temporaries", "sha256", "write_atomically"]
@@ -94,11 +96,12 @@ class StateStore:
         if version > STATE_FORMAT_VERSION:
             raise ProtocolViolation(f"state.sqlite has format {version}, this confide reads up to "
                                     f"{STATE_FORMAT_VERSION}", 500)
-        if version < 2:
+        if version < STATE_FORMAT_VERSION:
+            # 2 added the ledger head to receipts, 3 the declared spend (JSON); older rows keep NULLs.
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(receipts)")}
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                for column, kind in (("ledger_seq", "INTEGER"), ("ledger_head", "TEXT")):
+                for column, kind in (("ledger_seq", "INTEGER"), ("ledger_head", "TEXT"), ("spend", "TEXT")):
                     if column not in columns:
                         self.db.execute(f"ALTER TABLE receipts ADD COLUMN {column} {kind}")
                 self.db.execute(f"PRAGMA user_version = {STATE_FORMAT_VERSION}")
@@ -120,12 +123,14 @@ class StateStore:
             if receipt is not None:
                 self.db.execute(
                     "INSERT OR REPLACE INTO receipts (round, institution, envelope_sha256, signature, ledger_seq, "
-                    "ledger_head) VALUES (?, ?, ?, ?, ?, ?)",
+                    "ledger_head, spend) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature,
-                     receipt.ledger_seq, receipt.ledger_head),
+                     receipt.ledger_seq, receipt.ledger_head,
+                     None if receipt.spend is None else json.dumps(receipt.spend.to_dict())),
                 )
 
-    _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_seq", "ledger_head")
+    _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_seq", "ledger_head", "spend")
+    _OPTIONAL_COLUMNS = ("ledger_seq", "ledger_head", "spend")
 
     def receipts(self, institution: str | None = None) -> list[dict]:
         """Every stored receipt (of `institution` only, if given), oldest round first, without `federation`."""
@@ -134,8 +139,14 @@ class StateStore:
         if institution is not None:
             query, args = query + " WHERE institution = ?", (institution,)
         rows = self.db.execute(query + " ORDER BY round", args)
-        return [{k: v for k, v in zip(self._RECEIPT_COLUMNS, r) if v is not None or not k.startswith("ledger_")}
-                for r in rows]
+        receipts = []
+        for row in rows:
+            receipt = {k: v for k, v in zip(self._RECEIPT_COLUMNS, row)
+                       if v is not None or k not in self._OPTIONAL_COLUMNS}
+            if receipt.get("spend") is not None:
+                receipt["spend"] = json.loads(receipt["spend"])
+            receipts.append(receipt)
+        return receipts
 
     def close(self) -> None:
         self.db.close()
@@ -145,9 +156,12 @@ class Coordinator:
     """Applies protocol transitions and keeps their results durable under `state_dir`."""
 
     def __init__(
-        self, state_dir: Path, initial: FederationState, identity: Identity, max_upload_bytes: int = MAX_ENVELOPE_BYTES
+        self, state_dir: Path, initial: FederationState, identity: Identity, federation: FederationPolicy,
+        max_upload_bytes: int = MAX_ENVELOPE_BYTES,
     ) -> None:
         self.dir = state_dir
+        self.federation = federation
+        """What every upload's declared DP-SGD spend is checked against before it is signed."""
         self.max_upload_bytes = max_upload_bytes
         self.blobs = state_dir / "blobs"
         for leftover in remove_leftover_temporaries(self.blobs):
@@ -234,12 +248,14 @@ class Coordinator:
         self.state = new
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None) -> Receipt:
+               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None) -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
 
         `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
-        so the member's ledger is anchored outside the member's disk. A repeated upload (a reply
-        lost on the way) gets the receipt first signed for it.
+        so the member's ledger is anchored outside the member's disk. `declared` is the round's
+        DP-SGD spend as the member recorded it: required, checked against the federation file
+        (accountant, delta, steps, noise floor, per-round cap) and signed too. A repeated upload (a
+        reply lost on the way) gets the receipt first signed for it.
 
         Checked before anything is stored: size, envelope header (key id, layout, slot count, digest),
         that it is one member's single update (not a sum that would inflate the count slot), the
@@ -260,6 +276,12 @@ class Coordinator:
             # Caught now, not when summing: a wrong count would otherwise fail the round for everyone.
             raise ProtocolViolation(f"envelope holds {header.n_values} values; the federation's adapter has "
                                     f"{setup.n_values} (check that this member runs the federation's model)", 422)
+        if declared is None:
+            raise ProtocolViolation("the upload does not declare its round's DP-SGD spend (noise_multiplier, "
+                                    "sample_rate, steps, clipping_norm, delta, accountant, spend_hash)", 422)
+        problems = declared_spend_problems(self.federation, declared)
+        if problems:
+            raise ProtocolViolation("the declared spend breaks the federation file: " + "; ".join(problems), 422)
         digest = sha256(envelope)
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
@@ -267,10 +289,12 @@ class Coordinator:
         if new is self.state:
             stored = self.receipt_for(institution, round_index)
             if stored is not None and stored.envelope_sha256 == digest:
+                if stored.spend is not None and stored.spend != declared:
+                    raise ProtocolViolation("this envelope was accepted with another declared spend", 409)
                 return stored
         seq, head = ledger_head if ledger_head is not None else (None, None)
         receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest,
-                                     ledger_seq=seq, ledger_head=head))
+                                     ledger_seq=seq, ledger_head=head, spend=declared))
         if new is not self.state:
             sum_envelopes(self.public_context, [envelope])  # parses every ciphertext
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)

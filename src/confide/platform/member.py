@@ -32,7 +32,7 @@ from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.errors import BadInput
-from confide.formats import Receipt, sha256, write_atomically
+from confide.formats import DeclaredSpend, Receipt, sha256, write_atomically
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.policies import FederationPolicy, InstitutionPolicy
@@ -227,7 +227,7 @@ class Member:
             envelope = envelope_path.read_bytes()
             # Killed between writing the envelope and recording it: record it now.
             head = self._upload_head(round_index, envelope) or self._record_upload(round_index, envelope)
-            return Contribution("upload", envelope=envelope, ledger_head=head)
+            return Contribution("upload", envelope=envelope, ledger_head=head, declared=self._declared(round_index))
         if decline_path.exists():
             return Contribution("decline", reason=decline_path.read_text())
         if self.aborted:
@@ -267,13 +267,26 @@ class Member:
         write_atomically(envelope_path, envelope)
         head = self._record_upload(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
-        return Contribution("upload", envelope=envelope, ledger_head=head)
+        return Contribution("upload", envelope=envelope, ledger_head=head, declared=self._declared(round_index))
 
     def _record_upload(self, round_index: int, envelope: bytes) -> tuple[int, str]:
         """Record the upload of `envelope` in the ledger; return the new head `(seq, hash)`."""
         entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
                                    envelope_sha256=sha256(envelope), weight=float(self.policy.aggregation_weight))
         return entry["seq"], entry["hash"]
+
+    def _spend_entry(self, round_index: int) -> dict | None:
+        """The ledger entry that accounts for our training in `round_index` (`spend`, or `nonprivate`)."""
+        fed = self.federation.federation_id
+        return self.ledger.last_of("spend", fed, round_index) or self.ledger.last_of("nonprivate", fed, round_index)
+
+    def _declared(self, round_index: int) -> DeclaredSpend:
+        """The round's spend as our ledger records it: declared with the upload, signed into the receipt."""
+        entry = self._spend_entry(round_index)
+        if entry is None:
+            raise MemberError(f"round {round_index}: an envelope exists but the ledger has no spend for it",
+                              "restore the ledger from the newest backup")
+        return DeclaredSpend.of_entry(entry)
 
     def _upload_head(self, round_index: int, envelope: bytes) -> tuple[int, str] | None:
         """The ledger head recorded with our upload of `round_index` (None if the record was lost in a crash)."""
@@ -333,6 +346,14 @@ class Member:
         if head is not None and (parsed.ledger_seq, parsed.ledger_head) != head:
             raise MemberError(f"round {round_index}: the receipt names ledger head {parsed.ledger_seq}, not the "
                               f"head {head[0]} we recorded with the upload")
+        # A receipt for an upload made now must sign the spend we declared; one the coordinator kept
+        # from before receipts carried spends (envelope None: read back at start) may lack it.
+        if parsed.spend is not None or envelope is not None:
+            spent = self._spend_entry(round_index)
+            if parsed.spend is None or spent is None or parsed.spend.differences(spent):
+                found = "it signs no spend" if parsed.spend is None else (
+                    "our ledger has no spend" if spent is None else "; ".join(parsed.spend.differences(spent)))
+                raise MemberError(f"round {round_index}: the receipt's spend does not match our ledger ({found})")
         try:
             signature = unb64(parsed.signature, "receipt signature", 64)
         except BadInput:

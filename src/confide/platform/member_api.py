@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+from confide.formats import DeclaredSpend
+
 
 @dataclass(frozen=True)
 class KeyBundle:
@@ -32,6 +34,8 @@ class Contribution:
     reason: str | None = None
     ledger_head: tuple[int, str] | None = None
     """Our ledger's `(seq, hash)` once the upload was recorded: what the coordinator signs into the receipt."""
+    declared: DeclaredSpend | None = None
+    """The round's DP-SGD spend as our ledger records it: the coordinator checks it and signs it too."""
 
 
 @dataclass(frozen=True)

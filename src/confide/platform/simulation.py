@@ -27,6 +27,7 @@ import yaml
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
+from confide.formats import DeclaredSpend
 from confide.identity import Identity
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
@@ -175,8 +176,10 @@ class InProcessTransport:
     def sealed_key(self) -> bytes:
         return self._call(self.hub.sealed_key, self.institution)
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
-        reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head)
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
+               declared: DeclaredSpend | None = None) -> ReceiptReply:
+        reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head,
+                           declared)
         self._changed()
         return reply
 

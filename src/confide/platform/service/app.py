@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
+from confide.formats import DeclaredSpend
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
 from confide.platform.service.hub import CoordinatorHub
@@ -225,15 +226,33 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         institution: str = Path(pattern=INSTITUTION),
         ledger_seq: int | None = Query(None, ge=1, le=10**12, description="The member's ledger head: its seq."),
         ledger_head: str | None = Query(None, pattern=HEX64, description="The member's ledger head: its hash."),
+        noise_multiplier: float | None = Query(None, ge=0, le=1e6, description="The round's noise multiplier."),
+        sample_rate: float | None = Query(None, gt=0, le=1, description="The round's Poisson sample rate."),
+        steps: int | None = Query(None, ge=1, le=10**9, description="The round's DP-SGD steps."),
+        clipping_norm: float | None = Query(None, gt=0, le=1e6, description="The per-sample clipping norm."),
+        delta: float | None = Query(None, gt=0, lt=1, description="The delta the round is accounted at."),
+        accountant: str | None = Query(None, pattern=r"^[a-z]{1,16}$", description="The accountant (prv, rdp)."),
+        entry_hash: str | None = Query(None, pattern=HEX64, description="Hash of the ledger entry of the spend."),
         who: str = Depends(member),
     ) -> ReceiptReply:
-        """Upload this member's encrypted update for the round; returns a signed receipt naming its ledger head."""
+        """Upload this member's encrypted update for the round, declaring the round's DP-SGD spend.
+
+        The coordinator refuses a spend that breaks the federation file (422) and returns a receipt
+        that signs the envelope hash, the ledger head and the declared spend.
+        """
         same(who, institution)
         if (ledger_seq is None) != (ledger_head is None):
             raise ProtocolViolation("ledger_seq and ledger_head go together", 400)
         head = (ledger_seq, ledger_head) if ledger_seq is not None else None
+        spend = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                     clipping_norm=clipping_norm, delta=delta, accountant=accountant, entry_hash=entry_hash)
+        missing = [name for name, value in spend.items() if value is None]
+        if len(missing) not in (0, len(spend)):
+            raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", 422)
+        declared = DeclaredSpend.from_dict(spend) if not missing else None
         envelope = await request.body()
-        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head)
+        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
+                                          declared)
         changed(poke=True)
         return receipt
 

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from confide.errors import BadInput
+from confide.formats import DeclaredSpend
 from confide.identity import Identity
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
@@ -190,15 +191,21 @@ class CoordinatorClient:
     def public_context(self) -> bytes:
         return self.call("GET", "/v1/keys/public-context").content
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
+               declared: DeclaredSpend | None = None) -> ReceiptReply:
         """Upload our envelope for the round (a retry of the same envelope gets the same receipt).
 
-        `ledger_head` `(seq, hash)` is our ledger's head, which the coordinator signs into the receipt.
+        `ledger_head` `(seq, hash)` is our ledger's head and `declared` the round's DP-SGD spend; the
+        coordinator checks the spend against the federation and signs both into the receipt. They
+        travel as query parameters, which the request signature covers.
         """
         path = f"/v1/rounds/{round_index}/uploads/{self.identity.institution_id}"
-        params = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else None
-        response = self.call("PUT", path, params=params, content=envelope, content_type="application/octet-stream",
-                             timeout_s=600)
+        params: dict = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else {}
+        if declared is not None:
+            spend = declared.to_dict()
+            params.update({k: repr(v) if isinstance(v, float) else v for k, v in spend.items()})
+        response = self.call("PUT", path, params=params or None, content=envelope,
+                             content_type="application/octet-stream", timeout_s=600)
         return self._parse(response, ReceiptReply)
 
     def decline(self, round_index: int, reason: str) -> DeclineReply:

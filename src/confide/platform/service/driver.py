@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from confide.formats import Receipt, policy_sha256, sha256, write_atomically
+from confide.formats import DeclaredSpend, policy_sha256, sha256, write_atomically
 from confide.identity import unb64
 from confide.platform.member_api import Outcome, RoundMember
 from confide.platform.service.client import CoordinatorRefused
@@ -48,7 +48,8 @@ class CoordinatorTransport(Protocol):
 
     def sealed_key(self) -> bytes: ...
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None) -> ReceiptReply: ...
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
+               declared: DeclaredSpend | None = None) -> ReceiptReply: ...
 
     def decline(self, round_index: int, reason: str) -> Any: ...
 
@@ -220,8 +221,9 @@ class RoundDriver:
         contribution = self.member.take_part(r.index)  # idempotent: a resumed round is never retrained
         try:
             if contribution.kind == "upload":
-                reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head)
-                receipt = self.member.record_receipt(r.index, _receipt_dict(reply), contribution.envelope,
+                reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head,
+                                           contribution.declared)
+                receipt = self.member.record_receipt(r.index, reply.to_receipt().to_dict(), contribution.envelope,
                                                      self._coordinator_key())
                 self.journal.answer(r.index, "uploaded", receipt)
                 self.report.uploaded.append(r.index)
@@ -260,7 +262,7 @@ class RoundDriver:
         if not self._anchored:
             # Before anything is spent: our ledger must hold the head our newest receipt names.
             if view.last_receipt is not None:
-                receipt = _receipt_dict(view.last_receipt)
+                receipt = view.last_receipt.to_receipt().to_dict()
                 self.member.record_receipt(view.last_receipt.round, receipt, None, self._coordinator_key())
                 self.member.check_anchor(receipt)
             self._anchored = True
@@ -269,9 +271,5 @@ class RoundDriver:
         out = self.adapter_dir if self.adapter_dir is not None else Path(self.journal.path).parent / "final-adapter"
         return self.member.save_adapter(out)
 
-
-def _receipt_dict(reply: ReceiptReply) -> dict:
-    return Receipt(reply.federation, reply.round, reply.institution, reply.envelope_sha256, reply.signature,
-                   reply.ledger_seq, reply.ledger_head).to_dict()
 
 

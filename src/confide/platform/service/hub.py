@@ -15,7 +15,7 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import Receipt, policy_sha256
+from confide.formats import DeclaredSpend, Receipt, policy_sha256
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -65,7 +65,7 @@ class CoordinatorHub:
             federation.min_institutions, federation.rounds, federation.round_deadline_s,
         )
         self.identity = coordinator_identity(state_dir)
-        self.coordinator = Coordinator(state_dir, initial, self.identity, max_upload_bytes)
+        self.coordinator = Coordinator(state_dir, initial, self.identity, federation, max_upload_bytes)
         self.nonces = NonceStore(state_dir / "nonces.sqlite", keep_s=2 * window_s)
         self.verifier = RequestVerifier(federation.federation_id, roster_identities(federation.roster),
                                         self.nonces, window_s)
@@ -148,14 +148,15 @@ class CoordinatorHub:
         return sorted(sealed)
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None) -> ReceiptReply:
+               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None) -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
-        `ledger_head` is the member's `(seq, hash)`, signed into the receipt. Raises
+        `ledger_head` is the member's `(seq, hash)` and `declared` its round's DP-SGD spend, both
+        checked and signed into the receipt (`Coordinator.upload`). Raises
         ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
         with self.lock:
-            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head)
+            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared)
             self._mutated()
         return _receipt_reply(receipt, len(envelope))
 
@@ -202,7 +203,8 @@ class CoordinatorHub:
 def _receipt_reply(receipt: Receipt, size_bytes: int) -> ReceiptReply:
     return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
                         envelope_sha256=receipt.envelope_sha256, size_bytes=size_bytes, signature=receipt.signature,
-                        ledger_seq=receipt.ledger_seq, ledger_head=receipt.ledger_head)
+                        ledger_seq=receipt.ledger_seq, ledger_head=receipt.ledger_head,
+                        spend=None if receipt.spend is None else receipt.spend.to_dict())
 
 
 def _check_same_federation(state_dir: Path, digest: str) -> str:

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from confide.formats import Receipt
+
 WIRE_VERSION = 1
 HEX64 = r"^[0-9a-f]{64}$"
 HEX32 = r"^[0-9a-f]{32}$"
@@ -130,11 +132,24 @@ class ReportReply(WireModel):
     reports: int
 
 
+class DeclaredSpendReply(BaseModel):
+    """The round's DP-SGD spend as the member declared it with its upload (`confide.formats.DeclaredSpend`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    noise_multiplier: float = Field(description="Noise standard deviation over the clipping norm (sigma).")
+    sample_rate: float = Field(description="Poisson sampling probability per step.")
+    steps: int = Field(description="DP-SGD steps in the round.")
+    clipping_norm: float = Field(description="Per-sample gradient clipping norm.")
+    delta: float = Field(description="The delta the round is accounted at.")
+    accountant: str = Field(description="The accountant that turns the spend into epsilon.")
+    entry_hash: str = Field(pattern=HEX64, description="Hash of the ledger entry that records the spend.")
+
+
 class ReceiptReply(WireModel):
     """The coordinator's signed receipt for an accepted upload; the member keeps it in its ledger.
 
     The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution,
-    envelope_sha256 and, when the member sent its ledger head, ledger_seq and ledger_head (see
+    envelope_sha256 and, when present, ledger_seq, ledger_head and spend (see
     `confide.formats.Receipt.message`).
     """
 
@@ -146,6 +161,11 @@ class ReceiptReply(WireModel):
     signature: str
     ledger_seq: int | None = Field(None, description="The member's ledger head at upload: entry seq.")
     ledger_head: str | None = Field(None, pattern=HEX64, description="The member's ledger head at upload: hash.")
+    spend: DeclaredSpendReply | None = Field(None, description="The round's declared DP-SGD spend, as signed.")
+
+    def to_receipt(self) -> Receipt:
+        """The signed receipt this reply carries (`size_bytes` is not part of it)."""
+        return Receipt.from_dict(self.model_dump(exclude={"version", "size_bytes"}, exclude_none=True))
 
 
 FederationView.model_rebuild()

@@ -12,12 +12,17 @@ Newer receipts also carry `ledger_seq` and `ledger_head`: the institution's ledg
 uploaded. `signature` is the coordinator's Ed25519 signature over the canonical JSON (keys sorted,
 separators `,` and `:`, ASCII) of the other fields, exactly `confide.formats.Receipt.message()`.
 A ledger whose entry `ledger_seq` does not have hash `ledger_head` was rewritten or rolled back
-after the upload, whoever re-signed it.
+after the upload, whoever re-signed it. Receipts since format 3 of the coordinator's state also
+carry `spend`: the round's DP-SGD parameters (noise_multiplier, sample_rate, steps, clipping_norm,
+delta, accountant) and the hash of the ledger entry recording them, as the member declared them
+with the upload and the coordinator checked them against the federation file; the ledger's entry
+for that round must say the same.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,27 +35,11 @@ from confide.privacy.audit.result import Check
 
 
 @dataclass(frozen=True)
-class UploadReceipt:
-    """One accepted upload, as the coordinator signed it."""
+class UploadReceipt(Receipt):
+    """One accepted upload, as the coordinator signed it (`confide.formats.Receipt`), and where it was read."""
 
-    federation: str
-    round: int
-    institution: str
-    envelope_sha256: str
-    signature: str
-    index: int
+    index: int = 0
     """Position in the receipts file (1-based), to name it in findings."""
-    ledger_seq: int | None = None
-    ledger_head: str | None = None
-    """The institution's ledger head when it uploaded (receipts from before heads were signed: None)."""
-
-    def as_receipt(self) -> Receipt:
-        return Receipt(self.federation, self.round, self.institution, self.envelope_sha256, self.signature,
-                       self.ledger_seq, self.ledger_head)
-
-    def message(self) -> bytes:
-        """The bytes the coordinator signed."""
-        return self.as_receipt().message()
 
     def verifies(self, coordinator: PublicIdentity) -> bool:
         try:
@@ -60,14 +49,13 @@ class UploadReceipt:
         return coordinator.verify(signature, self.message())
 
 
-def _receipt_from(record: dict, index: int) -> UploadReceipt:
-    seq = record.get("ledger_seq")
-    return UploadReceipt(
-        federation=str(record["federation"]), round=record["round"], institution=str(record["institution"]),
-        envelope_sha256=str(record["envelope_sha256"]), signature=str(record["signature"]), index=index,
-        ledger_seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-        ledger_head=str(record["ledger_head"]) if record.get("ledger_head") is not None else None,
-    )
+def _receipt_from(record: dict, index: int, where: str = "receipt") -> UploadReceipt:
+    """Raises AuditInputError for a malformed record (a field of the wrong type, a broken spend)."""
+    try:
+        parsed = Receipt.from_dict(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditInputError(f"{where} {index}: malformed ({exc})") from None
+    return UploadReceipt(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(Receipt)}, index=index)
 
 
 def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
@@ -115,7 +103,7 @@ def load_receipts(path: Path, default_federation: str | None = None) -> list[Upl
                                   + (" (pass --federation to supply it)" if missing == ["federation"] else ""))
         if not isinstance(record["round"], int) or isinstance(record["round"], bool):
             raise AuditInputError(f"{path}: receipt {index}: round {record['round']!r} is not an integer")
-        receipts.append(_receipt_from(record, index))
+        receipts.append(_receipt_from(record, index, f"{path}: receipt"))
     return receipts
 
 
@@ -160,6 +148,7 @@ def completeness_checks(institution: str | None, entries: list[dict],
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
     by_seq = {e.get("seq"): e for e in entries if isinstance(e.get("seq"), int)}
+    accounting = {(e.get("federation"), e.get("round")): e for e in entries if e.get("kind") in ("spend", "nonprivate")}
     failures = []
     for r in mine:
         if (r.federation, r.round) not in spends:
@@ -176,13 +165,35 @@ def completeness_checks(institution: str | None, entries: list[dict],
                     f"{r.ledger_seq} had hash {str(r.ledger_head)[:12]}, this ledger "
                     + ("has no such entry" if at is None else f"has {str(at.get('hash'))[:12]}")
                     + ": it was rewritten or rolled back after the upload", r.ledger_seq))
+        failures += _spend_matches(r, accounting.get((r.federation, r.round)))
         recorded = uploads.get((r.federation, r.round))
         if recorded is not None and recorded[0] != r.envelope_sha256:
             failures.append(Check(
                 "receipts", False,
                 f"receipt {r.index}: the coordinator accepted envelope {r.envelope_sha256[:12]} for round {r.round} "
                 f"of {r.federation}, the ledger records {recorded[0][:12]}", recorded[1]))
-    return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads have a spend entry")]
+    signed = sum(r.spend is not None for r in mine)
+    return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads have a spend entry"
+                              + (f", {signed} match the spend the coordinator signed" if signed else ""))]
+
+
+def _spend_matches(receipt: UploadReceipt, entry: dict | None) -> list[Check]:
+    """The spend the coordinator signed for an upload against the ledger's entry for that round.
+
+    The member declared its round's DP-SGD parameters and that entry's hash with the upload, and
+    the coordinator signed them: a ledger re-signed afterwards with other parameters (more noise,
+    fewer steps, a smaller sample rate) or another entry in that place contradicts the receipt.
+    Receipts from before spends were signed, and rounds accounted in another audited ledger of
+    the institution (entry None), give no check here.
+    """
+    if receipt.spend is None or entry is None:
+        return []
+    differences = receipt.spend.differences(entry)
+    if not differences:
+        return []
+    return [Check("receipts", False,
+                  f"receipt {receipt.index}: round {receipt.round} of {receipt.federation} was uploaded declaring "
+                  f"another spend than this ledger records: {'; '.join(differences)}", entry.get("seq"))]
 
 
 def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | None) -> list[Check]:
@@ -200,7 +211,11 @@ def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | Non
             failures.append(
                 Check("ledger_receipts", False, "receipt entry without a complete coordinator receipt", seq))
             continue
-        receipt = _receipt_from(body, 0)
+        try:
+            receipt = _receipt_from(body, 0)
+        except AuditInputError as exc:
+            failures.append(Check("ledger_receipts", False, f"kept receipt cannot be read: {exc}", seq))
+            continue
         where = f"round {receipt.round} of {receipt.federation}"
         if (receipt.federation, receipt.round, receipt.institution) != (
                 entry.get("federation"), entry.get("round"), entry.get("institution")):
