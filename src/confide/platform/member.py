@@ -461,10 +461,16 @@ class Member:
 
     # ------------------------------------------------------------------------------- results
     def evaluate(self, records: list[dict] | None) -> dict:
-        """Accuracy and mean loss of the current adapter on `records` (None: our local eval split)."""
+        """Accuracy and mean loss of the current adapter on `records` (None: our local eval split).
+
+        Classifiers also get macro-F1, per-class accuracy and the confusion matrix (platform.evaluation).
+        """
+        from confide.platform.evaluation import evaluate_classifier
         from confide.privacy.training import evaluate
 
         dataset = self.data.eval if records is None else self.data.encode(records)
+        if self.federation.model.task == "sequence_classification":
+            return evaluate_classifier(self.model, dataset, list(self.federation.model.labels))
         return evaluate(self.model, dataset)
 
     def save_adapter(self, out_dir: Path) -> str:
