@@ -573,14 +573,15 @@ def audit_canaries(
     seed: int = typer.Option(0, "--seed", help="Seed for the canaries, their inclusion and the run."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """One-run empirical audit of the institution's DP-SGD: 95% lower bounds on epsilon.
+    """One-run empirical audit of the institution's DP-SGD: 95% lower bounds.
 
-    Trains the planned round(s) with the institution's own training code, adding white-box
-    canaries (per-sample gradients at the clipping norm) that are sampled, clipped and noised like
-    records; nothing is uploaded and the adapter is left as it was. Prints the Steinke-Nasr-Jagielski
-    bound and the tighter f-DP bound (Gaussian curve), each with the most it could reach.
-    Fails (exit 1) if the SNJ bound exceeds the accounted epsilon: the noise is not what the
-    ledger says.
+    Trains the planned round(s) again with the institution's own training code,
+    adding white-box canaries: per-sample gradients at the clipping norm that
+    are sampled, clipped and noised like records. Nothing is uploaded; the
+    adapter is left as it was. Prints the Steinke-Nasr-Jagielski bound and the
+    tighter f-DP bound (Gaussian curve), each with the most it could reach.
+    Exit 1 if the SNJ bound exceeds the accounted epsilon (the noise is not
+    what the ledger says), 0 if not, 2 for bad input.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

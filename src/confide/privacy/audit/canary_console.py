@@ -46,6 +46,6 @@ def canary_audit_renderables(audit: CanaryAudit) -> list[Any]:
             out.append(Text("note: even all-correct guesses stay below the accounted epsilon here, so this "
                             "audit could not have failed; use more canaries (--canaries).", style="yellow"))
     else:
-        out.append(Text("verdict: ") + Text("SNJ lower bound above the accounted epsilon: the training "
-                                            "leaks more than accounted", style="bold red"))
+        out.append(Text("verdict: ") + Text("SNJ bound above the accounted epsilon: leaks more than accounted",
+                                            style="bold red"))
     return out
