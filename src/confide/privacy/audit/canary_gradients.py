@@ -117,7 +117,8 @@ class CanaryInjector:
         for param, offset in zip(params, self._offsets):
             extra = torch.zeros((rows, param.numel()), dtype=param.dtype, device=param.device)
             mine = (coordinates >= offset) & (coordinates < offset + param.numel())
-            extra[torch.nonzero(mine).squeeze(1), (coordinates[mine] - offset).to(param.device)] = self._clipping_norm
+            rows_at = torch.nonzero(mine).squeeze(1).to(param.device)
+            extra[rows_at, (coordinates[mine] - offset).to(param.device)] = self._clipping_norm
             extra = extra.reshape(rows, *param.shape)
             samples = param.grad_sample
             if isinstance(samples, list):
