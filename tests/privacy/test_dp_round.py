@@ -111,9 +111,12 @@ def test_training_a_too_moves_the_a_matrices(tmp_path):
 
 
 def test_identical_seeds_give_bit_identical_initial_adapters():
-    first = build_adapter_model(make_federation(seed=11))
-    second = build_adapter_model(make_federation(seed=11))
-    other = build_adapter_model(make_federation(seed=12))
+    # A seeded (normal) head, so that the trainable part differs between seeds too; the default zero
+    # head starts equal for every seed, and only the frozen A matrices differ.
+    normal = {"head_init": "normal"}
+    first = build_adapter_model(make_federation(seed=11, adapter=normal))
+    second = build_adapter_model(make_federation(seed=11, adapter=normal))
+    other = build_adapter_model(make_federation(seed=12, adapter=normal))
     for trainable in (True, False):
         assert parameters_digest(first.model, trainable) == parameters_digest(second.model, trainable)
         assert parameters_digest(first.model, trainable) != parameters_digest(other.model, trainable)

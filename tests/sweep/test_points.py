@@ -6,7 +6,7 @@ import math
 
 from confide.platform.sweep.job import point_policies
 from confide.platform.sweep.points import Point, expand_grid
-from confide.platform.sweep.report import Setting, pareto_front
+from confide.platform.sweep.report import Setting, best_rows, pareto_front
 from confide.policies import FederationPolicy, InstitutionPolicy
 from tests.platform.federation_kit import load_files, make_federation_files
 
@@ -14,15 +14,37 @@ BASE = {"epsilon": 6.0, "clipping_norm": 1.0, "lora_rank": 2, "freeze_a": True, 
         "expected_batch_size": 4, "learning_rate": 0.01, "rounds": 1, "seed": 0, "max_length_tokens": 12}
 
 
-def test_grid_expands_to_every_combination_plus_baselines_per_epsilon_and_seed():
+def test_baselines_run_every_combination_the_federation_runs():
     grid = {"epsilon": [1.0, math.inf], "lora_rank": [4, 8], "seed": [0, 1]}
     points = expand_grid(grid, BASE, ["site-1", "site-2", "site-3"], alone=True, central=True, context="c")
     federated = [p for p in points if p.kind == "federated"]
     assert len(federated) == 8
-    baselines = [p for p in points if p.kind != "federated"]
-    assert len(baselines) == 2 * 2 * (3 + 1)  # (epsilon x seed) x (3 alone + 1 central)
-    assert {p.settings["lora_rank"] for p in baselines} == {4}  # first listed value
+    central = [p for p in points if p.kind == "central"]
+    alone = [p for p in points if p.kind == "alone"]
+    settings = sorted(str(sorted(p.settings.items())) for p in federated)
+    assert sorted(str(sorted(p.settings.items())) for p in central) == settings
+    assert len(alone) == 3 * len(federated)
+    assert {p.settings["lora_rank"] for p in alone} == {4, 8}
     assert len({p.key for p in points}) == len(points)
+
+
+def _row(kind, epsilon, rank, seed, accuracy, institution=""):
+    return {"kind": kind, "institution": institution, "epsilon": epsilon, "lora_rank": rank, "seed": seed,
+            **{a: BASE[a] for a in BASE if a not in ("epsilon", "lora_rank", "seed")},
+            "accuracy": accuracy, "macro_f1": accuracy - 0.01, "epsilon_spent": None}
+
+
+def test_baselines_are_picked_by_their_best_mean_over_seeds_like_the_federation():
+    rows = [_row("federated", 3.0, r, s, a) for r, s, a in [(4, 0, 0.6), (4, 1, 0.7), (8, 0, 0.8), (8, 1, 0.9)]]
+    rows += [_row("central", 3.0, r, s, a) for r, s, a in [(4, 0, 0.95), (4, 1, 0.93), (8, 0, 0.5), (8, 1, 0.5)]]
+    rows += [_row("alone", 3.0, 8, s, a, i) for s in (0, 1) for i, a in (("s1", 0.2), ("s2", 0.4))]
+    rows += [_row("alone", 3.0, 4, s, 0.1, i) for s in (0, 1) for i in ("s1", "s2")]
+    best = best_rows(rows)[0]
+    assert best["setting"] == "lora_rank=8" and best["accuracy"].startswith("0.850")
+    assert best["central"] == "0.940"  # rank 4 is central's best, not the federation's choice
+    assert best["alone"] == "0.300 (0.200-0.400)"
+    assert "central: lora_rank=4" in best["baseline_settings"]
+    assert best["f1"] == "0.840"
 
 
 def test_point_keys_are_stable_and_change_with_the_context():

@@ -66,7 +66,7 @@ def demo_policies(examples_dir: Path, fast: bool) -> tuple[FederationPolicy, lis
         data = federation.model_dump(mode="json")
         data["rounds"] = 2
         data["training"]["steps_per_round"] = 6
-        data["model"]["max_length_tokens"] = 48
+        data["model"]["max_length_tokens"] = min(32, data["model"]["max_length_tokens"])
         federation = FederationPolicy.model_validate(data)
     return federation, institutions
 
@@ -92,7 +92,11 @@ def run_demo(
     workers: int = 2,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> DemoResult:
-    """Run the federated demo and the local-only baselines; write OUT/demo.json and OUT/accuracy.png."""
+    """Run the federated demo and the local-only baselines.
+
+    Writes OUT/demo.json, OUT/accuracy.png (accuracy per round) and OUT/confusion.png (the final
+    round's confusion matrices on the test set: the federation's and each institution's alone).
+    """
     started = time.perf_counter()
     examples_dir = examples_dir or default_examples_dir()
     data_dir = ensure_demo_data(examples_dir)
@@ -114,12 +118,56 @@ def run_demo(
     result = DemoResult(federated, local, round(time.perf_counter() - started, 1))
     (out_dir / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     plot_accuracy(result, out_dir / "accuracy.png")
+    plot_confusion(result, federation.model.labels, out_dir / "confusion.png")
     return result
 
 
-def final_accuracy(summary: dict) -> float | None:
-    scored = [r["accuracy"] for r in summary["rounds"] if r["accuracy"] is not None]
+def _last_scored(summary: dict) -> dict | None:
+    scored = [r for r in summary["rounds"] if r["accuracy"] is not None]
     return scored[-1] if scored else None
+
+
+def final_accuracy(summary: dict) -> float | None:
+    last = _last_scored(summary)
+    return None if last is None else last["accuracy"]
+
+
+def final_macro_f1(summary: dict) -> float | None:
+    last = _last_scored(summary)
+    return None if last is None else last.get("macro_f1")
+
+
+def plot_confusion(result: DemoResult, labels: list[str], path: Path) -> None:
+    """The last evaluated round's confusion matrix on the test set, row-normalised: federated, then each alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("federated", result.federated)] + [(f"{name} alone", s) for name, s in result.local.items()]
+    panels = [(title, _last_scored(s)) for title, s in panels]
+    panels = [(title, last) for title, last in panels if last is not None and last.get("confusion")]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6), squeeze=False)
+    for ax, (title, last) in zip(axes[0], panels):
+        counts = last["confusion"]
+        rows = [[c / max(1, sum(row)) for c in row] for row in counts]
+        ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if rows[i][j] > 0.5 else "black")
+        ax.set_xticks(range(len(labels)), [name[:5] for name in labels], fontsize=7, rotation=45)
+        ax.set_yticks(range(len(labels)), [name[:5] for name in labels], fontsize=7)
+        f1 = last.get("macro_f1")
+        ax.set_title(f"{title}\nacc {last['accuracy']:.3f}" + ("" if f1 is None else f", macro-F1 {f1:.3f}"),
+                     fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true class", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_accuracy(result: DemoResult, path: Path) -> None:

@@ -71,14 +71,14 @@ def rounds_table(summary: dict) -> Table:
     table.add_column("status")
     table.add_column("took part", justify="right")
     table.add_column("declined", overflow="fold", min_width=10)
-    for column in ("accuracy", "loss", "MB up", "seconds"):
+    for column in ("accuracy", "F1", "loss", "MB up", "seconds"):
         table.add_column(column, justify="right")
     members = len(summary.get("institutions") or {}) or None
     for r in summary["rounds"]:
         took_part = str(len(r["participants"])) + (f"/{members}" if members else "")
         table.add_row(
             str(r["round"]), r["status"], took_part, ", ".join(r["declined"]) or "-",
-            "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}",
+            "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}", _score(r.get("macro_f1")),
             "-" if r["loss"] is None else f"{r['loss']:.3f}",
             f"{r['upload_bytes'] / 1e6:.2f}", f"{r['seconds']:.1f}",
         )
@@ -113,18 +113,22 @@ def _ledgers_caption(paths: list[str]) -> str:
 
 def demo_table(result) -> Table:
     """Federated vs alone, per institution, on the common test set."""
-    from confide.platform.demo import final_accuracy
+    from confide.platform.demo import final_accuracy, final_macro_f1
 
-    federated = final_accuracy(result.federated)
-    table = _compact("federated vs alone (same test set, same privacy settings)")
+    federated, federated_f1 = final_accuracy(result.federated), final_macro_f1(result.federated)
+    table = _compact("federated vs alone (same test set, same privacy settings; F1: macro-F1)")
     table.add_column("institution", no_wrap=True)
-    for column in ("alone acc", "alone eps", "fed. acc", "fed. eps", "budget", "gain pts"):
+    for column in ("alone acc", "alone F1", "alone eps", "fed. acc", "fed. F1", "fed. eps", "budget", "gain pts"):
         table.add_column(column, justify="right")
     for name, summary in result.local.items():
-        alone = final_accuracy(summary)
+        alone, alone_f1 = final_accuracy(summary), final_macro_f1(summary)
         fed_status = result.federated["institutions"][name]
         gain = "-" if alone is None or federated is None else f"{(federated - alone) * 100:+.1f}"
-        table.add_row(name, "-" if alone is None else f"{alone:.3f}", f"{summary['institutions'][name]['epsilon']:.2f}",
-                      "-" if federated is None else f"{federated:.3f}", f"{fed_status['epsilon']:.2f}",
+        table.add_row(name, _score(alone), _score(alone_f1), f"{summary['institutions'][name]['epsilon']:.2f}",
+                      _score(federated), _score(federated_f1), f"{fed_status['epsilon']:.2f}",
                       f"{fed_status['budget_epsilon']:g}", gain)
     return table
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -12,6 +12,7 @@ federation seed, on the CPU, in parameter-name order, independent of the global 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -185,6 +186,72 @@ def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase,
         raise ModelLoadError(f"model.source {settings.source!r} cannot be loaded for {settings.task}: {exc}") from None
 
 
+def resolved_pooling(settings: ModelSettings) -> str:
+    """`mean` or `cls`: what `settings.pooling` means for its source (see ModelSettings.pooling)."""
+    if settings.pooling != "auto":
+        return settings.pooling
+    if settings.source == BUNDLED_MINILM:
+        return "mean"
+    if settings.source.startswith("random:"):
+        return "cls"
+    return "mean" if _is_sentence_transformer(Path(settings.source).expanduser()) else "cls"
+
+
+def _is_sentence_transformer(directory: Path) -> bool:
+    """A sentence-transformers model directory: its modules.json lists a Pooling module."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(modules, list) and any(
+        isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling") for m in modules)
+
+
+class MaskedMeanPooler(nn.Module):
+    """Stands in for a BERT pooler: the mean of the token states over the attention mask, L2-normalised.
+
+    A BERT pooler sees only the hidden states, so the encoder's forward pre-hook (installed by
+    `use_mean_pooling`) hands it the call's attention mask. Without one every position counts.
+    It has no weights: the head's input is bounded (norm 1), which keeps per-record gradients of
+    the head at a scale the clipping norm does not distort, whatever the corpus.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = self.mask[:, : hidden_states.shape[1]].unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def use_mean_pooling(base: nn.Module) -> None:
+    """Make a BERT-family classifier read the masked mean of its token states instead of its pooler.
+
+    Raises ModelLoadError for a model whose encoder has no pooler to stand in for (use `cls`).
+    """
+    encoder = getattr(base, "base_model", None)
+    if encoder is None or encoder is base or not hasattr(encoder, "pooler"):
+        raise ModelLoadError(f"model.pooling mean is not available for {type(base).__name__}",
+                             "it needs a BERT-family classifier (an encoder with a pooler); set pooling: cls")
+    pooler = MaskedMeanPooler()
+    encoder.pooler = pooler
+
+    def take_mask(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        pooler.mask = mask
+
+    def drop_mask(_module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
+        pooler.mask = None
+
+    encoder.register_forward_pre_hook(take_mask, with_kwargs=True)
+    encoder.register_forward_hook(drop_mask, with_kwargs=True)
+
+
 def _head_name(model: nn.Module) -> str:
     for name in _HEAD_NAMES:
         if isinstance(getattr(model, name, None), nn.Module):
@@ -192,11 +259,14 @@ def _head_name(model: nn.Module) -> str:
     raise ModelLoadError(f"{type(model).__name__} has no classification head named {' or '.join(_HEAD_NAMES)}")
 
 
-def _seed_head(head: nn.Module, generator: torch.Generator, std: float) -> None:
+def _seed_head(head: nn.Module, generator: torch.Generator, std: float, init: str) -> None:
     with torch.no_grad():
         for _, layer in sorted(head.named_modules()):
             if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+                if init == "zero":
+                    layer.weight.zero_()
+                else:
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
                 if layer.bias is not None:
                     layer.bias.zero_()
 
@@ -221,6 +291,7 @@ def _lora_config(federation: FederationPolicy, base: nn.Module, head: str | None
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=list(adapter.target_modules),
+        layers_to_transform=list(adapter.layers) if adapter.layers is not None else None,
         modules_to_save=[head] if head else None,
         # GPT-2 stores its projections as Conv1D (transposed weights).
         fan_in_fan_out=getattr(base.config, "model_type", "") == "gpt2",
@@ -242,16 +313,21 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
     head = None
     if settings.task == "sequence_classification":
         head = _head_name(base)
-        _seed_head(getattr(base, head), generator, getattr(base.config, "initializer_range", 0.02))
+        _seed_head(getattr(base, head), generator, getattr(base.config, "initializer_range", 0.02),
+                   federation.adapter.head_init)
+        if resolved_pooling(settings) == "mean":
+            use_mean_pooling(base)
     base.to(device)  # before peft wraps it, so the adapter is created on the same device
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model = get_peft_model(base, _lora_config(federation, base, head))
     except ValueError as exc:
+        layers = "" if federation.adapter.layers is None else f" in layers {list(federation.adapter.layers)}"
         raise ModelLoadError(
-            f"adapter.target_modules {list(federation.adapter.target_modules)} do not fit {settings.source}: {exc}",
-            "BERT models use query/value, GPT-2 uses c_attn",
+            f"adapter.target_modules {list(federation.adapter.target_modules)}{layers} do not fit "
+            f"{settings.source}: {exc}",
+            "BERT models use query/value, GPT-2 uses c_attn; layers count from 0",
         ) from None
     _seed_lora(model, generator)
     if federation.adapter.freeze_a:

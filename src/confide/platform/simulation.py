@@ -29,6 +29,7 @@ from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.formats import DeclaredSpend
 from confide.identity import Identity
+from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
 from confide.platform.model_card import complete_cards
@@ -56,6 +57,10 @@ class RoundReport:
     loss: float | None
     upload_bytes: int
     seconds: float
+    macro_f1: float | None = None
+    per_class_accuracy: dict | None = None
+    confusion: list | None = None
+    """Classifiers: `confusion[true][predicted]` summed over the evaluations (platform.evaluation)."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -312,6 +317,16 @@ class _Rounds:
         loss = sum(r["loss"] * r["examples"] for r in results) / n
         return accuracy, loss
 
+    def class_scores(self, round_index: int) -> dict:
+        """Macro-F1, per-class accuracy and the confusion matrix, from the members' summed matrices."""
+        results = [r for r in self.metrics.get(round_index, {}).values() if "confusion" in r]
+        if not results:
+            return {}
+        confusion = add_matrices([r["confusion"] for r in results])
+        found = scores(confusion, list(self.sim.federation.model.labels))
+        return {"macro_f1": found["macro_f1"], "per_class_accuracy": found["per_class_accuracy"],
+                "confusion": confusion}
+
     def report(self, round_index: int) -> RoundReport:
         """The round as the coordinator recorded it (every member settles a round only once it is over)."""
         outcomes = self.settled.get(round_index, {})
@@ -321,7 +336,8 @@ class _Rounds:
         status = "summed" if r.status == "closed" else r.status
         ended = self.finished_at.get(round_index, r.opened_at)
         return RoundReport(round_index, status, sorted(r.uploads), dict(r.declined), aborted, accuracy, loss,
-                           sum(u.size_bytes for u in r.uploads.values()), round(max(0.0, ended - r.opened_at), 3))
+                           sum(u.size_bytes for u in r.uploads.values()), round(max(0.0, ended - r.opened_at), 3),
+                           **self.class_scores(round_index))
 
 
 def _refuse_inadmissible(federation: FederationPolicy, institutions: list[InstitutionPolicy]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -33,9 +33,19 @@ class ModelSettings(StrictModel):
         description="Class names for sequence classification, in output order; records' labels must be among them.",
     )
     max_length_tokens: int = Field(128, ge=8, le=4096, description="Inputs are truncated to this many tokens.")
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto",
+        description="What the classifier reads (sequence classification): `mean`, the average of the token "
+        "states over the attention mask, L2-normalised (what sentence-embedding models such as all-MiniLM-L6-v2 "
+        "are trained for); `cls`, the model's own pooler over the first token; `auto`, `mean` for "
+        "bundled:minilm-l6 and sentence-transformers directories (a modules.json with a Pooling module), `cls` "
+        "for anything else.",
+    )
 
     @model_validator(mode="after")
     def _labels_fit_task(self) -> "ModelSettings":
+        if self.task == "causal_lm" and self.pooling != "auto":
+            raise FieldProblem(("pooling",), "has no effect for causal_lm (nothing is pooled)", "remove the line")
         if self.task == "sequence_classification":
             if len(self.labels) < 2:
                 raise FieldProblem(("labels",), "sequence_classification needs at least 2 labels")
@@ -54,10 +64,21 @@ class AdapterSettings(StrictModel):
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "value"], min_length=1, description="Names of the modules LoRA wraps."
     )
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1,
+        description="Indices of the transformer layers whose target modules LoRA wraps (None: every layer). "
+        "The last few layers train at a fraction of the cost: backpropagation stops below the lowest one.",
+    )
     freeze_a: bool = Field(
         True,
         description="Freeze the A matrices and train B only (FFA-LoRA): the federated average is then exact "
         "and DP noise is not multiplied across two factors.",
+    )
+    head_init: Literal["zero", "normal"] = Field(
+        "zero",
+        description="Initial classifier head (sequence classification; trained with the LoRA matrices): `zero` "
+        "starts every class at equal odds, so no DP step is spent undoing a random projection; `normal` draws "
+        "it from N(0, the model's initializer_range) with the federation seed.",
     )
 
 

@@ -58,7 +58,7 @@ def best_table(best: list[dict[str, str]]) -> Table:
     table = Table(title="best setting for each epsilon (final test accuracy)", box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False, title_justify="left")
     # Short headers so that the table reads at 80 columns; the setting wraps within its cell.
-    columns = {"epsilon": "target eps", "setting": "best federated setting", "accuracy": "acc",
+    columns = {"epsilon": "target eps", "setting": "best federated setting", "accuracy": "acc", "f1": "F1",
                "spent": "eps spent", "alone": "alone: mean (min-max)", "central": "central"}
     for key, title in columns.items():
         table.add_column(title, overflow="fold" if key == "setting" else "ellipsis",

@@ -115,6 +115,8 @@ def result_row(point: Point, summary: dict, seconds: float) -> dict:
         "institution": point.institution or "",
         **{axis: plain(value) for axis, value in point.settings.items()},
         "accuracy": scored[-1]["accuracy"] if scored else None,
+        "macro_f1": scored[-1].get("macro_f1") if scored else None,
+        "per_class_accuracy": scored[-1].get("per_class_accuracy") if scored else None,
         "loss": scored[-1]["loss"] if scored else None,
         "epsilon_spent": max(spent) if spent and point.private else None,
         "rounds_summed": sum(1 for r in rounds if r["accuracy"] is not None),

@@ -20,9 +20,6 @@ AXES = ("epsilon", "clipping_norm", "lora_rank", "freeze_a", "local_steps", "exp
         "rounds", "seed", "max_length_tokens")
 """Grid axes in the order columns and labels show them."""
 
-BASELINE_AXES = ("epsilon", "seed")
-"""Axes the baselines follow; on every other axis they take the grid's first value."""
-
 KINDS = ("federated", "alone", "central")
 
 
@@ -103,19 +100,18 @@ def _unique(values: list) -> list:
 
 def expand_grid(grid: dict, base: dict, institutions: list[str], alone: bool, central: bool,
                 context: str) -> list[Point]:
-    """Every federated point of the grid, then the baselines (at each epsilon and seed).
+    """Every point of the grid: federated, then the same combinations for each baseline.
 
-    `grid` maps axes to lists of values (absent or None: the base value). Baselines take the
-    first listed value of every axis other than BASELINE_AXES.
+    `grid` maps axes to lists of values (absent or None: the base value). The baselines run every
+    combination the federation runs, so that the report can pick each kind's best setting by the
+    same rule (a best-of-grid federation against first-value baselines would flatter federating).
     """
     values = {axis: _unique(grid.get(axis) or [base[axis]]) for axis in AXES}
-    points = [Point("federated", dict(zip(AXES, combo))) for combo in itertools.product(*values.values())]
-    first = {axis: values[axis][0] for axis in AXES}
-    for combo in itertools.product(*(values[a] for a in BASELINE_AXES)):
-        settings = {**first, **dict(zip(BASELINE_AXES, combo))}
+    combos = [dict(zip(AXES, combo)) for combo in itertools.product(*values.values())]
+    points = [Point("federated", settings) for settings in combos]
+    for settings in combos:
         if alone:
             points += [Point("alone", settings, name) for name in institutions]
         if central:
             points.append(Point("central", settings))
     return [_keyed(p, context) for p in points]
-

@@ -2,7 +2,7 @@
 
 Everything here is a function of the result rows (results.jsonl), so the report can be rebuilt at
 any time from what is on disk. Utility is the final round's accuracy on the common test set;
-settings that differ only in the seed are averaged.
+settings that differ only in the seed are averaged, and macro-F1 is reported beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ GROUPING_EXCLUDES = ("epsilon", "seed")
 
 @dataclass(frozen=True)
 class Setting:
-    """A federated setting (every axis but the seed) and its mean accuracy over seeds."""
+    """A setting of one kind (every axis but the seed) and its mean scores over seeds (and institutions)."""
 
     epsilon: float
     others: tuple[tuple[str, object], ...]
@@ -28,6 +28,10 @@ class Setting:
     accuracy: float
     seeds: int
     epsilon_spent: float | None
+    macro_f1: float | None = None
+    low: float | None = None
+    """Lowest accuracy among the runs averaged (e.g. the weakest institution alone)."""
+    high: float | None = None
 
     def describe(self) -> str:
         return ", ".join(f"{axis}={value}" for axis, value in self.others) or "base settings"
@@ -47,26 +51,34 @@ def varying(rows: list[dict]) -> list[str]:
     return [a for a in AXES if a not in GROUPING_EXCLUDES and len({str(r[a]) for r in federated}) > 1]
 
 
-def federated_settings(rows: list[dict]) -> list[Setting]:
-    """Federated results averaged over seeds, one per (epsilon, other varying axes)."""
+def settings_of(rows: list[dict], kind: str) -> list[Setting]:
+    """Results of one kind averaged over seeds (and, for `alone`, institutions), one per (epsilon, other axes)."""
     axes = varying(rows)
     groups: dict[tuple, list[dict]] = {}
-    for row in _scored(rows, "federated"):
+    for row in _scored(rows, kind):
         groups.setdefault((_epsilon(row), tuple((a, row[a]) for a in axes)), []).append(row)
     settings = []
     for (epsilon, others), members in groups.items():
         spent = [r["epsilon_spent"] for r in members if r.get("epsilon_spent") is not None]
-        settings.append(Setting(epsilon, others, mean(r["accuracy"] for r in members), len(members),
-                                max(spent) if spent else None))
+        f1 = [r["macro_f1"] for r in members if r.get("macro_f1") is not None]
+        seeds = len({str(r["seed"]) for r in members})
+        accuracies = [r["accuracy"] for r in members]
+        settings.append(Setting(epsilon, others, mean(accuracies), seeds, max(spent) if spent else None,
+                                mean(f1) if len(f1) == len(members) else None, min(accuracies), max(accuracies)))
     return sorted(settings, key=lambda s: (s.epsilon, -s.accuracy))
 
 
-def baseline(rows: list[dict], kind: str) -> dict[float, dict]:
-    """Per epsilon: mean, lowest and highest accuracy of a baseline kind (`alone` or `central`)."""
-    by_epsilon: dict[float, list[float]] = {}
-    for row in _scored(rows, kind):
-        by_epsilon.setdefault(_epsilon(row), []).append(row["accuracy"])
-    return {e: {"mean": mean(v), "min": min(v), "max": max(v), "runs": len(v)} for e, v in sorted(by_epsilon.items())}
+def federated_settings(rows: list[dict]) -> list[Setting]:
+    """Federated results averaged over seeds, one per (epsilon, other varying axes)."""
+    return settings_of(rows, "federated")
+
+
+def baseline(rows: list[dict], kind: str) -> dict[float, Setting]:
+    """Per epsilon: the best setting of a baseline kind (`alone` or `central`), by the rule the federation's uses.
+
+    `alone` averages over institutions and seeds; its low/high are the weakest and strongest run.
+    """
+    return best_per_epsilon(settings_of(rows, kind))
 
 
 def pareto_front(settings: list[Setting]) -> list[Setting]:
@@ -121,13 +133,13 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str, chance: float | None
         ax.plot([spot[s.epsilon] for s in points], [s.accuracy for s in points], "o-", lw=2,
                 label=f"federated, {points[0].describe()}" if others else "federated (CKKS + DP)")
     if central:
-        ax.plot([spot[e] for e in central], [v["mean"] for v in central.values()], "k--", marker="s", lw=1.5,
+        ax.plot([spot[e] for e in central], [v.accuracy for v in central.values()], "k--", marker="s", lw=1.5,
                 label="central (union of the data, same budget)")
     if alone:
         xs = [spot[e] for e in alone]
-        ax.plot(xs, [v["mean"] for v in alone.values()], ":", color="grey", marker="v", lw=1.5,
+        ax.plot(xs, [v.accuracy for v in alone.values()], ":", color="grey", marker="v", lw=1.5,
                 label="each institution alone (mean)")
-        ax.fill_between(xs, [v["min"] for v in alone.values()], [v["max"] for v in alone.values()], color="grey",
+        ax.fill_between(xs, [v.low for v in alone.values()], [v.high for v in alone.values()], color="grey",
                         alpha=0.15, lw=0)
     front = pareto_front(settings)
     if front:
@@ -160,7 +172,7 @@ def write_pareto_csv(settings: list[Setting], path: Path) -> None:
 
 
 def best_rows(rows: list[dict]) -> list[dict[str, str]]:
-    """For each target epsilon: the best federated setting and both baselines, as display text."""
+    """For each target epsilon: the best setting of each kind (same rule for all three), as display text."""
     settings = federated_settings(rows)
     alone, central = baseline(rows, "alone"), baseline(rows, "central")
     table = []
@@ -171,11 +183,19 @@ def best_rows(rows: list[dict]) -> list[dict[str, str]]:
             "epsilon": _fmt_eps(epsilon),
             "setting": best.describe(),
             "accuracy": f"{best.accuracy:.3f}{seeds}",
+            "f1": _f1(best),
             "spent": "-" if best.epsilon_spent is None else f"{best.epsilon_spent:.2f}",
-            "alone": f"{a['mean']:.3f} ({a['min']:.3f}-{a['max']:.3f})" if a else "-",
-            "central": f"{c['mean']:.3f}" if c else "-",
+            "alone": f"{a.accuracy:.3f} ({a.low:.3f}-{a.high:.3f})" if a else "-",
+            "central": f"{c.accuracy:.3f}" if c else "-",
+            "central_f1": _f1(c) if c else "-",
+            "baseline_settings": "; ".join(f"{kind}: {x.describe()}" for kind, x in (("alone", a), ("central", c))
+                                           if x is not None and x.others),
         })
     return table
+
+
+def _f1(setting: Setting) -> str:
+    return "-" if setting.macro_f1 is None else f"{setting.macro_f1:.3f}"
 
 
 def summary_markdown(rows: list[dict], description: str, failures: list[str]) -> str:
@@ -184,15 +204,21 @@ def summary_markdown(rows: list[dict], description: str, failures: list[str]) ->
     fixed = [f"{a}={federated[0][a]}" for a in AXES
              if a != "epsilon" and federated and len({str(r[a]) for r in federated}) == 1]
     common = f"Every federated point: {', '.join(fixed)}." if fixed else ""
+    best = best_rows(rows)
     lines = ["# Privacy-utility sweep", "", description, common, "", "![accuracy against epsilon](tradeoff.png)", "",
              "## Best setting for each epsilon", "",
-             "| target epsilon | best federated setting | accuracy | epsilon spent | each alone (mean, min-max) "
-             "| central |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['epsilon']} | {r['setting']} | {r['accuracy']} | {r['spent']} | {r['alone']} | {r['central']} |"
-              for r in best_rows(rows)]
+             "Each kind's setting is its best mean over seeds on the common test set, picked the same way for the "
+             "federation and both baselines.", "",
+             "| target epsilon | best federated setting | accuracy | macro-F1 | epsilon spent "
+             "| each alone (mean, min-max) | central | central macro-F1 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['epsilon']} | {r['setting']} | {r['accuracy']} | {r['f1']} | {r['spent']} | {r['alone']} "
+              f"| {r['central']} | {r['central_f1']} |" for r in best]
+    chosen = [f"- epsilon {r['epsilon']}: {r['baseline_settings']}" for r in best if r["baseline_settings"]]
+    if chosen:
+        lines += ["", "Baseline settings chosen:", "", *chosen]
     lines += ["", "## Pareto front", "", "Federated settings that no setting with a smaller or equal epsilon beats.",
-              "", "| epsilon | setting | accuracy |", "|---|---|---|"]
-    lines += [f"| {_fmt_eps(s.epsilon)} | {s.describe()} | {s.accuracy:.3f} |"
+              "", "| epsilon | setting | accuracy | macro-F1 |", "|---|---|---|---|"]
+    lines += [f"| {_fmt_eps(s.epsilon)} | {s.describe()} | {s.accuracy:.3f} | {_f1(s)} |"
               for s in pareto_front(federated_settings(rows))]
     if failures:
         lines += ["", "## Points that failed (they run again when the sweep is re-run)", ""]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from confide.platform.sweep.points import AXES
 
-CSV_COLUMNS = ("key", "kind", "institution", *AXES, "accuracy", "loss", "epsilon_spent", "rounds_summed",
+CSV_COLUMNS = ("key", "kind", "institution", *AXES, "accuracy", "macro_f1", "loss", "epsilon_spent", "rounds_summed",
                "upload_mb", "seconds", "finished_at")
 
 

@@ -103,7 +103,8 @@ def _description(loaded: LoadedSweep, points: list[Point], parts: dict[str, list
             f"{kinds['central']} central) on `{fed.model.source}`: {split.institutions} institutions "
             f"(Dirichlet alpha {split.alpha:g}; records {sizes}), {len(parts['test'])} common test records, "
             f"delta {fed.privacy.delta:g}, accountant {fed.privacy.accountant}. Utility is the final round's "
-            f"test accuracy. Baselines use the first listed value of every axis but epsilon and seed.")
+            f"test accuracy (macro-F1 beside it). The baselines run the same grid, and each kind's "
+            f"setting at an epsilon is its best mean over seeds: the same rule for all three.")
 
 
 def run_sweep(sweep_path: str | Path, out_dir: str | Path, executor: str = "local", workers: int | None = None,
