@@ -16,6 +16,8 @@ from confide.aggregation import (
     PublicContext,
     WorkerPool,
     WrongKey,
+    bitpack,
+    check_envelope,
     create_key_material,
     decrypt_sum,
     encrypt_update,
@@ -301,3 +303,19 @@ def _rekeyed(envelope: bytes, key_id: str) -> bytes:
     blobs = [envelope[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
     return build_envelope(1, key_id, h.layout_hash, h.n_values, h.slots, read_seeds(envelope, h),
                           h.bits, h.last_bits, blobs)
+
+
+def test_a_sum_coefficient_beyond_the_modulus_is_refused_without_a_key(coordinator, uploads):
+    check_envelope(coordinator, uploads[2][0])  # what the coordinator runs on every upload
+    total = sum_envelopes(coordinator, uploads[2][:2])
+    h = read_header(total)
+    blobs = [total[o : o + n] for o, n in zip(h.ciphertext_offsets(), h.ciphertext_lengths)]
+    first = bitpack.unpack(blobs[0], h.bits, 2 * h.slots)
+    first[0] = (1 << h.bits) - 1  # above q0, which is below 2**bits
+    blobs[0] = bitpack.pack(first, h.bits)
+    forged = build_envelope(KIND_SUM, h.key_id, h.layout_hash, h.n_values, h.slots, read_seeds(total, h),
+                            h.bits, h.last_bits, blobs)
+    with pytest.raises(EnvelopeError, match="beyond the modulus"):
+        check_envelope(coordinator, forged)
+    with pytest.raises(EnvelopeError, match="beyond the modulus"):
+        sum_envelopes(coordinator, [forged])

@@ -128,7 +128,7 @@ def sum_positions(parts: Sequence[EnvelopePart], positions: range, q: int, full_
         run = range(begin, min(begin + block, positions.stop))
         total = np.zeros(len(run) * n, dtype=np.uint64)
         for count, part in enumerate(parts, start=1):
-            total += _block_coefficients(part, run, q, full_bits)
+            total += block_coefficients(part, run, q, full_bits)
             if count % compact.ADDS_PER_REDUCTION == 0:
                 np.remainder(total, modulus, out=total)
         np.remainder(total, modulus, out=total)
@@ -136,7 +136,7 @@ def sum_positions(parts: Sequence[EnvelopePart], positions: range, q: int, full_
     return out
 
 
-def _block_coefficients(part: EnvelopePart, run: range, q: int, full_bits: int) -> np.ndarray:
+def block_coefficients(part: EnvelopePart, run: range, q: int, full_bits: int) -> np.ndarray:
     """One envelope's coefficients at positions ``run``, restored modulo ``q``, concatenated."""
     header = part.header
     n = 2 * header.slots

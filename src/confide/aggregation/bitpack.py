@@ -41,6 +41,8 @@ def unpack(data: bytes | memoryview, bits: int, n_values: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits == MAX_BITS:
         return raw.view("<u8").astype(np.uint64)
+    if bits <= _GATHER_MAX_BITS and n_values % 8 == 0:
+        return _unpack_groups(raw, bits, n_values)
     if bits <= _GATHER_MAX_BITS:
         # Each value starts at bit i*bits: read the 8 bytes from its first byte, then shift.
         padded = np.concatenate([raw, np.zeros(8, dtype=np.uint8)])
@@ -52,3 +54,18 @@ def unpack(data: bytes | memoryview, bits: int, n_values: int) -> np.ndarray:
     bitmap = np.zeros((n_values, MAX_BITS), dtype=np.uint8)
     bitmap[:, :bits] = np.unpackbits(raw, bitorder="little")[: n_values * bits].reshape(n_values, bits)
     return np.packbits(bitmap, axis=1, bitorder="little").view("<u8").reshape(n_values).astype(np.uint64)
+
+
+def _unpack_groups(raw: np.ndarray, bits: int, n_values: int) -> np.ndarray:
+    """Unpack by groups of 8 values (exactly ``bits`` bytes): value k of every group starts at the
+    same byte and bit of its group, so each of the 8 is one strided slice and one shift."""
+    rows = n_values // 8
+    padded = np.zeros((rows, bits + 8), dtype=np.uint8)
+    padded[:, :bits] = raw.reshape(rows, bits)
+    out = np.empty((rows, 8), dtype=np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    for k in range(8):
+        first, shift = divmod(k * bits, 8)
+        words = np.ascontiguousarray(padded[:, first : first + 8]).view("<u8").reshape(rows)
+        out[:, k] = (words >> np.uint64(shift)) & mask
+    return out.reshape(n_values)

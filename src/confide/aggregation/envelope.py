@@ -41,6 +41,7 @@ from confide.aggregation.wire import (
 
 __all__ = [
     "DecryptedSum",
+    "check_envelope",
     "EnvelopeHeader",
     "WorkerPool",
     "decrypt_sum",
@@ -162,6 +163,54 @@ def sum_envelopes(
     public = require_public(public_context)
     params = public.params
     sources = list(envelopes)
+    headers = _checked_headers(public, sources, max_bytes)
+    first = headers[0]
+    full_bits = params.coeff_mod_bit_sizes[0]
+    seeds = [seed for s, h in zip(sources, headers) for seed in read_seeds(s, h)]
+    _refuse_duplicates(seeds, headers)
+
+    n_ct = first.n_ciphertexts
+    q = _seal.last_modulus(public.context)
+    n_workers = _parallel.worker_count(workers)
+    if n_workers > 1 and n_ct > 1:
+        jobs = [
+            ([_parallel.part_of(s, h, r, copy=True) for s, h in zip(sources, headers)], r, q, full_bits)
+            for r in _parallel.split_ranges(n_ct, n_workers)
+        ]
+        parts = _parallel.run_spawned(_parallel.sum_task, jobs, workers)
+        blobs = [b for part in parts for b in part]
+    else:
+        envelope_parts = [_parallel.part_of(s, h, None, copy=False) for s, h in zip(sources, headers)]
+        blobs = _parallel.sum_positions(envelope_parts, range(n_ct), q, full_bits)
+    return build_envelope(
+        KIND_SUM, public.key_id, first.layout_hash, first.n_values, first.slots, seeds,
+        full_bits, full_bits, blobs,
+    )
+
+
+def check_envelope(public_context: object, envelope: EnvelopeSource,
+                   max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> EnvelopeHeader:
+    """Everything :func:`sum_envelopes` checks of one envelope, without building a sum: the header
+    (key, slots, size, digest), the coefficient widths these parameters make, and, for
+    full-width ciphertexts, that every coefficient is below ``q0`` (rounded ones always are).
+
+    Raises what :func:`sum_envelopes` raises.
+    """
+    public = require_public(public_context)
+    header = _checked_headers(public, [envelope], max_bytes)[0]
+    full_bits = public.params.coeff_mod_bit_sizes[0]
+    if full_bits in (header.bits, header.last_bits):
+        part = _parallel.part_of(envelope, header, None, copy=False)
+        q = _seal.last_modulus(public.context)
+        for begin in range(0, header.n_ciphertexts, _parallel.SUM_BLOCK):
+            run = range(begin, min(begin + _parallel.SUM_BLOCK, header.n_ciphertexts))
+            _parallel.block_coefficients(part, run, q, full_bits)
+    return header
+
+
+def _checked_headers(public, sources: list[EnvelopeSource], max_bytes: int) -> list[EnvelopeHeader]:
+    """Validated headers of envelopes that can be summed together under ``public``'s parameters."""
+    params = public.params
     if not sources:
         raise EnvelopeError("no envelopes to sum", "wait for at least one upload")
     headers = [
@@ -192,26 +241,7 @@ def sum_envelopes(
                 f"make {expected[0]}/{expected[1]}",
                 "it was made with other CKKS parameters (upload_precision_bits, scale_bits)",
             )
-    seeds = [seed for s, h in zip(sources, headers) for seed in read_seeds(s, h)]
-    _refuse_duplicates(seeds, headers)
-
-    n_ct = first.n_ciphertexts
-    q = _seal.last_modulus(public.context)
-    n_workers = _parallel.worker_count(workers)
-    if n_workers > 1 and n_ct > 1:
-        jobs = [
-            ([_parallel.part_of(s, h, r, copy=True) for s, h in zip(sources, headers)], r, q, full_bits)
-            for r in _parallel.split_ranges(n_ct, n_workers)
-        ]
-        parts = _parallel.run_spawned(_parallel.sum_task, jobs, workers)
-        blobs = [b for part in parts for b in part]
-    else:
-        envelope_parts = [_parallel.part_of(s, h, None, copy=False) for s, h in zip(sources, headers)]
-        blobs = _parallel.sum_positions(envelope_parts, range(n_ct), q, full_bits)
-    return build_envelope(
-        KIND_SUM, public.key_id, first.layout_hash, first.n_values, first.slots, seeds,
-        full_bits, full_bits, blobs,
-    )
+    return headers
 
 
 def _refuse_duplicates(seeds: list[bytes], headers: list[EnvelopeHeader]) -> None:
