@@ -1,4 +1,5 @@
-"""Whole tiny sweeps (tiny BERT, 2 epsilons x 2 ranks): both executors, files written, resume after a kill."""
+"""Whole tiny sweeps (tiny BERT, 2 epsilons x 2 ranks, baselines at every point): both executors, files
+written, resume after a kill."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_local_sweep_completes_writes_results_plot_summary_and_a_rerun_skips_eve
     sweep = write_tiny_sweep(tmp_path)
     report = run_sweep(sweep, tmp_path / "out", executor="local", workers=2)
     assert report.failed == {}
-    assert len(report.points) == 4 + 2 * (2 + 1)  # grid, then per epsilon: 2 alone + 1 central
+    assert len(report.points) == 4 * (1 + 2 + 1)  # every grid point: federated, 2 alone, 1 central
     assert len(report.ran) == len(report.points)
     assert_complete(tmp_path / "out", report)
 
@@ -66,7 +67,7 @@ def test_ray_sweep_completes_on_a_local_ray_instance(tmp_path):
     finally:
         ray.shutdown()
     assert report.failed == {}
-    assert len(report.ran) == len(report.points) == 10
+    assert len(report.ran) == len(report.points) == 16
     assert_complete(tmp_path / "out", report)
 
 
