@@ -382,6 +382,7 @@ def simulate(
     institutions: List[Path] = typer.Argument(None, help="Institution policy files (or use --split)."),
     out_dir: Path = typer.Option(..., "--out", help="Empty or new directory for results, ledgers and adapters."),
     workers: int = typer.Option(2, "--workers", help="Worker processes hosting institutions (0: in this process)."),
+    executor: str = typer.Option("processes", "--executor", help="processes, or ray (--workers Ray actors)."),
     split: Optional[str] = typer.Option(None, "--split",
                                         help="dirichlet:ALPHA: split one dataset across generated institutions."),
     n_institutions: int = typer.Option(3, "--institutions", help="With --split: how many institutions."),
@@ -404,6 +405,7 @@ def simulate(
         make_out_dir(tensorboard, "--tensorboard")
     sim = simulation_from_files(federation, institutions or [], out_dir, workers, split, n_institutions, template,
                                 test, test_fraction, seed)
+    sim.executor = executor
     from confide.platform.simulation import run_simulation
 
     ids = [p.institution_id for p in sim.institutions]

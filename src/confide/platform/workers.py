@@ -8,7 +8,9 @@ sends it calls and gets plain results back. A call names the function to run on 
 where it is referenced, not at run time in a worker. Progress events travel on a shared queue.
 
 With `workers=0` the same members run in the calling process through the same interface, which is
-what tests and debugging use.
+what tests and debugging use. `RayMemberPool` hosts the members in Ray actors instead (a local Ray
+instance, or the cluster `RAY_ADDRESS` names): each actor runs the very call handler a worker
+process runs, so the two executors differ only in how calls travel.
 """
 
 from __future__ import annotations
@@ -34,26 +36,51 @@ class MemberRefused(BadInput):
     """A member in a worker refused bad input (a data file, a policy); the message is the member's own."""
 
 
-def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, threads: int) -> None:
+class ExecutorUnavailable(BadInput):
+    """The chosen executor cannot run here (Ray is not installed)."""
+
+
+def _limit_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _handle(members: dict[str, Any], factory: Factory, specs: dict[str, tuple], progress, message) -> tuple:
+    """Run one call `(member_id, function, args, kwargs)` on a hosted member (built on first use);
+    the reply is plain data: ("ok", result), ("bad_input", message) or ("error", details, exc)."""
+    member_id, function, args, kwargs = message
+    try:
+        if member_id not in members:
+            members[member_id] = factory(*specs[member_id], progress=progress)
+        return ("ok", function(members[member_id], *args, **kwargs))
+    except BadInput as exc:  # the user's mistake: its message travels, not the traceback
+        return ("bad_input", str(exc))
+    except BaseException as exc:  # sent back whole: the main process decides what is fatal
+        return ("error", (type(exc).__name__, str(exc), traceback.format_exc()), exc if _picklable(exc) else None)
+
+
+def _unwrap(member_id: str, reply: tuple) -> Any:
+    """The result in a `_handle` reply, or the member's exception raised here."""
+    if reply[0] == "bad_input":
+        raise MemberRefused(reply[1])
+    if reply[0] == "error":
+        name, message, trace = reply[1]
+        if reply[2] is not None:
+            raise reply[2]
+        raise WorkerFailed(f"{member_id}: {name}: {message}\n{trace}")
+    return reply[1]
+
+
+def _serve(factory: Factory, specs: dict[str, tuple], connection, progress, threads: int) -> None:
+    _limit_threads(threads)
     members: dict[str, Any] = {}
     while True:
         message = connection.recv()
         if message is None:
             return
-        member_id, function, args, kwargs = message
-        try:
-            if member_id not in members:
-                members[member_id] = factory(*specs[member_id], progress=progress)
-            result = ("ok", function(members[member_id], *args, **kwargs))
-        except BadInput as exc:  # the user's mistake: its message travels, not the traceback
-            result = ("bad_input", str(exc))
-        except BaseException as exc:  # sent back whole: the main process decides what is fatal
-            result = ("error", (type(exc).__name__, str(exc), traceback.format_exc()), exc if _picklable(exc) else None)
-        connection.send(result)
+        connection.send(_handle(members, factory, specs, progress, message))
 
 
 def _picklable(exc: BaseException) -> bool:
@@ -134,15 +161,7 @@ class MemberPool:
             ready = [w for w in pending if self.connections[w].poll(0.1)]
             for w in ready:
                 member_id = pending.pop(w)[0]
-                reply = self.connections[w].recv()
-                if reply[0] == "bad_input":
-                    raise MemberRefused(reply[1])
-                if reply[0] == "error":
-                    name, message, trace = reply[1]
-                    if reply[2] is not None:
-                        raise reply[2]
-                    raise WorkerFailed(f"{member_id}: {name}: {message}\n{trace}")
-                results[member_id] = reply[1]
+                results[member_id] = _unwrap(member_id, self.connections[w].recv())
                 if queues[w]:
                     pending[w] = queues[w].pop(0)
                     self.connections[w].send(pending[w])
@@ -162,3 +181,92 @@ class MemberPool:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
+
+
+class _RayHost:
+    """A Ray actor hosting some members: the worker process's handler behind an actor method."""
+
+    def __init__(self, factory: Factory, specs: dict[str, tuple], progress, threads: int) -> None:
+        _limit_threads(threads)
+        self.factory, self.specs, self.progress = factory, specs, progress
+        self.members: dict[str, Any] = {}
+
+    def handle(self, message) -> tuple:
+        return _handle(self.members, self.factory, self.specs, self.progress, message)
+
+
+def ray_progress_queue():
+    """A progress queue Ray actors can put events on (start Ray first: `RayMemberPool.start_ray`)."""
+    from ray.util.queue import Queue
+
+    return Queue()
+
+
+class RayMemberPool:
+    """Members spread over `workers` Ray actors; the same interface as `MemberPool`.
+
+    Ray is started (`start_ray`) unless already running; whoever started it shuts it down.
+    Without `RAY_ADDRESS`, Ray starts locally with at least `workers` CPUs (so no actor waits for
+    another's CPU); with it, actors are placed on that cluster. An actor runs one call at a time,
+    in the order calls were made, as a worker process does.
+    """
+
+    def __init__(self, factory: Factory, specs: dict[str, tuple], workers: int, progress=None) -> None:
+        import ray
+
+        self.start_ray(workers)
+        workers = max(1, min(workers, len(specs)))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        host = ray.remote(num_cpus=1)(_RayHost)
+        ids = list(specs)
+        self.route: dict[str, Any] = {}
+        self.actors = []
+        for w in range(workers):
+            mine = {i: specs[i] for i in ids[w::workers]}
+            actor = host.remote(factory, mine, progress, threads)
+            self.actors.append(actor)
+            for i in mine:
+                self.route[i] = actor
+
+    @staticmethod
+    def start_ray(workers: int) -> bool:
+        """Connect to Ray unless already connected; True if this call did. Raises ExecutorUnavailable."""
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorUnavailable("--executor ray needs Ray, which is not installed: "
+                                      "pip install 'confide[ray]'") from None
+
+        if ray.is_initialized():
+            return False
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        return True
+
+    def call_many(self, calls: list[tuple[str, MemberFunction, tuple, dict]],
+                  on_wait: Callable[[], None] | None = None) -> dict:
+        """Run the calls, one per member, in parallel across actors; see `MemberPool.call_many`."""
+        import ray
+
+        pending = {self.route[m].handle.remote((m, function, args, kwargs)): m for m, function, args, kwargs in calls}
+        results: dict[str, Any] = {}
+        while pending:
+            if on_wait is not None:
+                on_wait()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.1)
+            for ref in ready:
+                member_id = pending.pop(ref)
+                results[member_id] = _unwrap(member_id, ray.get(ref))
+        return results
+
+    def call(self, member_id: str, function: MemberFunction, *args, **kwargs) -> Any:
+        return self.call_many([(member_id, function, args, kwargs)])[member_id]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
