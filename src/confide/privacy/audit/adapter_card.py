@@ -75,9 +75,9 @@ def _head_index(entries: list[dict], seq: int | None, head: str | None) -> int |
 
 def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[dict] | None,
                         receipts: list[UploadReceipt] | None, tolerance: Tolerance) -> list[Check]:
-    who = f"{g.institution}/{g.dataset}"
+    who = g.institution
     if entries is None:
-        return [Check("card_ledger", False, f"{who}: no ledger of this institution and dataset was handed in, so "
+        return [Check("card_ledger", False, f"{who}: no ledger of dataset {g.dataset} was handed in, so "
                       "its stated guarantee cannot be checked")]
     index = _head_index(entries, g.ledger_seq, g.ledger_head)
     if index is None:
