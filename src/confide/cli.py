@@ -382,7 +382,7 @@ def simulate(
     institutions: List[Path] = typer.Argument(None, help="Institution policy files (or use --split)."),
     out_dir: Path = typer.Option(..., "--out", help="Empty or new directory for results, ledgers and adapters."),
     workers: int = typer.Option(2, "--workers", help="Worker processes hosting institutions (0: in this process)."),
-    executor: str = typer.Option("processes", "--executor", help="processes, or ray (--workers Ray actors)."),
+    executor: str = typer.Option("local", "--executor", help="local (processes), or ray (--workers Ray actors)."),
     split: Optional[str] = typer.Option(None, "--split",
                                         help="dirichlet:ALPHA: split one dataset across generated institutions."),
     n_institutions: int = typer.Option(3, "--institutions", help="With --split: how many institutions."),

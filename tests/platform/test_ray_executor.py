@@ -48,7 +48,7 @@ def test_ray_executor_runs_a_dp_round_and_every_member_applies_the_same_sum(tmp_
 def test_ray_executor_gives_the_adapters_of_the_default_executor(tmp_path):
     federation, institutions = _deterministic_federation(tmp_path / "fed")
     runs = {}
-    for executor, workers in (("processes", 1), ("ray", 2)):
+    for executor, workers in (("local", 1), ("ray", 2)):
         out = tmp_path / executor
         summary = run_simulation(Simulation(federation, institutions, out, workers=workers, private=False,
                                             executor=executor))
@@ -60,7 +60,7 @@ def test_ray_executor_gives_the_adapters_of_the_default_executor(tmp_path):
     tolerance = 2 * federation.ckks.error_bound(2) / 2
     moved = 0.0
     for member in ("a", "b"):
-        processes, on_ray = runs["processes"][member], runs["ray"][member]
+        processes, on_ray = runs["local"][member], runs["ray"][member]
         assert processes.keys() == on_ray.keys()
         for name in processes:
             assert np.max(np.abs(processes[name] - on_ray[name])) <= tolerance, name
