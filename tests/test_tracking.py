@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from confide.cli import app
@@ -77,3 +80,45 @@ def test_tensorboard_option_refuses_a_file_in_one_line(tmp_path):
                                       "--tensorboard", str(target)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "is a file, not a directory" in result.output and "--tensorboard" in result.output
+
+
+def test_a_causal_lm_federation_logs_perplexity_as_exp_of_the_loss(tmp_path):
+    federation = tmp_path / "federation.yaml"
+    federation.write_text("model: {task: causal_lm}\n")
+    summary = {**_summary(tmp_path, with_f1=False), "federation_file": str(federation)}
+    scalars = read_scalars(log_federation(summary, tmp_path / "tb"))
+    assert _same(scalars["round/perplexity"], [(r["round"], math.exp(r["loss"])) for r in summary["rounds"]])
+    federation.write_text("model: {task: sequence_classification}\n")
+    assert "round/perplexity" not in read_scalars(log_federation(summary, tmp_path / "tb"))
+
+
+@pytest.mark.integration
+def test_the_example_causal_federation_trains_with_dp_ckks_and_ledgers_and_reports_perplexity(tmp_path):
+    """examples/federation-causal.yaml, shortened (2 rounds of 2 steps) on small data files of its own."""
+    from tests.platform.federation_kit import write_data
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    federation = yaml.safe_load((examples / "federation-causal.yaml").read_text())
+    federation.update(rounds=2, training={**federation["training"], "steps_per_round": 2, "expected_batch_size": 8,
+                                          "max_physical_batch_size": 8})
+    federation["model"]["max_length_tokens"] = 16
+    (tmp_path / "federation.yaml").write_text(yaml.safe_dump(federation))
+    paths = []
+    for k, name in enumerate(("causal-hospital-a", "causal-hospital-b")):
+        policy = yaml.safe_load((examples / f"{name}.yaml").read_text())
+        policy["data"]["path"] = f"{name}.jsonl"
+        policy["state_dir"] = f"state/{name}"
+        write_data(tmp_path / f"{name}.jsonl", 40, seed=k)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+        paths.append(str(tmp_path / f"{name}.yaml"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "federation.yaml"), *paths, "--out", str(out),
+                                      "--workers", "0", "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["rounds"]] == ["summed", "summed"]
+    assert all(0 < s["epsilon"] <= s["budget_epsilon"] for s in summary["institutions"].values())
+    scalars = read_scalars(tmp_path / "tb" / summary["federation"])
+    assert _same(scalars["round/perplexity"], [(r["round"], math.exp(r["loss"])) for r in summary["rounds"]])
+    assert "perplexity by round: 1:" in result.output
+    assert (out / "adapters" / "hospital-a" / "privacy.json").exists()

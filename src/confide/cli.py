@@ -414,6 +414,11 @@ def simulate(
         summary = run_simulation(sim)
     out.print(rounds_table(summary), "", budgets_table(summary), "")
     out.print(f"summary: {out_dir / 'summary.json'}; adapters: {out_dir / 'adapters'}")
+    from confide.platform.tracking import perplexities
+
+    if perplexities(summary):
+        out.print("perplexity by round: " + ", ".join(f"{r}: {p:.1f}" for r, p in perplexities(summary)),
+                  highlight=False, soft_wrap=True)
     if tensorboard is not None:
         from confide.platform.tracking import log_federation
 

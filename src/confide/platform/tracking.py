@@ -6,7 +6,8 @@ reports the coordinator settled, the epsilons the ledgers signed), never a live 
 federation is one run: `DIR/<run>/events.out.tfevents.*`. Scalars, by round:
 
     round/accuracy, round/loss, round/macro_f1 (when the evaluation reports it), round/upload_bytes,
-    round/seconds, round/participants, epsilon/<institution> (cumulative, from its ledger)
+    round/seconds, round/participants, epsilon/<institution> (cumulative, from its ledger),
+    round/perplexity (causal LM: exp of the mean per-record token loss)
 
 MLflow gets the same metrics when the `mlflow` package is installed and MLFLOW_TRACKING_URI is set
 (nothing is written to a default ./mlruns the user did not ask for).
@@ -15,10 +16,13 @@ MLflow gets the same metrics when the `mlflow` package is installed and MLFLOW_T
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Iterable
+
+import yaml
 
 from confide.errors import BadInput
 
@@ -52,12 +56,31 @@ def _ledger_epsilons(ledger: Path, federation: str) -> list[tuple[int, float]]:
     return found
 
 
+def federation_task(summary: dict) -> str | None:
+    """The federation's task, from the federation file the summary names (None if it cannot be read)."""
+    try:
+        document = yaml.safe_load(Path(summary["federation_file"]).read_text(encoding="utf-8"))
+        return str(document["model"]["task"])
+    except (KeyError, TypeError, OSError, yaml.YAMLError):
+        return None
+
+
+def perplexities(summary: dict) -> list[tuple[int, float]]:
+    """(round, exp(mean per-record token loss)) of a causal-LM federation's evaluated rounds; [] otherwise."""
+    if federation_task(summary) != "causal_lm":
+        return []
+    return [(int(r["round"]), math.exp(r["loss"])) for r in summary.get("rounds", [])
+            if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+
+
 def federation_scalars(summary: dict) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series of one federation's summary (as run_simulation writes it), by tag."""
     series: dict[str, list[tuple[int, float]]] = {}
     for report in summary.get("rounds", []):
         for tag, value in _numbers(report).items():
             series.setdefault(tag, []).append((int(report["round"]), value))
+    if perplexities(summary):
+        series["round/perplexity"] = perplexities(summary)
     for name, status in sorted(summary.get("institutions", {}).items()):
         if status.get("private", True) and status.get("ledger"):
             points = _ledger_epsilons(Path(status["ledger"]), summary["federation"])
