@@ -122,3 +122,17 @@ def test_the_example_causal_federation_trains_with_dp_ckks_and_ledgers_and_repor
     assert _same(scalars["round/perplexity"], [(r["round"], math.exp(r["loss"])) for r in summary["rounds"]])
     assert "perplexity by round: 1:" in result.output
     assert (out / "adapters" / "hospital-a" / "privacy.json").exists()
+
+
+def test_a_sweep_logs_one_run_per_finished_point(tmp_path):
+    from confide.platform.tracking import sweep_runs
+
+    for key in ("p2", "p1"):
+        run = tmp_path / "sweep" / "points" / key / "run"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({**_summary(tmp_path, with_f1=False), "federation": key}))
+    (tmp_path / "sweep" / "points" / "unfinished" / "run").mkdir(parents=True)
+    runs = sweep_runs(tmp_path / "sweep")
+    assert [name for name, _ in runs] == ["p1", "p2"]
+    logged = log_runs(runs, tmp_path / "tb")
+    assert [p.name for p in logged] == ["p1", "p2"] and all(read_scalars(p)["round/loss"] for p in logged)
