@@ -96,7 +96,7 @@ def test_decrypted_average_unflattens_into_the_adapter(material, coordinator):
 
 
 def test_upload_costs_less_than_a_float32_per_parameter(material, layout):
-    n = 40 * 4096 - 2  # whole ciphertexts, so no padding is counted
+    n = 16 * 4096 - 2  # whole ciphertexts, so no padding is counted
     envelope = encrypt_update(material, np.zeros(n), 1.0, layout.hash)
     assert len(envelope) / n < 4.0
 
