@@ -159,7 +159,7 @@ def plan_rows(preview: PlanPreview) -> list[tuple[str, str]]:
         ("rounds", f"{p.rounds_planned} planned x {p.steps_per_round} steps = "
                    f"{p.rounds_planned * p.steps_per_round} steps"),
     ]
-    ledger = f"epsilon {p.ledger.epsilon_spent:.4g} spent, {p.ledger.rounds_taken} rounds of this federation"
+    ledger = f"epsilon {p.ledger.epsilon_spent:.3f} spent, {p.ledger.rounds_taken} rounds of this federation"
     if not p.ledger.exists and not p.ledger.legacy:
         ledger = "no ledger yet: nothing spent"
     if p.ledger.legacy:
@@ -171,10 +171,10 @@ def plan_rows(preview: PlanPreview) -> list[tuple[str, str]]:
         plan = p.plan
         rows += [
             ("noise", f"sigma {plan.spend.noise_multiplier:.4g} (set by {plan.limited_by})"),
-            ("per round", f"epsilon {plan.round_epsilon:.4g} (round alone, delta {p.delta:g}, {p.accountant})"),
-            ("cumulative", ", ".join(f"{e:.3g}" for e in p.epsilon_by_round)),
-            ("after plan", f"epsilon {plan.epsilon_after_plan:.4g} of budget {p.budget_epsilon:g} "
-                           f"(left {max(0.0, p.budget_epsilon - plan.epsilon_after_plan):.4g})"),
+            ("per round", f"epsilon {plan.round_epsilon:.3f} (round alone, delta {p.delta:g}, {p.accountant})"),
+            ("cumulative", ", ".join(f"{e:.2f}" for e in p.epsilon_by_round)),
+            ("after plan", f"epsilon {plan.epsilon_after_plan:.3f} of budget {p.budget_epsilon:g} "
+                           f"(left {max(0.0, p.budget_epsilon - plan.epsilon_after_plan):.3f})"),
         ]
     rows.append(("stops first", p.stops))
     return rows
