@@ -66,6 +66,7 @@ def test_simulate_with_tensorboard_logs_what_summary_json_and_the_ledgers_record
     assert [step for step, _ in scalars["round/accuracy"]] == [1, 2]
     assert [v for _, v in scalars["round/accuracy"]] == pytest.approx([r["accuracy"] for r in summary["rounds"]])
     assert [v for _, v in scalars["round/upload_bytes"]] == [r["upload_bytes"] for r in summary["rounds"]]
+    assert [v for _, v in scalars["round/macro_f1"]] == pytest.approx([r["macro_f1"] for r in summary["rounds"]])
     for name, status in summary["institutions"].items():
         steps, values = zip(*scalars[f"epsilon/{name}"])
         assert steps == (1, 2) and values[-1] == pytest.approx(status["epsilon"])
