@@ -18,7 +18,7 @@ from confide.aggregation.envelope import encrypt_update, read_header
 from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.keys import create_key_material
 from confide.aggregation.params import CkksParameters
-from confide.aggregation.wire import KIND_UPDATE, build_envelope
+from confide.aggregation.wire import KIND_UPDATE, build_envelope, read_seeds
 from confide.platform.protocol import FederationState
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
@@ -129,7 +129,8 @@ class Undecryptable(ToleratesBadSums):
         forged = encrypt_update(other, np.ones(SIZE), 1.0, LAYOUT)
         header = read_header(forged)
         blobs = [forged[o:o + n] for o, n in zip(header.ciphertext_offsets(), header.ciphertext_lengths)]
-        envelope = build_envelope(KIND_UPDATE, self._secret().key_id, LAYOUT, SIZE, header.slots, 1, blobs)
+        envelope = build_envelope(KIND_UPDATE, self._secret().key_id, LAYOUT, SIZE, header.slots,
+                                  read_seeds(forged, header), header.bits, header.last_bits, blobs)
         return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation))
 
 
