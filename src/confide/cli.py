@@ -518,8 +518,9 @@ def audit_ledgers_command(
 ) -> None:
     """Verify hashes, chain, signatures, receipts; recompute epsilon with an independent accountant.
 
-    It can show the record's integrity, its consistency with the coordinator's receipts and the
-    federation file, and correct accounting; no ledger can show which noise was actually drawn
+    It can show the record's integrity, its consistency with the coordinator's receipts (each
+    signs the upload's ledger head and declared DP-SGD spend) and the federation file, and
+    correct accounting; no ledger can show which noise was actually drawn
     (see `confide audit canaries`). Exit 0 when everything verifies, 1 when a check fails, 3 when
     nothing failed but a budget could not be evaluated (no --policy), 2 for unreadable input.
     """

@@ -12,9 +12,25 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 GENESIS_HASH = "0" * 64
+
+# Round and federation status literals, as the coordinator's state and the wire spell them.
+RoundStatus = Literal["open", "collecting", "summed", "closed", "failed"]
+FederationStatus = Literal["setup", "running", "finished"]
+ROUND_ACTIVE: tuple[RoundStatus, ...] = ("open", "collecting")
+"""A round that still takes uploads and declines."""
+ROUND_SUMMED: tuple[RoundStatus, ...] = ("summed", "closed")
+"""A round with an encrypted sum to fetch (`closed`: summed after its deadline with those who answered)."""
+
+# A member's own view of one round (confide.platform.member_round): its answer, then how it settled.
+MemberRoundState = Literal["declining", "declined", "reserved", "trained", "receipted", "missed",
+                           "applied", "failed", "aborted"]
+MEMBER_ROUND_ANSWERED: tuple[MemberRoundState, ...] = ("declined", "receipted", "missed")
+"""The coordinator has our answer (or the round closed without it): nothing more to send."""
+MEMBER_ROUND_SETTLED: tuple[MemberRoundState, ...] = ("applied", "failed", "aborted")
+"""Terminal: the round's outcome is applied to (or kept out of) our adapter."""
 
 
 def canonical_json(value: Any) -> bytes:

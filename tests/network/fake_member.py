@@ -82,6 +82,29 @@ class FakeMember:
             (self.dir / "secret.key").write_bytes(secret)
 
     # -- rounds -------------------------------------------------------------------------------
+    def round_state(self, round_index: int):
+        progress = self._progress()
+        settled = progress["rounds"].get(str(round_index))
+        if settled is not None:
+            return settled["kind"]
+        answered = progress.get("answered", {}).get(str(round_index))
+        if answered is not None:
+            return answered
+        if (self.dir / f"r{round_index}.envelope").exists():
+            return "trained"
+        return "declining" if (self.dir / f"r{round_index}.decline").exists() else None
+
+    def _answered(self, round_index: int, state: str) -> None:
+        progress = self._progress()
+        progress.setdefault("answered", {})[str(round_index)] = state
+        self._save(progress)
+
+    def note_declined(self, round_index: int) -> None:
+        self._answered(round_index, "declined")
+
+    def note_missed(self, round_index: int) -> None:
+        self._answered(round_index, "missed")
+
     def take_part(self, round_index: int) -> Contribution:
         envelope, decline = self.dir / f"r{round_index}.envelope", self.dir / f"r{round_index}.decline"
         if envelope.exists():
@@ -107,6 +130,8 @@ class FakeMember:
         receipts = json.loads(path.read_text()) if path.exists() else {}
         receipts.setdefault(str(round_index), receipt)
         path.write_text(json.dumps(receipts))
+        if envelope is not None:
+            self._answered(round_index, "receipted")
         return receipt
 
     def check_anchor(self, receipt: dict | None) -> None:

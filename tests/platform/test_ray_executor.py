@@ -42,9 +42,6 @@ def test_ray_executor_runs_a_dp_round_and_every_member_applies_the_same_sum(tmp_
     assert any(np.max(np.abs(a[name])) > 0 for name in a if "lora_B" in name)  # B starts at zero
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="private=False rounds fail in Member._declared: a nonprivate ledger entry has no "
-                          "delta for DeclaredSpend.of_entry (member.py/formats.py, outside this test)")
 def test_ray_executor_gives_the_adapters_of_the_default_executor(tmp_path):
     federation, institutions = _deterministic_federation(tmp_path / "fed")
     runs = {}

@@ -19,6 +19,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from confide.aggregation.envelope import decrypt_sum, sum_envelopes
 from confide.identity import Identity
 from confide.platform.member import Member
+from confide.platform.member_round import settle
 from confide.policies import load_federation, load_institution
 from confide.privacy import LedgerError, PrivacyLedger, RoundSpend, reserve_round
 from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
@@ -137,8 +138,7 @@ def test_a_deleted_ledger_is_refused_while_the_state_shows_participation(tmp_pat
     a.ledger.path.unlink()
     for witness in a.ledger.path.parent.glob("*.head"):
         witness.unlink()  # even with the witness gone too, the federation's record shows it took part
-    a.progress_state["rounds"]["1"] = {"kind": "applied", "count": 2, "detail": ""}
-    a._save_progress()
+    a._commit(settle(a.record, 1, "applied", count=2))
     with pytest.raises(LedgerRollbackError, match="is missing") as raised:
         Member(federation, institutions[0])
     assert "\n" not in str(raised.value)
@@ -268,7 +268,7 @@ def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_pa
     assert b.apply_sum(1, total).kind == "applied"
     expected = np.load(b.dir / "adapter-r1.npy")
     # What a SIGKILL between writing the round's adapter and recording it leaves behind.
-    a._save_progress = lambda: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
+    a._commit = lambda record: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
     with pytest.raises(KeyboardInterrupt):
         a.apply_sum(1, total)
     restarted = Member(federation, institutions[0])

@@ -200,3 +200,32 @@ def test_concurrent_appends_keep_one_unbroken_chain(tmp_path, identity):
     ledger = open_ledger(tmp_path, identity)
     assert len(ledger.entries()) == 16
     assert ledger.verify(identity.public) == []
+
+
+@pytest.mark.parametrize("kind, fields, message", [
+    ("payout", {}, "unknown kind 'payout'"),
+    ("applied", {"count": 2}, "applied entry: sum_sha256: field required"),
+    ("decline", {"reasons": "budget"}, "decline entry: reasons: input should be a valid list"),
+    ("outcome", {"envelope_sha256": "not a hash"}, "outcome entry: envelope_sha256"),
+])
+def test_an_entry_that_is_not_of_its_kinds_shape_is_refused_and_nothing_is_written(tmp_path, identity, kind,
+                                                                                    fields, message):
+    ledger = open_ledger(tmp_path, identity)
+    ledger.append("spend", "fed-1", 1, **spend())
+    before = ledger.path.read_bytes()
+    with pytest.raises(LedgerError, match=message):
+        ledger.append(kind, "fed-1", 1, **fields)
+    assert ledger.path.read_bytes() == before and ledger.verify(identity.public) == []
+
+
+def test_a_resigned_entry_of_the_wrong_type_is_refused_on_read_at_its_line(tmp_path, identity):
+    ledger = open_ledger(tmp_path, identity)
+    for r in (1, 2):
+        ledger.append("spend", "fed-1", r, **spend())
+    entries = ledger.entries()
+    entries[1]["steps"] = "10"  # a string where the accountant needs an integer, signed with the real key
+    ledger.path.write_bytes(reseal(entries, identity))
+    problems = ledger.verify(identity.public)
+    assert [(p.line, p.kind) for p in problems] == [(2, "format")] and "steps" in problems[0].message
+    with pytest.raises(LedgerBrokenError):
+        ledger.append("outcome", "fed-1", 2, result="uploaded")

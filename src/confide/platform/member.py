@@ -4,14 +4,16 @@ Everything a member knows lives under its state directory, so a new `Member` ove
 directory resumes where the last one stopped (the agent may be killed at any moment):
 
     <state_dir>/ledger/...                        the dataset's privacy ledger (privacy.ledger)
-    <state_dir>/federations/<fed>/member.json     progress: rounds applied, failed, aborted (0600)
+    <state_dir>/federations/<fed>/member.json     the member's record: each round's state (0600)
     <state_dir>/federations/<fed>/secret.key      the CKKS secret key material (0600)
     <state_dir>/federations/<fed>/adapter-rN.npy  the global trainable state after round N (float64, 0600)
-    <state_dir>/federations/<fed>/rounds/         our envelope or decline for each round
+    <state_dir>/federations/<fed>/rounds/rN.envelope   our encrypted update for round N
 
-The adapter of round N is written before member.json says round N is applied, under its own name:
-a kill in between leaves member.json naming round N-1, whose adapter is still there, and the sum
-is applied again to that one, never twice to the same weights.
+Each round is a small state machine (`confide.platform.member_round`): a transition's work (a
+ledger entry, the envelope, the adapter) is written first, then the record names the new state.
+On restart the record says what is done, and what a kill left half-recorded is adopted, never redone:
+a written envelope is uploaded, not retrained; a spend without an envelope counts and the round is
+declined; a sum is applied to the previous round's adapter file, never twice to the same weights.
 
 The rules are elsewhere and called, not copied: participation and the write-ahead spend in
 `privacy.reservation`, DP-SGD in `privacy`, packing and encryption in `aggregation`.
@@ -19,6 +21,7 @@ The rules are elsewhere and called, not copied: participation and the write-ahea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -32,9 +35,10 @@ from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend, Receipt, sha256, write_atomically
+from confide.formats import DeclaredSpend, MemberRoundState, Receipt, sha256, write_atomically
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
+from confide.platform.member_round import MemberRecord, RoundRecord, advance, settle
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
@@ -89,7 +93,7 @@ class Member:
         self.dir.mkdir(parents=True, exist_ok=True)
         initial = trainable_state(self.model)
         _, self.layout = flatten(initial)
-        self.progress_state = self._load_progress()
+        self.record = self._load_record()
         adapter = self._adapter_file(self.last_applied_round)
         if adapter is not None:
             load_trainable_state(self.model, unflatten(np.load(adapter), self.layout))
@@ -119,21 +123,25 @@ class Member:
                           "restore the federation's state directory from the same backup as member.json")
 
     # ----------------------------------------------------------------------------------- state
-    def _load_progress(self) -> dict:
+    def _load_record(self) -> MemberRecord:
         path = self.dir / "member.json"
-        if path.exists():
-            state = json.loads(path.read_text())
-            recorded = state.get("dataset_id")
-            if recorded is not None and recorded != self.dataset_id:
-                raise MemberError(f"{path}: this federation was joined with dataset {recorded!r}, the policy now "
-                                  f"names {self.dataset_id!r}", "set data.dataset_id back; a federation keeps "
-                                  "one dataset")
-            return {"consecutive_failures": 0, **state, "dataset_id": self.dataset_id}
-        return {"version": 2, "dataset_id": self.dataset_id, "synced_round": 0, "aborted": None, "rounds": {},
-                "consecutive_failures": 0}
+        if not path.exists():
+            return MemberRecord(self.dataset_id)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MemberError(f"{path} cannot be read ({exc})", "restore the federation's state directory "
+                              "from a backup") from None
+        record = MemberRecord.from_dict(data, str(path))
+        if record.dataset_id and record.dataset_id != self.dataset_id:
+            raise MemberError(f"{path}: this federation was joined with dataset {record.dataset_id!r}, the policy now "
+                              f"names {self.dataset_id!r}", "set data.dataset_id back; a federation keeps one dataset")
+        return dataclasses.replace(record, dataset_id=self.dataset_id)
 
-    def _save_progress(self) -> None:
-        write_atomically(self.dir / "member.json", json.dumps(self.progress_state, indent=1).encode(), mode=0o600)
+    def _commit(self, record: MemberRecord) -> None:
+        """Make `record` the member's durable state (one atomic write), after the work it records is done."""
+        write_atomically(self.dir / "member.json", json.dumps(record.to_dict(), indent=1).encode(), mode=0o600)
+        self.record = record
 
     def _emit(self, **event: Any) -> None:
         if self.progress is not None:
@@ -141,11 +149,15 @@ class Member:
 
     @property
     def last_applied_round(self) -> int:
-        return int(self.progress_state["synced_round"])
+        return self.record.synced_round
 
     @property
     def aborted(self) -> str | None:
-        return self.progress_state["aborted"]
+        return self.record.aborted
+
+    def round_state(self, round_index: int) -> MemberRoundState | None:
+        """Where round `round_index` stands for us (None: we have done nothing in it yet)."""
+        return self.record.state_of(round_index)
 
     # ------------------------------------------------------------------------------------ keys
     def is_key_holder(self) -> bool:
@@ -220,42 +232,49 @@ class Member:
                                  math.inf, math.inf, "nonprivate")
 
     def take_part(self, round_index: int) -> Contribution:
-        """Decide and, if allowed, train and encrypt this round. Idempotent: never trains a round twice."""
-        rounds = self.dir / "rounds"
-        envelope_path, decline_path = rounds / f"r{round_index}.envelope", rounds / f"r{round_index}.decline"
-        if envelope_path.exists():
-            envelope = envelope_path.read_bytes()
-            # Killed between writing the envelope and recording it: record it now.
-            head = self._upload_head(round_index, envelope) or self._record_upload(round_index, envelope)
-            return Contribution("upload", envelope=envelope, ledger_head=head, declared=self._declared(round_index))
-        if decline_path.exists():
-            return Contribution("decline", reason=decline_path.read_text())
+        """Decide and, if allowed, reserve, train and encrypt this round. Idempotent: never trains a round twice.
+
+        Resumes from the round's record: a decline is returned again, a trained round's envelope is
+        returned again, a round reserved but not trained (killed while training) is declined with
+        its spend counted, never retrained with a fresh noise draw.
+        """
+        envelope_path = self.dir / "rounds" / f"r{round_index}.envelope"
+        r = self._resumed(round_index, envelope_path)
+        if r is not None:
+            if r.state in ("declining", "declined"):
+                return Contribution("decline", reason=r.reason)
+            if r.state in ("trained", "receipted"):
+                return Contribution("upload", envelope=envelope_path.read_bytes(), ledger_head=r.head,
+                                    declared=self._declared(round_index))
+            if r.state == "reserved":
+                # Spent, but the training did not finish: the spend counts; the round is not re-run.
+                return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
+                                     "the round is not retrained")
+            raise MemberError(f"round {round_index} is already {r.state}; there is nothing to answer")
         if self.aborted:
-            return self._decline(round_index, f"left the federation: {self.aborted}", record=False)
+            return self._decline(round_index, f"left the federation: {self.aborted}", in_ledger=False)
         if self.last_applied_round != round_index - 1:
             raise MemberError(f"{self.institution_id} holds the adapter of round {self.last_applied_round}, "
                               f"round {round_index} needs round {round_index - 1}", "apply the missing sums first")
         fed = self.federation.federation_id
-        if self.ledger.has_spend(fed, round_index):
-            # Spent, but no envelope: we crashed while training. The spend counts; the round is not
-            # re-run with a fresh noise draw.
-            return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
-                                 "the round is not retrained")
         self.plan()
         trained_on = {"data_fingerprint": self.data.fingerprint, "train_records": self.data.train_size}
         if self.private:
             reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend,
                                         **trained_on)
             if not reservation.granted:
-                return self._decline(round_index, "; ".join(reservation.reasons), record=False)
+                return self._decline(round_index, "; ".join(reservation.reasons), in_ledger=False)
             epsilon = reservation.entry["epsilon"]
         else:
             # Training without noise has no finite epsilon, and the ledger rightly refuses infinite
             # ones: the round is recorded as what it is, not as a spend.
             spend = self._plan.spend
+            privacy = self.federation.privacy
             self.ledger.append("nonprivate", fed, round_index, sample_rate=spend.sample_rate, steps=spend.steps,
-                               clipping_norm=self.policy.clipping_norm, **trained_on)
+                               clipping_norm=self.policy.clipping_norm, delta=privacy.delta,
+                               accountant=privacy.accountant, **trained_on)
             epsilon = math.inf
+        self._commit(advance(self.record, round_index, "reserved"))
         self._emit(type="member", text=f"round {round_index}: training (eps after {epsilon:.2f})")
         delta = self._train(round_index, epsilon)
         vector, _ = flatten(delta, self.layout)
@@ -265,15 +284,60 @@ class Member:
         weight = float(self.policy.aggregation_weight)
         envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
         write_atomically(envelope_path, envelope)
-        head = self._record_upload(round_index, envelope)
+        self._adopt_envelope(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
-        return Contribution("upload", envelope=envelope, ledger_head=head, declared=self._declared(round_index))
+        return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).head,
+                            declared=self._declared(round_index))
+
+    def _resumed(self, round_index: int, envelope_path: Path) -> RoundRecord | None:
+        """The round's record, completed from the work a kill left unrecorded (or from older state files).
+
+        A written envelope is adopted (trained once, so it is uploaded, not retrained); a spend in
+        the ledger without a record means we were killed right after reserving; a `.decline` file
+        is a decline recorded by an older confide.
+        """
+        r = self.record.round(round_index)
+        if r is not None and r.state not in ("reserved",):
+            return r
+        if envelope_path.exists():
+            self._adopt_envelope(round_index, envelope_path.read_bytes())
+        elif r is None and self._spend_entry(round_index) is not None:
+            self._commit(advance(self.record, round_index, "reserved"))
+        elif r is None and (legacy := envelope_path.with_suffix(".decline")).exists():
+            self._commit(advance(self.record, round_index, "declining", reason=legacy.read_text()))
+        return self.record.round(round_index)
+
+    def _adopt_envelope(self, round_index: int, envelope: bytes) -> None:
+        """Record the upload of `envelope` in the ledger (once) and move the round to `trained`."""
+        head = self._upload_head(round_index, envelope) or self._record_upload(round_index, envelope)
+        if self.record.state_of(round_index) is None:  # killed between reserving and recording it
+            self._commit(advance(self.record, round_index, "reserved"))
+        self._commit(advance(self.record, round_index, "trained", envelope_sha256=sha256(envelope),
+                             ledger_seq=head[0], ledger_head=head[1]))
 
     def _record_upload(self, round_index: int, envelope: bytes) -> tuple[int, str]:
         """Record the upload of `envelope` in the ledger; return the new head `(seq, hash)`."""
         entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
                                    envelope_sha256=sha256(envelope), weight=float(self.policy.aggregation_weight))
         return entry["seq"], entry["hash"]
+
+    def _decline(self, round_index: int, reason: str, in_ledger: bool = True) -> Contribution:
+        """Sit the round out. `in_ledger`: write a `decline` entry (reserve_round has already written its own)."""
+        if in_ledger:
+            self.ledger.append("decline", self.federation.federation_id, round_index, reasons=[reason])
+        self._commit(advance(self.record, round_index, "declining", reason=reason))
+        self._emit(type="member", text=f"round {round_index}: declined")
+        return Contribution("decline", reason=reason)
+
+    def note_declined(self, round_index: int) -> None:
+        """The coordinator has our decline of `round_index` (idempotent)."""
+        if self.record.state_of(round_index) == "declining":
+            self._commit(advance(self.record, round_index, "declined"))
+
+    def note_missed(self, round_index: int) -> None:
+        """The round closed before our answer counted (deadline or quorum); its sum comes without us."""
+        if self.record.state_of(round_index) in (None, "declining", "reserved", "trained"):
+            self._commit(advance(self.record, round_index, "missed"))
 
     def _spend_entry(self, round_index: int) -> dict | None:
         """The ledger entry that accounts for our training in `round_index` (`spend`, or `nonprivate`)."""
@@ -296,13 +360,6 @@ class Member:
                     and entry.get("round") == round_index and entry.get("envelope_sha256") == digest):
                 return entry["seq"], entry["hash"]
         return None
-
-    def _decline(self, round_index: int, reason: str, record: bool = True) -> Contribution:
-        if record:
-            self.ledger.append("decline", self.federation.federation_id, round_index, reasons=[reason])
-        write_atomically(self.dir / "rounds" / f"r{round_index}.decline", reason.encode())
-        self._emit(type="member", text=f"round {round_index}: declined")
-        return Contribution("decline", reason=reason)
 
     def _train(self, round_index: int, epsilon: float) -> dict:
         from confide.privacy.training import train_round
@@ -363,6 +420,8 @@ class Member:
                               "coordinator's key")
         if envelope is not None and self.ledger.last_of("receipt", fed, round_index) is None:
             self.ledger.append("receipt", fed, round_index, receipt=parsed.to_dict())
+        if envelope is not None and self.record.state_of(round_index) == "trained":
+            self._commit(advance(self.record, round_index, "receipted", receipt=parsed.to_dict()))
         return parsed.to_dict()
 
     def check_anchor(self, receipt: dict | None) -> None:
@@ -379,11 +438,17 @@ class Member:
                             f"the coordinator's receipt for round {parsed.round} of {parsed.federation}")
 
     def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
-        """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average."""
-        done = self.progress_state["rounds"].get(str(round_index))
+        """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average.
+
+        The adapter of the round is written under its own name before the record says the round is
+        applied: a kill in between leaves the record at the previous round, whose adapter is still
+        there, and the sum is applied again to that one, never twice to the same weights.
+        """
+        done = self._settled(round_index)
         if done is not None:
-            return _outcome(done)
+            return done
         if self.aborted:
+            self._commit(settle(self.record, round_index, "aborted", reason=self.aborted))
             return Outcome("aborted", 0, self.aborted)
         if round_index != self.last_applied_round + 1:
             raise MemberError(f"cannot apply round {round_index} on top of round {self.last_applied_round}")
@@ -397,29 +462,28 @@ class Member:
         if result.count < self.policy.min_cohort:
             detail = (f"round {round_index} sum has {result.count} contribution(s), below min_cohort "
                       f"{self.policy.min_cohort}: leaving the federation")
-            self.ledger.append("abort", fed, round_index, reason=detail, count=result.count)
-            self.progress_state["aborted"] = detail
-            outcome = Outcome("aborted", result.count, detail)
-        else:
-            current, _ = flatten(trainable_state(self.model), self.layout)
-            updated = current + result.average
-            # Named by round: until member.json says this round is applied, the restarted member
-            # loads the previous round's file and applies the sum to that, never on top of this.
-            write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", updated)
-            load_trainable_state(self.model, unflatten(updated, self.layout))
-            if self.ledger.last_of("applied", fed, round_index) is None:
-                self.ledger.append("applied", fed, round_index, count=result.count,
-                                   sum_sha256=sha256(sum_envelope))
-            self.progress_state["synced_round"] = round_index
-            self.progress_state["consecutive_failures"] = 0
-            outcome = Outcome("applied", result.count)
-        self.progress_state["rounds"][str(round_index)] = outcome.__dict__
-        self._save_progress()
+            if self.ledger.last_of("abort", fed, round_index) is None:
+                self.ledger.append("abort", fed, round_index, reason=detail, count=result.count)
+            self._commit(settle(self.record, round_index, "aborted", result.count, detail, leave=detail))
+            return Outcome("aborted", result.count, detail)
+        current, _ = flatten(trainable_state(self.model), self.layout)
+        updated = current + result.average
+        write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", updated)
+        load_trainable_state(self.model, unflatten(updated, self.layout))
+        if self.ledger.last_of("applied", fed, round_index) is None:
+            self.ledger.append("applied", fed, round_index, count=result.count, sum_sha256=sha256(sum_envelope))
+        self._commit(settle(self.record, round_index, "applied", result.count))
         self._drop_old_adapters()
-        return outcome
+        return Outcome("applied", result.count)
+
+    def _settled(self, round_index: int) -> Outcome | None:
+        r = self.record.round(round_index)
+        if r is None or not r.settled:
+            return None
+        return Outcome(r.state, r.count, r.reason, r.undecryptable)
 
     def _drop_old_adapters(self) -> None:
-        """Once member.json names the round, the adapters of earlier rounds are no longer needed."""
+        """Once the record names the round, the adapters of earlier rounds are no longer needed."""
         for path in self.dir.glob("adapter-r*.npy"):
             if path.name != f"adapter-r{self.last_applied_round}.npy":
                 path.unlink(missing_ok=True)
@@ -430,29 +494,26 @@ class Member:
         return self._settle_failed(round_index, reason)
 
     def _settle_failed(self, round_index: int, reason: str, sum_envelope: bytes | None = None) -> Outcome:
-        done = self.progress_state["rounds"].get(str(round_index))
+        done = self._settled(round_index)
         if done is not None:
-            return _outcome(done)
+            return done
         fed = self.federation.federation_id
+        undecryptable = sum_envelope is not None
         if self.ledger.last_of("round_failed", fed, round_index) is None:
-            extra = {"sum_sha256": sha256(sum_envelope)} if sum_envelope is not None else {}
+            extra = {"sum_sha256": sha256(sum_envelope)} if undecryptable else {}
             self.ledger.append("round_failed", fed, round_index, reason=reason, **extra)
         if round_index == self.last_applied_round + 1:
-            self.progress_state["synced_round"] = round_index
             self._carry_adapter_forward(round_index)
-        failures = int(self.progress_state.get("consecutive_failures", 0)) + (sum_envelope is not None)
-        self.progress_state["consecutive_failures"] = failures
-        detail = reason
-        if sum_envelope is not None and failures >= MAX_UNDECRYPTABLE_ROUNDS and not self.aborted:
-            detail = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
-                      f"(last: {reason})")
-            self.ledger.append("abort", fed, round_index, reason=detail, count=0)
-            self.progress_state["aborted"] = detail
-        self.progress_state["rounds"][str(round_index)] = {"kind": "failed", "count": 0, "detail": detail,
-                                                           "undecryptable": sum_envelope is not None}
-        self._save_progress()
+        failures = self.record.consecutive_failures + int(undecryptable)
+        detail, leave = reason, None
+        if undecryptable and failures >= MAX_UNDECRYPTABLE_ROUNDS and not self.aborted:
+            detail = leave = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
+                              f"(last: {reason})")
+            if self.ledger.last_of("abort", fed, round_index) is None:
+                self.ledger.append("abort", fed, round_index, reason=detail, count=0)
+        self._commit(settle(self.record, round_index, "failed", 0, detail, undecryptable, leave=leave))
         self._drop_old_adapters()
-        return Outcome("failed", 0, detail, undecryptable=sum_envelope is not None)
+        return Outcome("failed", 0, detail, undecryptable=undecryptable)
 
     def _carry_adapter_forward(self, round_index: int) -> None:
         """A failed round leaves the adapter as it was: save it under the new round's name too."""
@@ -498,10 +559,6 @@ class Member:
             "train_records": self.data.train_size,
             "aborted": self.aborted,
         }
-
-
-def _outcome(done: dict) -> Outcome:
-    return Outcome(done["kind"], done["count"], done.get("detail", ""), bool(done.get("undecryptable", False)))
 
 
 MAX_UNDECRYPTABLE_ROUNDS = 3

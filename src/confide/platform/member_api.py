@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from confide.formats import DeclaredSpend
+from confide.formats import DeclaredSpend, MemberRoundState
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,13 @@ class RoundMember(Protocol):
 
     def install_key(self, sealed: bytes) -> None: ...
 
+    def round_state(self, round_index: int) -> MemberRoundState | None: ...
+
     def take_part(self, round_index: int) -> Contribution: ...
+
+    def note_declined(self, round_index: int) -> None: ...
+
+    def note_missed(self, round_index: int) -> None: ...
 
     def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None,
                        coordinator_key: bytes) -> dict: ...

@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from confide.errors import BadInput
-
-RoundStatus = Literal["open", "collecting", "summed", "closed", "failed"]
-FederationStatus = Literal["setup", "running", "finished"]
+from confide.formats import FederationStatus, RoundStatus
 
 
 class ProtocolViolation(BadInput):

@@ -273,8 +273,17 @@ class RemoteMember:
     def install_key(self, sealed: bytes) -> None:
         self._call(Member.install_key, sealed)
 
+    def round_state(self, round_index: int):
+        return self._call(Member.round_state, round_index)
+
     def take_part(self, round_index: int):
         return self._call(Member.take_part, round_index)
+
+    def note_declined(self, round_index: int) -> None:
+        self._call(Member.note_declined, round_index)
+
+    def note_missed(self, round_index: int) -> None:
+        self._call(Member.note_missed, round_index)
 
     def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
         return self._call(Member.record_receipt, round_index, receipt, envelope, coordinator_key)

@@ -42,6 +42,7 @@ from confide.formats import fsync_directory, write_atomically
 from confide.identity import Identity, PublicIdentity
 from confide.privacy.accounting import ACCOUNTANTS, History, epsilon
 from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError, LedgerRollbackError
+from confide.privacy.ledger_entries import entry_problem
 from confide.privacy.ledger_format import (  # re-exported: the format is part of the ledger's API
     BASE_FIELDS,
     GENESIS_HASH,
@@ -434,6 +435,10 @@ class LedgerTransaction(LedgerView):
                               "use numbers, strings, lists, dicts") from None
         entry["hash"] = entry_hash(entry)
         entry["signature"] = base64.b64encode(self._identity.sign(signed_message(entry["hash"]))).decode("ascii")
+        problem = entry_problem(entry)
+        if problem is not None:  # what a reader would refuse is never written
+            raise LedgerError(f"{ledger.path}: {problem}", "pass the fields confide.privacy.ledger_entries "
+                              "defines for the kind")
         line = canonical_json(entry) + b"\n"
         written = os.write(self._fd, line)
         if written != len(line):

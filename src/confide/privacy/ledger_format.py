@@ -17,6 +17,7 @@ from typing import Any
 from confide.formats import GENESIS_HASH, canonical_json
 from confide.identity import PublicIdentity
 from confide.privacy.accounting import epsilon
+from confide.privacy.ledger_entries import entry_problem
 
 SIGNATURE_CONTEXT = b"confide-ledger-v1:"
 BASE_FIELDS = ("seq", "time", "institution", "dataset", "federation", "round", "kind", "prev_hash")
@@ -74,7 +75,8 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def check_structure(entries: list[dict], institution: str | None, dataset: str | None) -> list[LedgerProblem]:
-    """Everything that can be checked without a public key: fields, seq, chain, hashes, time, owner."""
+    """Everything that can be checked without a public key: each entry's shape for its kind
+    (`confide.privacy.ledger_entries`), seq, chain, hashes, time, owner."""
     problems = []
     prev_hash, prev_time = GENESIS_HASH, None
     for index, entry in enumerate(entries):
@@ -84,6 +86,9 @@ def check_structure(entries: list[dict], institution: str | None, dataset: str |
             problems.append(LedgerProblem(line, "format", f"missing field(s) {', '.join(missing)}"))
             prev_hash = entry.get("hash", prev_hash)
             continue
+        shape = entry_problem(entry)
+        if shape is not None:
+            problems.append(LedgerProblem(line, "format", shape))
         if entry["seq"] != line:
             problems.append(LedgerProblem(line, "seq", f"seq is {entry['seq']!r}, expected {line}"))
         if entry["prev_hash"] != prev_hash:

@@ -5,9 +5,10 @@ the same coordinator (`confide.platform.simulation`); both give it a member (`Ro
 clock. It only ever asks the coordinator: each pass it fetches the federation (long-polling when
 there is nothing to do) and does the next thing its own policy allows. Its member keeps key,
 adapter and ledger under the state directory and is idempotent per round, so a killed driver
-restarts where it was and never trains twice; the driver's own journal (`agent.json` beside the
-member's files) remembers which rounds are settled and which receipts it holds, so an upload whose
-reply was lost is sent again (the coordinator answers a repeat with the same receipt).
+restarts where it was and never trains twice. What was answered, receipted and settled is the
+member's round record (`confide.platform.member_round`), so an upload whose reply was lost is sent
+again (the coordinator answers a repeat with the same receipt); the driver's own journal
+(`agent.json`) only pins the coordinator's receipt-signing key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from confide.formats import DeclaredSpend, policy_sha256, sha256, write_atomically
+from confide.formats import (
+    MEMBER_ROUND_ANSWERED,
+    MEMBER_ROUND_SETTLED,
+    ROUND_ACTIVE,
+    ROUND_SUMMED,
+    DeclaredSpend,
+    policy_sha256,
+    sha256,
+    write_atomically,
+)
 from confide.identity import unb64
 from confide.platform.member_api import Outcome, RoundMember
 from confide.platform.service.client import CoordinatorRefused
@@ -26,9 +36,7 @@ from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
-JOURNAL_VERSION = 2
-ACTIVE = ("open", "collecting")
-SUMMED = ("summed", "closed")
+JOURNAL_VERSION = 3
 
 
 class AgentError(ServiceError):
@@ -81,37 +89,25 @@ class AgentReport:
 
 
 class Journal:
-    """The agent's own small durable record: coordinator key, receipts, settled and answered rounds."""
+    """The agent's own small durable record: the coordinator's receipt-signing key, pinned on first contact.
+
+    Everything about rounds lives in the member's record (`confide.platform.member_round`), one
+    place for what was answered, receipted and settled. Journals of format 2 also listed receipts
+    and answered and settled rounds; those keys are left as they were and not read.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = {"version": JOURNAL_VERSION, "coordinator_signing_key": None, "receipts": {},
-                                     "answered": {}, "settled": {}}
+        self.data: dict[str, Any] = {"version": JOURNAL_VERSION, "coordinator_signing_key": None}
         if path.exists():
             stored = json.loads(path.read_text())
             if int(stored.get("version", 1)) > JOURNAL_VERSION:
                 raise AgentError(f"{path} was written by a newer confide (format {stored['version']})",
                                  "run that version, or restore the journal it replaced")
-            self.data.update(stored, version=JOURNAL_VERSION)  # format 1 had no version and reads the same
+            self.data.update(stored, version=JOURNAL_VERSION)
 
     def save(self) -> None:
         write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
-
-    def answered(self, round_index: int) -> str | None:
-        return self.data["answered"].get(str(round_index))
-
-    def answer(self, round_index: int, how: str, receipt: dict | None = None) -> None:
-        self.data["answered"][str(round_index)] = how
-        if receipt is not None:
-            self.data["receipts"][str(round_index)] = receipt
-        self.save()
-
-    def settled(self, round_index: int) -> bool:
-        return str(round_index) in self.data["settled"]
-
-    def settle(self, round_index: int, how: str) -> None:
-        self.data["settled"][str(round_index)] = how
-        self.save()
 
 
 class RoundDriver:
@@ -150,9 +146,9 @@ class RoundDriver:
             acted, answered = self.step(view, answer=not (once and target is not None))
             if target is None and answered is not None:
                 target = answered
-            if once and target is not None and self.journal.settled(target):
+            if once and target is not None and self._settled(target):
                 return self.report
-            if view.status == "finished" and all(self.journal.settled(r.index) for r in view.rounds):
+            if view.status == "finished" and all(self._settled(r.index) for r in view.rounds):
                 self.report.finished = True
                 self.report.adapter_dir = self._save_adapter()
                 self.say(f"federation {view.federation_id} finished; adapter saved to {self.report.adapter_dir}")
@@ -178,19 +174,22 @@ class RoundDriver:
             self.say(f"installed federation key {view.key_id[:8]}...")
             acted = True
         for r in view.rounds:
-            if r.status in ACTIVE:
+            if r.status in ROUND_ACTIVE:
                 if not answer:
                     return acted, None
                 did, answered = self._answer(r)
                 return acted or did, answered
-            if not self.journal.settled(r.index):
-                self._settle(r)
-                acted = True
+            if not self._settled(r.index):
+                acted = self._settle(r) or acted
         return acted, None
 
     # -- rounds -------------------------------------------------------------------------------
-    def _settle(self, r: RoundView) -> None:
-        if r.status in SUMMED:
+    def _settled(self, round_index: int) -> bool:
+        return self.member.round_state(round_index) in MEMBER_ROUND_SETTLED
+
+    def _settle(self, r: RoundView) -> bool:
+        """Settle a finished round with the member; False if the round is not finished yet."""
+        if r.status in ROUND_SUMMED:
             total = self.client.round_sum(r.index)
             outcome = self.member.apply_sum(r.index, total)
             {"applied": self.report.applied, "failed": self.report.failed}.get(
@@ -204,17 +203,17 @@ class RoundDriver:
             self.report.failed.append(r.index)
             self.say(f"round {r.index}: failed at the coordinator ({r.failure})")
         else:
-            return
-        self.journal.settle(r.index, outcome.kind)
+            return False
         if self.on_settled is not None:
             self.on_settled(r.index, outcome)
+        return True
 
     def _answer(self, r: RoundView) -> tuple[bool, int | None]:
-        done = self.journal.answered(r.index)
-        if done is not None:
+        state = self.member.round_state(r.index)
+        if state in MEMBER_ROUND_ANSWERED or state in MEMBER_ROUND_SETTLED:
             return False, r.index
         if r.mine is None and self.clock() > r.deadline_at:
-            self.journal.answer(r.index, "missed")
+            self.member.note_missed(r.index)
             self.report.missed.append(r.index)
             self.say(f"round {r.index}: its deadline passed before we could answer")
             return True, r.index
@@ -223,21 +222,20 @@ class RoundDriver:
             if contribution.kind == "upload":
                 reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head,
                                            contribution.declared)
-                receipt = self.member.record_receipt(r.index, reply.to_receipt().to_dict(), contribution.envelope,
-                                                     self._coordinator_key())
-                self.journal.answer(r.index, "uploaded", receipt)
+                self.member.record_receipt(r.index, reply.to_receipt().to_dict(), contribution.envelope,
+                                           self._coordinator_key())
                 self.report.uploaded.append(r.index)
                 self.say(f"round {r.index}: uploaded {reply.size_bytes} bytes, receipt {reply.signature[:12]}...")
             else:
                 self.client.decline(r.index, contribution.reason or "declined")
-                self.journal.answer(r.index, "declined")
+                self.member.note_declined(r.index)
                 self.report.declined.append(r.index)
                 self.say(f"round {r.index}: declined ({contribution.reason})")
         except CoordinatorRefused as exc:
             if exc.status != 409:
                 raise
             # The round closed (deadline or quorum) while we trained: our answer no longer counts.
-            self.journal.answer(r.index, "missed")
+            self.member.note_missed(r.index)
             self.report.missed.append(r.index)
             self.say(f"round {r.index}: too late ({exc.detail})")
         return True, r.index

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from confide.formats import Receipt
+from confide.formats import FederationStatus, Receipt, RoundStatus
 
 WIRE_VERSION = 1
 HEX64 = r"^[0-9a-f]{64}$"
@@ -32,7 +32,7 @@ class Health(WireModel):
 
     status: Literal["ok"] = "ok"
     federation_id: str
-    federation_status: Literal["setup", "running", "finished"]
+    federation_status: FederationStatus
 
 
 class ErrorReply(WireModel):
@@ -46,7 +46,7 @@ class RoundView(WireModel):
     """One round as a member sees it. Other members' identities and reasons are not disclosed."""
 
     index: int
-    status: Literal["open", "collecting", "summed", "closed", "failed"]
+    status: RoundStatus
     opened_at: float = Field(description="Unix time (s) the round opened.")
     deadline_at: float = Field(description="Unix time (s) after which it stops accepting contributions.")
     uploads: int = Field(description="Uploads accepted so far.")
@@ -65,7 +65,7 @@ class FederationView(WireModel):
 
     federation_id: str
     policy_sha256: str = Field(description="SHA-256 of the federation file as the coordinator loaded it.")
-    status: Literal["setup", "running", "finished"]
+    status: FederationStatus
     members: list[str]
     key_holder: str
     min_institutions: int

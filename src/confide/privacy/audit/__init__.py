@@ -5,7 +5,7 @@
 - `write_report(result, out)`: what `confide report` writes (self-contained HTML, or Markdown
   with PNG charts beside it);
 - `canary_settings(...)` and `run_canary_audit(...)` -> `CanaryAudit`: what `confide audit
-  canaries` runs (`canary_renderables` or `audit.to_dict()`; `audit.exit_code`).
+  canaries` runs (`canary_audit_renderables` or `audit.to_dict()`; `audit.exit_code`).
 
 Submodules are imported on first use, so `import confide.privacy.audit` stays cheap for the CLI.
 """
@@ -19,7 +19,7 @@ _EXPORTS = {
     "AuditResult": "result", "Check": "result", "LedgerAudit": "result",
     "audit_ledgers": "verify", "write_report": "report", "Tolerance": "recompute",
     "CanaryAudit": "canary_run", "canary_settings": "canary_run", "run_canary_audit": "canary_run",
-    "audit_renderables": "console", "canary_renderables": "console",
+    "audit_renderables": "console", "canary_audit_renderables": "canary_console",
     "AuditInputError": "inputs",
 }
 

@@ -1,7 +1,8 @@
 """Terminal rendering of audit results with rich: what `confide audit` prints without --json.
 
 Kept here so the CLI stays a thin shell: it calls `audit_ledgers` or `run_canary_audit`, then
-prints `audit_renderables(result)` / `canary_renderables(audit)`, or `result.to_dict()` as JSON.
+prints `audit_renderables(result)` (the canary audit's are in `canary_console`), or `result.to_dict()`
+as JSON.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from confide.privacy.audit.canary_run import CanaryAudit
 from confide.privacy.audit.result import AuditResult, Check
 
 _MARKS = {True: ("pass", "green"), False: ("FAIL", "bold red"), None: ("n/a", "yellow")}
@@ -62,23 +62,3 @@ def audit_renderables(result: AuditResult) -> list[Any]:
     style = {"verified": "green", "failed": "bold red", "incomplete": "bold yellow"}[result.verdict]
     out.append(Text("verdict: ") + Text(result.verdict_text, style=style))
     return out
-
-
-def canary_renderables(audit: CanaryAudit) -> list[Any]:
-    """The empirical lower bound next to the accounted epsilon, and the verdict."""
-    table = Table(title="one-run canary audit", title_justify="left")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    rows = [
-        ("canaries (inserted)", f"{audit.canaries} ({audit.included})"),
-        ("guesses (correct)", f"{audit.guesses} ({audit.correct})"),
-        (f"epsilon lower bound ({audit.confidence:.0%})", _number(audit.epsilon_lower_bound)),
-        (f"accounted epsilon ({audit.accountant}, delta {audit.delta:g})", _number(audit.accounted_epsilon)),
-        ("training", f"sigma {audit.noise_multiplier:g}, q {audit.sample_rate:.4g}, {audit.steps} steps x "
-                     f"{audit.rounds} rounds, clipping {audit.clipping_norm:g}"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    verdict = ("[green]lower bound within the accounted epsilon[/green]" if audit.passed else
-               "[bold red]lower bound above the accounted epsilon: the training leaks more than accounted[/bold red]")
-    return [table, f"verdict: {verdict}"]
