@@ -180,3 +180,13 @@ def test_version_and_help_exit_0():
     assert result.exit_code == 0 and result.output.startswith("confide ")
     result = CliRunner().invoke(cli.app, ["policy", "--help"], prog_name="confide")
     assert result.exit_code == 0 and "check" in result.output
+
+
+def test_an_error_with_a_hint_reads_as_one_sentence_not_a_tuple(tmp_path):
+    fed = tmp_path / "federation.yaml"
+    fed.write_text((Path(__file__).parent.parent / "examples" / "federation.yaml").read_text())
+    result = CliRunner().invoke(cli.app, ["simulate", str(fed), "--template", str(fed), "--out", str(tmp_path / "o")],
+                                prog_name="confide")
+    assert result.exit_code == 2, result.output
+    assert "--template goes with --split (add --split dirichlet:ALPHA or drop --template)" in result.output
+    assert "('" not in result.output

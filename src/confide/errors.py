@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class BadInput(Exception):
-    """Input that confide refuses: the message names the file, line or field, and says how to fix it."""
+    """Input that confide refuses: the message names the file, line or field, and says how to fix it.
+
+    `BadInput(message, hint)` reads "message (hint)"; subclasses may format their own.
+    """
+
+    def __init__(self, message: str = "", hint: str = "") -> None:
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.hint = hint
 
     def lines(self) -> list[str]:
         """One line per problem (most errors have exactly one)."""
