@@ -211,6 +211,53 @@ def _expect_crash(driver: RoundDriver) -> None:
         driver.run()
 
 
+@pytest.mark.integration
+def test_a_member_killed_after_deciding_to_decline_tells_the_coordinator_once_and_stays_in_step(tmp_path,
+                                                                                              monkeypatch):
+    federation, institutions = load_files(*make_federation_files(tmp_path, rounds=1, budgets={"c": 3.0}))
+    hub = CoordinatorHub(federation, tmp_path / "coordinator")
+    clock, idle = SimulatedClock(), _Idle()
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    members["c"].plan()
+    # Another federation spends most of c's budget after c planned this one: c must decline round 1.
+    members["c"].ledger.append("spend", "other-federation", 1, noise_multiplier=1.5, sample_rate=0.2, steps=10,
+                               clipping_norm=1.0, delta=1e-5, accountant="prv")
+    drivers = _drivers_in_process(hub, members, federation, tmp_path / "agents", clock, idle)
+    fired: list = []
+    monkeypatch.setattr(Member, "_commit", _crash_after(Member._commit, fired,
+                                                        lambda self, record: record.state_of(1) == "declining"))
+    others = [threading.Thread(target=drivers[m].run, daemon=True) for m in ("a", "b")]
+    for thread in others:
+        thread.start()
+    killed = threading.Thread(target=lambda: _expect_crash(drivers["c"]), name="victim", daemon=True)
+    killed.start()
+    killed.join(timeout=300)
+    assert fired == ["declining"]
+    monkeypatch.undo()
+    restarted = Member(federation, institutions[2])
+    report = _drivers_in_process(hub, {"c": restarted}, federation, tmp_path / "agents", clock, idle)["c"].run()
+    for thread in others:
+        thread.join(timeout=300)
+    assert report.finished and report.declined == [1] and hub.state.status == "finished"
+    assert "budget" in hub.state.rounds[0].declined["c"]
+    assert restarted.round_state(1) == "applied"
+    kinds = [e["kind"] for e in restarted.ledger.entries() if e["federation"] == "tiny"]
+    assert kinds.count("decline") == 1 and "spend" not in kinds  # decided once, nothing spent
+    finals = [flatten(trainable_state(m.model))[0] for m in (members["a"], members["b"], restarted)]
+    assert all(np.array_equal(finals[0], other) for other in finals[1:])
+    hub.close()
+
+
+def _crash_after(original, fired: list, condition):
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not fired and threading.current_thread().name == "victim" and condition(*args, **kwargs):
+            fired.append(args[1].state_of(1))
+            raise Crash("killed")
+        return result
+    return wrapped
+
+
 def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_or_spend(tmp_path):
     from confide.formats import Receipt, sha256
     from confide.identity import Identity, b64
