@@ -99,6 +99,54 @@ def test_the_network_agent_and_the_in_process_transport_run_the_same_driver(tmp_
         assert [members[who].round_state(r) for r in (1, 2)] == ["applied", "applied"]
 
 
+@pytest.mark.integration
+def test_real_members_keep_equivalent_ledgers_whichever_transport_drives_them(tmp_path):
+    from types import SimpleNamespace
+
+    from confide.platform.service.client import CoordinatorClient
+    from tests.network.test_agent import FAST
+
+    runs = {}
+    for way in ("https", "in process"):
+        root = tmp_path / way.replace(" ", "-")
+        fed_path, institution_paths = make_federation_files(root, ids=("a", "b"), rounds=2)
+        federation, institutions = load_files(fed_path, institution_paths)
+        members = {p.institution_id: Member(federation, p) for p in institutions}
+        if way == "https":
+            port = free_port()
+            running = serve(SimpleNamespace(path=fed_path), root / "coordinator", port)
+            pin = (root / "coordinator" / "tls" / "fingerprint.txt").read_text().strip()
+            try:
+                _run_threads({m: RoundDriver(member, CoordinatorClient(f"https://127.0.0.1:{port}", member.identity,
+                                                                       "tiny", pin=pin, backoff=FAST),
+                                             federation, root / "agents" / m / "agent.json", say=lambda _l: None,
+                                             wait_s=2) for m, member in members.items()})
+            finally:
+                running.stop()
+        else:
+            hub = CoordinatorHub(federation, root / "coordinator")
+            _run_threads(_drivers_in_process(hub, members, federation, root / "agents"))
+            hub.close()
+        adapters = [flatten(trainable_state(m.model))[0] for m in members.values()]
+        assert np.array_equal(adapters[0], adapters[1])  # within a run every member applied the same sums
+        runs[way] = {name: [_comparable(e) for e in m.ledger.entries() if e["federation"] == "tiny"]
+                     for name, m in members.items()}
+        assert all(m.round_state(r) == "applied" for m in members.values() for r in (1, 2))
+    # The same entries in the same order with the same spends and epsilons (hashes, times and
+    # envelopes differ: each run drew its own noise and encryption randomness).
+    assert runs["https"] == runs["in process"]
+    assert [e[0] for e in runs["https"]["a"]] == ["spend", "outcome", "receipt", "applied"] * 2
+
+
+def _comparable(entry: dict) -> tuple:
+    """What two runs of one federation must agree on in a ledger entry."""
+    keep = ("noise_multiplier", "sample_rate", "steps", "epsilon", "count", "result")
+    receipt = entry.get("receipt")
+    signed = tuple(sorted(receipt["spend"].items())) if receipt else None
+    return (entry["kind"], entry["round"], tuple((k, entry.get(k)) for k in keep),
+            signed and tuple(kv for kv in signed if kv[0] != "entry_hash"))
+
+
 def test_the_simulation_refuses_an_institution_whose_policy_refuses_the_federation(tmp_path):
     federation, institutions = load_files(*make_federation_files(tmp_path / "files"))
     strict = institutions[1].model_copy(update={"accepts": institutions[1].accepts.model_copy(
