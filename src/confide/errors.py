@@ -16,7 +16,8 @@ class BadInput(Exception):
 
     def __init__(self, message: str = "", hint: str = "") -> None:
         super().__init__(f"{message} ({hint})" if hint else message)
-        self.hint = hint
+        if hint or not hasattr(self, "hint"):  # a subclass that formats its own has set it already
+            self.hint = hint
 
     def lines(self) -> list[str]:
         """One line per problem (most errors have exactly one)."""
