@@ -24,10 +24,18 @@ def test_version_and_help():
 
 
 def test_policy_check_accepts_the_examples():
-    result = confide("policy", "check", *sorted(EXAMPLES.glob("*.yaml")))
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    result = confide("policy", "check", *files)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("ok ") == 6
-    summary = "sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: 8 federated point(s)"
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("ok ")] == \
+        [f"ok {f}" for f in files]
+    # The sweep's summary counts its grid: epsilons x seeds federated points of examples/sweep.yaml.
+    import yaml
+    grid = yaml.safe_load((EXAMPLES / "sweep.yaml").read_text())["grid"]
+    points = 1
+    for values in grid.values():
+        points *= len(values)
+    summary = f"sweep.yaml: sweep of federation bbc-news-demo from template hospital-a: {points} federated point(s)"
     assert summary in result.stdout
 
 
@@ -36,12 +44,12 @@ def test_policy_check_reports_a_bad_sweep_file_with_its_line(tmp_path):
     bad = tmp_path / "sweep.yaml"
     bad.write_text(text.replace("federation: federation.yaml", f"federation: {EXAMPLES / 'federation.yaml'}")
                    .replace("template: hospital-a.yaml", f"template: {EXAMPLES / 'hospital-a.yaml'}")
-                   .replace("lora_rank: [4]", "lora_rank: [0]"))
-    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if text.startswith("  lora_rank:"))
+                   .replace("  local_steps: [8]", "  local_steps: [0]"))
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if text.startswith("  local_steps:"))
     result = confide("policy", "check", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        f"{bad}:{line}: grid.lora_rank.0: Input should be greater than or equal to 1 (LoRA ranks.)"]
+    assert [line.split(" (")[0] for line in result.stderr.strip().splitlines()] == [
+        f"{bad}:{line}: grid.local_steps.0: Input should be greater than or equal to 1"]
 
 
 def test_policy_check_reports_bad_input_as_lines_with_exit_2(tmp_path):
