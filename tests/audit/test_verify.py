@@ -377,6 +377,7 @@ def _receipts_signing_the_spends(world) -> list[dict]:
     return receipts
 
 
+@pytest.mark.integration  # three full audits with PLD recomputation: kept out of make test-fast
 @pytest.mark.parametrize("field, change", [
     ("noise_multiplier", lambda v: v * 1.5),
     ("steps", lambda v: v + 1),

@@ -89,6 +89,7 @@ def test_plan_spreads_the_budget_over_all_rounds(tmp_path):
     assert 2.0 * 0.999 <= plan.epsilon_after_plan <= 2.0
 
 
+@pytest.mark.integration  # slow (accountant calibrations): kept out of make test-fast
 def test_plan_honours_the_strictest_round_cap_and_the_minimum_noise(tmp_path):
     federation = make_federation(rounds=2, privacy={"max_round_epsilon": 0.5})
     institution = make_institution(tmp_path, round_epsilon_cap=0.8)

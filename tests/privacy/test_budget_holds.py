@@ -45,6 +45,7 @@ def _keyed(members: dict[str, Member]) -> None:
         member.install_key(bundle.sealed[name])
 
 
+@pytest.mark.integration  # slow (accountant calibrations): kept out of make test-fast
 def test_adding_one_record_continues_the_same_budget(tmp_path):
     federation, institutions, members = _members(tmp_path, rounds=3)
     _keyed(members)
@@ -190,6 +191,7 @@ def _pld_add_remove(history, delta: float) -> float:
     return accountant.get_epsilon(delta)
 
 
+@pytest.mark.integration  # slow (accountant calibrations): kept out of make test-fast
 def test_members_learn_no_record_count_and_the_ledger_is_true_under_add_remove(tmp_path):
     federation, institutions, members = _members(tmp_path)
     _keyed(members)
@@ -209,6 +211,7 @@ def test_members_learn_no_record_count_and_the_ledger_is_true_under_add_remove(t
         assert member.ledger.epsilon_spent() >= _pld_add_remove(history, federation.privacy.delta) - 1e-3
 
 
+@pytest.mark.integration  # slow (accountant calibrations): kept out of make test-fast
 def test_a_restarted_member_plans_only_the_rounds_left(tmp_path):
     federation, institutions, members = _members(tmp_path, rounds=4)
     _keyed(members)
