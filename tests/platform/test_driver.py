@@ -339,3 +339,6 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_
     with pytest.raises(MemberError, match="signature"):
         a.record_receipt(1, forged, contribution.envelope, key)
     assert [e["kind"] for e in a.ledger.entries()].count("receipt") == 1
+    # Read back at start (no envelope passed), a receipt signed before receipts carried spends is kept
+    # evidence of the head, not refused, even though our envelope file is still on disk.
+    assert a.record_receipt(1, signed(spend=None), None, key)["ledger_seq"] == seq

@@ -297,7 +297,7 @@ class Member:
         is a decline recorded by an older confide.
         """
         r = self.record.round(round_index)
-        if r is not None and r.state not in ("reserved",):
+        if r is not None and r.state != "reserved":
             return r
         if envelope_path.exists():
             self._adopt_envelope(round_index, envelope_path.read_bytes())
@@ -392,6 +392,7 @@ class Member:
             parsed = Receipt.from_dict(receipt)
         except (KeyError, TypeError, ValueError) as exc:
             raise MemberError(f"round {round_index}: malformed receipt ({exc})") from None
+        just_uploaded = envelope is not None
         if envelope is None:
             stored = self.dir / "rounds" / f"r{round_index}.envelope"
             envelope = stored.read_bytes() if stored.exists() else None
@@ -404,12 +405,16 @@ class Member:
             raise MemberError(f"round {round_index}: the receipt names ledger head {parsed.ledger_seq}, not the "
                               f"head {head[0]} we recorded with the upload")
         # A receipt for an upload made now must sign the spend we declared; one the coordinator kept
-        # from before receipts carried spends (envelope None: read back at start) may lack it.
-        if parsed.spend is not None or envelope is not None:
+        # from before receipts carried spends (read back at start, envelope None) may lack it.
+        if parsed.spend is not None or just_uploaded:
             spent = self._spend_entry(round_index)
-            if parsed.spend is None or spent is None or parsed.spend.differences(spent):
-                found = "it signs no spend" if parsed.spend is None else (
-                    "our ledger has no spend" if spent is None else "; ".join(parsed.spend.differences(spent)))
+            if parsed.spend is None:
+                found = "it signs no spend"
+            elif spent is None:
+                found = "our ledger has no spend"
+            else:
+                found = "; ".join(parsed.spend.differences(spent))
+            if found:
                 raise MemberError(f"round {round_index}: the receipt's spend does not match our ledger ({found})")
         try:
             signature = unb64(parsed.signature, "receipt signature", 64)
