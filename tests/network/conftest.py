@@ -18,6 +18,7 @@ from confide.aggregation.params import CkksParameters
 from confide.formats import DeclaredSpend
 from confide.identity import Identity
 from confide.platform.service.app import create_app
+from confide.platform.service.client import spend_query
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import sign_request
 from confide.policies import load_federation
@@ -79,7 +80,7 @@ def declared_spend(policy) -> DeclaredSpend:
 
 def spend_params(policy) -> dict:
     """`declared_spend(policy)` as the upload's query parameters (what CoordinatorClient.upload sends)."""
-    return {k: repr(v) if isinstance(v, float) else v for k, v in declared_spend(policy).to_dict().items()}
+    return spend_query(declared_spend(policy))
 
 
 class Keys:

@@ -74,6 +74,11 @@ def _cert_problem(exc: BaseException) -> bool:
     return False
 
 
+def spend_query(declared: DeclaredSpend) -> dict:
+    """A declared spend as upload query parameters: floats as `repr`, which reads back to the same float."""
+    return {k: repr(v) if isinstance(v, float) else v for k, v in declared.to_dict().items()}
+
+
 class CoordinatorClient:
     """Signed calls to one coordinator for one institution of one federation."""
 
@@ -202,8 +207,7 @@ class CoordinatorClient:
         path = f"/v1/rounds/{round_index}/uploads/{self.identity.institution_id}"
         params: dict = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else {}
         if declared is not None:
-            spend = declared.to_dict()
-            params.update({k: repr(v) if isinstance(v, float) else v for k, v in spend.items()})
+            params.update(spend_query(declared))
         response = self.call("PUT", path, params=params or None, content=envelope,
                              content_type="application/octet-stream", timeout_s=600)
         return self._parse(response, ReceiptReply)
