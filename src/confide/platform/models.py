@@ -7,6 +7,16 @@ trials, with the bundled tokenizer). Nothing is ever downloaded.
 Every member must start from bit-identical weights. Newly initialised tensors (the classifier head,
 the LoRA matrices, a random base) are therefore drawn from a `torch.Generator` seeded with the
 federation seed, on the CPU, in parameter-name order, independent of the global RNG and the device.
+
+`causal_lm` on a BERT encoder (`bundled:minilm-l6`, or a local directory whose config says
+`model_type: bert`) builds a BERT decoder: `BertLMHeadModel` with `is_decoder=True`, so every position
+attends to itself and earlier positions only, the pretrained encoder weights, and the output embedding
+tied to the pretrained word embeddings. That is a pretrained encoder turned into a causal decoder, not
+a pretrained language model. A checkpoint without the MLM head (a plain `BertModel` such as MiniLM)
+lacks its transform (dense + LayerNorm) and output bias; they start deterministically (see
+`_start_mlm_head`) and the transform is trained with the LoRA matrices, as part of the shared update.
+Any other causal-LM directory (GPT-2 etc.) loads with `AutoModelForCausalLM`; a model that turns out
+to attend to later tokens is refused.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    BertLMHeadModel,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerBase,
@@ -41,6 +53,9 @@ BUNDLED_MINILM = "bundled:minilm-l6"
 RANDOM_TINY_BERT = "random:tiny-bert"
 RANDOM_TINY_GPT2 = "random:tiny-gpt2"
 _HEAD_NAMES = ("classifier", "score")
+# The BERT decoder's MLM transform (cls.predictions.transform): trained and shared like a classifier head.
+DECODER_TRANSFORM = "transform"
+_MLM_HEAD_KEYS = ("cls.predictions.transform.", "cls.predictions.bias", "cls.predictions.decoder.bias")
 
 
 class ModelLoadError(BadInput):
@@ -168,11 +183,14 @@ def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase,
         if settings.source not in (RANDOM_TINY_BERT, RANDOM_TINY_GPT2):
             raise ModelLoadError(f"unknown model.source {settings.source!r}",
                                  f"random models: {RANDOM_TINY_BERT}, {RANDOM_TINY_GPT2}")
-        return _tiny_model(settings, tokenizer, seed)
+        model = _tiny_model(settings, tokenizer, seed)
+        if settings.task == "causal_lm":
+            _check_causal(model, settings, tokenizer)
+        return model
     directory = _model_directory(settings.source)
     try:
-        # The load report lists the classifier head as missing from the checkpoint: expected, as
-        # it is re-initialised from the federation seed below.
+        # The load report lists the classifier head (or the BERT decoder's MLM head) as missing
+        # from the checkpoint: expected, as it is initialised deterministically below.
         with warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")
             if settings.task == "sequence_classification":
@@ -181,9 +199,80 @@ def load_base_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase,
                     directory, local_files_only=True, num_labels=len(labels),
                     id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
                 )
-            return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+            if AutoConfig.from_pretrained(directory, local_files_only=True).model_type == "bert":
+                model = _bert_decoder(settings, directory)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.source {settings.source!r} cannot be loaded for {settings.task}: {exc}") from None
+    _check_causal(model, settings, tokenizer)
+    return model
+
+
+def _bert_decoder(settings: ModelSettings, directory: Path) -> BertLMHeadModel:
+    """A BERT checkpoint as a causal decoder: pretrained encoder, tied output embedding, MLM head as saved or started.
+
+    Raises ModelLoadError when the checkpoint lacks anything besides the MLM head (the encoder
+    would be random) or its output embedding is not the input one.
+    """
+    # AutoModelForCausalLM maps BERT to BertLMHeadModel; is_decoder makes its attention causal. The
+    # cache only serves generation: rounds recompute every position.
+    model, info = AutoModelForCausalLM.from_pretrained(
+        directory, local_files_only=True, is_decoder=True, use_cache=False, output_loading_info=True)
+    missing = sorted(info["missing_keys"])
+    not_head = [key for key in missing if not key.startswith(_MLM_HEAD_KEYS)]
+    if not_head:
+        raise ModelLoadError(
+            f"model.source {settings.source!r}: the checkpoint has no weights for {', '.join(not_head[:3])}",
+            "causal_lm on a BERT model needs a checkpoint with its encoder (saved from BertModel, "
+            "BertForMaskedLM or similar)")
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise ModelLoadError(
+            f"model.source {settings.source!r}: its output embedding is not tied to the word embeddings",
+            "set tie_word_embeddings: true in its config.json (the BERT default)")
+    if any(key.startswith(_MLM_HEAD_KEYS) for key in missing):
+        _start_mlm_head(model)
+    return model
+
+
+def _start_mlm_head(model: BertLMHeadModel) -> None:
+    """The MLM head a plain encoder checkpoint lacks, started as a pass-through: no random tensor at all.
+
+    The transform's dense layer is the identity (bias 0), its LayerNorm the default (weight 1,
+    bias 0), the output bias 0: position t's logits are the tied word embeddings against the
+    normalised GELU of its final hidden state. Nothing is drawn, so every member holds the same
+    head without a seed, and training starts from the pretrained states rather than from a
+    random projection of them. transformers' own initialisation (global RNG) is overwritten.
+    """
+    predictions = model.cls.predictions
+    with torch.no_grad():
+        predictions.transform.dense.weight.copy_(torch.eye(predictions.transform.dense.weight.shape[0]))
+        predictions.transform.dense.bias.zero_()
+        predictions.transform.LayerNorm.weight.fill_(1.0)
+        predictions.transform.LayerNorm.bias.zero_()
+        predictions.bias.zero_()
+
+
+def _check_causal(model: nn.Module, settings: ModelSettings, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a language model whose predictions at a position depend on later tokens (an encoder).
+
+    Two inputs that differ only in their last token must give the same logits before it.
+    """
+    vocab = min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    finally:
+        model.train(was_training)
+    if not torch.allclose(logits[0, :-1], logits[1, :-1], atol=1e-5, rtol=1e-4):
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise ModelLoadError(
+            f"model.source {settings.source!r} ({kind}) attends to later tokens, so it cannot be a causal_lm",
+            "use a causal LM directory (GPT-2 family), a BERT model (confide makes it a decoder), "
+            "or task sequence_classification")
 
 
 def resolved_pooling(settings: ModelSettings) -> str:
@@ -317,6 +406,8 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
                    federation.adapter.head_init)
         if resolved_pooling(settings) == "mean":
             use_mean_pooling(base)
+    elif isinstance(base, BertLMHeadModel):
+        head = DECODER_TRANSFORM
     base.to(device)  # before peft wraps it, so the adapter is created on the same device
     try:
         with warnings.catch_warnings():
