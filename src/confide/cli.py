@@ -218,6 +218,11 @@ def main(
 # ----------------------------------------------------------------------------- policy
 
 
+def _server_step(update) -> str:
+    rate = "" if update.learning_rate == 1 else f" lr {update.learning_rate:g}"
+    return f"FedAvgM {update.momentum:g}{rate}" if update.momentum else f"FedAvg{rate}"
+
+
 def _policy_summary(policy) -> str:
     from confide.policies import FederationPolicy
 
@@ -225,7 +230,8 @@ def _policy_summary(policy) -> str:
         return (
             f"federation {policy.federation_id}: {len(policy.roster)} members, {policy.rounds} rounds, "
             f"model {policy.model.source} ({policy.model.task}), LoRA r={policy.adapter.rank} "
-            f"{'frozen A' if policy.adapter.freeze_a else 'A and B trained'}, min_institutions "
+            f"{'frozen A' if policy.adapter.freeze_a else 'A and B trained'}, {_server_step(policy.server_update)}, "
+            f"min_institutions "
             f"{policy.min_institutions}, delta {policy.privacy.delta:g} ({policy.privacy.accountant}), "
             f"{policy.ckks.describe(len(policy.roster))}"
         )

@@ -8,6 +8,7 @@ import pytest
 
 from confide.errors import BadInput
 from confide.identity import Identity, b64
+from confide.policies import load_federation
 from confide.privacy.audit import audit_ledgers
 from confide.privacy.audit.integrity import integrity_checks
 from confide.privacy.ledger import canonical_json, signed_message
@@ -298,7 +299,7 @@ def test_resigned_ledger_with_steps_other_than_the_federation_file_fails(world):
 
 
 def test_resigned_sample_rate_that_disagrees_with_the_recorded_training_size_fails(world):
-    expected_batch = 32  # the federation file's default
+    expected_batch = load_federation(world.federation).training.expected_batch_size
     entries = read_entries(world.ledger)
     for seq in SPEND_SEQS:  # the institution records its training-set size with each spend...
         entries[seq - 1]["train_records"] = round(expected_batch / SPEND["sample_rate"])

@@ -6,7 +6,8 @@ directory resumes where the last one stopped (the agent may be killed at any mom
     <state_dir>/ledger/...                        the dataset's privacy ledger (privacy.ledger)
     <state_dir>/federations/<fed>/member.json     the member's record: each round's state (0600)
     <state_dir>/federations/<fed>/secret.key      the CKKS secret key material (0600)
-    <state_dir>/federations/<fed>/adapter-rN.npy  the global trainable state after round N (float64, 0600)
+    <state_dir>/federations/<fed>/adapter-rN.npy  the shared adapter after round N, with the server
+                                                  velocity (platform.server_update; float64, 0600)
     <state_dir>/federations/<fed>/rounds/rN.envelope   our encrypted update for round N
 
 Each round is a small state machine (`confide.platform.member_round`): a transition's work (a
@@ -39,6 +40,7 @@ from confide.formats import DeclaredSpend, MemberRoundState, Receipt, sha256, wr
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.platform.member_round import MemberRecord, RoundRecord, advance, settle
+from confide.platform.server_update import ServerState, apply_average, load_state, state_array
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
@@ -91,12 +93,13 @@ class Member:
         self.ledger = opened.ledger
         self._announce(opened)
         self.dir.mkdir(parents=True, exist_ok=True)
-        initial = trainable_state(self.model)
-        _, self.layout = flatten(initial)
+        initial, self.layout = flatten(trainable_state(self.model))
         self.record = self._load_record()
         adapter = self._adapter_file(self.last_applied_round)
+        self.server_state = ServerState.initial(initial)
         if adapter is not None:
-            load_trainable_state(self.model, unflatten(np.load(adapter), self.layout))
+            self.server_state = load_state(federation.server_update, np.load(adapter), adapter)
+            load_trainable_state(self.model, unflatten(self.server_state.adapter, self.layout))
         self._secret = None
         self._plan = None
 
@@ -443,11 +446,12 @@ class Member:
                             f"the coordinator's receipt for round {parsed.round} of {parsed.federation}")
 
     def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
-        """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average.
+        """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average
+        with the federation's server step (`server_update`: FedAvgM; platform.server_update).
 
-        The adapter of the round is written under its own name before the record says the round is
-        applied: a kill in between leaves the record at the previous round, whose adapter is still
-        there, and the sum is applied again to that one, never twice to the same weights.
+        The adapter of the round (with its velocity) is written under its own name before the record
+        says the round is applied: a kill in between leaves the record at the previous round, whose
+        file is still there, and the sum is applied again to that one, never twice to the same weights.
         """
         done = self._settled(round_index)
         if done is not None:
@@ -471,13 +475,13 @@ class Member:
                 self.ledger.append("abort", fed, round_index, reason=detail, count=result.count)
             self._commit(settle(self.record, round_index, "aborted", result.count, detail, leave=detail))
             return Outcome("aborted", result.count, detail)
-        current, _ = flatten(trainable_state(self.model), self.layout)
-        updated = current + result.average
-        write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", updated)
-        load_trainable_state(self.model, unflatten(updated, self.layout))
+        updated = apply_average(self.federation.server_update, self.server_state, result.average)
+        self._save_round_state(round_index, updated)
+        load_trainable_state(self.model, unflatten(updated.adapter, self.layout))
         if self.ledger.last_of("applied", fed, round_index) is None:
             self.ledger.append("applied", fed, round_index, count=result.count, sum_sha256=sha256(sum_envelope))
         self._commit(settle(self.record, round_index, "applied", result.count))
+        self.server_state = updated
         self._drop_old_adapters()
         return Outcome("applied", result.count)
 
@@ -521,9 +525,14 @@ class Member:
         return Outcome("failed", 0, detail, undecryptable=undecryptable)
 
     def _carry_adapter_forward(self, round_index: int) -> None:
-        """A failed round leaves the adapter as it was: save it under the new round's name too."""
-        current, _ = flatten(trainable_state(self.model), self.layout)
-        write_atomically_npy(self.dir / f"adapter-r{round_index}.npy", current)
+        """A failed round leaves the adapter and its velocity as they were: save them under the new round's name."""
+        self._save_round_state(round_index, self.server_state)
+
+    def _save_round_state(self, round_index: int, state: ServerState) -> None:
+        """Write the round's adapter (and velocity) file. It is the member's state once the record names
+        the round; until then `self.server_state` stays the previous round's, which a retry applies to."""
+        write_atomically_npy(self.dir / f"adapter-r{round_index}.npy",
+                             state_array(self.federation.server_update, state))
 
     # ------------------------------------------------------------------------------- results
     def evaluate(self, records: list[dict] | None) -> dict:

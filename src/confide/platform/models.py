@@ -46,6 +46,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from confide.errors import BadInput
+from confide.platform.head_init import resolved_head_init, set_label_name_head
 from confide.policies.federation import FederationPolicy, ModelSettings
 from confide.privacy.trainable import parameters_digest, trainable_parameters
 
@@ -402,10 +403,15 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
     head = None
     if settings.task == "sequence_classification":
         head = _head_name(base)
+        pooling = resolved_pooling(settings)
+        head_init = resolved_head_init(federation.adapter.head_init, pooling)
         _seed_head(getattr(base, head), generator, getattr(base.config, "initializer_range", 0.02),
-                   federation.adapter.head_init)
-        if resolved_pooling(settings) == "mean":
+                   "zero" if head_init == "labels" else head_init)
+        if pooling == "mean":
             use_mean_pooling(base)
+        if head_init == "labels":
+            set_label_name_head(base, getattr(base, head), tokenizer, list(settings.labels),
+                                settings.max_length_tokens, federation.adapter.head_init_scale)
     elif isinstance(base, BertLMHeadModel):
         head = DECODER_TRANSFORM
     base.to(device)  # before peft wraps it, so the adapter is created on the same device

@@ -74,24 +74,55 @@ class AdapterSettings(StrictModel):
         description="Freeze the A matrices and train B only (FFA-LoRA): the federated average is then exact "
         "and DP noise is not multiplied across two factors.",
     )
-    head_init: Literal["zero", "normal"] = Field(
-        "zero",
-        description="Initial classifier head (sequence classification; trained with the LoRA matrices): `zero` "
+    head_init: Literal["auto", "labels", "zero", "normal"] = Field(
+        "auto",
+        description="Initial classifier head (sequence classification; trained with the LoRA matrices): "
+        "`labels` sets each class's row to the model's own pooled embedding of its label name, times "
+        "`head_init_scale` (a zero-shot start that costs no privacy: the names are in this file); `zero` "
         "starts every class at equal odds, so no DP step is spent undoing a random projection; `normal` draws "
-        "it from N(0, the model's initializer_range) with the federation seed.",
+        "it from N(0, the model's initializer_range) with the federation seed. `auto`: `labels` when the head "
+        "reads mean-pooled sentence embeddings (model.pooling resolves to mean), `zero` otherwise.",
+    )
+    head_init_scale: float = Field(
+        4.0, gt=0, le=100,
+        description="With `head_init: labels`, the initial logits are this times the cosine between a "
+        "record's embedding and each label name's.",
     )
 
 
 class LocalTraining(StrictModel):
     """What each institution does locally in one round (DP-SGD)."""
 
-    steps_per_round: int = Field(10, ge=1, description="Optimizer steps per round.")
+    steps_per_round: int = Field(8, ge=1, description="Optimizer steps per round.")
     expected_batch_size: int = Field(
-        32, ge=1, description="Expected logical batch size; the Poisson sample rate is this over the dataset size."
+        128, ge=1,
+        description="Expected logical batch size; the Poisson sample rate is this over the dataset size (at most 1). "
+        "Large batches drown less in DP noise: the noise is added once per step, whatever the batch.",
     )
     max_physical_batch_size: int = Field(16, ge=1, description="Largest batch held in memory at once.")
-    learning_rate: float = Field(5e-3, gt=0, le=10, description="Optimizer learning rate.")
+    learning_rate: float = Field(
+        0.1, gt=0, le=10,
+        description="Optimizer learning rate. Adam on a head over unit-norm pooled embeddings needs a large step: "
+        "it moves each weight by about this much per step, whatever the noise's scale.",
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
+
+
+class ServerUpdate(StrictModel):
+    """How every member applies a round's decrypted average to the shared adapter (FedAvgM).
+
+    velocity <- momentum * velocity + average; adapter <- adapter + learning_rate * velocity. Every
+    member decrypts the same sum and applies the same arithmetic, so their adapters stay identical;
+    the velocity is saved with each round's adapter. `momentum: 0` with `learning_rate: 1` is FedAvg.
+    """
+
+    momentum: float = Field(
+        0.3, ge=0, lt=1,
+        description="Server momentum: how much of the previous rounds' update carries into this one.",
+    )
+    learning_rate: float = Field(
+        1.0, gt=0, le=10, description="Server learning rate: the step taken along the velocity.",
+    )
 
 
 class PrivacyRequirements(StrictModel):
@@ -150,6 +181,7 @@ class FederationPolicy(StrictModel):
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
     rounds: int = Field(ge=1, le=10_000, description="Number of federated rounds.")
     training: LocalTraining = Field(default_factory=LocalTraining)
+    server_update: ServerUpdate = Field(default_factory=ServerUpdate)
     min_institutions: int = Field(2, ge=1, description="A round is summed only with at least this many uploads.")
     round_deadline_s: float = Field(600.0, gt=0, description="Seconds after opening that a round stops waiting.")
     privacy: PrivacyRequirements = Field(default_factory=PrivacyRequirements)
@@ -182,6 +214,15 @@ class FederationPolicy(StrictModel):
             raise FieldProblem(
                 ("min_institutions",), f"{self.min_institutions} exceeds the roster size ({len(ids)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _head_settings_need_a_head(self) -> "FederationPolicy":
+        if self.model.task != "sequence_classification":
+            for field in ("head_init", "head_init_scale"):
+                if field in self.adapter.model_fields_set:
+                    raise FieldProblem(("adapter", field), f"has no effect: a {self.model.task} model has no "
+                                       "classifier head", "remove the line")
         return self
 
     @model_validator(mode="after")
