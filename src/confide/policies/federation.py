@@ -117,7 +117,7 @@ class ServerUpdate(StrictModel):
     """
 
     momentum: float = Field(
-        0.3, ge=0, lt=1,
+        0.0, ge=0, lt=1,
         description="Server momentum: how much of the previous rounds' update carries into this one.",
     )
     learning_rate: float = Field(
