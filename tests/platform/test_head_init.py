@@ -13,7 +13,7 @@ from confide.platform.data import Record, tokenize
 from confide.platform.evaluation import evaluate_classifier
 from confide.platform.head_init import GRID, resolved_head_init
 from confide.platform.models import build_adapter_model
-from confide.policies import load_federation
+from confide.policies import FederationPolicy, load_federation
 from tests.privacy.helpers import make_federation
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -80,3 +80,10 @@ def test_head_settings_are_refused_for_a_model_without_a_classifier_head(tmp_pat
     field = line.split(":")[0]
     with pytest.raises(BadInput, match=rf"federation.yaml:\d+: adapter.{field}: has no effect.*no classifier head"):
         load_federation(path)
+
+
+def test_a_causal_policy_read_back_from_its_own_dump_is_still_valid():
+    # Simulations and sweeps re-validate dumped policies, which then set every field to its default.
+    policy = load_federation(EXAMPLES / "federation-causal.yaml")
+    again = FederationPolicy.model_validate(policy.model_dump(mode="json"))
+    assert again.adapter == policy.adapter

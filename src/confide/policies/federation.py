@@ -220,7 +220,8 @@ class FederationPolicy(StrictModel):
     def _head_settings_need_a_head(self) -> "FederationPolicy":
         if self.model.task != "sequence_classification":
             for field in ("head_init", "head_init_scale"):
-                if field in self.adapter.model_fields_set:
+                # Compared with the default, not with the fields set: a dumped and re-read policy sets them all.
+                if getattr(self.adapter, field) != AdapterSettings.model_fields[field].default:
                     raise FieldProblem(("adapter", field), f"has no effect: a {self.model.task} model has no "
                                        "classifier head", "remove the line")
         return self
