@@ -47,6 +47,7 @@ from transformers.utils import logging as hf_logging
 
 from confide.errors import BadInput
 from confide.platform.head_init import resolved_head_init, set_label_name_head
+from confide.platform.prefix_cache import FrozenPrefixCache, install_prefix_cache
 from confide.policies.federation import FederationPolicy, ModelSettings
 from confide.privacy.trainable import parameters_digest, trainable_parameters
 
@@ -75,6 +76,8 @@ class AdapterModel:
     tokenizer: PreTrainedTokenizerBase
     settings: ModelSettings
     device: torch.device
+    prefix_cache: FrozenPrefixCache | None = None
+    """The memo of the frozen layers below the lowest adapted one (None: every layer is adapted)."""
 
     @property
     def task(self) -> str:
@@ -427,11 +430,12 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
             "BERT models use query/value, GPT-2 uses c_attn; layers count from 0",
         ) from None
     _seed_lora(model, generator)
+    prefix_cache = install_prefix_cache(base, federation.adapter.layers)
     if federation.adapter.freeze_a:
         for name, param in model.named_parameters():
             if ".lora_A." in name:
                 param.requires_grad_(False)
-    return AdapterModel(model, tokenizer, settings, device)
+    return AdapterModel(model, tokenizer, settings, device, prefix_cache)
 
 
 def build_model(
