@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -148,3 +150,17 @@ def test_adapter_model_memoises_below_its_lowest_adapted_layer_and_evaluates_the
     for _ in range(2):
         assert evaluate(built.model, records) == pytest.approx(evaluate(plain.model, records), rel=1e-5)
     assert (built.prefix_cache.misses, built.prefix_cache.hits) == (6, 6)
+
+
+def test_a_deep_copy_of_a_memoised_mean_pooling_model_uses_its_own_memo_and_mask(monkeypatch):
+    federation = make_federation(model={"pooling": "mean"}, adapter={"rank": 4, "alpha": 8, "layers": [1]})
+    built = models.build_adapter_model(federation, torch.device("cpu"))
+    monkeypatch.setattr(models, "install_prefix_cache", lambda *args, **kwargs: None)
+    plain = models.build_adapter_model(federation, torch.device("cpu"))
+    copied = copy.deepcopy(built.model)
+    records = [(torch.randint(5, 200, (8,)), torch.tensor([1] * (3 + i) + [0] * (5 - i)), torch.tensor(i % 2))
+               for i in range(4)]
+    assert evaluate(copied, records) == pytest.approx(evaluate(plain.model, records), rel=1e-5)
+    copied_cache = vars(copied.base_model.model.bert.encoder.layer[0])["forward"].__self__
+    assert copied_cache is not built.prefix_cache
+    assert (copied_cache.misses, built.prefix_cache.misses) == (4, 0)  # the copy filled its own memo

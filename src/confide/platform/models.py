@@ -321,6 +321,13 @@ class MaskedMeanPooler(nn.Module):
             pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return nn.functional.normalize(pooled, dim=-1)
 
+    def take_mask(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the encoder: remember the call's attention mask."""
+        self.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def drop_mask(self, _module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
+        self.mask = None
+
 
 def use_mean_pooling(base: nn.Module) -> None:
     """Make a BERT-family classifier read the masked mean of its token states instead of its pooler.
@@ -333,16 +340,9 @@ def use_mean_pooling(base: nn.Module) -> None:
                              "it needs a BERT-family classifier (an encoder with a pooler); set pooling: cls")
     pooler = MaskedMeanPooler()
     encoder.pooler = pooler
-
-    def take_mask(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        pooler.mask = mask
-
-    def drop_mask(_module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
-        pooler.mask = None
-
-    encoder.register_forward_pre_hook(take_mask, with_kwargs=True)
-    encoder.register_forward_hook(drop_mask, with_kwargs=True)
+    # Bound methods, not closures: a deep copy of the model then hands its own pooler the mask.
+    encoder.register_forward_pre_hook(pooler.take_mask, with_kwargs=True)
+    encoder.register_forward_hook(pooler.drop_mask, with_kwargs=True)
 
 
 def _head_name(model: nn.Module) -> str:

@@ -21,6 +21,7 @@ prefix layers keep their place, and only their instances' `forward` is replaced.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Any
 
@@ -47,29 +48,29 @@ class FrozenPrefixCache:
         self._served = False
 
     def install(self, encoder_model: nn.Module) -> None:
-        def take_batch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-            self._batch = (ids, mask)
-
-        def drop_batch(_module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
-            self._batch = (None, None)
-
-        def new_call(_module: nn.Module, _args: tuple, _kwargs: dict) -> None:
-            self._served = False
-
-        encoder_model.register_forward_pre_hook(take_batch, with_kwargs=True)
-        encoder_model.register_forward_hook(drop_batch, with_kwargs=True)
-        encoder_model.encoder.register_forward_pre_hook(new_call, with_kwargs=True)
+        # Bound methods and partials only, no closures: `copy.deepcopy` of the model then gives a
+        # copy whose hooks and layers use the copy's own memo and layers.
+        encoder_model.register_forward_pre_hook(self._take_batch, with_kwargs=True)
+        encoder_model.register_forward_hook(self._drop_batch, with_kwargs=True)
+        encoder_model.encoder.register_forward_pre_hook(self._new_call, with_kwargs=True)
         self.layers[0].forward = self._first
         for index in range(1, len(self.layers)):
-            self.layers[index].forward = self._passed_on(index)
+            self.layers[index].forward = functools.partial(self._passed_on, index)
 
-    def _passed_on(self, index: int):
-        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            # The first prefix layer already returned the whole prefix's output for this call.
-            return hidden_states if self._served else self.originals[index](hidden_states, *args, **kwargs)
-        return forward
+    def _take_batch(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        self._batch = (ids, mask)
+
+    def _drop_batch(self, _module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
+        self._batch = (None, None)
+
+    def _new_call(self, _module: nn.Module, _args: tuple, _kwargs: dict) -> None:
+        self._served = False
+
+    def _passed_on(self, index: int, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # The first prefix layer already returned the whole prefix's output for this call.
+        return hidden_states if self._served else self.originals[index](hidden_states, *args, **kwargs)
 
     def _first(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         ids, mask = self._batch
