@@ -38,6 +38,7 @@ demo-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/he.py --quick
 	$(BIN)/python benchmarks/dp.py --quick
+	$(BIN)/python benchmarks/prefix_memo.py --quick
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -120,11 +120,10 @@ def test_no_memo_without_a_frozen_prefix():
     assert install_prefix_cache(gpt2, [1]) is None
 
 
-def test_dp_round_on_a_memoised_model_matches_the_uncached_round(monkeypatch, tmp_path):
+def test_dp_round_on_a_memoised_model_matches_the_uncached_round():
     federation = make_federation(adapter={"rank": 4, "alpha": 8, "layers": [1]})
     cached = models.build_adapter_model(federation, torch.device("cpu"))
-    monkeypatch.setattr(models, "install_prefix_cache", lambda *args, **kwargs: None)
-    plain = models.build_adapter_model(federation, torch.device("cpu"))
+    plain = models.build_adapter_model(federation, torch.device("cpu"), memoise_prefix=False)
     generator = torch.Generator().manual_seed(5)
     records = [(torch.randint(5, 200, (16,), generator=generator), torch.ones(16, dtype=torch.long),
                 torch.tensor(i % 2)) for i in range(24)]
@@ -140,11 +139,10 @@ def test_dp_round_on_a_memoised_model_matches_the_uncached_round(monkeypatch, tm
     assert cached.prefix_cache.hits > 0  # records drawn twice were served from the memo
 
 
-def test_adapter_model_memoises_below_its_lowest_adapted_layer_and_evaluates_the_same(monkeypatch):
+def test_adapter_model_memoises_below_its_lowest_adapted_layer_and_evaluates_the_same():
     federation = make_federation(adapter={"rank": 4, "alpha": 8, "layers": [1]})
     built = models.build_adapter_model(federation, torch.device("cpu"))
-    monkeypatch.setattr(models, "install_prefix_cache", lambda *args, **kwargs: None)
-    plain = models.build_adapter_model(federation, torch.device("cpu"))
+    plain = models.build_adapter_model(federation, torch.device("cpu"), memoise_prefix=False)
     assert plain.prefix_cache is None and built.prefix_cache is not None
     records = [(torch.randint(5, 200, (8,)), torch.ones(8, dtype=torch.long), torch.tensor(i % 2)) for i in range(6)]
     for _ in range(2):
@@ -152,11 +150,10 @@ def test_adapter_model_memoises_below_its_lowest_adapted_layer_and_evaluates_the
     assert (built.prefix_cache.misses, built.prefix_cache.hits) == (6, 6)
 
 
-def test_a_deep_copy_of_a_memoised_mean_pooling_model_uses_its_own_memo_and_mask(monkeypatch):
+def test_a_deep_copy_of_a_memoised_mean_pooling_model_uses_its_own_memo_and_mask():
     federation = make_federation(model={"pooling": "mean"}, adapter={"rank": 4, "alpha": 8, "layers": [1]})
     built = models.build_adapter_model(federation, torch.device("cpu"))
-    monkeypatch.setattr(models, "install_prefix_cache", lambda *args, **kwargs: None)
-    plain = models.build_adapter_model(federation, torch.device("cpu"))
+    plain = models.build_adapter_model(federation, torch.device("cpu"), memoise_prefix=False)
     copied = copy.deepcopy(built.model)
     records = [(torch.randint(5, 200, (8,)), torch.tensor([1] * (3 + i) + [0] * (5 - i)), torch.tensor(i % 2))
                for i in range(4)]

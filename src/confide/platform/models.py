@@ -391,12 +391,15 @@ def _lora_config(federation: FederationPolicy, base: nn.Module, head: str | None
     )
 
 
-def build_adapter_model(federation: FederationPolicy, device: torch.device | None = None) -> AdapterModel:
+def build_adapter_model(federation: FederationPolicy, device: torch.device | None = None,
+                        memoise_prefix: bool = True) -> AdapterModel:
     """The federation's base model with LoRA, initialised from `federation.seed`, on `device` (default: CUDA if any).
 
     Trainable: the LoRA B matrices, the A matrices too unless `adapter.freeze_a`, and for sequence
     classification the head (peft `modules_to_save`). Two calls with the same federation give
-    bit-identical weights. Raises ModelLoadError if the source, task or target modules do not fit.
+    bit-identical weights. With `memoise_prefix` the frozen layers below the lowest adapted one run
+    once per record (platform.prefix_cache); False gives the plain model, for comparison. Raises
+    ModelLoadError if the source, task or target modules do not fit.
     """
     settings = federation.model
     device = device or default_device()
@@ -430,7 +433,7 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
             "BERT models use query/value, GPT-2 uses c_attn; layers count from 0",
         ) from None
     _seed_lora(model, generator)
-    prefix_cache = install_prefix_cache(base, federation.adapter.layers)
+    prefix_cache = install_prefix_cache(base, federation.adapter.layers) if memoise_prefix else None
     if federation.adapter.freeze_a:
         for name, param in model.named_parameters():
             if ".lora_A." in name:
