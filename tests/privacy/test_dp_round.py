@@ -213,3 +213,29 @@ def test_causal_lm_loss_of_an_example_does_not_depend_on_its_batch(tmp_path):
     assert parameters_digest(built.model, trainable=False) == frozen
     assert all(t.abs().sum() > 0 for t in result.delta.values())
     assert evaluate(built.model, data.eval, "causal_lm")["examples"] == len(data.eval)
+
+
+def test_adapter_learning_rate_scales_only_the_lora_step(tiny_bert):
+    _, built, data = tiny_bert
+    deltas = {}
+    for adapter_lr in (None, 0.005):
+        # Noise-free SGD on the same samples. The head starts at zero, so the first step moves only the
+        # head, and the second step's gradients are then the same in both runs: steps are lr x gradient.
+        deltas[adapter_lr] = run_dp_round(copy.deepcopy(built.model), data.train, "sequence_classification",
+                                          settings(optimizer="sgd", steps=2, noise_multiplier=0.0,
+                                                   adapter_learning_rate=adapter_lr),
+                                          seed=8).delta
+    lora = [n for n in deltas[None] if ".lora_" in n]
+    head = [n for n in deltas[None] if ".lora_" not in n]
+    assert lora and head
+    for name in lora:
+        torch.testing.assert_close(deltas[0.005][name], deltas[None][name] * 0.1)
+    for name in head:
+        torch.testing.assert_close(deltas[0.005][name], deltas[None][name])
+    assert any(float(deltas[None][n].abs().sum()) > 0 for n in lora)
+
+
+def test_the_adapter_learning_rate_comes_from_the_federation_file(tmp_path):
+    federation = make_federation(training={"adapter_learning_rate": 0.003})
+    institution = make_institution(tmp_path)
+    assert DPSettings.from_policies(federation, institution, RoundSpend(1.0, 0.5, 2)).adapter_learning_rate == 0.003

@@ -105,6 +105,12 @@ class LocalTraining(StrictModel):
         description="Optimizer learning rate. Adam on a head over unit-norm pooled embeddings needs a large step: "
         "it moves each weight by about this much per step, whatever the noise's scale.",
     )
+    adapter_learning_rate: float | None = Field(
+        0.02, gt=0, le=10,
+        description="Learning rate of the LoRA matrices; `learning_rate` is then the head's (and any other trained "
+        "module's). A smaller step for the adapter keeps the noise from moving the features the head reads faster "
+        "than the head can follow. None: `learning_rate` for everything.",
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
 
 

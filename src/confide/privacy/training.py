@@ -68,6 +68,8 @@ class DPSettings:
     max_physical_batch_size: int
     learning_rate: float
     optimizer: str = "adamw"
+    adapter_learning_rate: float | None = None
+    """The LoRA matrices' learning rate (parameters named `lora_*`); None: `learning_rate`."""
 
     @classmethod
     def from_policies(
@@ -79,6 +81,7 @@ class DPSettings:
             noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
             clipping_norm=institution.clipping_norm, max_physical_batch_size=training.max_physical_batch_size,
             learning_rate=training.learning_rate, optimizer=training.optimizer,
+            adapter_learning_rate=training.adapter_learning_rate,
         )
 
     @property
@@ -119,6 +122,8 @@ def _check_settings(settings: DPSettings, records: int) -> None:
         problems.append(f"clipping_norm must be > 0, got {settings.clipping_norm!r}")
     if settings.max_physical_batch_size < 1:
         problems.append("max_physical_batch_size must be >= 1")
+    if settings.adapter_learning_rate is not None and not settings.adapter_learning_rate > 0:
+        problems.append(f"adapter_learning_rate must be > 0, got {settings.adapter_learning_rate!r}")
     if settings.optimizer not in ("adamw", "sgd"):
         problems.append(f"optimizer must be adamw or sgd, got {settings.optimizer!r}")
     if records < 1:
@@ -127,10 +132,21 @@ def _check_settings(settings: DPSettings, records: int) -> None:
         raise TrainingError("; ".join(problems))
 
 
-def _make_optimizer(settings: DPSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _make_optimizer(settings: DPSettings, params: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
+    """The local optimizer; the LoRA matrices in their own group when they have their own learning rate."""
+    adapter = [p for name, p in params.items() if _is_lora(name)]
+    groups = [{"params": list(params.values())}]
+    if settings.adapter_learning_rate is not None and adapter:
+        others = [p for name, p in params.items() if not _is_lora(name)]
+        groups = [g for g in ({"params": others}, {"params": adapter, "lr": settings.adapter_learning_rate})
+                  if g["params"]]
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.learning_rate)
-    return torch.optim.AdamW(params, lr=settings.learning_rate)
+        return torch.optim.SGD(groups, lr=settings.learning_rate)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate)
+
+
+def _is_lora(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
 
 
 def _generators(device: torch.device, seed: int | None) -> tuple[torch.Generator, torch.Generator]:
@@ -184,7 +200,8 @@ def run_dp_round(
     check_task(task)
     records = len(train)  # type: ignore[arg-type]
     _check_settings(settings, records)
-    params = list(trainable_parameters(model).values())
+    named = trainable_parameters(model)
+    params = list(named.values())
     if not params:
         raise TrainingError("the model has no trainable parameters", "build it with the federation's adapter settings")
     device = params[0].device
@@ -198,7 +215,7 @@ def run_dp_round(
         wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
         wrapped.forbid_grad_accumulation()
         optimizer = DPOptimizer(
-            _make_optimizer(settings, params),
+            _make_optimizer(settings, named),
             noise_multiplier=settings.noise_multiplier,
             max_grad_norm=settings.clipping_norm,
             # Poisson batches vary in size; DP-SGD divides the noisy sum by the expected size.
