@@ -79,7 +79,8 @@ class FrozenPrefixCache:
             # No token ids to key on (inputs_embeds) or holes in the mask: run the prefix uncached.
             self._served = True
             return self._run(None, hidden_states, args, kwargs, list(range(hidden_states.shape[0])))
-        keys = [ids[row, :length].cpu().numpy().tobytes() for row, length in enumerate(lengths)]
+        host_ids = ids.cpu().numpy()  # one transfer per batch, not one per record
+        keys = [host_ids[row, :length].tobytes() for row, length in enumerate(lengths)]
         missing = [row for row, key in enumerate(keys) if key not in self.entries]
         if missing:
             computed = self._run(ids, hidden_states, args, kwargs, missing)
@@ -129,7 +130,6 @@ class FrozenPrefixCache:
         while self.bytes > self.max_bytes:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
-
 
 
 def _rows(value: Any, index: torch.Tensor, batch: int) -> Any:
