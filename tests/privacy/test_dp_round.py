@@ -26,7 +26,7 @@ from confide.privacy import (
     vector_to_state,
 )
 from confide.privacy.objective import per_example_loss, trim_padding
-from confide.privacy.trainable import trainable_parameters
+from confide.privacy.trainable import lora_matrix, trainable_parameters
 
 from .helpers import make_federation, make_institution, write_jsonl
 
@@ -233,6 +233,23 @@ def test_adapter_learning_rate_scales_only_the_lora_step(tiny_bert):
     for name in head:
         torch.testing.assert_close(deltas[0.005][name], deltas[None][name])
     assert any(float(deltas[None][n].abs().sum()) > 0 for n in lora)
+
+
+def test_lora_matrix_names_exactly_peft_s_lora_matrices(tiny_bert):
+    from peft.tuners.lora import LoraLayer
+
+    _, built, _ = tiny_bert
+    expected = {}
+    for prefix, module in built.model.named_modules():
+        if isinstance(module, LoraLayer):
+            for key in module.lora_A:
+                expected[f"{prefix}.lora_A.{key}.weight"] = "A"
+                expected[f"{prefix}.lora_B.{key}.weight"] = "B"
+    named = dict(built.model.named_parameters())
+    assert expected and set(expected) <= set(named)
+    assert {name: lora_matrix(name) for name in named if lora_matrix(name) is not None} == expected
+    # FFA-LoRA: the A matrices are frozen, the B matrices train.
+    assert all(named[name].requires_grad == (matrix == "B") for name, matrix in expected.items())
 
 
 def test_the_adapter_learning_rate_comes_from_the_federation_file(tmp_path):

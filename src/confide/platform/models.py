@@ -49,7 +49,7 @@ from confide.errors import BadInput
 from confide.platform.head_init import resolved_head_init, set_label_name_head
 from confide.platform.prefix_cache import FrozenPrefixCache, install_prefix_cache
 from confide.policies.federation import FederationPolicy, ModelSettings
-from confide.privacy.trainable import parameters_digest, trainable_parameters
+from confide.privacy.trainable import lora_matrix, parameters_digest, trainable_parameters
 
 BUNDLED_MINILM = "bundled:minilm-l6"
 RANDOM_TINY_BERT = "random:tiny-bert"
@@ -368,10 +368,10 @@ def _seed_lora(model: PeftModel, generator: torch.Generator) -> None:
     """A from the generator (uniform +-1/sqrt(fan_in), peft's default law), B zero: the adapter starts as a no-op."""
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
-            if ".lora_A." in name:
+            if lora_matrix(name) == "A":
                 bound = 1.0 / math.sqrt(param.shape[1])
                 param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
-            elif ".lora_B." in name:
+            elif lora_matrix(name) == "B":
                 param.zero_()
 
 
@@ -436,7 +436,7 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
     prefix_cache = install_prefix_cache(base, federation.adapter.layers) if memoise_prefix else None
     if federation.adapter.freeze_a:
         for name, param in model.named_parameters():
-            if ".lora_A." in name:
+            if lora_matrix(name) == "A":
                 param.requires_grad_(False)
     return AdapterModel(model, tokenizer, settings, device, prefix_cache)
 

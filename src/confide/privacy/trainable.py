@@ -18,6 +18,14 @@ from confide.privacy.errors import TrainingError
 State = dict[str, torch.Tensor]
 
 
+def lora_matrix(name: str) -> str | None:
+    """`"A"` or `"B"` for a peft LoRA matrix's parameter name (`....lora_A.default.weight`), else None."""
+    for matrix in ("A", "B"):
+        if f".lora_{matrix}." in name:
+            return matrix
+    return None
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters with `requires_grad`, by name, in sorted name order."""
     return dict(sorted((n, p) for n, p in model.named_parameters() if p.requires_grad))

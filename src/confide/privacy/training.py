@@ -38,6 +38,7 @@ from confide.privacy.objective import batch_loss, check_task, evaluate, trim_pad
 from confide.privacy.trainable import (
     State,
     load_trainable_state,
+    lora_matrix,
     state_difference,
     trainable_parameters,
     trainable_state,
@@ -134,19 +135,16 @@ def _check_settings(settings: DPSettings, records: int) -> None:
 
 def _make_optimizer(settings: DPSettings, params: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
     """The local optimizer; the LoRA matrices in their own group when they have their own learning rate."""
-    adapter = [p for name, p in params.items() if _is_lora(name)]
+    adapter = [p for name, p in params.items() if lora_matrix(name)]
     groups = [{"params": list(params.values())}]
     if settings.adapter_learning_rate is not None and adapter:
-        others = [p for name, p in params.items() if not _is_lora(name)]
+        others = [p for name, p in params.items() if not lora_matrix(name)]
         groups = [g for g in ({"params": others}, {"params": adapter, "lr": settings.adapter_learning_rate})
                   if g["params"]]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.learning_rate)
     return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
-
-def _is_lora(name: str) -> bool:
-    return ".lora_A." in name or ".lora_B." in name
 
 
 def _generators(device: torch.device, seed: int | None) -> tuple[torch.Generator, torch.Generator]:
