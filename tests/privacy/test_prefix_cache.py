@@ -111,6 +111,24 @@ def test_a_batch_that_cannot_be_keyed_runs_the_prefix_uncached():
     assert (cache.misses, cache.hits, len(cache.entries)) == (0, 0, 0)
 
 
+def test_an_unkeyed_batch_also_runs_the_prefix_without_dropout_in_train_mode():
+    plain, cached, cache = _twins(dropout=0.3)
+    seen: list[torch.Tensor] = []
+    for model in (plain, cached):
+        model.bert.encoder.layer[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    ids, mask = _batch(_records(3, 4))
+    ids, mask = ids.flip(1), mask.flip(1)  # left padding: run uncached
+    plain.eval()
+    cached.train()
+    with torch.no_grad():
+        plain(input_ids=ids, attention_mask=mask)
+        cached(input_ids=ids, attention_mask=mask)
+        cached(input_ids=ids, attention_mask=mask)
+    assert (cache.misses, cache.hits) == (0, 0)
+    for served in seen[1:]:
+        torch.testing.assert_close(served, seen[0])
+
+
 def test_no_memo_without_a_frozen_prefix():
     assert install_prefix_cache(_bert(0.0), None) is None
     assert install_prefix_cache(_bert(0.0), [0, 2]) is None

@@ -76,9 +76,10 @@ class FrozenPrefixCache:
         ids, mask = self._batch
         lengths = _right_padded_lengths(ids, mask, hidden_states)
         if lengths is None:
-            # No token ids to key on (inputs_embeds) or holes in the mask: run the prefix uncached.
+            # Holes in the mask (left padding) or no token ids (inputs_embeds): nothing to key on, so
+            # the prefix runs uncached, from the token ids when there are some (no embedding dropout).
             self._served = True
-            return self._run(None, hidden_states, args, kwargs, list(range(hidden_states.shape[0])))
+            return self._run(ids, hidden_states, args, kwargs, list(range(hidden_states.shape[0])))
         host_ids = ids.cpu().numpy()  # one transfer per batch, not one per record
         keys = [host_ids[row, :length].tobytes() for row, length in enumerate(lengths)]
         missing = [row for row, key in enumerate(keys) if key not in self.entries]
