@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.aggregation.envelope import decrypt_sum, encrypt_update, read_header, sum_envelopes
+from confide.aggregation.keys import create_key_material
+from confide.aggregation.params import CkksParameters
+from confide.aggregation.wire import KIND_UPDATE, build_envelope, read_seeds
 from confide.identity import Identity
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
@@ -172,6 +175,31 @@ def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
     abort = [e for e in members["b"].ledger.entries() if e["kind"] == "abort"]
     assert len(abort) == 1 and "below min_cohort 2" in abort[0]["reason"]
     assert members["b"].take_part(2).kind == "decline"  # it has left the federation
+
+
+def test_a_member_leaves_after_three_sums_in_a_row_that_do_not_decrypt(tmp_path):
+    federation, members, coordinator = start(tmp_path, rounds=4)
+    good = members["a"].take_part(1).envelope
+    # The same layout under the federation's key id, but made with another secret key: the sum
+    # parses and only its decryption shows it is wrong.
+    other = create_key_material(CkksParameters(**federation.ckks.model_dump()))
+    header = read_header(good)
+    forged_update = encrypt_update(other, np.ones(header.n_values), 1.0, header.layout_hash)
+    fh = read_header(forged_update)
+    blobs = [forged_update[o:o + n] for o, n in zip(fh.ciphertext_offsets(), fh.ciphertext_lengths)]
+    forged = build_envelope(KIND_UPDATE, header.key_id, header.layout_hash, fh.n_values, fh.slots,
+                            read_seeds(forged_update, fh), fh.bits, fh.last_bits, blobs)
+    bad_sum = sum_envelopes(coordinator.public_context, [good, forged])
+    b = members["b"]
+    before = adapters(members)["b"]
+    for round_index in (1, 2, 3):
+        outcome = b.apply_sum(round_index, bad_sum)
+        assert outcome.kind == "failed" and outcome.undecryptable
+        assert b.record.consecutive_failures == round_index
+        assert np.array_equal(adapters(members)["b"], before)  # nothing of a bad round is applied
+    assert "3 rounds in a row" in outcome.detail
+    assert [e["round"] for e in b.ledger.entries() if e["kind"] == "abort"] == [3]
+    assert b.take_part(4).kind == "decline"
 
 
 def test_member_refuses_a_roster_key_that_is_not_its_identity(tmp_path):

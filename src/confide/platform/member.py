@@ -39,7 +39,7 @@ from confide.errors import BadInput
 from confide.formats import DeclaredSpend, MemberRoundState, Receipt, sha256, write_atomically
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
-from confide.platform.member_round import MemberRecord, RoundRecord, advance, settle
+from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, settle
 from confide.platform.server_update import ServerState, apply_average, load_state, state_array
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
@@ -513,7 +513,7 @@ class Member:
             self.ledger.append("round_failed", fed, round_index, reason=reason, **extra)
         if round_index == self.last_applied_round + 1:
             self._carry_adapter_forward(round_index)
-        failures = self.record.consecutive_failures + int(undecryptable)
+        failures = failures_after(self.record, "failed", undecryptable)
         detail, leave = reason, None
         if undecryptable and failures >= MAX_UNDECRYPTABLE_ROUNDS and not self.aborted:
             detail = leave = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "

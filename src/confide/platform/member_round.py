@@ -143,6 +143,12 @@ def advance(record: MemberRecord, index: int, state: MemberRoundState, **changes
     return dataclasses.replace(record, rounds={**record.rounds, index: updated})
 
 
+def failures_after(record: MemberRecord, state: MemberRoundState, undecryptable: bool) -> int:
+    """The run of undecryptable sums once a round settles as `state`: reset by `applied`, extended by an
+    undecryptable sum, unchanged otherwise. Pure."""
+    return 0 if state == "applied" else record.consecutive_failures + int(undecryptable)
+
+
 def settle(record: MemberRecord, index: int, state: MemberRoundState, count: int = 0, reason: str = "",
            undecryptable: bool = False, leave: str | None = None) -> MemberRecord:
     """`record` with round `index` settled as `state`. Pure.
@@ -154,6 +160,6 @@ def settle(record: MemberRecord, index: int, state: MemberRoundState, count: int
     """
     new = advance(record, index, state, count=count, reason=reason, undecryptable=undecryptable)
     synced = index if state in ("applied", "failed") and index == record.synced_round + 1 else record.synced_round
-    failures = 0 if state == "applied" else record.consecutive_failures + int(undecryptable)
+    failures = failures_after(record, state, undecryptable)
     return dataclasses.replace(new, synced_round=synced, consecutive_failures=failures,
                                aborted=record.aborted or leave)
