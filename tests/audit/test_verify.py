@@ -280,6 +280,30 @@ def test_console_rendering_shows_each_failure_with_its_seq(world):
     assert any("epsilon_pld" in line and " 4 " in line for line in text.splitlines())
 
 
+def test_the_audit_states_the_replace_one_epsilon_that_holds_against_the_coordinator(world, tmp_path):
+    from rich.console import Console
+
+    from confide.privacy.audit import audit_renderables, write_report
+    from confide.privacy.audit.recompute import pld_epsilon
+
+    result = full_audit(world)
+    audit = result.ledgers[0]
+    history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in audit.spends]
+    expected = pld_epsilon(history, audit.spends[-1].delta, replace_one=True)
+    # A swap moves the clipped sum twice as far as an addition: a larger epsilon than the ledger's.
+    assert audit.replace_one_epsilon == pytest.approx(expected) and expected > audit.spent_epsilon
+    assert result.to_dict()["ledgers"][0]["replace_one_epsilon"] == pytest.approx(expected)
+    console = Console(record=True, width=80)
+    for renderable in audit_renderables(result):
+        console.print(renderable)
+    text = " ".join(console.export_text().split())
+    assert f"epsilon {expected:.4f} for one record swapped" in text and "against the coordinator" in text
+    html = write_report(result, tmp_path / "report.html")[0].read_text()
+    markdown = write_report(result, tmp_path / "report.md")[0].read_text()
+    assert "replace-one &epsilon; (against the coordinator" in html and f"{expected:.4g}" in html
+    assert "replace-one ε (one record swapped" in markdown and f"{expected:.4g}" in markdown
+
+
 def test_spend_with_an_unknown_accountant_is_caught(world):
     entries = read_entries(world.ledger)
     entries[0]["accountant"] = "gdp"  # GDP under-reports and must never certify anything

@@ -8,6 +8,8 @@ values are given to three decimals, so the tolerance is half a unit in the last 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from confide.privacy.accounting import epsilon
@@ -43,3 +45,22 @@ def test_history_split_into_rounds_composes_to_the_same_epsilon():
     # 1000 steps as 10 rounds of 100 (how the ledger records them) is the same mechanism.
     whole = epsilon([(1.0, 0.01, 1000)], DELTA, "prv")
     assert epsilon([(1.0, 0.01, 100)] * 10, DELTA, "prv") == pytest.approx(whole, rel=1e-9)
+
+
+def test_replace_one_without_sampling_is_the_gaussian_at_twice_the_sensitivity():
+    # Swapping one record for another moves the clipped sum by up to twice the clipping norm: the
+    # mechanism at noise sigma is then the add/remove-one mechanism at noise sigma / 2.
+    for sigma in (1.0, 3.0):
+        assert pld_epsilon([(sigma, 1.0, 4)], DELTA, replace_one=True) == pytest.approx(
+            pld_epsilon([(sigma / 2, 1.0, 4)], DELTA), rel=1e-3)
+
+
+@pytest.mark.parametrize("q, sigma, steps", [(0.25, 1.26, 40), (0.8, 3.1, 40), (0.01, 1.0, 1000)])
+def test_replace_one_lies_between_add_remove_and_its_group_privacy_bound(q, sigma, steps):
+    # Replace-one is a removal then an addition, so (eps, delta) add/remove-one gives at most
+    # (2 eps, (1 + e^eps) delta) for a swap; the exact replace-one value lies in between.
+    history = [(sigma, q, steps)]
+    add_remove = pld_epsilon(history, DELTA)
+    swapped = pld_epsilon(history, DELTA, replace_one=True)
+    assert add_remove < swapped
+    assert pld_epsilon(history, (1 + math.exp(add_remove)) * DELTA, replace_one=True) <= 2 * add_remove + TOLERANCE

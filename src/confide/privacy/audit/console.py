@@ -59,6 +59,10 @@ def audit_renderables(result: AuditResult) -> list[Any]:
                                _number(s.pld_epsilon),
                                Text(f"{s.accountant} {_number(s.accountant_epsilon)}"))
             out.append(spends)
+        if ledger.replace_one_epsilon is not None:
+            out.append(Text(f"{who}: epsilon {_number(ledger.replace_one_epsilon)} for one record swapped "
+                            "for another (replace-one, by PLD): what holds against the coordinator, which "
+                            "learns the record count from the declared sample rates"))
     style = {"verified": "green", "failed": "bold red", "incomplete": "bold yellow"}[result.verdict]
     out.append(Text("verdict: ") + Text(result.verdict_text, style=style))
     return out

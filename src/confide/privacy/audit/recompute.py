@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
+from dp_accounting.privacy_accountant import NeighboringRelation
 
 Step = tuple[float, float, int]
 
@@ -70,11 +71,15 @@ def _validate(history: Sequence[Step], delta: float) -> None:
             raise ValueError(f"not a valid step (noise_multiplier, sample_rate, steps): {(sigma, rate, steps)!r}")
 
 
-def pld_epsilon(history: Iterable[Step], delta: float) -> float:
-    """Epsilon at `delta` of the history by dp_accounting's PLD accountant (add/remove-one neighbours).
+def pld_epsilon(history: Iterable[Step], delta: float, replace_one: bool = False) -> float:
+    """Epsilon at `delta` of the history by dp_accounting's PLD accountant.
 
-    Each stretch is a Poisson-subsampled Gaussian, self-composed `steps` times. Returns 0.0 for an
-    empty history and infinity when a stretch has no noise. Raises ValueError for invalid steps.
+    Neighbouring datasets differ by one added or removed record (what ledgers record), or, with
+    `replace_one`, by one record swapped for another: the count stays the same, and the clipped sum
+    can move by twice the clipping norm. Replace-one is what holds against a party that knows the
+    record count. Each stretch is a Poisson-subsampled Gaussian, self-composed `steps` times.
+    Returns 0.0 for an empty history and infinity when a stretch has no noise. Raises ValueError
+    for invalid steps.
     """
     merged = merge_history(history)
     _validate(merged, delta)
@@ -82,7 +87,8 @@ def pld_epsilon(history: Iterable[Step], delta: float) -> float:
         return 0.0
     if any(sigma == 0.0 for sigma, _, _ in merged):
         return math.inf
-    return _pld_epsilon_cached(tuple(sorted(merged)), delta, _pld_grid(merged, delta))
+    grid = _pld_grid(merged, delta) * (2.0 if replace_one else 1.0)  # its epsilon is up to twice as large
+    return _pld_epsilon_cached(tuple(sorted(merged)), delta, grid, replace_one)
 
 
 def _pld_grid(merged: list[Step], delta: float) -> float:
@@ -109,8 +115,9 @@ def _pld_grid(merged: list[Step], delta: float) -> float:
 # A PLD composition takes about a second; an audit asks for the same prefixes again (every ledger of
 # a federation shares its rounds' parameters), and the result is a pure function of its arguments.
 @lru_cache(maxsize=512)
-def _pld_epsilon_cached(merged: tuple[Step, ...], delta: float, grid: float) -> float:
-    accountant = PLDAccountant(value_discretization_interval=grid)
+def _pld_epsilon_cached(merged: tuple[Step, ...], delta: float, grid: float, replace_one: bool = False) -> float:
+    relation = NeighboringRelation.REPLACE_ONE if replace_one else NeighboringRelation.ADD_OR_REMOVE_ONE
+    accountant = PLDAccountant(relation, value_discretization_interval=grid)
     for sigma, rate, steps in merged:
         event = dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma))
         accountant.compose(dp_event.SelfComposedDpEvent(event, steps))

@@ -30,6 +30,7 @@ class InstitutionSummary:
     budget: float | None
     spent: float
     accountants: str
+    replace_one: float | None
     verified: bool
     failures: list[str] = field(default_factory=list)
     """`check (seq N): detail` for every failed check."""
@@ -58,6 +59,7 @@ def summarize(ledger: LedgerAudit) -> InstitutionSummary:
     return InstitutionSummary(
         name=ledger.institution or Path(ledger.path).name, dataset=ledger.dataset or "-", path=ledger.path,
         budget=ledger.budget_epsilon, spent=ledger.spent_epsilon, accountants=accountants,
+        replace_one=ledger.replace_one_epsilon,
         verified=ledger.passed, failures=failures, unchecked=unchecked, spends=list(ledger.spends), audit=ledger,
     )
 

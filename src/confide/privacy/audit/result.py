@@ -53,6 +53,11 @@ class LedgerAudit:
     round_epsilon_cap: float | None = None
     """The tightest per-round cap (institution's or federation's), when known."""
     budget_delta: float | None = None
+    replace_one_epsilon: float | None = None
+    """The whole ledger's epsilon by PLD when neighbouring datasets differ by one record swapped for
+    another (the count unchanged), at the last spend's delta. It is what holds against the
+    coordinator, which learns each member's record count from the sample rates the uploads declare.
+    None without spends."""
 
     @property
     def passed(self) -> bool:
@@ -119,6 +124,7 @@ class AuditResult:
                     "budget_epsilon": ledger.budget_epsilon,
                     "round_epsilon_cap": ledger.round_epsilon_cap,
                     "spent_epsilon": ledger.spent_epsilon,
+                    "replace_one_epsilon": ledger.replace_one_epsilon,
                     "checks": [asdict(c) for c in ledger.checks],
                     "spends": [asdict(s) for s in ledger.spends],
                 }

@@ -23,7 +23,13 @@ from confide.privacy.audit.receipts import (
     receipt_signature_checks,
     trusted_receipts,
 )
-from confide.privacy.audit.recompute import DEFAULT_TOLERANCE, Tolerance, recompute_spends
+from confide.privacy.audit.recompute import (
+    DEFAULT_TOLERANCE,
+    SpendParameters,
+    Tolerance,
+    pld_epsilon,
+    recompute_spends,
+)
 from confide.privacy.audit.result import AuditResult, Check, LedgerAudit
 from confide.privacy.audit.spending import (
     accounting_checks,
@@ -84,7 +90,18 @@ def audit_ledger(
         budget_epsilon=policy.budget.epsilon if policy else None,
         round_epsilon_cap=_strictest_cap(policy, federations),
         budget_delta=policy.budget.delta if policy else None,
+        replace_one_epsilon=_replace_one_epsilon(spends),
     )
+
+
+def _replace_one_epsilon(spends: Sequence[SpendParameters]) -> float | None:
+    """The ledger's whole history for replace-one neighbours, at the last spend's delta (None: no spends)."""
+    if not spends:
+        return None
+    try:
+        return pld_epsilon([s.step for s in spends], spends[-1].delta, replace_one=True)
+    except ValueError:
+        return None  # invalid steps: the field checks already report them
 
 
 def audit_ledgers(
