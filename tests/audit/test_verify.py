@@ -297,11 +297,11 @@ def test_the_audit_states_the_replace_one_epsilon_that_holds_against_the_coordin
     for renderable in audit_renderables(result):
         console.print(renderable)
     text = " ".join(console.export_text().split())
-    assert f"epsilon {expected:.4f} for one record swapped" in text and "against the coordinator" in text
+    assert f"epsilon {expected:.4f} for one record swapped" in text and "knows the record count" in text
     html = write_report(result, tmp_path / "report.html")[0].read_text()
     markdown = write_report(result, tmp_path / "report.md")[0].read_text()
-    assert "replace-one &epsilon; (against the coordinator" in html and f"{expected:.4g}" in html
-    assert "replace-one ε (one record swapped" in markdown and f"{expected:.4g}" in markdown
+    assert "replace-one &epsilon; (against whoever knows the record count" in html and f"{expected:.4g}" in html
+    assert "replace-one ε (one record swapped; what holds against whoever" in markdown and f"{expected:.4g}" in markdown
 
 
 def test_spend_with_an_unknown_accountant_is_caught(world):

@@ -61,8 +61,9 @@ def audit_renderables(result: AuditResult) -> list[Any]:
             out.append(spends)
         if ledger.replace_one_epsilon is not None:
             out.append(Text(f"{who}: epsilon {_number(ledger.replace_one_epsilon)} for one record swapped "
-                            "for another (replace-one, by PLD): what holds against the coordinator, which "
-                            "learns the record count from the declared sample rates"))
+                            "for another (replace-one, by PLD): what holds against whoever knows the record "
+                            "count and sees the updates (the coordinator, which learns the count, with a "
+                            "member who decrypts)"))
     style = {"verified": "green", "failed": "bold red", "incomplete": "bold yellow"}[result.verdict]
     out.append(Text("verdict: ") + Text(result.verdict_text, style=style))
     return out

@@ -79,8 +79,8 @@ def _section(summary: InstitutionSummary, chart: bytes) -> str:
     facts = (f"<table><tr><th class=\"text\">budget &epsilon;</th><td>{number(summary.budget)}</td></tr>"
              f"<tr><th class=\"text\">spent &epsilon;</th><td>{number(summary.spent)}</td></tr>"
              f"<tr><th class=\"text\">remaining &epsilon;</th><td>{number(summary.remaining)}</td></tr>"
-             f"<tr><th class=\"text\">replace-one &epsilon; (against the coordinator, which learns the "
-             f"record count)</th><td>{number(summary.replace_one)}</td></tr>"
+             f"<tr><th class=\"text\">replace-one &epsilon; (against whoever knows the record count: the "
+             f"coordinator, with a member who decrypts)</th><td>{number(summary.replace_one)}</td></tr>"
              f"<tr><th class=\"text\">accountant</th><td>{escape(summary.accountants)}</td></tr>"
              f"<tr><th class=\"text\">verification</th><td>{_status(summary)}</td></tr></table>")
     return (f'<section class="institution"><h2>{escape(summary.name)}</h2>'

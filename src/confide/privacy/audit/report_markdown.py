@@ -30,8 +30,8 @@ def _section(summary: InstitutionSummary, chart: str) -> list[str]:
              f"Dataset `{summary.dataset.replace('`', '')}`, ledger `{summary.path.replace('`', '')}`.", "",
              f"- budget ε: {number(summary.budget)}", f"- spent ε: {number(summary.spent)}",
              f"- remaining ε: {number(summary.remaining)}",
-             f"- replace-one ε (one record swapped; what holds against the coordinator, which learns the "
-             f"record count): {number(summary.replace_one)}",
+             f"- replace-one ε (one record swapped; what holds against whoever knows the record count: the "
+             f"coordinator, with a member who decrypts): {number(summary.replace_one)}",
              f"- accountant: {cell(summary.accountants)}",
              f"- verification: **{cell(summary.status)}**", "",
              f"![cumulative epsilon of {cell(summary.name)}]({chart})", "",

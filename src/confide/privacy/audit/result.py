@@ -55,9 +55,9 @@ class LedgerAudit:
     budget_delta: float | None = None
     replace_one_epsilon: float | None = None
     """The whole ledger's epsilon by PLD when neighbouring datasets differ by one record swapped for
-    another (the count unchanged), at the last spend's delta. It is what holds against the
-    coordinator, which learns each member's record count from the sample rates the uploads declare.
-    None without spends."""
+    another (the count unchanged), at the last spend's delta. It is what holds against whoever knows
+    the record count and sees the updates: the coordinator, which learns the count from the sample
+    rates the uploads declare, colluding with a member who decrypts. None without spends."""
 
     @property
     def passed(self) -> bool:
