@@ -79,10 +79,11 @@ def _section(summary: InstitutionSummary, chart: bytes) -> str:
     facts = (f"<table><tr><th class=\"text\">budget &epsilon;</th><td>{number(summary.budget)}</td></tr>"
              f"<tr><th class=\"text\">spent &epsilon;</th><td>{number(summary.spent)}</td></tr>"
              f"<tr><th class=\"text\">remaining &epsilon;</th><td>{number(summary.remaining)}</td></tr>"
-             f"<tr><th class=\"text\">replace-one &epsilon; (against whoever knows the record count: the "
-             f"coordinator, with a member who decrypts)</th><td>{number(summary.replace_one)}</td></tr>"
+             f"<tr><th class=\"text\">replace-one &epsilon;</th><td>{number(summary.replace_one)}</td></tr>"
              f"<tr><th class=\"text\">accountant</th><td>{escape(summary.accountants)}</td></tr>"
-             f"<tr><th class=\"text\">verification</th><td>{_status(summary)}</td></tr></table>")
+             f"<tr><th class=\"text\">verification</th><td>{_status(summary)}</td></tr></table>"
+             '<p class="meta">replace-one: one record swapped for another, by PLD; what holds against whoever '
+             "knows the record count (the coordinator, with a member who decrypts)</p>")
     return (f'<section class="institution"><h2>{escape(summary.name)}</h2>'
             f'<p class="meta">dataset {escape(summary.dataset)} &middot; ledger {escape(summary.path)}</p>'
             f"{facts}{_png(chart, f'cumulative epsilon of {summary.name} over rounds')}"
