@@ -14,14 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import encrypt_update, read_header
+from confide.aggregation.envelope import encrypt_update
 from confide.aggregation.errors import DecryptionCheckFailed
-from confide.aggregation.keys import create_key_material
 from confide.aggregation.params import CkksParameters
-from confide.aggregation.wire import KIND_UPDATE, build_envelope, read_seeds
 from confide.platform.protocol import FederationState
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
+from tests.aggregation.aggregation_helpers import update_under_another_key
 
 from .conftest import LAYOUT, Keys, declared_spend, make_federation, snapshot
 from .fake_member import SIZE, Contribution, FakeMember
@@ -125,12 +124,8 @@ class Undecryptable(ToleratesBadSums):
     another secret key: nothing short of decrypting tells them from good ones."""
 
     def take_part(self, round_index: int) -> Contribution:
-        other = create_key_material(CkksParameters(**self.federation.ckks.model_dump()))
-        forged = encrypt_update(other, np.ones(SIZE), 1.0, LAYOUT)
-        header = read_header(forged)
-        blobs = [forged[o:o + n] for o, n in zip(header.ciphertext_offsets(), header.ciphertext_lengths)]
-        envelope = build_envelope(KIND_UPDATE, self._secret().key_id, LAYOUT, SIZE, header.slots,
-                                  read_seeds(forged, header), header.bits, header.last_bits, blobs)
+        envelope = update_under_another_key(CkksParameters(**self.federation.ckks.model_dump()),
+                                            self._secret().key_id, LAYOUT, np.ones(SIZE))
         return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation))
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import decrypt_sum, encrypt_update, read_header, sum_envelopes
-from confide.aggregation.keys import create_key_material
+from confide.aggregation.envelope import decrypt_sum, read_header, sum_envelopes
 from confide.aggregation.params import CkksParameters
-from confide.aggregation.wire import KIND_UPDATE, build_envelope, read_seeds
 from confide.identity import Identity
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
 from confide.platform.protocol import new_federation
+from tests.aggregation.aggregation_helpers import update_under_another_key
 from tests.platform.federation_kit import load_files, make_federation_files
 
 
@@ -182,13 +181,9 @@ def test_a_member_leaves_after_three_sums_in_a_row_that_do_not_decrypt(tmp_path)
     good = members["a"].take_part(1).envelope
     # The same layout under the federation's key id, but made with another secret key: the sum
     # parses and only its decryption shows it is wrong.
-    other = create_key_material(CkksParameters(**federation.ckks.model_dump()))
     header = read_header(good)
-    forged_update = encrypt_update(other, np.ones(header.n_values), 1.0, header.layout_hash)
-    fh = read_header(forged_update)
-    blobs = [forged_update[o:o + n] for o, n in zip(fh.ciphertext_offsets(), fh.ciphertext_lengths)]
-    forged = build_envelope(KIND_UPDATE, header.key_id, header.layout_hash, fh.n_values, fh.slots,
-                            read_seeds(forged_update, fh), fh.bits, fh.last_bits, blobs)
+    forged = update_under_another_key(CkksParameters(**federation.ckks.model_dump()), header.key_id,
+                                      header.layout_hash, np.ones(header.n_values))
     bad_sum = sum_envelopes(coordinator.public_context, [good, forged])
     b = members["b"]
     before = adapters(members)["b"]

@@ -146,7 +146,6 @@ def _make_optimizer(settings: DPSettings, params: dict[str, nn.Parameter]) -> to
     return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
 
-
 def _generators(device: torch.device, seed: int | None) -> tuple[torch.Generator, torch.Generator]:
     """Sampling generator (CPU, where Opacus draws the Poisson mask) and noise generator (on `device`).
 
