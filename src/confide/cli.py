@@ -31,8 +31,10 @@ from typer.core import TyperGroup
 from confide import __version__
 from confide.errors import BadInput
 
-out = Console()
-err = Console(stderr=True)
+# No emoji codes: confide prints fingerprints, hashes and ids, and rich would turn a fingerprint's
+# ":AB:" into an emoji, so an operator would copy a pin that never matches.
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _one_line(text: str) -> str:
@@ -597,7 +599,6 @@ def audit_canaries(
     Exit 1 if the SNJ bound exceeds the accounted epsilon (the noise is not
     what the ledger says), 0 if not, 2 for bad input.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from confide.platform.data import load_institution_data
@@ -612,7 +613,7 @@ def audit_canaries(
     data = load_institution_data(inst.data, fed.model, built.tokenizer)
     settings, planned = canary_settings(fed, inst, len(data.train), rounds=rounds)
     with Progress(TextColumn("audit training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+                  console=err, transient=True) as progress:
         task = progress.add_task("steps", total=planned * settings.steps)
         audit = run_canary_audit(built.model, data.train, built.task, settings, rounds=planned,
                                  canaries=canaries, delta=fed.privacy.delta, accountant=fed.privacy.accountant,

@@ -19,7 +19,7 @@ def sweep_command(sweep_file: Path, out_dir: Path, executor: str = "local", work
     from confide.platform.sweep.display import SweepDisplay, best_table
     from confide.platform.sweep.report import best_rows
 
-    console = console or Console()
+    console = console or Console(emoji=False)  # paths and keys are printed as they are
     with SweepDisplay(console) as display:
         report = run_sweep(sweep_file, out_dir, executor, workers, ray_address, on_event=display)
     rows = [json.loads(line) for line in report.paths["jsonl"].read_text().splitlines() if line.strip()]
