@@ -21,6 +21,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _MARK_IT = "mark the test (or its module, with pytestmark) `integration`"
 
 
+def pytest_configure(config):
+    """Build matplotlib's font cache before any test runs: on a machine without one (a fresh
+    install), the first plot a unit test draws would run fc-list, a subprocess the unit tier refuses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import font_manager
+
+    font_manager.findfont("DejaVu Sans")
+
+
 class UnitTestBoundary(AssertionError):
     """A test outside the integration tier did what only integration tests may do."""
 
