@@ -15,7 +15,14 @@ from confide.cli import app
 from confide.platform.model_card import render_card
 from confide.privacy.accounting import epsilon
 from confide.privacy.audit.adapter_card import AdapterAudit, card_checks
-from confide.privacy.guarantee import AdapterGuarantee, InstitutionGuarantee, guarantee_from_entries, read_guarantee
+from confide.privacy.audit.recompute import pld_epsilon
+from confide.privacy.guarantee import (
+    AdapterGuarantee,
+    GuaranteeError,
+    InstitutionGuarantee,
+    guarantee_from_entries,
+    read_guarantee,
+)
 from tests.simulated_kit import simulated_run
 
 
@@ -31,6 +38,11 @@ def test_guarantee_composes_only_this_federations_spends():
     assert g.rounds_trained == 2 and g.accountant == "rdp"
     assert g.epsilon == pytest.approx(epsilon([(1.2, 0.1, 5)] * 2, 1e-5, "rdp"))
     assert g.dataset_epsilon == 7.5 and (g.ledger_seq, g.ledger_head) == (3, f"{3:064x}")
+    # Replace-one composes the same two spends, for one record swapped: above add/remove-one.
+    assert g.replace_one_epsilon == pytest.approx(pld_epsilon([(1.2, 0.1, 5)] * 2, 1e-5, replace_one=True))
+    assert g.replace_one_epsilon > pld_epsilon([(1.2, 0.1, 5)] * 2, 1e-5)
+    noiseless = guarantee_from_entries(entries, "a", "records", "mine", 1e-5, "rdp", private=False)
+    assert noiseless.epsilon is None and noiseless.replace_one_epsilon is None
 
 
 def test_card_readme_states_each_institution_and_no_guarantee_for_a_noiseless_run():
@@ -46,6 +58,22 @@ def test_card_readme_states_each_institution_and_no_guarantee_for_a_noiseless_ru
     assert "no DP" in row_b
     assert "no privacy guarantee" in text
     assert AdapterGuarantee.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+
+
+def test_a_version_1_card_reads_without_a_replace_one_epsilon_and_an_unknown_version_is_refused():
+    rows = [InstitutionGuarantee("a", "ra", True, 2.5, 1e-5, "prv", 3, 2.5, 4.0, 7, "ab" * 32, 4.75)]
+    card = AdapterGuarantee("fed", "random:tiny-bert", "sequence_classification", ["x", "y"], 3, 3, 1,
+                            {"rank": 2, "alpha": 16.0, "target_modules": ["query"], "freeze_a": True}, "00" * 32, rows)
+    row = next(line for line in render_card(card).splitlines() if line.startswith("| a |"))
+    assert row.split(" | ")[2:4] == ["2.500", "4.750"]
+    old = card.to_dict()
+    old["version"] = 1
+    del old["guarantees"][0]["replace_one_epsilon"]
+    read = AdapterGuarantee.from_dict(old)
+    assert read.guarantees[0].replace_one_epsilon is None and read.guarantees[0].epsilon == 2.5
+    assert next(line for line in render_card(read).splitlines() if line.startswith("| a |")).split(" | ")[3] == "-"
+    with pytest.raises(GuaranteeError, match="version 3 is not one of 1, 2"):
+        AdapterGuarantee.from_dict({**card.to_dict(), "version": 3}, "x/privacy.json")
 
 
 @pytest.mark.integration
@@ -64,6 +92,8 @@ def test_every_saved_adapter_lists_every_institutions_guarantee_and_loads_with_p
         mine = next(g for g in card.guarantees if g.institution == name)
         # The ledger's epsilon: the only federation on these datasets, so both numbers agree.
         assert mine.epsilon == pytest.approx(status["epsilon"], abs=1e-6) and mine.epsilon <= mine.budget_epsilon
+        assert mine.replace_one_epsilon == pytest.approx(status["replace_one_epsilon"], abs=1e-9)
+        assert mine.replace_one_epsilon > mine.epsilon
         readme = (run.out / "adapters" / name / "README.md").read_text()
         assert f"{mine.epsilon:.3f}" in readme and "base_model:" in readme
     directory = run.out / "adapters" / "a"
@@ -96,6 +126,14 @@ def test_audit_adapter_verifies_the_card_and_fails_a_lowered_epsilon_other_weigh
     (adapter / "privacy.json").write_text(json.dumps(card))
     found = card_checks(adapter, read_guarantee(adapter), run.ledgers)
     assert [c.passed for c in found if c.name == "card_epsilon"] == [False, True, True]
+    assert [c.passed for c in found if c.name == "card_replace_one"] == [True, True, True]
+
+    card["guarantees"][0]["epsilon"] *= 2
+    card["guarantees"][0]["replace_one_epsilon"] /= 2
+    (adapter / "privacy.json").write_text(json.dumps(card))
+    found = card_checks(adapter, read_guarantee(adapter), run.ledgers)
+    assert [c.passed for c in found if c.name == "card_epsilon"] == [True, True, True]
+    assert [c.passed for c in found if c.name == "card_replace_one"] == [False, True, True]
 
     shutil.copytree(run.out / "adapters" / "b", adapter, dirs_exist_ok=True)
     weights = adapter / "adapter_model.safetensors"

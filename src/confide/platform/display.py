@@ -86,15 +86,16 @@ def rounds_table(summary: dict) -> Table:
 
 
 def budgets_table(summary: dict) -> Table:
-    """Epsilon spent against each budget; the ledgers' common folder goes below the table."""
+    """Epsilon spent against each budget, and for one record swapped (replace-one: what holds against the
+    coordinator, which knows record counts); the ledgers' common folder goes below the table."""
     table = _compact("privacy spent vs budget")
     table.add_column("institution", no_wrap=True)
-    for column in ("epsilon spent", "budget", "delta", "rounds trained"):
+    for column in ("epsilon spent", "replace-one", "budget", "delta", "rounds trained"):
         table.add_column(column, justify="right")
     ledgers = []
     for institution, s in summary["institutions"].items():
-        table.add_row(institution, f"{s['epsilon']:.3f}", f"{s['budget_epsilon']:g}", f"{s['delta']:g}",
-                      str(s.get("rounds_trained", "-")))
+        table.add_row(institution, _score(s["epsilon"]), _score(s.get("replace_one_epsilon")),
+                      f"{s['budget_epsilon']:g}", f"{s['delta']:g}", str(s.get("rounds_trained", "-")))
         ledgers.append(str(s["ledger"]))
     if ledgers:
         table.caption = _ledgers_caption(ledgers)

@@ -46,6 +46,7 @@ from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
 from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
 from confide.privacy.errors import LedgerRollbackError
+from confide.privacy.guarantee import replace_one_epsilon
 from confide.privacy.ledger import ledger_path
 from confide.privacy.reservation import reserve_round
 from confide.privacy.trainable import load_trainable_state, trainable_state
@@ -564,6 +565,9 @@ class Member:
         return {
             "private": self.private,
             "epsilon": self.ledger.epsilon_spent() if self.private else None,
+            # Against whoever knows our record count (the coordinator: see privacy.guarantee).
+            "replace_one_epsilon": (replace_one_epsilon(self.ledger.spend_history(), self.federation.privacy.delta)
+                                    if self.private else None),
             "delta": self.federation.privacy.delta,
             "budget_epsilon": self.policy.budget.epsilon,
             "rounds_trained": self.ledger.rounds_taken(self.federation.federation_id),

@@ -115,16 +115,22 @@ def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> s
                      "respect to one record of that institution's dataset: epsilon composes the DP-SGD steps "
                      "its ledger records for this federation, with the accountant named. `dataset eps` is all "
                      "its ledger has spent on the dataset, in every federation.")
+        lines.append("")
+        lines.append("That epsilon is for one record added or removed. The coordinator learns each "
+                     "institution's record count (from the sample rate its spends declare), so against the "
+                     "coordinator together with a member who decrypts, what holds is `replace-one eps`: one "
+                     "record swapped for another, composed by dp_accounting's PLD accountant.")
     if len(private) < len(card.guarantees):
         lines.append("")
         lines.append("Institutions marked `no DP` trained without noise (a reference run): the adapter has no "
                      "privacy guarantee for their records.")
-    lines += ["", "| institution | dataset | epsilon | delta | accountant | rounds | dataset eps | budget | "
-              "ledger head |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| institution | dataset | epsilon | replace-one eps | delta | accountant | rounds | dataset eps | "
+              "budget | ledger head |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in card.guarantees:
         head = f"{g.ledger_seq}:{g.ledger_head[:16]}" if g.ledger_head else "-"
         lines.append(f"| {g.institution} | {g.dataset} | {_number(g.epsilon) if g.private else 'no DP'} | "
-                     f"{g.delta:g} | {g.accountant} | {g.rounds_trained} | {_number(g.dataset_epsilon)} | "
+                     f"{_number(g.replace_one_epsilon) if g.private else 'no DP'} | {g.delta:g} | "
+                     f"{g.accountant} | {g.rounds_trained} | {_number(g.dataset_epsilon)} | "
                      f"{_number(g.budget_epsilon, 2)} | `{head}` |")
     if len(card.guarantees) < card.institutions:
         lines += ["", f"This card lists {len(card.guarantees)} of the {card.institutions} institutions: a member "

@@ -50,6 +50,11 @@ class RoundSpend:
         return (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
 
 
+def spend_history(spends: Iterable[dict]) -> History:
+    """The accountant history `[(noise_multiplier, sample_rate, steps), ...]` of ledger spend entries."""
+    return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in spends]
+
+
 def check_accountant(name: str) -> AccountantName:
     """Return `name` if it is a supported accountant; raise AccountingError otherwise."""
     if name not in ACCOUNTANTS:

@@ -9,6 +9,12 @@ federation, composed by the federation's accountant at its delta: the adapter is
 those steps only (post-processing), so it is (epsilon, delta)-DP with respect to one record of that
 institution's dataset. The ledger's cumulative epsilon (all federations on the dataset) is stated
 beside it, and the ledger head (seq, hash) says which record the numbers were read from.
+
+That epsilon is for one record added or removed. The coordinator learns each member's record count
+(every spend it signs declares a sample rate, expected batch / records), so against it, with a
+member who decrypts, only the replace-one guarantee holds: one record swapped for another, the
+count unchanged. The card states that epsilon too, composed by dp_accounting's PLD accountant
+(the only one here that models replace-one neighbours). Cards of version 1 predate it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from typing import Any, Sequence
 
 from confide.errors import BadInput
 from confide.formats import sha256, write_atomically
-from confide.privacy.accounting import epsilon
+from confide.privacy.accounting import epsilon, spend_history
 
 CARD_FILE = "privacy.json"
 CARD_FORMAT = "confide-adapter-guarantee"
-CARD_VERSION = 1
+CARD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 cards lack `replace_one_epsilon`; they are read with it as None."""
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
@@ -56,6 +64,8 @@ class InstitutionGuarantee:
     ledger_seq: int | None
     ledger_head: str | None
     """Hash of the ledger's newest entry when the guarantee was read from it."""
+    replace_one_epsilon: float | None = None
+    """Epsilon of the same spends for one record swapped for another (PLD; None: no DP, or a version 1 card)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,9 @@ class AdapterGuarantee:
         """Parse a card; raises GuaranteeError naming the field for anything malformed."""
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             raise GuaranteeError(f"{where}: not a confide adapter card (format is not {CARD_FORMAT!r})")
-        if data.get("version") != CARD_VERSION:
-            raise GuaranteeError(f"{where}: version {data.get('version')!r} is not {CARD_VERSION}",
+        if data.get("version") not in READABLE_VERSIONS:
+            raise GuaranteeError(f"{where}: version {data.get('version')!r} is not one of "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}",
                                  "audit it with the confide version that wrote it")
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
@@ -115,7 +126,7 @@ def guarantee_from_entries(
     Raises AccountingError for a malformed spend history or an unknown accountant.
     """
     spends = federation_spends(entries, federation)
-    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in spends]
+    history = spend_history(spends)
     all_spends = [e for e in entries if e.get("kind") == "spend"]
     head = entries[-1] if entries else None
     return InstitutionGuarantee(
@@ -130,7 +141,15 @@ def guarantee_from_entries(
         budget_epsilon=budget_epsilon,
         ledger_seq=int(head["seq"]) if head else None,
         ledger_head=str(head["hash"]) if head else None,
+        replace_one_epsilon=replace_one_epsilon(history, delta) if private else None,
     )
+
+
+def replace_one_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon at `delta` of `history` for replace-one neighbours, by dp_accounting's PLD accountant."""
+    from confide.privacy.audit.recompute import pld_epsilon
+
+    return pld_epsilon(history, delta, replace_one=True)
 
 
 def weights_digest(adapter_dir: Path) -> str:

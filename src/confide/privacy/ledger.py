@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from confide.formats import fsync_directory, write_atomically
 from confide.identity import Identity, PublicIdentity
-from confide.privacy.accounting import ACCOUNTANTS, History, epsilon
+from confide.privacy.accounting import ACCOUNTANTS, History, epsilon, spend_history
 from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError, LedgerRollbackError
 from confide.privacy.ledger_entries import entry_problem
 from confide.privacy.ledger_format import (  # re-exported: the format is part of the ledger's API
@@ -114,7 +114,7 @@ class LedgerView:
 
     def spend_history(self) -> History:
         """Accountant history `[(noise_multiplier, sample_rate, steps), ...]` of every spend entry."""
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.spend_entries()]
+        return spend_history(self.spend_entries())
 
     def epsilon_spent(self) -> float:
         """Cumulative epsilon recorded by the last spend entry (0.0 if nothing was spent)."""
@@ -393,7 +393,7 @@ class LedgerTransaction(LedgerView):
                 f"{self.ledger.path}: round {round_index} of {federation} already has a spend entry",
                 "its privacy is already counted; record an abort and do not train the round again",
             )
-        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in spends]
+        history = spend_history(spends)
         history.append((fields["noise_multiplier"], fields["sample_rate"], fields["steps"]))
         total = epsilon(history, fields["delta"], fields["accountant"])
         return {**fields, "epsilon": total}

@@ -3,11 +3,13 @@
 The card (`privacy.json`, see `confide.privacy.guarantee`) is checked for: its weights (the SHA-256
 of adapter_model.safetensors), and per institution it lists: a ledger handed in for it, the ledger
 holding the head the card names, the card's epsilon not below an independent PLD recomputation of
-the federation's spends up to that head, the same number of rounds, no later spend of the federation
-the card leaves out, delta and accountant as the federation file requires, and a head no older than
-the newest receipt of the institution's uploads. Institutions the receipts show uploading but the
-card leaves out are listed (a member's own card states only its own guarantee). The ledgers
-themselves are verified as by `confide audit` (integrity, receipts, accounting, budgets).
+the federation's spends up to that head (and its replace-one epsilon, where the card states one, not
+below the same recomputation for replace-one neighbours), the same number of rounds, no later spend
+of the federation the card leaves out, delta and accountant as the federation file requires, and a
+head no older than the newest receipt of the institution's uploads. Institutions the receipts show
+uploading but the card leaves out are listed (a member's own card states only its own guarantee).
+The ledgers themselves are verified as by `confide audit` (integrity, receipts, accounting,
+budgets).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 
 from rich.text import Text
 
+from confide.privacy.accounting import spend_history
 from confide.privacy.audit.console import _checks_table, audit_renderables
 from confide.privacy.audit.inputs import load_policies, public_key
 from confide.privacy.audit.integrity import ledger_owner
@@ -94,12 +97,17 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
                             f"{who}: the card claims no guarantee; the ledger records {len(noiseless)} noiseless "
                             f"and {len(upto)} private rounds of {federation}"))
         return checks
-    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in upto]
+    history = spend_history(upto)
     recomputed = pld_epsilon(history, g.delta)
     stated = g.epsilon if g.epsilon is not None else float("inf")
     checks.append(Check("card_epsilon", not tolerance.is_below(stated, recomputed),
                         f"{who}: card epsilon {stated:.4f}, PLD recomputation of the ledger's {len(upto)} spends "
                         f"of {federation} {recomputed:.4f} (delta {g.delta:g})"))
+    if g.replace_one_epsilon is not None:  # version 1 cards do not state it
+        swapped = pld_epsilon(history, g.delta, replace_one=True)
+        checks.append(Check("card_replace_one", not tolerance.is_below(g.replace_one_epsilon, swapped),
+                            f"{who}: card replace-one epsilon {g.replace_one_epsilon:.4f}, PLD recomputation "
+                            f"{swapped:.4f}"))
     checks.append(Check("card_rounds", g.rounds_trained == len(upto),
                         f"{who}: card says {g.rounds_trained} rounds trained, the ledger {len(upto)} up to the head"))
     checks.append(Check("card_complete", not later,
