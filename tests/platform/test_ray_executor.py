@@ -35,6 +35,7 @@ def test_ray_executor_runs_a_dp_round_and_every_member_applies_the_same_sum(tmp_
     assert not ray.is_initialized()  # the local instance the simulation started is gone
     assert summary["rounds"][0]["status"] == "summed"
     assert sorted(summary["rounds"][0]["participants"]) == ["a", "b"]
+    assert list(summary["institutions"]) == ["a", "b"]  # in roster order, whichever actor answered first
     a, b = (_adapter(out / "adapters" / m) for m in ("a", "b"))
     assert a.keys() == b.keys()
     for name in a:

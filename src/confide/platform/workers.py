@@ -132,7 +132,7 @@ class MemberPool:
                   on_wait: Callable[[], None] | None = None) -> dict:
         """Run `(member_id, function, args, kwargs)` calls, one per member, in parallel across workers.
 
-        Returns {member_id: result}. Calls to members of the same worker run one after another.
+        Returns {member_id: result} in the calls' order. Calls to members of the same worker run one after another.
         Raises the member's own exception where it can travel between processes, else WorkerFailed.
         """
         if not self.processes:
@@ -145,7 +145,7 @@ class MemberPool:
         for lock in locks:
             lock.acquire()
         try:
-            return self._run(queues, on_wait)
+            return _in_call_order(calls, self._run(queues, on_wait))
         finally:
             for lock in reversed(locks):
                 lock.release()
@@ -259,7 +259,7 @@ class RayMemberPool:
             for ref in ready:
                 member_id = pending.pop(ref)
                 results[member_id] = _unwrap(member_id, ray.get(ref))
-        return results
+        return _in_call_order(calls, results)
 
     def call(self, member_id: str, function: MemberFunction, *args, **kwargs) -> Any:
         return self.call_many([(member_id, function, args, kwargs)])[member_id]
@@ -270,3 +270,8 @@ class RayMemberPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def _in_call_order(calls: list[tuple], results: dict) -> dict:
+    """`results` keyed in the order of `calls` (workers answer in whatever order they finish)."""
+    return {call[0]: results[call[0]] for call in calls}
