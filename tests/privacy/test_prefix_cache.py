@@ -129,6 +129,23 @@ def test_an_unkeyed_batch_also_runs_the_prefix_without_dropout_in_train_mode():
         torch.testing.assert_close(served, seen[0])
 
 
+def test_token_types_and_positions_reach_the_prefix_and_its_key():
+    plain, cached, cache = _twins()
+    plain.eval(), cached.eval()
+    ids, mask = _batch(_records(3, 5))
+    second = (torch.arange(ids.shape[1]) >= 3).long().expand_as(ids) * mask  # a second segment from token 3
+    shifted = (torch.arange(ids.shape[1]) + 2).expand_as(ids)
+    with torch.no_grad():
+        for kwargs in ({}, {"token_type_ids": second}, {"position_ids": shifted}, {"token_type_ids": second * 0}):
+            expected = plain(input_ids=ids, attention_mask=mask, **kwargs).logits
+            # Twice: the second call is served from the memo where the batch could be keyed.
+            for _ in range(2):
+                torch.testing.assert_close(cached(input_ids=ids, attention_mask=mask, **kwargs).logits, expected)
+    # Plain ids and all-zero token types share keys (so the last case only hits); a second segment has
+    # keys of its own; shifted positions run uncached.
+    assert len(cache.entries) == 6 and cache.hits == 3 + 3 + 6
+
+
 def test_no_memo_without_a_frozen_prefix():
     assert install_prefix_cache(_bert(0.0), None) is None
     assert install_prefix_cache(_bert(0.0), [0, 2]) is None

@@ -7,7 +7,8 @@ adapters on layers 4-5 it is two thirds of the forward pass.
 
 `install_prefix_cache` makes that prefix run in inference mode (no dropout: a frozen layer's dropout
 only adds noise that no weight can adapt to, and it would make the output depend on the draw) and
-memoises its output per record, keyed by the record's token ids. The key is the content, not a
+memoises its output per record, keyed by the record's token ids (and token types, where a second
+segment makes them other than 0; a batch with positions of its own runs uncached). The key is the content, not a
 position in some dataset, so a refreshed dataset, a test set and a training set that share a record
 all stay correct. The memo is bounded in bytes (least recently used first out) and lives in this
 process only; it holds activations of local records and never leaves the member.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +46,7 @@ class FrozenPrefixCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._batch: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._batch = _Batch()
         self._served = False
 
     def install(self, encoder_model: nn.Module) -> None:
@@ -58,12 +60,12 @@ class FrozenPrefixCache:
             self.layers[index].forward = functools.partial(self._passed_on, index)
 
     def _take_batch(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self._batch = (ids, mask)
+        # BertModel.forward(input_ids, attention_mask, token_type_ids, position_ids, ...)
+        given = [kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(_BATCH_ARGS)]
+        self._batch = _Batch(*given)
 
     def _drop_batch(self, _module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
-        self._batch = (None, None)
+        self._batch = _Batch()
 
     def _new_call(self, _module: nn.Module, _args: tuple, _kwargs: dict) -> None:
         self._served = False
@@ -73,15 +75,16 @@ class FrozenPrefixCache:
         return hidden_states if self._served else self.originals[index](hidden_states, *args, **kwargs)
 
     def _first(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        ids, mask = self._batch
-        lengths = _right_padded_lengths(ids, mask, hidden_states)
+        ids = self._batch.input_ids
+        lengths = None if self._batch.position_ids is not None else _right_padded_lengths(
+            ids, self._batch.attention_mask, hidden_states)
         if lengths is None:
-            # Holes in the mask (left padding) or no token ids (inputs_embeds): nothing to key on, so
-            # the prefix runs uncached, from the token ids when there are some (no embedding dropout).
+            # Holes in the mask (left padding), positions of the caller's own or no token ids
+            # (inputs_embeds): nothing to key on, so the prefix runs uncached, from the token ids
+            # when there are some (no embedding dropout).
             self._served = True
             return self._run(ids, hidden_states, args, kwargs, list(range(hidden_states.shape[0])))
-        host_ids = ids.cpu().numpy()  # one transfer per batch, not one per record
-        keys = [host_ids[row, :length].tobytes() for row, length in enumerate(lengths)]
+        keys = self._batch.keys(lengths)
         missing = [row for row, key in enumerate(keys) if key not in self.entries]
         if missing:
             computed = self._run(ids, hidden_states, args, kwargs, missing)
@@ -114,7 +117,9 @@ class FrozenPrefixCache:
                 module.train(False)
             with torch.no_grad():
                 # Recomputed so that the embeddings' dropout (train mode) does not reach the prefix.
-                h = hidden_states[index] if ids is None else self.embeddings(input_ids=ids[index])
+                h = hidden_states[index] if ids is None else self.embeddings(
+                    input_ids=ids[index], token_type_ids=_rows(self._batch.token_type_ids, index, batch),
+                    position_ids=_rows(self._batch.position_ids, index, batch))
                 for original in self.originals:
                     h = original(h, *args, **kwargs)
         finally:
@@ -131,6 +136,30 @@ class FrozenPrefixCache:
         while self.bytes > self.max_bytes:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
+
+
+_BATCH_ARGS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What the encoder was called with: the tokens that decide the prefix's output for each record."""
+
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    token_type_ids: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+
+    def keys(self, lengths: list[int]) -> list[bytes]:
+        """Each record's memo key: its token ids, and its token types unless they are all 0 (BERT's default)."""
+        assert self.input_ids is not None
+        ids = self.input_ids.cpu().numpy()  # one transfer per batch, not one per record
+        types = self.token_type_ids
+        types = None if types is None or not bool(types.any()) else types.cpu().numpy()
+        if types is None:
+            return [ids[row, :length].tobytes() for row, length in enumerate(lengths)]
+        return [ids[row, :length].tobytes() + b"|" + types[row, :length].tobytes()
+                for row, length in enumerate(lengths)]
 
 
 def _rows(value: Any, index: torch.Tensor, batch: int) -> Any:
