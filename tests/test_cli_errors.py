@@ -80,6 +80,23 @@ CASES = {
         "join {MISSING} --federation {FED} --coordinator https://127.0.0.1:1",
         "join {INST} --federation {MISSING} --coordinator https://127.0.0.1:1",
     ],
+    "value out of range": [
+        "calibrate --epsilon 3 --delta 1e-5 --sample-rate 1e-12 --steps 40",
+        "calibrate --epsilon 1e6 --delta 1e-5 --sample-rate 0.2 --steps 40",
+        "calibrate --epsilon 3 --delta 1e-300 --sample-rate 0.2 --steps 40",
+        "calibrate --epsilon 3 --delta 1e-5 --sample-rate 0.2 --steps 99999999999999999999",
+        "coordinator {FED} --state {DIR}/s --port 70000",
+        "coordinator {FED} --state {DIR}/s --tls-cert {FILE} --tls-key {FILE}",
+        "simulate {FED} {INST} --out {DIR}/o --workers -1",
+        "simulate {FED} --split dirichlet:nan --template {INST} --out {DIR}/o",
+        "simulate {FED} --split dirichlet:0.5 --template {INST} --test-fraction 2 --out {DIR}/o",
+        "simulate {FED} --split dirichlet:0.5 --template {INST} --seed -1 --out {DIR}/o",
+        "data bbc --out {DIR}/o --names ../escaped,b",
+        "data bbc --out {DIR}/o --alpha nan",
+        "data bbc --out {DIR}/o --seed -1",
+        "data bbc --out {DIR}/o --test-fraction 1",
+        "keys init --out {DIR}/k --id Bad-ID",
+    ],
     "unknown command or option": [
         "nonsense",
         "policy nonsense",
@@ -138,6 +155,40 @@ def test_insecure_ckks_is_refused_by_policy_check_with_file_and_line(tmp_path):
         f"{bad}:{line}: ckks.coeff_mod_bit_sizes: log2(q) = 120 exceeds the 128-bit security limit of 109 for "
         "N=4096 (use fewer or smaller primes, or poly_modulus_degree 8192)"
     ]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("kind: [federation]\n", ":1: kind: a list, not a name"),
+    ("kind: " + "[" * 300 + "]" * 300 + "\n", ":1: kind: a list, not a name"),
+    ("kind: " + "[" * 5000 + "]" * 5000 + "\n", ": YAML nested too deeply to read"),
+])
+def test_a_kind_that_is_not_a_name_or_yaml_nested_too_deep_is_one_line(text, expected, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(f"{bad}{expected}")
+
+
+@pytest.mark.parametrize("prefix, value", [("  min_noise_multiplier:", ".inf"), ("  alpha:", ".nan"),
+                                           ("round_deadline_s:", ".inf")])
+def test_a_policy_number_must_be_finite(prefix, value, tmp_path):
+    lines = (EXAMPLES / "federation.yaml").read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if line.startswith(prefix))
+    lines[at] = f"{prefix} {value}"
+    bad = tmp_path / "federation.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
+    assert result.exit_code == 2, result.output
+    assert f"{bad}:{at + 1}: " in result.output and "Input should be a finite number" in result.output
+
+
+def test_data_names_cannot_leave_the_output_directory(tmp_path):
+    out = tmp_path / "deep" / "out"
+    result = CliRunner().invoke(cli.app, ["data", "bbc", "--out", str(out), "--names", "../../escaped,b"],
+                                prog_name="confide")
+    assert result.exit_code == 2 and "is not an id" in result.output
+    assert not list(tmp_path.rglob("*.jsonl"))
 
 
 def test_a_bug_is_exit_1_with_the_traceback_in_a_log_not_dressed_as_bad_input(tmp_path, monkeypatch):

@@ -340,9 +340,14 @@ def keys_init(
 ) -> None:
     """Create an institution identity: Ed25519 (signing) and X25519 (receiving sealed keys)."""
     from confide.identity import Identity
+    from confide.policies.common import ID_RULE, is_identifier
 
+    name = out_dir.resolve().name if institution_id is None else institution_id
+    if not is_identifier(name):
+        where = "--id" if institution_id is not None else f"--out {out_dir} (its folder name is the id)"
+        fail([f"{where}: {name!r} is not an institution id: it must be {ID_RULE}"])
     make_out_dir(out_dir)
-    ident = Identity.generate(institution_id or out_dir.resolve().name)
+    ident = Identity.generate(name)
     ident.save(out_dir)
     entry = ident.public.to_roster_entry(ident.institution_id)
     out.print(f"identity written to {out_dir}")
@@ -668,10 +673,36 @@ def coordinator(
     from confide.platform.service import CoordinatorSettings, run_coordinator
 
     need_files(federation, tls_cert, tls_key)
+    _check_listen_address(host, port)
+    if tls_cert is not None and tls_key is not None:
+        _check_tls_pair(tls_cert, tls_key)
     make_out_dir(state, "--state")
     settings = CoordinatorSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure,
                                    tick_s=tick_s)
     run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False, soft_wrap=True))
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """Refuse a port outside 1-65535 or a host that does not resolve, in one line, before any state is made."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        fail([f"--port {port}: must be from 1 to 65535"])
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        fail([f"--host {host}: does not resolve ({exc}); give an address of this machine, such as 127.0.0.1"])
+
+
+def _check_tls_pair(cert: Path, key: Path) -> None:
+    """Refuse a --tls-cert / --tls-key pair that is not a PEM certificate with its private key."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        fail([f"{cert}, {key}: not a PEM certificate and its private key ({getattr(exc, 'reason', None) or exc}); "
+              "give the certificate's PEM file to --tls-cert and its key's to --tls-key"])
 
 
 @app.command("join")

@@ -124,6 +124,16 @@ def test_recorded_epsilon_below_independent_recomputation_is_caught(world):
     assert {c.name for c in failures(result)} == {"epsilon_pld", "epsilon_accountant"}
 
 
+def test_a_spend_of_absurdly_many_steps_fails_its_fields_instead_of_overflowing_the_accountants(world):
+    entries = read_entries(world.ledger)
+    entries[3]["steps"] = 10**23  # re-signed: only the auditor's own limits can refuse it
+    write_entries(world.ledger, reseal(entries, world.institution))
+    result = full_audit(world)
+    assert [c.seq for c in failed(result, "spend_fields")] == [4]
+    assert "steps 100000000000000000000000 is not an integer from 1 to 1,000,000" in failed(
+        result, "spend_fields")[0].detail
+
+
 def test_recorded_epsilon_within_tolerance_of_pld_passes(world):
     entries = read_entries(world.ledger)
     pld = full_audit(world).ledgers[0].spends[1].pld_epsilon

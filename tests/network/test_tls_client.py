@@ -82,6 +82,19 @@ def test_plain_http_only_on_loopback(tmp_path, federation):
         CoordinatorClient("http://coordinator.example:8443", federation.identities["a"], "net-test")
 
 
+def test_a_bad_port_or_ca_file_is_refused_when_the_client_is_made_not_retried(tmp_path, federation):
+    from confide.platform.service.errors import ServiceError
+
+    identity = federation.identities["a"]
+    for url in ("https://127.0.0.1:99999", "https://127.0.0.1:abc"):
+        with pytest.raises(ServiceError, match="port from 1 to 65535"):
+            CoordinatorClient(url, identity, "net-test", pin="ab" * 32)
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(TlsError, match="not a CA bundle"):
+        CoordinatorClient("https://127.0.0.1:8443", identity, "net-test", ca_file=garbage)
+
+
 def test_client_retries_until_the_coordinator_comes_up(tmp_path, federation):
     port = free_port()
     client = CoordinatorClient(f"http://127.0.0.1:{port}", federation.identities["a"], "net-test", backoff=FAST)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confide.platform.simulation import Simulation, SimulationError
-from confide.platform.split import parse_split, split_to_files
+from confide.platform.split import check_split_settings, parse_split, split_to_files
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution, load_policy
 from confide.policies.yaml_source import read_yaml
 
@@ -33,6 +33,8 @@ def simulation_from_files(
     """
     from confide.platform.data import read_records
 
+    if workers < 0:
+        raise SimulationError(f"--workers must be >= 0, got {workers}", "0 runs every institution in this process")
     federation = load_federation(federation_path)
     if split is None:
         if template is not None:
@@ -45,9 +47,10 @@ def simulation_from_files(
         return Simulation(federation, institutions, out_dir, test_records, workers)
     if institution_paths:
         raise SimulationError("give either institution files or --split, not both")
+    alpha = parse_split(split)
+    check_split_settings(alpha, test_fraction, seed)
     if template is None:
         raise SimulationError("--split needs --template INSTITUTION", "its data file is the dataset that is split")
-    alpha = parse_split(split)
     base = load_institution(template)
     source = base.data
     records = read_records(source.path, source.format, source.text_field, source.label_field)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from confide.errors import BadInput
+from confide.policies.common import ID_RULE, is_identifier
 
 
 class SplitError(BadInput):
@@ -21,9 +23,19 @@ def parse_split(spec: str) -> float:
         alpha = float(value)
     except ValueError:
         alpha = -1.0
-    if kind != "dirichlet" or alpha <= 0:
+    if kind != "dirichlet" or not 0 < alpha < math.inf:
         raise SplitError(f"--split {spec!r}: expected dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:0.5)")
     return alpha
+
+
+def check_split_settings(alpha: float, test_fraction: float, seed: int) -> None:
+    """Refuse a Dirichlet alpha that is not a positive number, a test fraction outside (0, 1) or a negative seed."""
+    if not 0 < alpha < math.inf:
+        raise SplitError(f"Dirichlet alpha {alpha!r}: must be a number > 0 (e.g. 0.5)")
+    if not 0 < test_fraction < 1:
+        raise SplitError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
+    if seed < 0:
+        raise SplitError(f"--seed {seed}: must be 0 or more")
 
 
 def train_test_split(records: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -85,6 +97,10 @@ def split_to_files(
     `test.jsonl` under `out_dir`. Returns {name: records} including "test"."""
     if len(set(names)) != len(names) or "test" in names:
         raise SplitError(f"institution names must be distinct and not 'test': {names}")
+    bad = [name for name in names if not is_identifier(name)]
+    if bad:
+        raise SplitError(f"institution name {bad[0]!r} is not an id: it must be {ID_RULE}")
+    check_split_settings(alpha, test_fraction, seed)
     train, test = train_test_split(records, test_fraction, seed)
     parts = dict(zip(names, dirichlet_split(train, len(names), alpha, seed)))
     parts["test"] = test

@@ -12,11 +12,17 @@ from confide.identity import IdentityError, unb64
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
+ID_RULE = "1-64 characters of lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_identifier(value: str) -> bool:
+    """Whether `value` may be a federation or institution id (safe in file names and URLs)."""
+    return bool(_ID_PATTERN.match(value))
+
+
 def _check_id(value: str) -> str:
-    if not _ID_PATTERN.match(value):
-        raise ValueError(
-            "must be 1-64 characters of lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    if not is_identifier(value):
+        raise ValueError(f"must be {ID_RULE}")
     return value
 
 
@@ -50,6 +56,8 @@ class FieldProblem(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for every policy section: unknown keys are errors, values are not silently coerced."""
+    """Base for every policy section: unknown keys are errors, values are not silently coerced, and a
+    number is finite (`.inf` and `.nan` are refused wherever a field does not say it takes them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True,
+                              allow_inf_nan=False)

@@ -9,6 +9,9 @@ from pydantic import Field, model_validator
 from confide.policies.ckks import CkksParameters
 from confide.policies.common import FieldProblem, Identifier, PublicKeyB64, StrictModel
 
+MAX_STEPS_PER_ROUND = 1_000_000
+"""The most DP-SGD steps a round may take (a spend recording more is not a confide round)."""
+
 
 class RosterMember(StrictModel):
     """One member institution and the public half of its identity (from `confide keys init`)."""
@@ -93,7 +96,7 @@ class AdapterSettings(StrictModel):
 class LocalTraining(StrictModel):
     """What each institution does locally in one round (DP-SGD)."""
 
-    steps_per_round: int = Field(8, ge=1, description="Optimizer steps per round.")
+    steps_per_round: int = Field(8, ge=1, le=MAX_STEPS_PER_ROUND, description="Optimizer steps per round.")
     expected_batch_size: int = Field(
         128, ge=1,
         description="Expected logical batch size; the Poisson sample rate is this over the dataset size (at most 1). "
@@ -199,7 +202,8 @@ class FederationPolicy(StrictModel):
         description="CKKS parameters: checked against SEAL's 128-bit security limit and the roster's sums.",
     )
     release: ReleaseRules = Field(default_factory=ReleaseRules)
-    seed: int = Field(0, ge=0, description="Seeds the initial adapter: every member starts from identical weights.")
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="Seeds the initial adapter: every member starts from identical weights.")
 
     @model_validator(mode="after")
     def _roster_consistent(self) -> "FederationPolicy":

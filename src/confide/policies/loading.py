@@ -119,9 +119,10 @@ def load_policy(path: str | Path) -> FederationPolicy | InstitutionPolicy:
     path = Path(path)
     doc = read_yaml(path)
     kind = doc.data.get("kind") if isinstance(doc.data, dict) else None
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         line = doc.line_of(("kind",))
-        got = "missing" if kind is None else f"unknown kind {kind!r}"
+        got = ("missing" if kind is None else f"unknown kind {kind!r}" if isinstance(kind, str)
+               else f"a {type(kind).__name__}, not a name")
         raise PolicyError([Problem(doc.file, line, "kind", got, "set `kind: federation` or `kind: institution`")])
     return _validate(doc, KINDS[kind], path.parent)
 

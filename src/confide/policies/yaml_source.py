@@ -56,6 +56,11 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[
             _walk(item, (*path, index), lines, problems, file)
 
 
+def _too_deep(name: str) -> Problem:
+    return Problem(name, 0, "", "YAML nested too deeply to read",
+                   "a policy file is a few levels deep; fix its structure")
+
+
 def read_yaml(path: Path) -> YamlDocument:
     """Parse `path` with the safe loader. Raises PolicyError for unreadable files, syntax errors and duplicate keys."""
     name = str(path)
@@ -75,10 +80,15 @@ def read_yaml(path: Path) -> YamlDocument:
         raise PolicyError([Problem(name, line, "", f"YAML syntax error: {detail}", "fix the YAML syntax")]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(name, 0, "", f"YAML error: {exc}", "fix the YAML syntax")]) from None
+    except RecursionError:
+        raise PolicyError([_too_deep(name)]) from None
     doc = YamlDocument(name, data)
     problems: list[Problem] = []
     if node is not None:
-        _walk(node, (), doc.lines, problems, name)
+        try:
+            _walk(node, (), doc.lines, problems, name)
+        except RecursionError:
+            raise PolicyError([_too_deep(name)]) from None
     if problems:
         raise PolicyError(problems)
     return doc

@@ -18,6 +18,12 @@ from confide.privacy.errors import AccountingError, CalibrationError
 # then at most ~0.1% larger than strictly needed.
 DEFAULT_RELATIVE_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 1e4
+# The accountants' numerical domain: past these, PRV and RDP overflow, lose all precision or take
+# minutes (a sample rate of 1e-12 or a delta of 1e-300 is no real training).
+MAX_EPSILON = 100.0
+MIN_DELTA = 1e-15
+MIN_SAMPLE_RATE = 1e-7
+MAX_STEPS = 10_000_000
 _MIN_NOISE_MULTIPLIER = 1e-3
 _MAX_ITERATIONS = 60
 
@@ -47,18 +53,24 @@ class Calibration:
 
 
 def _check_inputs(target: float, delta: float, sample_rate: float, steps: int, repeats: int) -> None:
-    if not (target > 0) or math.isinf(target):
-        raise CalibrationError(f"--epsilon must be a positive number, got {target!r}")
-    if not (0 < delta < 1):
-        raise CalibrationError(f"--delta must be in (0, 1), got {delta!r}", "typically 1e-5 or 1/(10 x records)")
-    if not (0 < sample_rate <= 1):
+    if not (0 < target <= MAX_EPSILON):
+        raise CalibrationError(f"--epsilon must be in (0, {MAX_EPSILON:g}], got {target!r}",
+                               "the largest budget a policy accepts")
+    if not (MIN_DELTA <= delta < 1):
+        raise CalibrationError(f"--delta must be in [{MIN_DELTA:g}, 1), got {delta!r}",
+                               "typically 1e-5 or 1/(10 x records)")
+    if not (MIN_SAMPLE_RATE <= sample_rate <= 1):
         raise CalibrationError(
-            f"--sample-rate must be in (0, 1], got {sample_rate!r}", "sample rate = expected batch size / records"
+            f"--sample-rate must be in [{MIN_SAMPLE_RATE:g}, 1], got {sample_rate!r}",
+            "sample rate = expected batch size / records"
         )
-    if not isinstance(steps, int) or steps < 1:
-        raise CalibrationError(f"--steps must be a positive integer, got {steps!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise CalibrationError(f"--steps must be an integer from 1 to {MAX_STEPS:,}, got {steps!r}")
     if not isinstance(repeats, int) or repeats < 1:
         raise CalibrationError(f"repeats must be a positive integer, got {repeats!r}")
+    if steps * repeats > MAX_STEPS:
+        raise CalibrationError(f"{repeats} rounds x {steps} steps is more than {MAX_STEPS:,} steps in all",
+                               "plan fewer rounds or steps per round")
 
 
 def calibrate_noise_multiplier(

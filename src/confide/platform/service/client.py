@@ -98,11 +98,17 @@ class CoordinatorClient:
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise TlsError(f"plain http is allowed to a loopback coordinator only, not {parts.hostname}",
                            "use the https:// URL and --pin the fingerprint the coordinator printed")
+        try:
+            port = parts.port
+        except ValueError as exc:  # out of range or not a number
+            raise ServiceError(f"coordinator URL {url!r}: {exc}", "give a port from 1 to 65535") from None
         self.url = url.rstrip("/")
-        self.host, self.port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        self.host, self.port = parts.hostname, port or (443 if parts.scheme == "https" else 80)
         self.tls = parts.scheme == "https"
         self.identity, self.federation_id = identity, federation_id
         self.pin, self.ca_file = pin, ca_file
+        if self.tls and not pin:
+            ca_context(ca_file)  # a CA file that cannot be read is refused now, not retried for ever
         self.backoff, self.say = backoff, say
         self._http: httpx.Client | None = None
 

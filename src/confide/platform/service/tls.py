@@ -154,4 +154,9 @@ def ca_context(ca_file: Path | None) -> ssl.SSLContext:
     """A client SSL context verifying chain and host name against `ca_file` (or the system store)."""
     if ca_file is not None and not ca_file.is_file():
         raise TlsError(f"{ca_file}: no such CA file")
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except ssl.SSLError as exc:
+        raise TlsError(f"{ca_file}: not a CA bundle ({exc.reason or exc})",
+                       "pass the PEM file of the certificate authority that signed the coordinator's certificate") \
+            from None

@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 from confide.policies.common import StrictModel
 from confide.policies.errors import PolicyError, Problem
+from confide.policies.federation import MAX_STEPS_PER_ROUND
 from confide.policies.loading import problems_from_validation
 from confide.policies.yaml_source import read_yaml
 
@@ -36,8 +37,8 @@ def _epsilon(value: object) -> float:
     return value
 
 
-Epsilon = Annotated[float, BeforeValidator(_epsilon)]
-PositiveInt = Annotated[int, Field(ge=1)]
+Epsilon = Annotated[float, Field(allow_inf_nan=True), BeforeValidator(_epsilon)]
+PositiveInt = Annotated[int, Field(ge=1, le=MAX_STEPS_PER_ROUND)]
 
 
 class SplitSettings(StrictModel):

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.policies.decision import EPSILON_SLACK
+from confide.policies.federation import MAX_STEPS_PER_ROUND
 from confide.privacy.audit.recompute import (
     DEFAULT_TOLERANCE,
     SpendParameters,
@@ -37,8 +38,8 @@ def _spend_problem(entry: dict) -> str | None:
     rules = [
         (_number(sigma) and sigma >= 0, f"noise_multiplier {sigma!r} is not a number >= 0"),
         (_number(rate) and 0 < rate <= 1, f"sample_rate {rate!r} is not in (0, 1]"),
-        (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
-         f"steps {steps!r} is not a positive integer"),
+        (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS_PER_ROUND,
+         f"steps {steps!r} is not an integer from 1 to {MAX_STEPS_PER_ROUND:,}"),
         (_number(entry.get("delta")) and 0 < entry["delta"] < 1, f"delta {entry.get('delta')!r} is not in (0, 1)"),
         (_number(entry.get("epsilon")) and entry["epsilon"] >= 0,
          f"epsilon {entry.get('epsilon')!r} is not a number >= 0"),
