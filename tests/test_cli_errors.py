@@ -96,6 +96,7 @@ CASES = {
         "data bbc --out {DIR}/o --seed -1",
         "data bbc --out {DIR}/o --test-fraction 1",
         "keys init --out {DIR}/k --id Bad-ID",
+        "sweep {FED} --out {DIR}/o",
     ],
     "unknown command or option": [
         "nonsense",

@@ -140,6 +140,11 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     if not isinstance(doc.data, dict):
         raise PolicyError([Problem(doc.file, 1, "", "the file must be a YAML mapping of keys to values",
                                    "see examples/sweep.yaml")])
+    kind = doc.data.get("kind")
+    if kind in ("federation", "institution"):  # a policy file passed where the sweep file goes
+        raise PolicyError([Problem(doc.file, doc.line_of(("kind",)), "kind",
+                                   f"expected a sweep file (kind: sweep), got a {kind} policy",
+                                   "pass the sweep file (see examples/sweep.yaml), which names the policies")])
     try:
         spec = SweepSpec.model_validate(doc.data)
     except ValidationError as exc:
