@@ -8,10 +8,10 @@ adapters on layers 4-5 it is two thirds of the forward pass.
 `install_prefix_cache` makes that prefix run in inference mode (no dropout: a frozen layer's dropout
 only adds noise that no weight can adapt to, and it would make the output depend on the draw) and
 memoises its output per record, keyed by the record's token ids (and token types, where a second
-segment makes them other than 0; a batch with positions of its own runs uncached). The key is the content, not a
-position in some dataset, so a refreshed dataset, a test set and a training set that share a record
-all stay correct. The memo is bounded in bytes (least recently used first out) and lives in this
-process only; it holds activations of local records and never leaves the member.
+segment makes them other than 0; a batch with positions of its own runs uncached). The key is the
+content, not a position in some dataset, so a refreshed dataset, a test set and a training set that
+share a record all stay correct. The memo is bounded in bytes (least recently used first out) and
+lives in this process only; it holds activations of local records and never leaves the member.
 
 Gradients are unaffected: nothing below the lowest adapted layer has a trainable weight, so
 backpropagation stopped there already; Opacus' per-record gradients are those of the same loss.
