@@ -184,6 +184,19 @@ def test_a_policy_number_must_be_finite(prefix, value, tmp_path):
     assert f"{bad}:{at + 1}: " in result.output and "Input should be a finite number" in result.output
 
 
+@pytest.mark.parametrize("prefix, value, wanted", [("rounds:", "true", "an integer"),
+                                                   ("  alpha:", "false", "a number")])
+def test_a_boolean_is_not_read_as_a_number(prefix, value, wanted, tmp_path):
+    lines = (EXAMPLES / "federation.yaml").read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if line.startswith(prefix))
+    lines[at] = f"{prefix} {value}"
+    bad = tmp_path / "federation.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
+    assert result.exit_code == 2, result.output
+    assert f"{bad}:{at + 1}: " in result.output and f"expected {wanted}, got bool" in result.output
+
+
 def test_data_names_cannot_leave_the_output_directory(tmp_path):
     out = tmp_path / "deep" / "out"
     result = CliRunner().invoke(cli.app, ["data", "bbc", "--out", str(out), "--names", "../../escaped,b"],

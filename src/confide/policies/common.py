@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from confide.identity import IdentityError, unb64
 
@@ -56,8 +57,29 @@ class FieldProblem(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for every policy section: unknown keys are errors, values are not silently coerced, and a
-    number is finite (`.inf` and `.nan` are refused wherever a field does not say it takes them)."""
+    """Base for every policy section: unknown keys are errors, a number is not a boolean, and a number
+    is finite (`.inf` and `.nan` are refused wherever a field does not say it takes them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True,
                               allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Lax mode would read `rounds: true` as 1. Strings stay allowed: YAML 1.1 reads `1e-5` (no
+        # dot) as one, and pydantic turns a numeric string into its number.
+        wanted = _number_kind(cls.model_fields[info.field_name].annotation) if info.field_name else None
+        if wanted is not None and isinstance(value, bool):
+            raise ValueError(f"expected {wanted}, got {type(value).__name__} {value!r}")
+        return value
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """'an integer' or 'a number' for an int or float field (optional or not), else None."""
+    options = set(get_args(annotation)) - {type(None)} if get_origin(annotation) in (Union, UnionType) \
+        else {annotation}
+    if options == {int}:
+        return "an integer"
+    if options and options <= {int, float}:
+        return "a number"
+    return None
