@@ -171,30 +171,32 @@ def test_a_kind_that_is_not_a_name_or_yaml_nested_too_deep_is_one_line(text, exp
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(f"{bad}{expected}")
 
 
-@pytest.mark.parametrize("prefix, value", [("  min_noise_multiplier:", ".inf"), ("  alpha:", ".nan"),
-                                           ("round_deadline_s:", ".inf")])
-def test_a_policy_number_must_be_finite(prefix, value, tmp_path):
+def _example_federation_with(prefix: str, value: str, tmp_path: Path) -> tuple[Path, int]:
+    """examples/federation.yaml with its first line starting `prefix` set to `value`; the file and that line."""
     lines = (EXAMPLES / "federation.yaml").read_text().splitlines()
     at = next(k for k, line in enumerate(lines) if line.startswith(prefix))
     lines[at] = f"{prefix} {value}"
     bad = tmp_path / "federation.yaml"
     bad.write_text("\n".join(lines) + "\n")
+    return bad, at + 1
+
+
+@pytest.mark.parametrize("prefix, value", [("  min_noise_multiplier:", ".inf"), ("  alpha:", ".nan"),
+                                           ("round_deadline_s:", ".inf")])
+def test_a_policy_number_must_be_finite(prefix, value, tmp_path):
+    bad, line = _example_federation_with(prefix, value, tmp_path)
     result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
     assert result.exit_code == 2, result.output
-    assert f"{bad}:{at + 1}: " in result.output and "Input should be a finite number" in result.output
+    assert f"{bad}:{line}: " in result.output and "Input should be a finite number" in result.output
 
 
 @pytest.mark.parametrize("prefix, value, wanted", [("rounds:", "true", "an integer"),
                                                    ("  alpha:", "false", "a number")])
 def test_a_boolean_is_not_read_as_a_number(prefix, value, wanted, tmp_path):
-    lines = (EXAMPLES / "federation.yaml").read_text().splitlines()
-    at = next(k for k, line in enumerate(lines) if line.startswith(prefix))
-    lines[at] = f"{prefix} {value}"
-    bad = tmp_path / "federation.yaml"
-    bad.write_text("\n".join(lines) + "\n")
+    bad, line = _example_federation_with(prefix, value, tmp_path)
     result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
     assert result.exit_code == 2, result.output
-    assert f"{bad}:{at + 1}: " in result.output and f"expected {wanted}, got bool" in result.output
+    assert f"{bad}:{line}: " in result.output and f"expected {wanted}, got bool" in result.output
 
 
 def test_data_names_cannot_leave_the_output_directory(tmp_path):
