@@ -9,6 +9,9 @@ from pydantic import Field, model_validator
 
 from confide.policies.common import FieldProblem, Identifier, StrictModel
 
+MAX_BUDGET_EPSILON = 100.0
+"""The largest epsilon budget an institution policy accepts (sweeps and `calibrate` keep to it too)."""
+
 
 class DataSource(StrictModel):
     """Where the institution's records are and which fields hold text and label."""
@@ -31,7 +34,7 @@ class DataSource(StrictModel):
 class PrivacyBudget(StrictModel):
     """The total (epsilon, delta) this dataset may ever spend, across all federations."""
 
-    epsilon: float = Field(gt=0, le=100, description="Total epsilon budget for this dataset.")
+    epsilon: float = Field(gt=0, le=MAX_BUDGET_EPSILON, description="Total epsilon budget for this dataset.")
     delta: float = Field(gt=0, lt=1, description="Largest delta this institution accepts.")
 
 

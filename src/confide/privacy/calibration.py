@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+from confide.policies.institution import MAX_BUDGET_EPSILON as MAX_EPSILON
 from confide.privacy.accounting import RoundSpend, check_accountant, epsilon, history_with
 from confide.privacy.errors import AccountingError, CalibrationError
 
@@ -20,7 +21,6 @@ DEFAULT_RELATIVE_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 1e4
 # The accountants' numerical domain: past these, PRV and RDP overflow, lose all precision or take
 # minutes (a sample rate of 1e-12 or a delta of 1e-300 is no real training).
-MAX_EPSILON = 100.0
 MIN_DELTA = 1e-15
 MIN_SAMPLE_RATE = 1e-7
 MAX_STEPS = 10_000_000

@@ -16,11 +16,11 @@ from confide.policies import FederationPolicy, InstitutionPolicy, load_federatio
 from confide.policies.common import StrictModel
 from confide.policies.errors import PolicyError, Problem
 from confide.policies.federation import MAX_STEPS_PER_ROUND
+from confide.policies.institution import MAX_BUDGET_EPSILON as MAX_EPSILON
 from confide.policies.loading import problems_from_validation
 from confide.policies.yaml_source import read_yaml
 
 BUNDLED_BBC = "bundled:bbc"
-MAX_EPSILON = 100.0  # the largest budget an institution policy accepts
 
 
 def _epsilon(value: object) -> float:
