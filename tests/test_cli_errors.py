@@ -130,6 +130,8 @@ def test_bad_usage_or_path_is_one_line_with_exit_2(args, tmp_path, monkeypatch):
     assert len(lines) == 1, result.output
     assert "Traceback" not in result.output and "╭" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+    left = [p for p in (tmp_path / "a-dir").rglob("*")]
+    assert left == [], f"the failed command left {left} behind"
 
 
 def test_usage_error_names_the_problem_and_the_fix():

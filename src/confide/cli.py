@@ -82,6 +82,9 @@ class _OneLineErrors(TyperGroup):
                       f"not bad input: the traceback is in {log}", markup=False, highlight=False, soft_wrap=True)
             code = 1
         code = code if isinstance(code, int) else 0
+        if code != 0:
+            _remove_empty_created_dirs()
+        _created_dirs.clear()
         if standalone_mode:
             sys.exit(code)
         return code
@@ -178,15 +181,34 @@ def need_files(*paths: Optional[Path]) -> None:
         fail(missing)
 
 
+_created_dirs: list[Path] = []
+"""Directories this command created, parents first: a command that fails removes those left empty."""
+
+
+def _remove_empty_created_dirs() -> None:
+    """A failed command leaves no empty output directory behind it (what holds files stays)."""
+    while _created_dirs:
+        path = _created_dirs.pop()
+        try:
+            path.rmdir()  # only an empty directory is removed
+        except OSError:
+            pass
+
+
 def make_out_dir(path: Path, option: str = "--out") -> None:
-    """Create an output directory before any work, so that a bad one fails at once, in one line."""
+    """Create an output directory before any work, so that a bad one fails at once, in one line.
+
+    The directories made here are removed again, if still empty, when the command fails.
+    """
     fix = f"give {option} a new or existing directory that this user can write"
     if path.exists() and not path.is_dir():
         fail([f"{path}: is a file, not a directory ({fix})"])
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail([path_problem(exc, fix)])
+    _created_dirs.extend(missing)
     if not os.access(path, os.W_OK | os.X_OK):
         fail([f"{path}: not writable ({fix})"])
 
@@ -642,7 +664,11 @@ def report(
     receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
     coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
 ) -> None:
-    """A budget report an auditor can hand on: budget, spent, remaining, verification, charts, per-round table."""
+    """A budget report an auditor can hand on: budget, spent, remaining, verification, charts, per-round table.
+
+    The report is written whatever the verdict; the exit code is the verdict's, as for `confide audit`:
+    0 verified, 1 a check failed, 3 incomplete (no --policy, so no budget was evaluated), 2 bad input.
+    """
     from confide.privacy.audit import audit_ledgers, write_report
 
     need_files(*ledgers, *policy, *federation, receipts)
@@ -651,6 +677,8 @@ def report(
                            coordinator_key=coordinator_key)
     for path in write_report(result, out_file):
         out.print(f"wrote {path}", highlight=False)
+    out.print(f"verdict: {result.verdict_text}", highlight=False)
+    raise typer.Exit(result.exit_code)
 
 
 # ----------------------------------------------------------------------------- network

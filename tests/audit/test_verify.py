@@ -226,10 +226,17 @@ def test_without_any_key_signatures_are_not_vouched_for(world):
     assert "no public key" in failed(result, "signature")[0].detail
 
 
-def test_key_may_be_an_identity_json(world, tmp_path):
+def test_key_may_be_an_identity_json_or_its_directory_but_not_a_private_key(world, tmp_path):
     world.institution.save(tmp_path / "identity")
-    result = audit_ledgers([world.ledger], key=tmp_path / "identity" / "identity.json")
-    assert not failed(result, "signature")
+    for key in (tmp_path / "identity" / "identity.json", tmp_path / "identity"):
+        result = audit_ledgers([world.ledger], key=key)
+        assert result.passed and not failed(result, "signature")
+    for private in ("signing.key", "sealing.key"):
+        with pytest.raises(BadInput, match=f"{private}: a private key.*pass the identity.json beside it"):
+            audit_ledgers([world.ledger], key=tmp_path / "identity" / private)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="a directory without an identity.json"):
+        audit_ledgers([world.ledger], key=tmp_path / "empty")
 
 
 def test_missing_ledger_or_bad_key_is_bad_input(world, tmp_path):

@@ -116,3 +116,25 @@ def test_client_gives_up_after_its_limit(federation):
                                backoff=Backoff(first_s=0.05, max_s=0.1, give_up_after_s=0.5))
     with pytest.raises(CoordinatorUnreachable):
         client.federation()
+
+
+def test_the_wrong_scheme_is_refused_at_once_not_retried(coordinator, tmp_path, federation):
+    _, tls_port, state = coordinator
+    pin = (state / "tls" / "fingerprint.txt").read_text().strip()
+    identity = federation.identities["a"]
+    # FAST gives up after 20 s: a client that retried instead would raise CoordinatorUnreachable.
+    client = CoordinatorClient(f"http://127.0.0.1:{tls_port}", identity, "net-test", backoff=FAST)
+    with pytest.raises(TlsError, match=f"speaks HTTPS, not plain http .*use https://127.0.0.1:{tls_port}"):
+        client.health()
+    client.close()
+    plain_port = free_port()
+    running = serve(federation, tmp_path / "plain", plain_port, insecure=True)
+    try:
+        for kwargs in ({"pin": pin}, {}):
+            client = CoordinatorClient(f"https://127.0.0.1:{plain_port}", identity, "net-test", backoff=FAST,
+                                       **kwargs)
+            with pytest.raises(TlsError, match=f"does not speak TLS .*use http://127.0.0.1:{plain_port}"):
+                client.health()
+            client.close()
+    finally:
+        running.stop()

@@ -62,9 +62,16 @@ def test_simulate_policy_files_in_worker_processes(tmp_path):
     result = confide("audit", tmp_path / "missing.jsonl", "--federation", out / "federation.yaml")
     assert result.returncode == 2 and "missing.jsonl: file not found" in result.stderr
     assert "Traceback" not in result.stderr
+    # The report is written whatever the verdict, and exits with it: 0 verified, 1 failed, 3 incomplete.
+    checked = [*ledgers, "--federation", out / "federation.yaml", *[a for p in institutions for a in ("--policy", p)]]
+    result = confide("report", *checked, "--out", tmp_path / "verified.html")
+    assert result.returncode == 0 and "verdict: every ledger verifies" in result.stdout, result.stderr
     result = confide("report", ledger, "--federation", out / "federation.yaml", "--out", tmp_path / "report.html")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3 and "verdict: incomplete" in result.stdout, result.stderr
     assert "epsilon" in (tmp_path / "report.html").read_text().lower()
+    result = confide("report", tampered, "--federation", out / "federation.yaml", "--out", tmp_path / "failed.md")
+    assert result.returncode == 1 and "verdict: verification failed" in result.stdout, result.stderr
+    assert "FAILED" in (tmp_path / "failed.md").read_text()
     # The adapter is a real PEFT adapter: it loads onto the federation's base model.
     from peft import PeftModel
 

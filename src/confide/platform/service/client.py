@@ -36,7 +36,14 @@ from confide.platform.service.messages import (
     UndecryptableReport,
 )
 from confide.platform.service.signing import sign_request
-from confide.platform.service.tls import TlsError, ca_context, fetch_certificate, is_loopback, pinned_context
+from confide.platform.service.tls import (
+    TlsError,
+    ca_context,
+    fetch_certificate,
+    is_loopback,
+    pinned_context,
+    scheme_mismatch,
+)
 
 
 class CoordinatorRefused(BadInput):
@@ -122,6 +129,14 @@ class CoordinatorClient:
             self._http = httpx.Client(base_url=self.url, verify=verify, timeout=httpx.Timeout(60.0, connect=10.0))
         return self._http
 
+    def _refuse_wrong_scheme(self) -> None:
+        """Raise TlsError when the coordinator's port speaks the other protocol than this URL's scheme."""
+        mismatch = scheme_mismatch(self.host, self.port, self.tls)
+        if mismatch is not None:
+            other = "http" if self.tls else "https"
+            raise TlsError(f"coordinator URL {self.url}: {mismatch}",
+                           f"use {other}://{self.host}:{self.port}" + ("" if self.tls else " with --pin or --ca"))
+
     def _once(self, method: str, path: str, params: dict | None, content: bytes, content_type: str | None,
               timeout_s: float) -> httpx.Response:
         http = self._connect()
@@ -148,6 +163,8 @@ class CoordinatorClient:
                 if _cert_problem(exc):
                     raise TlsError(f"the coordinator's certificate does not verify: {exc}",
                                    "check the --pin (or --ca) against what the coordinator printed") from None
+                if attempt == 0:
+                    self._refuse_wrong_scheme()
                 problem = f"{type(exc).__name__}: {exc}"
             waited = time.monotonic() - started
             limit = self.backoff.give_up_after_s

@@ -134,6 +134,36 @@ def fetch_certificate(host: str, port: int, timeout_s: float = 10.0) -> bytes:
     return ssl.get_server_certificate((host, port), timeout=timeout_s).encode()
 
 
+def scheme_mismatch(host: str, port: int, tls: bool, timeout_s: float = 5.0) -> str | None:
+    """Why host:port cannot be the coordinator at this URL scheme, or None when it may be (or is unreachable).
+
+    A TCP connection is opened and a TLS handshake tried, the certificate unchecked (only whether the
+    server speaks TLS at all is asked). A plain-HTTP client at a TLS port, or a TLS client at a plain
+    port, is not a transient fault: retrying would never succeed. A port that does not accept the
+    connection is left to the caller's retries (the coordinator may be restarting).
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with sock:
+        try:
+            with context.wrap_socket(sock, server_hostname=host):
+                handshake = True
+        except ssl.SSLError:
+            handshake = False
+        except OSError:  # reset or timed out mid-handshake: no conclusion
+            return None
+    if handshake and not tls:
+        return f"{host}:{port} speaks HTTPS, not plain http"
+    if tls and not handshake:
+        return f"{host}:{port} does not speak TLS (a coordinator started with --insecure speaks plain http)"
+    return None
+
+
 def pinned_context(pem: bytes, pin: str) -> ssl.SSLContext:
     """A client SSL context that trusts exactly the certificate `pem`, after checking it has `pin`.
 

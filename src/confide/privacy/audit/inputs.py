@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from confide.errors import BadInput
-from confide.identity import IdentityError, PublicIdentity, unb64
+from confide.identity import PUBLIC_FILE, SEALING_KEY_FILE, SIGNING_KEY_FILE, IdentityError, PublicIdentity, unb64
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 
 
@@ -29,16 +29,23 @@ def read_ledger_bytes(path: Path) -> bytes:
 
 
 def public_key(value: str | Path, what: str = "--key") -> PublicIdentity:
-    """An Ed25519 verification key from base64 text, a file holding it, or an identity.json.
+    """An Ed25519 verification key from base64 text, a file holding it, an identity.json or its directory.
 
     Only the signing half is needed to verify, so the sealing half is left empty. Raises
-    AuditInputError if `value` is none of those.
+    AuditInputError if `value` is none of those, or is an identity's private key file.
     """
     text = str(value).strip()
     path = Path(text)
     source = what
+    if len(text) < 200 and path.is_dir():
+        path = path / PUBLIC_FILE  # an identity directory: its public part
+        if not path.exists():
+            raise AuditInputError(f"{text}: a directory without an {PUBLIC_FILE}; pass the identity's {PUBLIC_FILE}")
     if len(text) < 200 and path.exists():
         source = str(path)
+        if path.name in (SIGNING_KEY_FILE, SEALING_KEY_FILE):
+            raise AuditInputError(f"{path}: a private key, which no audit needs (and no auditor should hold); "
+                                  f"pass the {PUBLIC_FILE} beside it")
         try:
             content = path.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
