@@ -259,3 +259,14 @@ def test_an_error_with_a_hint_reads_as_one_sentence_not_a_tuple(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--template goes with --split (add --split dirichlet:ALPHA or drop --template)" in result.output
     assert "('" not in result.output
+
+
+def test_policy_check_refuses_a_layer_the_model_does_not_have(tmp_path):
+    bad, line = _example_federation_with("  layers:", "[4, 6]", tmp_path)
+    result = CliRunner().invoke(cli.app, ["policy", "check", str(bad)], prog_name="confide")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"{bad}:{line}: adapter.layers: layer 6 does not exist: bundled:minilm-l6 has 6 layers "
+        "(layers count from 0, so use 0 to 5)"]
+    good, _ = _example_federation_with("  layers:", "[0, 5]", tmp_path)
+    assert CliRunner().invoke(cli.app, ["policy", "check", str(good)], prog_name="confide").exit_code == 0

@@ -71,7 +71,7 @@ def test_the_label_name_head_starts_well_above_chance_on_real_news():
     assert scores["labels"] > max(0.45, scores["zero"] + 0.2), scores
 
 
-@pytest.mark.parametrize("line", ["head_init: labels", "head_init_scale: 2.0"])
+@pytest.mark.parametrize("line", ["head_init: labels", "head_init_scale: 2.0", "head_bias: trained"])
 def test_head_settings_are_refused_for_a_model_without_a_classifier_head(tmp_path, line):
     text = (EXAMPLES / "federation-causal.yaml").read_text()
     assert "\n  freeze_a: true" in text

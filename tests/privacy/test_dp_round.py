@@ -110,6 +110,24 @@ def test_training_a_too_moves_the_a_matrices(tmp_path):
     assert all(result.delta[n].abs().sum() > 0 for n in before if ".lora_A." in n)
 
 
+def test_the_head_bias_stays_at_zero_unless_trained(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", 12)
+    moved = {}
+    for head_bias in ("frozen", "trained"):
+        federation = make_federation(adapter={"head_bias": head_bias})
+        built = build_adapter_model(federation)
+        data = load_institution_data(make_institution(tmp_path).data, federation.model, built.tokenizer)
+        biases = [n for n in trainable_state(built.model) if "modules_to_save" in n and n.endswith(".bias")]
+        result = run_dp_round(built.model, data.train, "sequence_classification", settings(), seed=3)
+        head = built.model.base_model.model.classifier.modules_to_save.default
+        moved[head_bias] = (biases, torch.count_nonzero(head.bias).item(), sorted(result.delta))
+    biases, nonzero, delta = moved["frozen"]
+    assert biases == [] and nonzero == 0 and not any(n.endswith("default.bias") for n in delta)
+    biases, nonzero, delta = moved["trained"]
+    assert biases == ["base_model.model.classifier.modules_to_save.default.bias"] and nonzero > 0
+    assert set(delta) - set(moved["frozen"][2]) == set(biases), "only the bias differs between the two"
+
+
 def test_identical_seeds_give_bit_identical_initial_adapters():
     # A seeded (normal) head, so that the trainable part differs between seeds too; the default zero
     # head starts equal for every seed, and only the frozen A matrices differ.

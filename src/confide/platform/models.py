@@ -122,6 +122,25 @@ def _model_directory(source: str) -> Path:
     return path
 
 
+def model_depth(source: str) -> int | None:
+    """How many transformer layers `source` has, read from its config alone (no weights are loaded).
+
+    None when that cannot be told here: the source or its config.json is not on this machine, or the
+    config names no layer count. `random:` models have 2.
+    """
+    if source in (RANDOM_TINY_BERT, RANDOM_TINY_GPT2):
+        return 2
+    try:
+        config = AutoConfig.from_pretrained(_model_directory(source), local_files_only=True)
+    except (ModelLoadError, OSError, ValueError):
+        return None
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        depth = getattr(config, name, None)
+        if isinstance(depth, int) and depth > 0:
+            return depth
+    return None
+
+
 def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     """The tokenizer of `settings.source` (the bundled one for `random:` models). Padding is on the right."""
     directory = _model_directory(settings.source)
@@ -396,10 +415,10 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
     """The federation's base model with LoRA, initialised from `federation.seed`, on `device` (default: CUDA if any).
 
     Trainable: the LoRA B matrices, the A matrices too unless `adapter.freeze_a`, and for sequence
-    classification the head (peft `modules_to_save`). Two calls with the same federation give
-    bit-identical weights. With `memoise_prefix` the frozen layers below the lowest adapted one run
-    once per record (platform.prefix_cache); False gives the plain model, for comparison. Raises
-    ModelLoadError if the source, task or target modules do not fit.
+    classification the head (peft `modules_to_save`), its bias only with `adapter.head_bias: trained`.
+    Two calls with the same federation give bit-identical weights. With `memoise_prefix` the frozen
+    layers below the lowest adapted one run once per record (platform.prefix_cache); False gives the
+    plain model, for comparison. Raises ModelLoadError if the source, task or target modules do not fit.
     """
     settings = federation.model
     device = device or default_device()
@@ -438,7 +457,16 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
         for name, param in model.named_parameters():
             if lora_matrix(name) == "A":
                 param.requires_grad_(False)
+    if settings.task == "sequence_classification" and federation.adapter.head_bias == "frozen":
+        _freeze_head_bias(model, head)
     return AdapterModel(model, tokenizer, settings, device, prefix_cache)
+
+
+def _freeze_head_bias(model: PeftModel, head: str) -> None:
+    """Stop training the biases of the classifier head (peft's trained copy of it); they stay at 0."""
+    for name, param in model.named_parameters():
+        if f".{head}." in f".{name}" and name.endswith(".bias") and param.requires_grad:
+            param.requires_grad_(False)
 
 
 def build_model(

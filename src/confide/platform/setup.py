@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from confide.platform.simulation import Simulation, SimulationError
 from confide.platform.split import check_split_settings, parse_split, split_to_files
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution, load_policy
-from confide.policies.yaml_source import read_yaml
+from confide.policies.errors import PolicyError, Problem
+from confide.policies.yaml_source import YamlDocument, read_yaml
 
 if TYPE_CHECKING:
     from confide.platform.sweep.spec import LoadedSweep
@@ -79,4 +80,25 @@ def load_checked(path: Path) -> "FederationPolicy | InstitutionPolicy | LoadedSw
     doc = read_yaml(path)
     if isinstance(doc.data, dict) and doc.data.get("kind") == "sweep":
         return load_sweep(path)
-    return load_policy(path)
+    policy = load_policy(path)
+    if isinstance(policy, FederationPolicy):
+        _check_layers_exist(policy, doc)
+    return policy
+
+
+def _check_layers_exist(federation: FederationPolicy, doc: YamlDocument) -> None:
+    """Refuse `adapter.layers` beyond the model's depth, as building the model would, but without its weights.
+
+    Only the model's config is read; where it is not on this machine the check is left to the build.
+    """
+    from confide.platform.models import model_depth
+
+    layers = federation.adapter.layers
+    if not layers:
+        return
+    depth = model_depth(federation.model.source)
+    beyond = [k for k in layers if depth is not None and k >= depth]
+    if beyond:
+        raise PolicyError([Problem(doc.file, doc.line_of(("adapter", "layers")), "adapter.layers",
+                                   f"layer {beyond[0]} does not exist: {federation.model.source} has {depth} "
+                                   f"layers", f"layers count from 0, so use 0 to {depth - 1}")])

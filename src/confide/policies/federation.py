@@ -86,6 +86,14 @@ class AdapterSettings(StrictModel):
         "it from N(0, the model's initializer_range) with the federation seed. `auto`: `labels` when the head "
         "reads mean-pooled sentence embeddings (model.pooling resolves to mean), `zero` otherwise.",
     )
+    head_bias: Literal["frozen", "trained"] = Field(
+        "frozen",
+        description="The classifier head's bias (sequence classification): `frozen` keeps it at 0 and trains the "
+        "rows only; `trained` trains it too. Adam moves every weight by about its learning rate per step, "
+        "noise or not, and each bias step shifts that class's logit for every record alike (a random walk of the "
+        "class priors under DP); frozen, the rows still carry a class prior along the features' common "
+        "direction.",
+    )
     head_init_scale: float = Field(
         4.0, gt=0, le=100,
         description="With `head_init: labels`, the initial logits are this times the cosine between a "
@@ -229,7 +237,7 @@ class FederationPolicy(StrictModel):
     @model_validator(mode="after")
     def _head_settings_need_a_head(self) -> "FederationPolicy":
         if self.model.task != "sequence_classification":
-            for field in ("head_init", "head_init_scale"):
+            for field in ("head_init", "head_init_scale", "head_bias"):
                 # Compared with the default, not with the fields set: a dumped and re-read policy sets them all.
                 if getattr(self.adapter, field) != AdapterSettings.model_fields[field].default:
                     raise FieldProblem(("adapter", field), f"has no effect: a {self.model.task} model has no "
