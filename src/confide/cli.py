@@ -465,7 +465,8 @@ def simulate(
 def demo(
     fast: bool = typer.Option(False, "--fast", help="A 1-2 minute version for a first look."),
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where results, ledgers, adapters and the plot go."),
-    workers: int = typer.Option(2, "--workers", help="Worker processes for the federated run."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Worker processes for the federated run (default: one per member)."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="Directory of the example policies."),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
