@@ -5,9 +5,11 @@ examples/hospital-{a,b,c}.yaml): the baseline is the example federation as it is
 same file with the fields given by --set changed. Each member's training records lose a fixed 15%
 to a validation split, which both runs are scored on; the demo's test set is never read. In both
 runs each DP round's Poisson samples and noise are seeded by (seed, noise multiplier, round), so
-two settings with the same noise multipliers draw the same samples and noise and their difference
-is the setting's, not the noise's. Seeded noise is for this comparison only: a real round never
-seeds it (anyone who knew the seed could subtract the noise).
+two settings with the same noise multipliers draw the same DP samples and noise. The runs are still
+not bit-identical (probably CKKS noise or thread order; not traced): two runs of one setting in
+`--quick` scored up to 0.011 apart (3 of 267 records), so read a difference of that size as none.
+Seeded noise is for this comparison only: a real round never seeds it (anyone who knew the seed
+could subtract the noise).
 
     python benchmarks/recipe.py --set model.max_length_tokens=32 --seeds 0 1 2 3
 
@@ -58,6 +60,7 @@ def changed(federation, assignments: list[tuple[list[str], object]]):
 
 def validation_split(examples: Path, work: Path):
     """The demo's institutions on 85% of their training records, and the other 15% as one list."""
+    from confide.platform.data import read_records
     from confide.platform.demo import DEMO_INSTITUTIONS, ensure_demo_data
     from confide.platform.split import write_jsonl
     from confide.policies import load_institution
@@ -65,8 +68,7 @@ def validation_split(examples: Path, work: Path):
     data_dir = ensure_demo_data(examples)
     institutions, validation = [], []
     for index, name in enumerate(DEMO_INSTITUTIONS):
-        lines = (data_dir / f"{name}.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
+        records = read_records(data_dir / f"{name}.jsonl", "jsonl", "text", "label")
         random.Random(1000 + index).shuffle(records)
         held = round(VALIDATION_FRACTION * len(records))
         validation += records[:held]
