@@ -2,7 +2,8 @@
 
 One definition each. The coordinator signs receipts, the member checks and keeps them, the auditor
 verifies them; if each had its own copy of the signed bytes, the three would drift apart. This
-module imports nothing of confide's, so every package may use it.
+module imports nothing of confide's, so every package may use it. The signed documents members
+exchange through the coordinator (key certificate, contribution and applied statements) live here too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 GENESIS_HASH = "0" * 64
 
@@ -184,3 +187,74 @@ class Receipt:
                    str(data["envelope_sha256"]), str(data.get("signature", "")),
                    None if seq is None else int(seq), data.get("ledger_head"),
                    None if spend is None else DeclaredSpend.from_dict(spend))
+
+
+# --------------------------------------------------------------------------------------------------
+# Documents a member signs (or the key holder), relayed by the coordinator, which cannot forge them.
+# Each signature covers `canonical_json({"document": <its name>, **fields})`: the name keeps a
+# signature on one kind of document from being read as another, or as a signed request.
+
+
+class SignedDocument(BaseModel):
+    """Fields plus an Ed25519 signature (base64) over `message()`; `DOCUMENT` names the kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    DOCUMENT: ClassVar[str]
+    signature: str = Field("", max_length=200, description="Ed25519 signature (base64) over the other fields.")
+
+    def message(self) -> bytes:
+        """The exact bytes the signer signs."""
+        return canonical_json({"document": self.DOCUMENT, **self.model_dump(mode="json", exclude={"signature"})})
+
+
+class KeyCertificate(SignedDocument):
+    """The key holder's statement of the federation key: what every member checks before installing it.
+
+    Signed with the key holder's roster key, it binds the key id to the federation, the CKKS
+    parameters, the public context the coordinator holds and the digest of each member's sealed
+    copy, so a coordinator that seals a key of its own to a member is refused.
+    """
+
+    DOCUMENT: ClassVar[str] = "confide key certificate v1"
+    federation: str
+    key_holder: str
+    key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    params: dict[str, Any] = Field(description="The CKKS parameters (confide.policies.CkksParameters).")
+    public_context_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    layout_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    n_values: int | None = None
+    sealed_sha256: dict[str, str] = Field(description="Member id -> SHA-256 of that member's sealed key.")
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 naming the key, its parameters, its public context and who made it for which federation:
+        the same at every member (unlike the sealed copies, which are drawn afresh on each set-up)."""
+        return sha256(canonical_json(self.model_dump(mode="json", include={
+            "federation", "key_holder", "key_id", "params", "public_context_sha256"})))
+
+
+class ContributionStatement(SignedDocument):
+    """A member's signed statement of its upload: which envelope, which seed, and its integrity tags.
+
+    The tags are the member's share of the sum's check (`confide.aggregation.integrity`): members
+    refuse a sum that is not exactly the contributions whose statements come with it.
+    """
+
+    DOCUMENT: ClassVar[str] = "confide contribution v1"
+    federation: str
+    round: int = Field(ge=1)
+    institution: str
+    key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    envelope_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    seed: str = Field(pattern=r"^[0-9a-f]{64}$", description="The envelope's seed (hex): names its `a` polynomials.")
+    tags: tuple[str, ...] = Field(min_length=1, max_length=8, description="Integrity tags, decimal, below q0.")
+
+
+class AppliedStatement(SignedDocument):
+    """A member's signed statement of the sum it applied in a round: members compare them (a split federation)."""
+
+    DOCUMENT: ClassVar[str] = "confide applied sum v1"
+    federation: str
+    round: int = Field(ge=1)
+    institution: str
+    sum_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -74,6 +74,14 @@ class PublicIdentity:
             return False
         return True
 
+    def signed(self, document) -> bool:
+        """True if `document` (a `confide.formats.SignedDocument`) carries this identity's signature."""
+        try:
+            signature = base64.b64decode(document.signature, validate=True)
+        except ValueError:
+            return False
+        return len(signature) == 64 and self.verify(signature, document.message())
+
     def to_roster_entry(self, institution_id: str) -> dict:
         return {"id": institution_id, "signing_key": b64(self.signing_public), "sealing_key": b64(self.sealing_public)}
 
@@ -105,6 +113,10 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return Ed25519PrivateKey.from_private_bytes(self.signing_private).sign(message)
+
+    def sign_document(self, document):
+        """`document` (a `confide.formats.SignedDocument`) with this identity's signature over its message."""
+        return document.model_copy(update={"signature": b64(self.sign(document.message()))})
 
     def save(self, directory: Path) -> None:
         """Write the identity to `directory`: private keys mode 0600, public part as identity.json.
@@ -141,3 +153,12 @@ class Identity:
         except (ValueError, KeyError) as exc:
             raise IdentityError(f"{info_path}: malformed", "restore it or create a new identity") from exc
         return cls(institution_id, keys[0], keys[1])
+
+
+def roster_identities(roster) -> dict[str, PublicIdentity]:
+    """Roster members (a FederationPolicy's `roster`) as PublicIdentity by id."""
+    return {
+        m.id: PublicIdentity(unb64(m.signing_key, f"roster {m.id} signing_key", 32),
+                             unb64(m.sealing_key, f"roster {m.id} sealing_key", 32))
+        for m in roster
+    }

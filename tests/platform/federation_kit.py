@@ -65,3 +65,28 @@ def make_federation_files(
 
 def load_files(federation: Path, institutions: list[Path]):
     return load_federation(federation), [load_institution(p) for p in institutions]
+
+
+def publish_and_install(coordinator, members: dict, federation) -> None:
+    """The key set-up as the drivers do it: the key holder publishes, every member installs its sealed copy."""
+    bundle = members[federation.key_holder_id].make_keys()
+    coordinator.publish_keys(federation.key_holder_id, bundle.key_id, bundle.layout_hash, bundle.public_context,
+                             bundle.sealed, bundle.n_values, bundle.certificate.signature)
+    for name, member in members.items():
+        member.install_key(coordinator.sealed_key_for(name), coordinator.key_certificate())
+
+
+def upload(coordinator, name: str, round_index: int, contribution, now: float = 1.0):
+    """Upload a member's contribution as its driver would: envelope, ledger head, declared spend, statement."""
+    statement = contribution.statement
+    return coordinator.upload(name, round_index, contribution.envelope, now=now, ledger_head=contribution.ledger_head,
+                              declared=contribution.declared, signed=(statement.tags, statement.signature))
+
+
+def evidence(coordinator, round_index: int, member: str | None = None):
+    """What a member's driver hands `apply_sum` with the round's sum: the statements and what the view says."""
+    from confide.platform.sum_evidence import SumEvidence
+
+    r = next(x for x in coordinator.state.rounds if x.index == round_index)
+    return SumEvidence(tuple(coordinator.contributions(round_index)), r.sum_sha256, len(r.contributors),
+                       member in r.left_out)

@@ -7,12 +7,14 @@ import pytest
 
 from confide.aggregation.envelope import decrypt_sum, read_header, sum_envelopes
 from confide.aggregation.params import CkksParameters
+from confide.formats import sha256
 from confide.identity import Identity
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
 from confide.platform.protocol import new_federation
+from confide.platform.sum_evidence import SumEvidence
 from tests.aggregation.aggregation_helpers import update_under_another_key
-from tests.platform.federation_kit import load_files, make_federation_files
+from tests.platform.federation_kit import evidence, load_files, make_federation_files, publish_and_install, upload
 
 
 def start(tmp_path, **kwargs):
@@ -25,19 +27,9 @@ def start(tmp_path, **kwargs):
                        federation.rounds, federation.round_deadline_s),
         Identity.generate("coordinator"), federation,
     )
-    bundle = members[federation.key_holder_id].make_keys()
-    coordinator.publish_keys(federation.key_holder_id, bundle.key_id, bundle.layout_hash, bundle.public_context,
-                             bundle.sealed)
-    for name, member in members.items():
-        member.install_key(coordinator.sealed_key_for(name))
+    publish_and_install(coordinator, members, federation)
     coordinator.open_next_round(now=0.0)
     return federation, members, coordinator
-
-
-def upload(coordinator, name, contribution):
-    """Upload a member's contribution to round 1 as its driver would: envelope, ledger head, declared spend."""
-    return coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
-                              declared=contribution.declared)
 
 
 def adapters(members):
@@ -55,8 +47,7 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
         contribution = member.take_part(1)
         assert contribution.kind == "upload"
         envelopes[name] = contribution.envelope
-        receipt = coordinator.upload(name, 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
-                                     declared=contribution.declared)
+        receipt = upload(coordinator, name, 1, contribution)
         member.record_receipt(1, receipt.to_dict(), contribution.envelope, coordinator.identity.public.signing_public)
     assert coordinator.advance(now=1.0) == "sum"
     total = coordinator.sum_for(1)
@@ -72,15 +63,15 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
     decrypted = decrypt_sum(secret, total, layout)
     assert decrypted.count == 3
     assert np.abs(decrypted.average - fedavg).max() <= 1e-6
-    for member in members.values():
-        assert member.apply_sum(1, total).kind == "applied"
+    for name, member in members.items():
+        assert member.apply_sum(1, total, evidence(coordinator, 1, name)).kind == "applied"
     after = adapters(members)
     assert np.abs(after["a"] - (before + fedavg)).max() <= 1e-6
     assert all(np.array_equal(after["a"], v) for v in after.values())
     for member in members.values():
         assert member.ledger.verify(member.identity.public) == []
         kinds = [e["kind"] for e in member.ledger.entries()]
-        assert kinds == ["data_version", "spend", "outcome", "receipt", "applied"]
+        assert kinds == ["data_version", "key", "spend", "outcome", "receipt", "applied"]
 
 
 def test_take_part_never_trains_a_round_twice(tmp_path):
@@ -125,13 +116,13 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
             assert "budget" in contribution.reason
             coordinator.decline(name, 1, contribution.reason, now=1.0)
         else:
-            coordinator.upload(name, 1, contribution.envelope, now=1.0, declared=contribution.declared)
+            upload(coordinator, name, 1, contribution)
     assert coordinator.advance(now=1.0) == "sum"
     assert list(coordinator.state.current.declined) == ["c"]
     assert "budget" in coordinator.state.current.declined["c"]
     total = coordinator.sum_for(1)
-    for member in members.values():
-        assert member.apply_sum(1, total).count == 2
+    for name, member in members.items():
+        assert member.apply_sum(1, total, evidence(coordinator, 1, name)).count == 2
     assert c.ledger.epsilon_spent() <= 3.0
     decline = [e for e in c.ledger.entries() if e["kind"] == "decline"]
     assert decline and any("budget" in r for r in decline[0]["reasons"])
@@ -142,18 +133,18 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
 def test_dropped_institution_round_closes_with_quorum_at_the_deadline(tmp_path):
     _, members, coordinator = start(tmp_path)
     for name in ("a", "b"):
-        upload(coordinator, name, members[name].take_part(1))
+        upload(coordinator, name, 1, members[name].take_part(1))
     assert coordinator.advance(now=30.0) == "wait"  # c may still come
     assert coordinator.advance(now=61.0) == "sum"
     assert coordinator.state.current.contributors == ["a", "b"]
     # The dropped member catches up by applying the sum it missed.
-    assert members["c"].apply_sum(1, coordinator.sum_for(1)).kind == "applied"
+    assert members["c"].apply_sum(1, coordinator.sum_for(1), evidence(coordinator, 1, "c")).kind == "applied"
 
 
 def test_round_fails_cleanly_when_dropouts_leave_too_few(tmp_path):
     _, members, coordinator = start(tmp_path, min_institutions=3, min_cohorts={"a": 3, "b": 3, "c": 3})
     for name in ("a", "b"):
-        upload(coordinator, name, members[name].take_part(1))
+        upload(coordinator, name, 1, members[name].take_part(1))
     assert coordinator.advance(now=61.0) == "fail"
     assert coordinator.state.current.status == "failed"
     before = adapters(members)
@@ -166,10 +157,11 @@ def test_round_fails_cleanly_when_dropouts_leave_too_few(tmp_path):
 
 def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
     _, members, coordinator = start(tmp_path, min_cohorts={"a": 2, "b": 2, "c": 2})
-    envelope = members["a"].take_part(1).envelope
-    # A coordinator that cheats (or is misconfigured) and publishes a sum of one upload.
-    lonely_sum = sum_envelopes(coordinator.public_context, [envelope])
-    outcome = members["b"].apply_sum(1, lonely_sum)
+    contribution = members["a"].take_part(1)
+    # A coordinator that cheats (or is misconfigured) and publishes a sum of one upload, with its
+    # statement and an honest count: every check passes but min_cohort.
+    lonely_sum = sum_envelopes(coordinator.public_context, [contribution.envelope])
+    outcome = members["b"].apply_sum(1, lonely_sum, SumEvidence((contribution.statement,), sha256(lonely_sum), 1))
     assert outcome.kind == "aborted" and outcome.count == 1
     abort = [e for e in members["b"].ledger.entries() if e["kind"] == "abort"]
     assert len(abort) == 1 and "below min_cohort 2" in abort[0]["reason"]
@@ -178,17 +170,19 @@ def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
 
 def test_a_member_leaves_after_three_sums_in_a_row_that_do_not_decrypt(tmp_path):
     federation, members, coordinator = start(tmp_path, rounds=4)
-    good = members["a"].take_part(1).envelope
+    contribution = members["a"].take_part(1)
+    good = contribution.envelope
     # The same layout under the federation's key id, but made with another secret key: the sum
-    # parses and only its decryption shows it is wrong.
+    # parses and only the checks show it is wrong.
     header = read_header(good)
     forged = update_under_another_key(CkksParameters(**federation.ckks.model_dump()), header.key_id,
                                       header.layout_hash, np.ones(header.n_values))
     bad_sum = sum_envelopes(coordinator.public_context, [good, forged])
     b = members["b"]
     before = adapters(members)["b"]
+    claimed = SumEvidence((contribution.statement,), sha256(bad_sum), 2)
     for round_index in (1, 2, 3):
-        outcome = b.apply_sum(round_index, bad_sum)
+        outcome = b.apply_sum(round_index, bad_sum, claimed)
         assert outcome.kind == "failed" and outcome.undecryptable
         assert b.record.consecutive_failures == round_index
         assert np.array_equal(adapters(members)["b"], before)  # nothing of a bad round is applied
@@ -225,12 +219,13 @@ def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federatio
     broken = dataclasses.replace(contribution.declared, **change)
     with pytest.raises(ProtocolViolation, match=problem) as refused:
         coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
-                           declared=broken)
+                           declared=broken, signed=(contribution.statement.tags, contribution.statement.signature))
     assert refused.value.status == 422
     with pytest.raises(ProtocolViolation, match="does not declare"):
-        coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head)
+        coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
+                           signed=(contribution.statement.tags, contribution.statement.signature))
     assert coordinator.state == before and coordinator.store.receipts() == []
-    receipt = upload(coordinator, "a", contribution)  # the honest declaration is accepted and signed
+    receipt = upload(coordinator, "a", 1, contribution)  # the honest declaration is accepted and signed
     assert receipt.spend == contribution.declared
     assert receipt.spend.entry_hash == members["a"].ledger.last_of("spend", "tiny", 1)["hash"]
 
@@ -246,7 +241,7 @@ def test_coordinator_enforces_the_federations_per_round_epsilon_cap(tmp_path):
     coordinator.federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
         update={"max_round_epsilon": spent / 2})})
     with pytest.raises(ProtocolViolation, match="max_round_epsilon"):
-        upload(coordinator, "a", contribution)
+        upload(coordinator, "a", 1, contribution)
     coordinator.federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
         update={"max_round_epsilon": spent * 1.01})})
-    assert upload(coordinator, "a", contribution).spend == d
+    assert upload(coordinator, "a", 1, contribution).spend == d

@@ -64,3 +64,7 @@ class ReleaseLimitReached(AggregationError):
 
 class ReleaseCounterError(AggregationError):
     """The release counter file is unreadable or corrupt (releases are refused until fixed)."""
+
+
+class SumRefused(AggregationError):
+    """A sum is not exactly the contributions it names (checked with the members' integrity tags)."""

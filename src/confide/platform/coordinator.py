@@ -22,8 +22,17 @@ from confide.aggregation.envelope import check_envelope, read_header, sum_envelo
 from confide.aggregation.errors import AggregationError
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
-from confide.formats import DeclaredSpend, Receipt, sha256, write_atomically
-from confide.identity import Identity, b64
+from confide.aggregation.wire import read_seeds
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    DeclaredSpend,
+    KeyCertificate,
+    Receipt,
+    sha256,
+    write_atomically,
+)
+from confide.identity import Identity, b64, roster_identities
 from confide.platform import faults, protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
 from confide.policies.federation import FederationPolicy
@@ -173,6 +182,8 @@ class Coordinator:
         if loaded is None:
             self.store.save(self.state, "created", {"members": initial.members})
         self._context: PublicContext | None = None
+        self.roster = roster_identities(federation.roster)
+        """Members' public keys: what their signed statements and the key holder's certificate verify under."""
 
     # -- blobs -------------------------------------------------------------------------------
     def blob_path(self, name: str) -> Path:
@@ -196,16 +207,17 @@ class Coordinator:
     # -- transitions -------------------------------------------------------------------------
     def publish_keys(
         self, by: str, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
-        n_values: int | None = None,
+        n_values: int | None, certificate_signature: str,
     ) -> None:
-        """Check and store the key set-up: the public context and exactly one sealed key per member.
+        """Check and store the key set-up: the public context, exactly one sealed key per member, and
+        the key holder's signed certificate of them (`KeyCertificate`), which members verify.
 
-        `n_values` (the adapter layout's size) lets every upload's value count be checked on arrival;
-        without it only the layout hash is (set-ups of older key holders).
+        `n_values` (the adapter layout's size) lets every upload's value count be checked on arrival.
 
         Refused (state unchanged): a caller other than the key holder, sealed keys for anything but
         exactly the roster, a context that holds a secret key or is for another key id, a sealed
-        blob addressed to someone else or under another key.
+        blob addressed to someone else or under another key, a certificate the key holder's roster
+        key did not sign.
         """
         if by != self.state.key_holder:
             raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", 403)
@@ -224,6 +236,13 @@ class Coordinator:
                     f"sealed[{member}] is sealed to {header.recipient_id!r} under key {header.key_id!r}", 422)
         if n_values is not None and not (isinstance(n_values, int) and n_values >= 1):
             raise ProtocolViolation(f"n_values must be a positive whole number, not {n_values!r}", 422)
+        certificate = KeyCertificate(
+            federation=self.state.federation_id, key_holder=by, key_id=key_id,
+            params=context.params.model_dump(mode="json"), public_context_sha256=sha256(public_context),
+            layout_hash=layout_hash, n_values=n_values,
+            sealed_sha256={m: sha256(blob) for m, blob in sorted(sealed.items())}, signature=certificate_signature)
+        if not self._signed_by(by, certificate):
+            raise ProtocolViolation("the key certificate does not verify under the key holder's roster key", 422)
         setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed), n_values)
         new = protocol.publish_keys(self.state, by, setup)
         if new is self.state:
@@ -231,8 +250,15 @@ class Coordinator:
         self._put_blob("public_context.bin", public_context)
         for member, blob in sealed.items():
             self._put_blob(f"sealed-{member}.bin", blob)
+        self._put_blob("key-certificate.json", certificate.model_dump_json().encode())
         self.store.save(new, "keys", {"by": by, "key_id": key_id})
         self.state = new
+
+    def key_certificate(self) -> KeyCertificate:
+        """The key holder's signed certificate of the federation key (409 before keys are set up)."""
+        if self.state.key_setup is None:
+            raise ProtocolViolation("keys are not set up yet", 409)
+        return KeyCertificate.model_validate_json(self.get_blob("key-certificate.json"))
 
     def sealed_key_for(self, member: str) -> bytes:
         if member not in self.state.members:
@@ -248,14 +274,18 @@ class Coordinator:
         self.state = new
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None) -> Receipt:
+               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
+               signed: tuple[tuple[str, ...], str] | None = None) -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
 
         `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
         so the member's ledger is anchored outside the member's disk. `declared` is the round's
         DP-SGD spend as the member recorded it: required, checked against the federation file
-        (accountant, delta, steps, noise floor, per-round cap) and signed too. A repeated upload (a
-        reply lost on the way) gets the receipt first signed for it.
+        (accountant, delta, steps, noise floor, per-round cap) and signed too. `signed` is the
+        integrity tags and signature of the member's contribution statement of this upload
+        (`ContributionStatement`, which names the envelope's digest, seed and key): required, it
+        must verify under the member's roster key; it is handed to the members with the round's sum.
+        A repeated upload (a reply lost on the way) gets the receipt first signed for it.
 
         Checked before anything is stored: size, envelope header (key id, layout, slot count, digest),
         that it is one member's single update (not a sum that would inflate the count slot), the
@@ -283,6 +313,7 @@ class Coordinator:
         if problems:
             raise ProtocolViolation("the declared spend breaks the federation file: " + "; ".join(problems), 422)
         digest = sha256(envelope)
+        statement = self._statement(signed, institution, round_index, envelope, header, digest)
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
         )
@@ -298,10 +329,55 @@ class Coordinator:
         if new is not self.state:
             check_envelope(self.public_context, envelope)  # what summing it would check, without a sum
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)
+            self._put_blob(f"upload-r{round_index}-{institution}.statement.json", statement.model_dump_json().encode())
             self.store.save(new, "upload", {"round": round_index, "institution": institution, "sha256": digest},
                             receipt)
             self.state = new
         return receipt
+
+    def _statement(self, signed: tuple[tuple[str, ...], str] | None, institution: str, round_index: int,
+                   envelope: bytes, header, digest: str) -> ContributionStatement:
+        """The member's contribution statement of this upload; refused if missing or not signed by the member."""
+        if signed is None:
+            raise ProtocolViolation("the upload comes without its signed contribution statement (tags, "
+                                    "statement_signature)", 422)
+        tags, signature = signed
+        try:
+            statement = ContributionStatement(
+                federation=self.state.federation_id, round=round_index, institution=institution, key_id=header.key_id,
+                envelope_sha256=digest, seed=read_seeds(envelope, header)[0].hex(), tags=tuple(tags),
+                signature=signature)
+        except ValueError as exc:
+            raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
+        if not self._signed_by(institution, statement):
+            raise ProtocolViolation(f"the contribution statement does not verify under {institution}'s roster key",
+                                    422)
+        return statement
+
+    def _signed_by(self, institution: str, document) -> bool:
+        identity = self.roster.get(institution)
+        if identity is None:
+            raise ProtocolViolation(f"{institution!r} is not a member of {self.state.federation_id}", 403)
+        return identity.signed(document)
+
+    def contributions(self, round_index: int) -> list[ContributionStatement]:
+        """The signed statements of the uploads in round `round_index`'s sum, in the sum's order."""
+        r = next((x for x in self.state.rounds if x.index == round_index), None)
+        if r is None or r.sum_sha256 is None:
+            raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
+        return [ContributionStatement.model_validate_json(self.get_blob(f"upload-r{round_index}-{i}.statement.json"))
+                for i in r.contributors]
+
+    def record_applied(self, institution: str, round_index: int, sum_sha256: str, signature: str) -> None:
+        """Keep a member's signed statement of the sum it applied (refused unless it verifies)."""
+        statement = AppliedStatement(federation=self.state.federation_id, round=round_index, institution=institution,
+                                     sum_sha256=sum_sha256, signature=signature)
+        if not self._signed_by(institution, statement):
+            raise ProtocolViolation(f"the applied statement does not verify under {institution}'s roster key", 422)
+        new = protocol.record_applied(self.state, institution, round_index, sum_sha256, signature)
+        if new is not self.state:
+            self.store.save(new, "applied", {"round": round_index, "institution": institution, "sum": sum_sha256})
+            self.state = new
 
     def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
         new = protocol.record_decline(self.state, institution, round_index, reason, now)

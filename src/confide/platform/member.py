@@ -6,6 +6,7 @@ directory resumes where the last one stopped (the agent may be killed at any mom
     <state_dir>/ledger/...                        the dataset's privacy ledger (privacy.ledger)
     <state_dir>/federations/<fed>/member.json     the member's record: each round's state (0600)
     <state_dir>/federations/<fed>/secret.key      the CKKS secret key material (0600)
+    <state_dir>/federations/<fed>/key-certificate.json  the key holder's signed certificate of that key
     <state_dir>/federations/<fed>/adapter-rN.npy  the shared adapter after round N, with the server
                                                   velocity (platform.server_update; float64, 0600)
     <state_dir>/federations/<fed>/rounds/rN.envelope   our encrypted update for round N
@@ -32,15 +33,27 @@ import numpy as np
 
 from confide.aggregation.codec import flatten, unflatten
 from confide.aggregation.envelope import decrypt_sum, encrypt_update
-from confide.aggregation.errors import DecryptionCheckFailed
+from confide.aggregation.errors import AggregationError
+from confide.aggregation.integrity import Contributor, contribution_tags, integrity_key, verify_sum
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
+from confide.aggregation.wire import read_header, read_seeds
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend, MemberRoundState, Receipt, sha256, write_atomically
-from confide.identity import Identity, PublicIdentity, unb64
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    DeclaredSpend,
+    KeyCertificate,
+    MemberRoundState,
+    Receipt,
+    sha256,
+    write_atomically,
+)
+from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
-from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, settle
+from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, leave_federation, settle
 from confide.platform.server_update import ServerState, apply_average, load_state, state_array
+from confide.platform.sum_evidence import SumEvidence, certificate_problem, split_problem, sum_problem
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
@@ -83,6 +96,8 @@ class Member:
         if unb64(member.signing_key, "roster signing_key") != self.identity.public.signing_public:
             raise MemberError(f"the roster's signing key for {self.institution_id} is not this identity's",
                               "put the fingerprint printed by `confide keys init` in the roster")
+        self.roster = roster_identities(federation.roster)
+        """Every member's public keys, from our own federation file: what we check signed documents against."""
         self.dir = Path(policy.state_dir) / "federations" / federation.federation_id
         self.model, self.tokenizer = build_model(federation)
         self.data = load_institution_data(policy, federation, self.tokenizer)
@@ -102,6 +117,7 @@ class Member:
             self.server_state = load_state(federation.server_update, np.load(adapter), adapter)
             load_trainable_state(self.model, unflatten(self.server_state.adapter, self.layout))
         self._secret = None
+        self._integrity: bytes | None = None
         self._plan = None
 
     def _announce(self, opened) -> None:
@@ -174,30 +190,76 @@ class Member:
         write_atomically(self.dir / "secret.key", secret, mode=0o600)
 
     def make_keys(self) -> KeyBundle:
-        """Key holder only: create the federation's CKKS key (once) and seal it to every member."""
+        """Key holder only: create the federation's CKKS key (once), seal it to every member, certify it."""
         if not self.is_key_holder():
             raise MemberError(f"{self.institution_id} is not the key holder ({self.federation.key_holder_id})")
         if not self.has_key():
             params = CkksParameters(**self.federation.ckks.model_dump())
             self._write_secret(create_key_material(params).to_bytes())
         secret = self.secret
-        raw = secret.to_bytes()
+        raw = self._secret_bytes()  # the exact bytes every member will hold: the integrity key derives from them
         sealed = {
             m.id: seal_secret(raw, unb64(m.sealing_key, f"roster {m.id} sealing_key", 32), m.id, secret.key_id)
             for m in self.federation.roster
         }
-        return KeyBundle(secret.key_id, self.layout.hash, secret.public_context().to_bytes(), sealed, self.layout.size)
+        public = secret.public_context().to_bytes()
+        certificate = self.identity.sign_document(KeyCertificate(
+            federation=self.federation.federation_id, key_holder=self.institution_id, key_id=secret.key_id,
+            params=self.federation.ckks.model_dump(mode="json"), public_context_sha256=sha256(public),
+            layout_hash=self.layout.hash, n_values=self.layout.size,
+            sealed_sha256={member: sha256(blob) for member, blob in sorted(sealed.items())}))
+        self._record_key(certificate)
+        return KeyBundle(secret.key_id, self.layout.hash, public, sealed, self.layout.size, certificate)
 
-    def install_key(self, sealed: bytes) -> None:
-        """Open our sealed copy of the federation key and keep it (idempotent)."""
+    def install_key(self, sealed: bytes, certificate: KeyCertificate) -> str:
+        """Check the key holder's `certificate`, open our `sealed` copy of the key it certifies, and keep
+        both (idempotent). Returns the key id installed.
+
+        Raises MemberError, naming what does not hold, for a certificate the key holder's roster key
+        did not sign, of other parameters, adapter or federation, or one that does not name exactly
+        this sealed key; a key that is not the certified one; another key than the one we hold.
+        """
+        problem = certificate_problem(certificate, self.federation, self.roster, self.institution_id, sealed)
+        if problem is None and (certificate.layout_hash, certificate.n_values) != (self.layout.hash, self.layout.size):
+            problem = "the certified adapter layout is not ours (another model or adapter)"
+        if problem is not None:
+            raise MemberError(f"refused the federation key: {problem}", "the coordinator relayed a key the key "
+                              "holder did not make for us; ask its operator and the key holder")
         secret = open_sealed(sealed, self.identity.sealing_private, self.institution_id)
         material = load_secret(secret)
+        if (material.key_id, sha256(material.public_context_bytes())) != (certificate.key_id,
+                                                                         certificate.public_context_sha256):
+            raise MemberError("refused the federation key: the sealed key is not the certified one")
         if self.has_key():
             if self.secret.key_id != material.key_id:
                 raise MemberError(f"already hold key {self.secret.key_id}, offered {material.key_id}")
-            return
+            return material.key_id
         self._write_secret(secret)
         self._secret = material
+        self._record_key(certificate)
+        return material.key_id
+
+    def _record_key(self, certificate: KeyCertificate) -> None:
+        """Keep the certificate beside the key, and its fingerprint in the ledger (once)."""
+        write_atomically(self.dir / "key-certificate.json", certificate.model_dump_json(indent=1).encode())
+        fed = self.federation.federation_id
+        if self.ledger.last_of("key", fed) is None:
+            self.ledger.append("key", fed, 0, key_id=certificate.key_id, key_holder=certificate.key_holder,
+                               fingerprint=certificate.fingerprint)
+
+    def key_id(self) -> str | None:
+        """The federation key we hold, or None."""
+        return self.secret.key_id if self.has_key() else None
+
+    def _secret_bytes(self) -> bytes:
+        return (self.dir / "secret.key").read_bytes()
+
+    @property
+    def integrity_key(self) -> bytes:
+        """The members' key for sum integrity tags (aggregation.integrity), derived from the federation key."""
+        if self._integrity is None:
+            self._integrity = integrity_key(self._secret_bytes(), self.secret.key_id)
+        return self._integrity
 
     @property
     def secret(self):
@@ -248,8 +310,10 @@ class Member:
             if r.state in ("declining", "declined"):
                 return Contribution("decline", reason=r.reason)
             if r.state in ("trained", "receipted"):
-                return Contribution("upload", envelope=envelope_path.read_bytes(), ledger_head=r.head,
-                                    declared=self._declared(round_index))
+                envelope = envelope_path.read_bytes()
+                return Contribution("upload", envelope=envelope, ledger_head=r.head,
+                                    declared=self._declared(round_index),
+                                    statement=self._statement(round_index, envelope))
             if r.state == "reserved":
                 # Spent, but the training did not finish: the spend counts; the round is not re-run.
                 return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
@@ -291,7 +355,17 @@ class Member:
         self._adopt_envelope(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
         return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).head,
-                            declared=self._declared(round_index))
+                            declared=self._declared(round_index), statement=self._statement(round_index, envelope))
+
+    def _statement(self, round_index: int, envelope: bytes) -> ContributionStatement:
+        """Our signed statement of our upload of `round_index`, with its integrity tags (deterministic:
+        the same after a restart)."""
+        fed = self.federation.federation_id
+        header = read_header(envelope)
+        tags = contribution_tags(self.secret, self.integrity_key, fed, round_index, self.institution_id, envelope)
+        return self.identity.sign_document(ContributionStatement(
+            federation=fed, round=round_index, institution=self.institution_id, key_id=header.key_id,
+            envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags))
 
     def _resumed(self, round_index: int, envelope_path: Path) -> RoundRecord | None:
         """The round's record, completed from the work a kill left unrecorded (or from older state files).
@@ -446,9 +520,14 @@ class Member:
         self.ledger.witness(parsed.ledger_seq, parsed.ledger_head,
                             f"the coordinator's receipt for round {parsed.round} of {parsed.federation}")
 
-    def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
-        """Decrypt the round's encrypted sum, check its count against min_cohort, and apply the average
-        with the federation's server step (`server_update`: FedAvgM; platform.server_update).
+    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> Outcome:
+        """Check the round's encrypted sum against its evidence, decrypt it, check its count against
+        min_cohort, and apply the average with the federation's server step (`server_update`: FedAvgM).
+
+        The sum must be exactly the contributions whose signed statements come with it, nothing
+        added (`sum_evidence.sum_problem`, `aggregation.integrity.verify_sum`), and decrypt
+        cleanly. A sum refused by any check settles the round as failed, with the reason, and is
+        reported like an undecryptable one: nothing of it is applied, the spends stay counted.
 
         The adapter of the round (with its velocity) is written under its own name before the record
         says the round is applied: a kill in between leaves the record at the previous round, whose
@@ -463,12 +542,21 @@ class Member:
         if round_index != self.last_applied_round + 1:
             raise MemberError(f"cannot apply round {round_index} on top of round {self.last_applied_round}")
         fed = self.federation.federation_id
-        try:
-            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
-        except DecryptionCheckFailed as exc:
-            # Some contribution does not decrypt (a faulty or malicious member): nothing of this
-            # round is applied, the spends stay counted, and the federation goes on.
-            return self._settle_failed(round_index, f"the sum does not decrypt: {exc}", sum_envelope)
+        r = self.record.round(round_index)
+        mine = r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
+        problem = sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
+                              sum_envelope, evidence, mine, set(self.ledger.applied_sums(fed).values()))
+        if problem is None:
+            try:
+                verify_sum(self.secret, self.integrity_key, fed, round_index, sum_envelope,
+                           [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements])
+                result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
+            except AggregationError as exc:
+                problem = exc.message
+        if problem is not None:
+            # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
+            # is applied, the spends stay counted, and the federation goes on.
+            return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope)
         if result.count < self.policy.min_cohort:
             detail = (f"round {round_index} sum has {result.count} contribution(s), below min_cohort "
                       f"{self.policy.min_cohort}: leaving the federation")
@@ -484,13 +572,42 @@ class Member:
         self._commit(settle(self.record, round_index, "applied", result.count))
         self.server_state = updated
         self._drop_old_adapters()
-        return Outcome("applied", result.count)
+        return Outcome("applied", result.count, statement=self._applied_statement(round_index))
+
+    def _applied_statement(self, round_index: int) -> AppliedStatement | None:
+        """Our signed statement of the sum we applied in `round_index` (None if we applied none)."""
+        digest = self.ledger.applied_sums(self.federation.federation_id).get(round_index)
+        if digest is None:
+            return None
+        return self.identity.sign_document(AppliedStatement(
+            federation=self.federation.federation_id, round=round_index, institution=self.institution_id,
+            sum_sha256=digest))
+
+    def witness_applied(self, statements: list[AppliedStatement]) -> str | None:
+        """Compare other members' signed statements of the sums they applied with ours.
+
+        A member handed another sum than ours for the same round means the coordinator split the
+        federation: we leave it (recorded in the ledger and our record) and return why, once.
+        Statements that do not verify are ignored. Returns None when nothing is wrong.
+        """
+        fed = self.federation.federation_id
+        ours = self.ledger.applied_sums(fed)
+        for statement in statements:
+            problem = split_problem(statement, self.federation, self.roster, ours.get(statement.round))
+            if problem is None or self.aborted:
+                continue
+            if self.ledger.last_of("abort", fed, statement.round) is None:
+                self.ledger.append("abort", fed, statement.round, reason=problem, count=0)
+            self._commit(leave_federation(self.record, f"leaving the federation: {problem}"))
+            return problem
+        return None
 
     def _settled(self, round_index: int) -> Outcome | None:
         r = self.record.round(round_index)
         if r is None or not r.settled:
             return None
-        return Outcome(r.state, r.count, r.reason, r.undecryptable)
+        statement = self._applied_statement(round_index) if r.state == "applied" else None
+        return Outcome(r.state, r.count, r.reason, r.undecryptable, statement)
 
     def _drop_old_adapters(self) -> None:
         """Once the record names the round, the adapters of earlier rounds are no longer needed."""

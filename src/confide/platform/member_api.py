@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from confide.formats import DeclaredSpend, MemberRoundState
+from confide.formats import AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate, MemberRoundState
+from confide.platform.sum_evidence import SumEvidence
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,10 @@ class KeyBundle:
     layout_hash: str
     public_context: bytes
     sealed: dict[str, bytes]
-    n_values: int | None = None
+    n_values: int
     """The adapter layout's size: lets the coordinator refuse an update of another size on arrival."""
+    certificate: KeyCertificate
+    """The key holder's signed certificate of the key, the public context and each sealed copy."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Contribution:
     """Our ledger's `(seq, hash)` once the upload was recorded: what the coordinator signs into the receipt."""
     declared: DeclaredSpend | None = None
     """The round's DP-SGD spend as our ledger records it: the coordinator checks it and signs it too."""
+    statement: ContributionStatement | None = None
+    """Our signed statement of the upload with its integrity tags: the other members check the sum against it."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class Outcome:
     count: int
     detail: str = ""
     undecryptable: bool = False
-    """The round's sum did not decrypt: the driver reports it to the coordinator."""
+    """The round's sum was refused (it did not decrypt or failed a check): the driver reports it."""
+    statement: AppliedStatement | None = None
+    """Our signed statement of the sum we applied: the driver hands it to the coordinator for the others."""
 
 
 @runtime_checkable
@@ -61,7 +68,9 @@ class RoundMember(Protocol):
 
     def make_keys(self) -> KeyBundle: ...
 
-    def install_key(self, sealed: bytes) -> None: ...
+    def key_id(self) -> str | None: ...
+
+    def install_key(self, sealed: bytes, certificate: KeyCertificate) -> str: ...
 
     def round_state(self, round_index: int) -> MemberRoundState | None: ...
 
@@ -76,7 +85,9 @@ class RoundMember(Protocol):
 
     def check_anchor(self, receipt: dict | None) -> None: ...
 
-    def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome: ...
+    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> Outcome: ...
+
+    def witness_applied(self, statements: list[AppliedStatement]) -> str | None: ...
 
     def note_failed_round(self, round_index: int, reason: str) -> Outcome: ...
 

@@ -163,3 +163,8 @@ def settle(record: MemberRecord, index: int, state: MemberRoundState, count: int
     failures = failures_after(record, state, undecryptable)
     return dataclasses.replace(new, synced_round=synced, consecutive_failures=failures,
                                aborted=record.aborted or leave)
+
+
+def leave_federation(record: MemberRecord, reason: str) -> MemberRecord:
+    """`record` of a member that leaves the federation for `reason` (the first reason stays). Pure."""
+    return dataclasses.replace(record, aborted=record.aborted or reason)

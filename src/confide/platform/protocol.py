@@ -49,6 +49,8 @@ class Round:
     failure: str | None = None
     left_out: list[str] = field(default_factory=list)  # accepted uploads kept out of the sum (see `faults`)
     undecryptable: dict[str, str] = field(default_factory=dict)  # member -> reason, from signed reports
+    applied: dict[str, list[str]] = field(default_factory=dict)
+    """Member -> [sum_sha256, signature]: its signed statement of the sum it applied (members compare them)."""
 
     def responded(self) -> set[str]:
         return set(self.uploads) | set(self.declined)
@@ -269,6 +271,23 @@ def record_undecryptable(state: FederationState, institution: str, round_index: 
         return state
     new = copy.deepcopy(state)
     next(x for x in new.rounds if x.index == round_index).undecryptable[institution] = reason
+    return new
+
+
+def record_applied(state: FederationState, institution: str, round_index: int, sum_sha256: str,
+                   signature: str) -> FederationState:
+    """A member's signed statement of the sum it applied in a summed round (kept to show the other
+    members, who refuse to go on with a coordinator that handed out different sums). Once per member."""
+    _require_member(state, institution)
+    r = next((x for x in state.rounds if x.index == round_index), None)
+    if r is None or r.sum_sha256 is None:
+        raise ProtocolViolation(f"round {round_index} has no sum to have applied", 409 if r else 404)
+    if institution in r.applied:
+        if r.applied[institution] == [sum_sha256, signature]:
+            return state
+        raise ProtocolViolation(f"{institution} already stated the sum it applied in round {round_index}", 409)
+    new = copy.deepcopy(state)
+    next(x for x in new.rounds if x.index == round_index).applied[institution] = [sum_sha256, signature]
     return new
 
 

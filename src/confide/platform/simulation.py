@@ -12,7 +12,6 @@ in a real state directory.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import json
@@ -27,17 +26,18 @@ import yaml
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend
+from confide.formats import AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate
 from confide.identity import Identity
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
 from confide.platform.model_card import complete_cards
 from confide.platform.protocol import ProtocolViolation
-from confide.platform.service.client import CoordinatorRefused
+from confide.platform.service.client import CoordinatorRefused, key_setup_request
 from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply
+from confide.platform.service.messages import FederationView, ReceiptReply
+from confide.platform.sum_evidence import SumEvidence
 from confide.platform.workers import MemberPool, RayMemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy
 
@@ -187,20 +187,22 @@ class InProcessTransport:
         return self.hub.view_for(self.institution)
 
     def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
-                     n_values: int | None = None) -> None:
-        request = KeySetupRequest(key_id=key_id, layout_hash=layout_hash, n_values=n_values,
-                                  public_context=base64.b64encode(public_context).decode(),
-                                  sealed={m: base64.b64encode(b).decode() for m, b in sealed.items()})
+                     n_values: int, certificate: KeyCertificate) -> None:
+        request = key_setup_request(key_id, layout_hash, public_context, sealed, n_values, certificate)
         self._call(self.hub.publish_keys, self.institution, request)
         self._changed()
 
     def sealed_key(self) -> bytes:
         return self._call(self.hub.sealed_key, self.institution)
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
-               declared: DeclaredSpend | None = None) -> ReceiptReply:
+    def key_certificate(self) -> KeyCertificate:
+        return self._call(self.hub.key_certificate).certificate
+
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply:
+        signed = (statement.tags, statement.signature) if statement is not None else None
         reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head,
-                           declared)
+                           declared, signed)
         self._changed()
         return reply
 
@@ -214,6 +216,13 @@ class InProcessTransport:
 
     def round_sum(self, round_index: int) -> bytes:
         return self._call(self.hub.sum_for, round_index)
+
+    def round_contributions(self, round_index: int) -> list[ContributionStatement]:
+        return self._call(self.hub.contributions, round_index).statements
+
+    def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> None:
+        self._call(self.hub.record_applied, self.institution, round_index, sum_sha256, signature)
+        self._changed()
 
 
 class _Idle:
@@ -270,8 +279,11 @@ class RemoteMember:
     def make_keys(self):
         return self._call(Member.make_keys)
 
-    def install_key(self, sealed: bytes) -> None:
-        self._call(Member.install_key, sealed)
+    def key_id(self) -> str | None:
+        return self._call(Member.key_id)
+
+    def install_key(self, sealed: bytes, certificate: KeyCertificate) -> str:
+        return self._call(Member.install_key, sealed, certificate)
 
     def round_state(self, round_index: int):
         return self._call(Member.round_state, round_index)
@@ -291,8 +303,11 @@ class RemoteMember:
     def check_anchor(self, receipt: dict | None) -> None:
         self._call(Member.check_anchor, receipt)
 
-    def apply_sum(self, round_index: int, sum_envelope: bytes):
-        return self._call(Member.apply_sum, round_index, sum_envelope)
+    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence):
+        return self._call(Member.apply_sum, round_index, sum_envelope, evidence)
+
+    def witness_applied(self, statements: list[AppliedStatement]) -> str | None:
+        return self._call(Member.witness_applied, statements)
 
     def note_failed_round(self, round_index: int, reason: str):
         return self._call(Member.note_failed_round, round_index, reason)

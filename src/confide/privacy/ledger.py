@@ -148,6 +148,11 @@ class LedgerView:
             return entry
         return None
 
+    def applied_sums(self, federation: str) -> dict[int, str]:
+        """Round -> SHA-256 of the sum applied in it, for every round of `federation` whose sum we applied."""
+        return {int(e["round"]): str(e["sum_sha256"]) for e in self.entries()
+                if e.get("kind") == "applied" and e.get("federation") == federation}
+
     def head(self) -> tuple[int, str] | None:
         """`(seq, hash)` of the newest entry, or None for an empty ledger."""
         entries = self.entries()

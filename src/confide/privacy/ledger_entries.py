@@ -110,6 +110,16 @@ class AbortEntry(_Entry):
     count: int
 
 
+class KeyEntry(_Entry):
+    """The federation key this member installed, as the key holder's signed certificate names it."""
+
+    kind: Literal["key"]
+    key_id: str
+    key_holder: str
+    fingerprint: Hex64
+    """`confide.formats.KeyCertificate.fingerprint`: the same at every member that holds the key."""
+
+
 class DataVersionEntry(_Entry):
     """The dataset's content changed: a new version, which inherits every spend before it."""
 
@@ -143,10 +153,10 @@ class RepairEntry(_Entry):
 
 LedgerEntry = Annotated[
     Union[SpendEntry, NonprivateEntry, DeclineEntry, OutcomeEntry, ReceiptEntry, AppliedEntry, RoundFailedEntry,
-          AbortEntry, DataVersionEntry, MigratedEntry, RepairEntry],
+          AbortEntry, KeyEntry, DataVersionEntry, MigratedEntry, RepairEntry],
     Field(discriminator="kind"),
 ]
-KINDS = ("spend", "nonprivate", "decline", "outcome", "receipt", "applied", "round_failed", "abort",
+KINDS = ("spend", "nonprivate", "decline", "outcome", "receipt", "applied", "round_failed", "abort", "key",
          "data_version", "migrated", "repair")
 _ADAPTER: TypeAdapter = TypeAdapter(LedgerEntry)
 

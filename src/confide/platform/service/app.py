@@ -29,15 +29,19 @@ from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import (
     HEX64,
     INSTITUTION,
+    AppliedReply,
+    AppliedReport,
     DeclineReply,
     DeclineRequest,
     ErrorReply,
     FederationView,
     Health,
+    KeyCertificateReply,
     KeySetupReply,
     KeySetupRequest,
     ReceiptReply,
     ReportReply,
+    RoundContributions,
     UndecryptableReport,
 )
 from confide.platform.service.signing import Unauthorized
@@ -51,7 +55,7 @@ _ERRORS = {code: {"model": ErrorReply} for code in (400, 401, 403, 404, 409, 413
 SMALL_BODY_BYTES = 64 * 1024
 NO_BODY_BYTES = 4 * 1024
 _UPLOAD_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/uploads/[a-z0-9][a-z0-9_.-]{0,63}")
-_SMALL_BODY_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/(declines|reports)/[a-z0-9][a-z0-9_.-]{0,63}")
+_SMALL_BODY_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/(declines|reports|applied)/[a-z0-9][a-z0-9_.-]{0,63}")
 _KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 422: "invalid", 500: "internal"}
 
@@ -209,6 +213,11 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         """The federation's public CKKS context (no secret key)."""
         return Response(hub.public_context(), media_type="application/octet-stream")
 
+    @app.get("/v1/keys/certificate", response_model=KeyCertificateReply, responses=_ERRORS, tags=["keys"])
+    async def key_certificate(_who: str = Depends(member)) -> KeyCertificateReply:
+        """The key holder's signed certificate of the federation key: members verify it before installing."""
+        return await run_in_threadpool(hub.key_certificate)
+
     @app.get("/v1/keys/sealed/{institution}", response_class=Response, tags=["keys"],
              responses={200: {"content": _BINARY}, **_ERRORS})
     async def sealed_key(institution: str = Path(pattern=INSTITUTION), who: str = Depends(member)) -> Response:
@@ -233,12 +242,18 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         delta: float | None = Query(None, gt=0, lt=1, description="The delta the round is accounted at."),
         accountant: str | None = Query(None, pattern=r"^[a-z]{1,16}$", description="The accountant (prv, rdp)."),
         entry_hash: str | None = Query(None, pattern=HEX64, description="Hash of the ledger entry of the spend."),
+        tags: str | None = Query(None, pattern=r"^[0-9]{1,40}(,[0-9]{1,40}){0,7}$",
+                                 description="The upload's integrity tags (decimal, comma-separated)."),
+        statement_signature: str | None = Query(None, max_length=200, description="The member's signature (base64) "
+                                                "of its contribution statement of this upload."),
         who: str = Depends(member),
     ) -> ReceiptReply:
         """Upload this member's encrypted update for the round, declaring the round's DP-SGD spend.
 
         The coordinator refuses a spend that breaks the federation file (422) and returns a receipt
-        that signs the envelope hash, the ledger head and the declared spend.
+        that signs the envelope hash, the ledger head and the declared spend. `tags` and
+        `statement_signature` make the member's signed contribution statement, which the other
+        members check the round's sum against.
         """
         same(who, institution)
         if (ledger_seq is None) != (ledger_head is None):
@@ -251,8 +266,9 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", 422)
         declared = DeclaredSpend.from_dict(spend) if not missing else None
         envelope = await request.body()
+        signed = (tuple(tags.split(",")), statement_signature) if tags and statement_signature else None
         receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
-                                          declared)
+                                          declared, signed)
         changed(poke=True)
         return receipt
 
@@ -284,6 +300,28 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
                                         request_body.sum_sha256, request_body.reason)
         changed()
         return ReportReply(round=round_index, institution=institution, reports=count)
+
+    @app.post("/v1/rounds/{round_index}/applied/{institution}", response_model=AppliedReply, tags=["rounds"],
+              responses=_ERRORS)
+    async def report_applied(
+        request_body: AppliedReport,
+        round_index: int = Path(ge=1, le=1_000_000),
+        institution: str = Path(pattern=INSTITUTION),
+        who: str = Depends(member),
+    ) -> AppliedReply:
+        """Keep this member's signed statement of the sum it applied; the other members compare theirs."""
+        same(who, institution)
+        await run_in_threadpool(hub.record_applied, institution, round_index, request_body.sum_sha256,
+                                request_body.signature)
+        changed()
+        return AppliedReply(round=round_index, institution=institution)
+
+    @app.get("/v1/rounds/{round_index}/contributions", response_model=RoundContributions, responses=_ERRORS,
+             tags=["rounds"])
+    async def round_contributions(round_index: int = Path(ge=1, le=1_000_000),
+                                  _who: str = Depends(member)) -> RoundContributions:
+        """The signed statements of the uploads in the round's sum: members check the sum against them."""
+        return await run_in_threadpool(hub.contributions, round_index)
 
     @app.get("/v1/rounds/{round_index}/sum", response_class=Response, tags=["rounds"],
              responses={200: {"content": _BINARY}, **_ERRORS})

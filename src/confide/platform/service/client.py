@@ -20,19 +20,23 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate
 from confide.identity import Identity
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
+    AppliedReply,
+    AppliedReport,
     DeclineReply,
     DeclineRequest,
     ErrorReply,
     FederationView,
     Health,
+    KeyCertificateReply,
     KeySetupReply,
     KeySetupRequest,
     ReceiptReply,
     ReportReply,
+    RoundContributions,
     UndecryptableReport,
 )
 from confide.platform.service.signing import sign_request
@@ -79,6 +83,16 @@ def _cert_problem(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def key_setup_request(key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
+                      n_values: int, certificate: KeyCertificate) -> KeySetupRequest:
+    """The key set-up as the coordinator takes it: binary parts in base64, the certificate's signature
+    (the coordinator rebuilds the certificate from the rest, and refuses it unless it verifies)."""
+    return KeySetupRequest(key_id=key_id, layout_hash=layout_hash, n_values=n_values,
+                           public_context=base64.b64encode(public_context).decode(),
+                           sealed={m: base64.b64encode(blob).decode() for m, blob in sealed.items()},
+                           certificate_signature=certificate.signature)
 
 
 def spend_query(declared: DeclaredSpend) -> dict:
@@ -201,14 +215,11 @@ class CoordinatorClient:
         return self._parse(self.call("GET", "/v1/federation", params=params, timeout_s=wait_s + 60), FederationView)
 
     def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes,
-                     sealed: dict[str, bytes], n_values: int | None = None) -> KeySetupReply:
+                     sealed: dict[str, bytes], n_values: int, certificate: KeyCertificate) -> KeySetupReply:
         """Publish the key set-up (key holder); `n_values`, the adapter layout's size, lets the
-        coordinator refuse an update of the wrong size on arrival instead of failing the round."""
-        body = KeySetupRequest(
-            key_id=key_id, layout_hash=layout_hash, n_values=n_values,
-            public_context=base64.b64encode(public_context).decode(),
-            sealed={m: base64.b64encode(blob).decode() for m, blob in sealed.items()},
-        )
+        coordinator refuse an update of the wrong size on arrival instead of failing the round;
+        the certificate's signature lets every member check the set-up came from us."""
+        body = key_setup_request(key_id, layout_hash, public_context, sealed, n_values, certificate)
         response = self.call("PUT", "/v1/keys", content=body.model_dump_json().encode(),
                              content_type="application/json")
         return self._parse(response, KeySetupReply)
@@ -216,21 +227,28 @@ class CoordinatorClient:
     def sealed_key(self) -> bytes:
         return self.call("GET", f"/v1/keys/sealed/{self.identity.institution_id}").content
 
+    def key_certificate(self) -> KeyCertificate:
+        return self._parse(self.call("GET", "/v1/keys/certificate"), KeyCertificateReply).certificate
+
     def public_context(self) -> bytes:
         return self.call("GET", "/v1/keys/public-context").content
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
-               declared: DeclaredSpend | None = None) -> ReceiptReply:
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply:
         """Upload our envelope for the round (a retry of the same envelope gets the same receipt).
 
         `ledger_head` `(seq, hash)` is our ledger's head and `declared` the round's DP-SGD spend; the
-        coordinator checks the spend against the federation and signs both into the receipt. They
-        travel as query parameters, which the request signature covers.
+        coordinator checks the spend against the federation and signs both into the receipt.
+        `statement` is our signed contribution statement: its tags and signature go along (the
+        coordinator rebuilds the rest from the envelope). All travel as query parameters, which
+        the request signature covers.
         """
         path = f"/v1/rounds/{round_index}/uploads/{self.identity.institution_id}"
         params: dict = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else {}
         if declared is not None:
             params.update(spend_query(declared))
+        if statement is not None:
+            params.update(tags=",".join(statement.tags), statement_signature=statement.signature)
         response = self.call("PUT", path, params=params or None, content=envelope,
                              content_type="application/octet-stream", timeout_s=600)
         return self._parse(response, ReceiptReply)
@@ -251,6 +269,17 @@ class CoordinatorClient:
 
     def round_sum(self, round_index: int) -> bytes:
         return self.call("GET", f"/v1/rounds/{round_index}/sum", timeout_s=600).content
+
+    def round_contributions(self, round_index: int) -> list[ContributionStatement]:
+        """The signed statements of the uploads in the round's sum, in the sum's order."""
+        return self._parse(self.call("GET", f"/v1/rounds/{round_index}/contributions"), RoundContributions).statements
+
+    def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> AppliedReply:
+        """Hand the coordinator our signed statement of the sum we applied (shown to the other members)."""
+        body = AppliedReport(sum_sha256=sum_sha256, signature=signature)
+        path = f"/v1/rounds/{round_index}/applied/{self.identity.institution_id}"
+        response = self.call("POST", path, content=body.model_dump_json().encode(), content_type="application/json")
+        return self._parse(response, AppliedReply)
 
     def close(self) -> None:
         if self._http is not None:

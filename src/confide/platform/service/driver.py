@@ -24,7 +24,9 @@ from confide.formats import (
     MEMBER_ROUND_SETTLED,
     ROUND_ACTIVE,
     ROUND_SUMMED,
+    ContributionStatement,
     DeclaredSpend,
+    KeyCertificate,
     policy_sha256,
     sha256,
     write_atomically,
@@ -34,6 +36,7 @@ from confide.platform.member_api import Outcome, RoundMember
 from confide.platform.service.client import CoordinatorRefused
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
+from confide.platform.sum_evidence import SumEvidence
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
 JOURNAL_VERSION = 3
@@ -52,18 +55,24 @@ class CoordinatorTransport(Protocol):
     def federation(self, after_revision: int | None = None, wait_s: float = 0.0) -> FederationView: ...
 
     def publish_keys(self, key_id: str, layout_hash: str, public_context: bytes, sealed: dict[str, bytes],
-                     n_values: int | None = None) -> Any: ...
+                     n_values: int, certificate: KeyCertificate) -> Any: ...
 
     def sealed_key(self) -> bytes: ...
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None = None,
-               declared: DeclaredSpend | None = None) -> ReceiptReply: ...
+    def key_certificate(self) -> KeyCertificate: ...
+
+    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply: ...
 
     def decline(self, round_index: int, reason: str) -> Any: ...
 
     def report_undecryptable(self, round_index: int, sum_sha256: str, reason: str) -> Any: ...
 
     def round_sum(self, round_index: int) -> bytes: ...
+
+    def round_contributions(self, round_index: int) -> list[ContributionStatement]: ...
+
+    def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> Any: ...
 
 
 def admit(federation: FederationPolicy, policy: InstitutionPolicy) -> None:
@@ -164,15 +173,25 @@ class RoundDriver:
             if self.member.is_key_holder():
                 bundle = self.member.make_keys()
                 self.client.publish_keys(bundle.key_id, bundle.layout_hash, bundle.public_context, bundle.sealed,
-                                         bundle.n_values)
+                                         bundle.n_values, bundle.certificate)
                 self.say(f"published key {bundle.key_id[:8]}... sealed for {len(bundle.sealed)} members")
                 return True, None
             return False, None
         acted = False
         if not self.member.has_key():
-            self.member.install_key(self.client.sealed_key())
-            self.say(f"installed federation key {view.key_id[:8]}...")
+            installed = self.member.install_key(self.client.sealed_key(), self.client.key_certificate())
+            self.say(f"installed federation key {installed[:8]}... (certified by {self.federation.key_holder_id})")
             acted = True
+        held = self.member.key_id()
+        if view.key_id != held:
+            raise AgentError(f"the coordinator names federation key {str(view.key_id)[:8]}..., we hold "
+                             f"{str(held)[:8]}...", "its operator replaced the key; do not go on")
+        for r in view.rounds:
+            if r.applied:
+                problem = self.member.witness_applied(r.applied)
+                if problem is not None:
+                    self.say(f"round {r.index}: {problem}; leaving the federation")
+                    acted = True
         for r in view.rounds:
             if r.status in ROUND_ACTIVE:
                 if not answer:
@@ -191,13 +210,18 @@ class RoundDriver:
         """Settle a finished round with the member; False if the round is not finished yet."""
         if r.status in ROUND_SUMMED:
             total = self.client.round_sum(r.index)
-            outcome = self.member.apply_sum(r.index, total)
+            evidence = SumEvidence(tuple(self.client.round_contributions(r.index)), r.sum_sha256, r.contributors,
+                                   r.mine_left_out)
+            outcome = self.member.apply_sum(r.index, total, evidence)
             {"applied": self.report.applied, "failed": self.report.failed}.get(
                 outcome.kind, self.report.aborted).append(r.index)
             self.say(f"round {r.index}: {outcome.kind} the sum of {outcome.count} institution(s) {outcome.detail}")
             if outcome.undecryptable:
                 # Signed by us: the coordinator cannot decrypt, so members tell it which sums break.
                 self.client.report_undecryptable(r.index, sha256(total), outcome.detail[:2000])
+            if outcome.statement is not None:
+                # Shown to the other members, who leave a coordinator that handed them another sum.
+                self.client.report_applied(r.index, outcome.statement.sum_sha256, outcome.statement.signature)
         elif r.status == "failed":
             outcome = self.member.note_failed_round(r.index, r.failure or "failed")
             self.report.failed.append(r.index)
@@ -221,7 +245,7 @@ class RoundDriver:
         try:
             if contribution.kind == "upload":
                 reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head,
-                                           contribution.declared)
+                                           contribution.declared, contribution.statement)
                 self.member.record_receipt(r.index, reply.to_receipt().to_dict(), contribution.envelope,
                                            self._coordinator_key())
                 self.report.uploaded.append(r.index)

@@ -15,18 +15,27 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import DeclaredSpend, Receipt, policy_sha256
+from confide.formats import AppliedStatement, DeclaredSpend, Receipt, policy_sha256
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
 from confide.platform.protocol import ProtocolViolation
-from confide.platform.service.messages import FederationView, KeySetupRequest, ReceiptReply, RoundView
+from confide.platform.service.messages import (
+    FederationView,
+    KeyCertificateReply,
+    KeySetupRequest,
+    ReceiptReply,
+    RoundContributions,
+    RoundView,
+)
 from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, roster_identities
 from confide.policies import FederationPolicy
 
 log = logging.getLogger("confide.service.coordinator")
 
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+APPLIED_ROUNDS_SHOWN = 2
+"""Views carry members' applied statements of the latest summed rounds only (their size stays bounded)."""
 POLICY_HASH_FILE = "federation.sha256"
 
 
@@ -87,6 +96,8 @@ class CoordinatorHub:
         """The federation as `institution` may see it: counts, not who else uploaded or why they declined."""
         state = self.state
         setup = state.key_setup
+        summed = [r.index for r in state.rounds if r.sum_sha256 is not None]
+        shown = set(summed[-APPLIED_ROUNDS_SHOWN:])
         rounds = [
             RoundView(
                 index=r.index, status=r.status, opened_at=r.opened_at, deadline_at=r.deadline_at,
@@ -95,6 +106,9 @@ class CoordinatorHub:
                 contributors=len(r.contributors), sum_sha256=r.sum_sha256, failure=r.failure,
                 left_out=len(r.left_out), mine_left_out=institution in r.left_out,
                 undecryptable=len(r.undecryptable),
+                applied=[AppliedStatement(federation=state.federation_id, round=r.index, institution=member,
+                                          sum_sha256=digest, signature=signature)
+                         for member, (digest, signature) in sorted(r.applied.items())] if r.index in shown else [],
             )
             for r in state.rounds
         ]
@@ -126,6 +140,14 @@ class CoordinatorHub:
     def sum_for(self, round_index: int) -> bytes:
         return self.coordinator.sum_for(round_index)
 
+    def contributions(self, round_index: int) -> RoundContributions:
+        with self.lock:
+            return RoundContributions(round=round_index, statements=self.coordinator.contributions(round_index))
+
+    def key_certificate(self) -> KeyCertificateReply:
+        with self.lock:
+            return KeyCertificateReply(certificate=self.coordinator.key_certificate())
+
     # -- transitions --------------------------------------------------------------------------
     def _mutated(self) -> None:
         self.revision = self._read_revision()
@@ -143,20 +165,22 @@ class CoordinatorHub:
         sealed = {member: _decode(text, f"sealed[{member}]") for member, text in request.sealed.items()}
         with self.lock:
             self.coordinator.publish_keys(institution, request.key_id, request.layout_hash, context_bytes, sealed,
-                                          request.n_values)
+                                          request.n_values, request.certificate_signature)
             self._mutated()
         return sorted(sealed)
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None) -> ReceiptReply:
+               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
+               signed: tuple[tuple[str, ...], str] | None = None) -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
         `ledger_head` is the member's `(seq, hash)` and `declared` its round's DP-SGD spend, both
-        checked and signed into the receipt (`Coordinator.upload`). Raises
+        checked and signed into the receipt, and `signed` its contribution statement's integrity tags
+        and signature (`Coordinator.upload`). Raises
         ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
         with self.lock:
-            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared)
+            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared, signed)
             self._mutated()
         return _receipt_reply(receipt, len(envelope))
 
@@ -167,6 +191,12 @@ class CoordinatorHub:
             self._mutated()
             r = next(r for r in self.state.rounds if r.index == round_index)
             return len(r.undecryptable)
+
+    def record_applied(self, institution: str, round_index: int, sum_sha256: str, signature: str) -> None:
+        """Keep a member's signed statement of the sum it applied; the others see it in their views."""
+        with self.lock:
+            self.coordinator.record_applied(institution, round_index, sum_sha256, signature)
+            self._mutated()
 
     def decline(self, institution: str, round_index: int, reason: str, now: float) -> None:
         with self.lock:

@@ -12,7 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from confide.formats import FederationStatus, Receipt, RoundStatus
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    FederationStatus,
+    KeyCertificate,
+    Receipt,
+    RoundStatus,
+)
 
 WIRE_VERSION = 1
 HEX64 = r"^[0-9a-f]{64}$"
@@ -58,6 +65,9 @@ class RoundView(WireModel):
     left_out: int = Field(0, description="Accepted uploads kept out of the sum while a faulty member is sought.")
     mine_left_out: bool = Field(False, description="Whether the asking member's upload was kept out of the sum.")
     undecryptable: int = Field(0, description="Members that reported the sum does not decrypt.")
+    applied: list[AppliedStatement] = Field(
+        default_factory=list, description="Members' signed statements of the sum they applied (latest summed "
+        "rounds only): each member checks them against the sum it applied.")
 
 
 class FederationView(WireModel):
@@ -95,6 +105,36 @@ class KeySetupRequest(WireModel):
     sealed: dict[str, str] = Field(
         description="Member id -> that member's sealed secret key, base64. Exactly the roster.", max_length=1000
     )
+    certificate_signature: str = Field(
+        max_length=200, description="The key holder's Ed25519 signature (base64) of the key certificate this "
+        "set-up makes (`confide.formats.KeyCertificate`): members verify it before installing the key.")
+
+
+class KeyCertificateReply(WireModel):
+    """Reply of `GET /v1/keys/certificate`: the key holder's signed certificate of the federation key."""
+
+    certificate: KeyCertificate
+
+
+class RoundContributions(WireModel):
+    """Reply of `GET /v1/rounds/{round}/contributions`: the signed statements of the uploads in the sum, in order."""
+
+    round: int
+    statements: list[ContributionStatement]
+
+
+class AppliedReport(WireModel):
+    """Body of `POST /v1/rounds/{round}/applied/{institution}`: the member's signature of the sum it applied."""
+
+    sum_sha256: str = Field(pattern=HEX64, description="SHA-256 of the sum envelope the member applied.")
+    signature: str = Field(max_length=200, description="Ed25519 signature (base64) of the applied statement.")
+
+
+class AppliedReply(WireModel):
+    """Reply of a kept applied statement."""
+
+    round: int
+    institution: str
 
 
 class KeySetupReply(WireModel):

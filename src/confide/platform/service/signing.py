@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import BadInput
-from confide.identity import Identity, PublicIdentity, b64, unb64
+from confide.identity import Identity, PublicIdentity, b64, roster_identities, unb64  # noqa: F401 (re-exported)
 from confide.platform.service.errors import ServiceError
 
 log = logging.getLogger("confide.service.auth")
@@ -198,12 +198,3 @@ class RequestVerifier:
         if not self.nonces.remember(institution, nonce, now):
             raise Unauthorized("nonce was already used (replayed request)")
         return institution
-
-
-def roster_identities(roster) -> dict[str, PublicIdentity]:
-    """Roster members (from a FederationPolicy) as PublicIdentity by id."""
-    return {
-        m.id: PublicIdentity(unb64(m.signing_key, f"roster {m.id} signing_key", 32),
-                             unb64(m.sealing_key, f"roster {m.id} sealing_key", 32))
-        for m in roster
-    }
