@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from confide.aggregation import create_key_material, encrypt_update, read_header, seal_secret
+from confide.aggregation.integrity import contribution_tags, integrity_key
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import KIND_UPDATE, SEED_BYTES, build_envelope, read_seeds
-from confide.formats import DeclaredSpend
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, sha256
 from confide.identity import Identity
 from confide.platform.service.client import Backoff, CoordinatorClient
 
@@ -97,6 +98,15 @@ def copies(envelope: bytes, n: int) -> list[bytes]:
                            h.bits, h.last_bits, blobs) for _ in range(n)]
 
 
+def statement(identity: Identity, secret, key: bytes, round_index: int, envelope: bytes) -> ContributionStatement:
+    """The member's signed statement of its upload, with its integrity tags, as `Member` makes it."""
+    header = read_header(envelope)
+    tags = contribution_tags(secret, key, "load", round_index, identity.institution_id, envelope)
+    return identity.sign_document(ContributionStatement(
+        federation="load", round=round_index, institution=identity.institution_id, key_id=header.key_id,
+        envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags))
+
+
 def declared(federation) -> DeclaredSpend:
     privacy = federation.privacy
     return DeclaredSpend(max(1.0, privacy.min_noise_multiplier), 0.1, federation.training.steps_per_round, 1.0,
@@ -141,15 +151,26 @@ def run_case(n: int, size: int, threads: int) -> dict:
             raw = secret.to_bytes()
             sealed = {i: seal_secret(raw, ident.public.sealing_public, i, secret.key_id)
                       for i, ident in identities.items()}
-            holder.publish_keys(secret.key_id, LAYOUT_HASH, secret.public_context_bytes(), sealed, n_values=size)
+            holder_id = next(iter(identities))
+            certificate = identities[holder_id].sign_document(KeyCertificate(
+                federation="load", key_holder=holder_id, key_id=secret.key_id,
+                params=params.model_dump(mode="json"), public_context_sha256=sha256(secret.public_context_bytes()),
+                layout_hash=LAYOUT_HASH, n_values=size,
+                sealed_sha256={i: sha256(b) for i, b in sorted(sealed.items())}))
+            holder.publish_keys(secret.key_id, LAYOUT_HASH, secret.public_context_bytes(), sealed, size, certificate)
             view = wait_until(holder, lambda v: bool(v.rounds) and v.rounds[-1].status == "open", "round 1 to open")
             idle = memory_mib(process.pid)["VmRSS"]
             spend = declared(federation)
             members = list(identities)
 
+            key = integrity_key(secret.to_bytes(), secret.key_id)
+            round_index = view.rounds[-1].index
+            statements = [statement(identities[m], secret, key, round_index, envelope)
+                          for m, envelope in zip(members, premade)]
+
             def upload(i: int) -> float:
                 start = time.perf_counter()
-                client(members[i]).upload(view.rounds[-1].index, premade[i], declared=spend)
+                client(members[i]).upload(round_index, premade[i], None, spend, statements[i])
                 return time.perf_counter() - start
 
             started = time.perf_counter()

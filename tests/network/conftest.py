@@ -13,9 +13,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from confide.aggregation.envelope import encrypt_update
+from confide.aggregation.errors import AggregationError
 from confide.aggregation.keys import create_key_material, seal_secret
 from confide.aggregation.params import CkksParameters
-from confide.formats import DeclaredSpend
+from confide.aggregation.wire import read_header, read_seeds
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, sha256
 from confide.identity import Identity
 from confide.platform.service.app import create_app
 from confide.platform.service.client import spend_query
@@ -84,23 +86,42 @@ def spend_params(policy) -> dict:
 
 
 class Keys:
-    """The key holder's side of key set-up, made directly with confide.aggregation."""
+    """The key holder's side of key set-up, made directly with confide.aggregation and certified by `holder`."""
 
-    def __init__(self, identities: dict[str, Identity]) -> None:
+    def __init__(self, identities: dict[str, Identity], holder: str = "a", n_values: int | None = None) -> None:
         self.secret = create_key_material(CkksParameters(**SMALL_CKKS))
         raw = self.secret.to_bytes()
         self.sealed = {i: seal_secret(raw, ident.public.sealing_public, i, self.secret.key_id)
                        for i, ident in identities.items()}
+        self.n_values = n_values
+        self.certificate = identities[holder].sign_document(KeyCertificate(
+            federation="net-test", key_holder=holder, key_id=self.secret.key_id,
+            params=self.secret.params.model_dump(mode="json"),
+            public_context_sha256=sha256(self.secret.public_context_bytes()), layout_hash=LAYOUT, n_values=n_values,
+            sealed_sha256={i: sha256(b) for i, b in sorted(self.sealed.items())}))
 
     def request(self, **changes) -> dict:
-        body = {"version": 1, "key_id": self.secret.key_id, "layout_hash": LAYOUT,
+        body = {"version": 1, "key_id": self.secret.key_id, "layout_hash": LAYOUT, "n_values": self.n_values,
                 "public_context": base64.b64encode(self.secret.public_context_bytes()).decode(),
-                "sealed": {i: base64.b64encode(b).decode() for i, b in self.sealed.items()}}
+                "sealed": {i: base64.b64encode(b).decode() for i, b in self.sealed.items()},
+                "certificate_signature": self.certificate.signature}
         body.update(changes)
         return body
 
     def envelope(self, values, weight: float = 1.0, layout: str = LAYOUT) -> bytes:
         return encrypt_update(self.secret, np.asarray(values, dtype=np.float64), weight, layout)
+
+
+def statement_params(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
+                     federation_id: str = "net-test") -> dict:
+    """The upload's contribution statement as query parameters, signed by `identity` (its tags are not checked
+    by the coordinator, which cannot compute them: members do)."""
+    header = read_header(envelope)
+    statement = identity.sign_document(ContributionStatement(
+        federation=federation_id, round=round_index, institution=institution or identity.institution_id,
+        key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
+        tags=("1", "2")))
+    return {"tags": ",".join(statement.tags), "statement_signature": statement.signature}
 
 
 class SignedClient:
@@ -127,8 +148,14 @@ class SignedClient:
         """PUT an envelope as `identity` (for `institution`, default itself), declaring a spend that keeps to
         the federation file, as `CoordinatorClient.upload` does."""
         path = f"/v1/rounds/{round_index}/uploads/{institution or identity.institution_id}"
+        params = spend_params(self.policy)
+        try:
+            if identity is not None:
+                params.update(statement_params(identity, envelope, round_index, institution, self.federation_id))
+        except AggregationError:  # not an envelope: no statement, the coordinator refuses the bytes for what they are
+            pass
         return self.request(identity, "PUT", path, content=envelope,
-                            headers={"content-type": "application/octet-stream"}, params=spend_params(self.policy))
+                            headers={"content-type": "application/octet-stream"}, params=params)
 
 
 def snapshot(hub: CoordinatorHub) -> tuple:

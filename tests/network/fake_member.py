@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from confide.aggregation.envelope import decrypt_sum, encrypt_update
+from confide.aggregation.integrity import Contributor, contribution_tags, integrity_key, verify_sum
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
-from confide.formats import Receipt, sha256
-from confide.identity import Identity, PublicIdentity, unb64
+from confide.aggregation.wire import read_header, read_seeds
+from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, Receipt, sha256
+from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.member_api import Contribution, Outcome
 from confide.platform.member_api import KeyBundle as Bundle
+from confide.platform.sum_evidence import SumEvidence, certificate_problem, sum_problem
 
 from .conftest import LAYOUT, declared_spend
 
@@ -66,20 +69,45 @@ class FakeMember:
     def _secret(self):
         return load_secret((self.dir / "secret.key").read_bytes())
 
+    def key_id(self) -> str | None:
+        return self._secret().key_id if self.has_key() else None
+
     def make_keys(self) -> Bundle:
         if not self.has_key():
             params = CkksParameters(**self.federation.ckks.model_dump())
             (self.dir / "secret.key").write_bytes(create_key_material(params).to_bytes())
         secret = self._secret()
-        raw = secret.to_bytes()
+        raw = (self.dir / "secret.key").read_bytes()
         sealed = {m.id: seal_secret(raw, unb64(m.sealing_key, "k", 32), m.id, secret.key_id)
                   for m in self.federation.roster}
-        return Bundle(secret.key_id, LAYOUT, secret.public_context_bytes(), sealed)
+        public = secret.public_context_bytes()
+        certificate = self.identity.sign_document(KeyCertificate(
+            federation=self.federation.federation_id, key_holder=self.institution_id, key_id=secret.key_id,
+            params=self.federation.ckks.model_dump(mode="json"), public_context_sha256=sha256(public),
+            layout_hash=LAYOUT, n_values=SIZE, sealed_sha256={m: sha256(b) for m, b in sorted(sealed.items())}))
+        return Bundle(secret.key_id, LAYOUT, public, sealed, SIZE, certificate)
 
-    def install_key(self, sealed: bytes) -> None:
+    def install_key(self, sealed: bytes, certificate: KeyCertificate) -> str:
+        roster = roster_identities(self.federation.roster)
+        assert certificate_problem(certificate, self.federation, roster, self.institution_id, sealed) is None
         secret = open_sealed(sealed, self.identity.sealing_private, self.institution_id)
         if not self.has_key():
             (self.dir / "secret.key").write_bytes(secret)
+        return certificate.key_id
+
+    def _statement(self, round_index: int, envelope: bytes) -> ContributionStatement:
+        secret, header = self._secret(), read_header(envelope)
+        key = integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id)
+        tags = contribution_tags(secret, key, self.federation.federation_id, round_index, self.institution_id,
+                                 envelope)
+        return self.identity.sign_document(ContributionStatement(
+            federation=self.federation.federation_id, round=round_index, institution=self.institution_id,
+            key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
+            tags=tags))
+
+    def _upload(self, round_index: int, envelope: bytes) -> Contribution:
+        return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation),
+                            statement=self._statement(round_index, envelope))
 
     # -- rounds -------------------------------------------------------------------------------
     def round_state(self, round_index: int):
@@ -108,7 +136,7 @@ class FakeMember:
     def take_part(self, round_index: int) -> Contribution:
         envelope, decline = self.dir / f"r{round_index}.envelope", self.dir / f"r{round_index}.decline"
         if envelope.exists():
-            return Contribution("upload", envelope=envelope.read_bytes(), declared=declared_spend(self.federation))
+            return self._upload(round_index, envelope.read_bytes())
         if decline.exists():
             return Contribution("decline", reason=decline.read_text())
         assert self.last_applied_round == round_index - 1, "sums must be applied before the next round"
@@ -120,7 +148,7 @@ class FakeMember:
         delta = np.full(SIZE, float(ord(self.institution_id[0]) - ord("a") + 1) * round_index)
         blob = encrypt_update(self._secret(), delta, 1.0, LAYOUT)
         envelope.write_bytes(blob)
-        return Contribution("upload", envelope=blob, declared=declared_spend(self.federation))
+        return self._upload(round_index, blob)
 
     def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
         parsed = Receipt.from_dict(receipt)
@@ -137,17 +165,26 @@ class FakeMember:
     def check_anchor(self, receipt: dict | None) -> None:
         self.anchors = getattr(self, "anchors", []) + [receipt]
 
-    def apply_sum(self, round_index: int, sum_envelope: bytes) -> Outcome:
+    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> Outcome:
         progress = self._progress()
         if str(round_index) in progress["rounds"]:
             return Outcome(**progress["rounds"][str(round_index)])
         assert round_index == progress["synced"] + 1
-        result = decrypt_sum(self._secret(), sum_envelope, LAYOUT)
+        secret, roster = self._secret(), roster_identities(self.federation.roster)
+        assert sum_problem(self.federation, roster, self.institution_id, round_index, secret.key_id, sum_envelope,
+                           evidence, None, set()) is None
+        verify_sum(secret, integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id),
+                   self.federation.federation_id, round_index, sum_envelope,
+                   [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements])
+        result = decrypt_sum(secret, sum_envelope, LAYOUT)
         np.save(self.dir / "adapter.npy", self.adapter + result.average)
         progress["synced"] = round_index
         progress["rounds"][str(round_index)] = {"kind": "applied", "count": result.count, "detail": ""}
         self._save(progress)
         return Outcome("applied", result.count)
+
+    def witness_applied(self, statements: list[AppliedStatement]) -> str | None:
+        return None
 
     def note_failed_round(self, round_index: int, reason: str) -> Outcome:
         progress = self._progress()

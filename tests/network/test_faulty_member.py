@@ -31,8 +31,8 @@ FAST = Backoff(first_s=0.05, max_s=0.3, give_up_after_s=30)
 
 def set_up(served, n_values: int | None):
     hub, api, fed = served
-    keys = Keys(fed.identities)
-    body = keys.request() if n_values is None else keys.request(n_values=n_values)
+    keys = Keys(fed.identities, n_values=n_values)
+    body = keys.request()
     reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=body)
     assert reply.status_code == 200, reply.text
     deadline = time.monotonic() + 10
@@ -76,13 +76,6 @@ def test_a_key_set_up_with_a_nonsense_value_count_is_refused(served):
     assert hub.state.key_setup is None
 
 
-class DeclaresValueCount(CoordinatorClient):
-    """The key holder's client, declaring the stand-in adapter's size with the key set-up."""
-
-    def publish_keys(self, key_id, layout_hash, public_context, sealed, n_values=None):
-        return super().publish_keys(key_id, layout_hash, public_context, sealed, n_values=SIZE)
-
-
 class WrongSize(FakeMember):
     """A member whose adapter has one value too many (another model, a bug): every upload is refused."""
 
@@ -111,9 +104,9 @@ class ToleratesBadSums(FakeMember):
     """A member that settles a round as failed when its sum does not decrypt, marking the outcome
     undecryptable as the real Member does; the agent then reports it to the coordinator."""
 
-    def apply_sum(self, round_index: int, sum_envelope: bytes):
+    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence):
         try:
-            return super().apply_sum(round_index, sum_envelope)
+            return super().apply_sum(round_index, sum_envelope, evidence)
         except DecryptionCheckFailed as exc:
             failed = self.note_failed_round(round_index, f"the sum does not decrypt: {exc}")
             return dataclasses.replace(failed, undecryptable=True)
@@ -126,7 +119,7 @@ class Undecryptable(ToleratesBadSums):
     def take_part(self, round_index: int) -> Contribution:
         envelope = update_under_another_key(CkksParameters(**self.federation.ckks.model_dump()),
                                             self._secret().key_id, LAYOUT, np.ones(SIZE))
-        return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation))
+        return self._upload(round_index, envelope)
 
 
 @pytest.mark.integration
@@ -169,7 +162,7 @@ def _run_federation(tmp_path, federation, member_classes: dict, join_s: float):
     try:
         for who, member_class in member_classes.items():
             member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
-            client = DeclaresValueCount(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
+            client = CoordinatorClient(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
             agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
                                 say=lambda _line: None, wait_s=1)
 

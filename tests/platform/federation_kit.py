@@ -90,3 +90,21 @@ def evidence(coordinator, round_index: int, member: str | None = None):
     r = next(x for x in coordinator.state.rounds if x.index == round_index)
     return SumEvidence(tuple(coordinator.contributions(round_index)), r.sum_sha256, len(r.contributors),
                        member in r.left_out)
+
+
+def install_directly(members: dict) -> None:
+    """The key set-up without a coordinator: the key holder's bundle handed to every member as it is."""
+    holder = next(m for m in members.values() if m.is_key_holder())
+    bundle = holder.make_keys()
+    for name, member in members.items():
+        member.install_key(bundle.sealed[name], bundle.certificate)
+
+
+def summed(public_context, contributions) -> tuple:
+    """The sum of `contributions` as an honest coordinator makes it, with the evidence its view would give."""
+    from confide.aggregation.envelope import sum_envelopes
+    from confide.formats import sha256
+    from confide.platform.sum_evidence import SumEvidence
+
+    total = sum_envelopes(public_context, [c.envelope for c in contributions])
+    return total, SumEvidence(tuple(c.statement for c in contributions), sha256(total), len(contributions))

@@ -313,7 +313,8 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_
 
     federation, institutions = load_files(*make_federation_files(tmp_path, ids=("a", "b")))
     a = Member(federation, institutions[0])
-    a.install_key(a.make_keys().sealed["a"])
+    bundle = a.make_keys()
+    a.install_key(bundle.sealed["a"], bundle.certificate)
     contribution = a.take_part(1)
     coordinator = Identity.generate("coordinator")
     seq, head = contribution.ledger_head

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.aggregation.envelope import decrypt_sum
 from confide.aggregation.keys import PublicContext
 from confide.platform.member import Member
 from confide.platform.server_update import (
@@ -18,7 +18,7 @@ from confide.platform.server_update import (
     state_array,
 )
 from confide.policies.federation import ServerUpdate
-from tests.platform.federation_kit import load_files, make_federation_files
+from tests.platform.federation_kit import install_directly, load_files, make_federation_files, summed
 
 FEDAVG = ServerUpdate(momentum=0.0, learning_rate=1.0)
 
@@ -73,15 +73,13 @@ def _federation(root: Path, momentum: float):
         handle.write(f"server_update: {{momentum: {momentum}}}\n")
     federation, institutions = load_files(federation_path, institution_paths)
     members = {p.institution_id: Member(federation, p) for p in institutions}
-    bundle = members["a"].make_keys()
-    for name, member in members.items():
-        member.install_key(bundle.sealed[name])
+    install_directly(members)
     return federation, institutions, members
 
 
-def _round_total(members: dict[str, Member], round_index: int) -> bytes:
+def _round_total(members: dict[str, Member], round_index: int) -> tuple:
     context = PublicContext.from_bytes(members["a"].secret.public_context().to_bytes())
-    return sum_envelopes(context, [m.take_part(round_index).envelope for m in members.values()])
+    return summed(context, [m.take_part(round_index) for m in members.values()])
 
 
 @pytest.mark.integration  # two members, two real DP rounds with calibrated noise: seconds, not milliseconds
@@ -91,13 +89,13 @@ def test_a_restarted_member_keeps_the_velocity_and_stays_identical_to_the_others
     start = a.server_state.adapter.copy()
     first = _round_total(members, 1)
     for member in (a, b):
-        assert member.apply_sum(1, first).kind == "applied"
+        assert member.apply_sum(1, *first).kind == "applied"
     second = _round_total(members, 2)
     a = Member(federation, institutions[0])  # a restart between rounds: the velocity comes from the file
     for member in (a, b):
-        assert member.apply_sum(2, second).kind == "applied"
-    average_1 = decrypt_sum(a.secret, first, a.layout.hash).average
-    average_2 = decrypt_sum(a.secret, second, a.layout.hash).average
+        assert member.apply_sum(2, *second).kind == "applied"
+    average_1 = decrypt_sum(a.secret, first[0], a.layout.hash).average
+    average_2 = decrypt_sum(a.secret, second[0], a.layout.hash).average
     expected = (start + average_1) + (0.5 * average_1 + average_2)
     saved = [np.load(m.dir / "adapter-r2.npy") for m in (a, b)]
     assert saved[0].shape == (2, start.size)

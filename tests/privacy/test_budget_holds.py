@@ -24,7 +24,7 @@ from confide.policies import load_federation, load_institution
 from confide.privacy import LedgerError, PrivacyLedger, RoundSpend, reserve_round
 from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
 from confide.privacy.errors import LedgerRollbackError
-from tests.platform.federation_kit import load_files, make_federation_files, write_data
+from tests.platform.federation_kit import install_directly, load_files, make_federation_files, summed, write_data
 
 
 def _members(root: Path, **kwargs):
@@ -39,10 +39,7 @@ def _spend_round(member: Member, round_index: int) -> None:
 
 
 def _keyed(members: dict[str, Member]) -> None:
-    holder = next(m for m in members.values() if m.is_key_holder())
-    bundle = holder.make_keys()
-    for name, member in members.items():
-        member.install_key(bundle.sealed[name])
+    install_directly(members)
 
 
 @pytest.mark.integration  # slow (accountant calibrations): kept out of make test-fast
@@ -117,7 +114,7 @@ def test_a_restored_older_ledger_is_refused_and_nothing_is_spent(tmp_path):
     _spend_round(a, 1)
     backup = tmp_path / "backup.jsonl"
     shutil.copy(a.ledger.path, backup)
-    a.apply_sum(1, sum_envelopes(_public_context(a), [a.take_part(1).envelope, members["b"].take_part(1).envelope]))
+    a.apply_sum(1, *summed(_public_context(a), [a.take_part(1), members["b"].take_part(1)]))
     _spend_round(a, 2)
     spent = a.ledger.epsilon_spent()
     shutil.copy(backup, a.ledger.path)  # the operator restores last week's copy of the ledger
@@ -219,10 +216,9 @@ def test_a_restarted_member_plans_only_the_rounds_left(tmp_path):
     first = a.plan()
     assert first["rounds"] == 4
     for round_index in (1, 2):
-        total = sum_envelopes(_public_context(a), [a.take_part(round_index).envelope,
-                                                  b.take_part(round_index).envelope])
-        assert a.apply_sum(round_index, total).kind == "applied"
-        assert b.apply_sum(round_index, total).kind == "applied"
+        total = summed(_public_context(a), [a.take_part(round_index), b.take_part(round_index)])
+        assert a.apply_sum(round_index, *total).kind == "applied"
+        assert b.apply_sum(round_index, *total).kind == "applied"
     restarted = Member(federation, institutions[0])
     again = restarted.plan()
     assert again["rounds"] == 2 and again["epsilon_before"] == pytest.approx(a.ledger.epsilon_spent())
@@ -267,19 +263,19 @@ def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_pa
     federation, institutions, members = _members(tmp_path)
     _keyed(members)
     a, b = members["a"], members["b"]
-    total = sum_envelopes(_public_context(a), [a.take_part(1).envelope, b.take_part(1).envelope])
-    assert b.apply_sum(1, total).kind == "applied"
+    total = summed(_public_context(a), [a.take_part(1), b.take_part(1)])
+    assert b.apply_sum(1, *total).kind == "applied"
     expected = np.load(b.dir / "adapter-r1.npy")
     # What a SIGKILL between writing the round's adapter and recording it leaves behind.
     a._commit = lambda record: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
     with pytest.raises(KeyboardInterrupt):
-        a.apply_sum(1, total)
+        a.apply_sum(1, *total)
     restarted = Member(federation, institutions[0])
     assert restarted.last_applied_round == 0
-    assert restarted.apply_sum(1, total).kind == "applied"
+    assert restarted.apply_sum(1, *total).kind == "applied"
     assert np.array_equal(np.load(restarted.dir / "adapter-r1.npy"), expected)
     again = Member(federation, institutions[0])
-    assert again.apply_sum(1, total).kind == "applied"  # idempotent: settled once
+    assert again.apply_sum(1, *total).kind == "applied"  # idempotent: settled once
     assert np.array_equal(np.load(again.dir / "adapter-r1.npy"), expected)
     assert [e["kind"] for e in again.ledger.entries()].count("applied") == 1
     assert (again.dir / "adapter-r1.npy").stat().st_mode & 0o077 == 0  # a raw decryption: owner only

@@ -544,8 +544,11 @@ class Member:
         fed = self.federation.federation_id
         r = self.record.round(round_index)
         mine = r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
+        # A kill after the `applied` entry and before the record leaves this round's own sum in the
+        # ledger: applying it again to the previous adapter is the resume, not a replay.
+        earlier_sums = {digest for r, digest in self.ledger.applied_sums(fed).items() if r != round_index}
         problem = sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
-                              sum_envelope, evidence, mine, set(self.ledger.applied_sums(fed).values()))
+                              sum_envelope, evidence, mine, earlier_sums)
         if problem is None:
             try:
                 verify_sum(self.secret, self.integrity_key, fed, round_index, sum_envelope,

@@ -218,10 +218,12 @@ class RoundDriver:
             self.say(f"round {r.index}: {outcome.kind} the sum of {outcome.count} institution(s) {outcome.detail}")
             if outcome.undecryptable:
                 # Signed by us: the coordinator cannot decrypt, so members tell it which sums break.
-                self.client.report_undecryptable(r.index, sha256(total), outcome.detail[:2000])
+                self._tell(f"round {r.index}: the report of the refused sum", self.client.report_undecryptable,
+                           r.index, sha256(total), outcome.detail[:2000])
             if outcome.statement is not None:
                 # Shown to the other members, who leave a coordinator that handed them another sum.
-                self.client.report_applied(r.index, outcome.statement.sum_sha256, outcome.statement.signature)
+                self._tell(f"round {r.index}: our statement of the applied sum", self.client.report_applied,
+                           r.index, outcome.statement.sum_sha256, outcome.statement.signature)
         elif r.status == "failed":
             outcome = self.member.note_failed_round(r.index, r.failure or "failed")
             self.report.failed.append(r.index)
@@ -231,6 +233,14 @@ class RoundDriver:
         if self.on_settled is not None:
             self.on_settled(r.index, outcome)
         return True
+
+    def _tell(self, what: str, send: Callable[..., Any], *args: Any) -> None:
+        """Send the coordinator something it may refuse without harm to us (a report, a statement): a
+        refusal is said in one line and the agent goes on; the round is settled already."""
+        try:
+            send(*args)
+        except CoordinatorRefused as exc:
+            self.say(f"{what} was refused by the coordinator ({exc.detail})")
 
     def _answer(self, r: RoundView) -> tuple[bool, int | None]:
         state = self.member.round_state(r.index)

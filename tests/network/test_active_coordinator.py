@@ -1,0 +1,246 @@
+"""An active coordinator: the real coordinator, whose operator rewrites the replies one member gets.
+
+Each test runs a real federation (three real `Member`s on a tiny model, real DP rounds, real CKKS,
+the real `CoordinatorHub` and round driver) in which the transport of one victim hands it what an
+operator who edits their own server could make: a key of its own, someone's single upload as "the
+sum", a partial sum under a false count, last round's sum again, a sum under another key, a sum
+with a plaintext added, another sum than the other members got. The attacker holds what the
+operator holds (the hub's state and blobs, the public context, the roster's public keys) and
+nothing else. The victim must refuse in one line, apply nothing of it, spend nothing twice and
+carry on; the honest members' path is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from confide.aggregation import _parallel, _seal, bitpack
+from confide.aggregation.keys import create_key_material, seal_secret
+from confide.aggregation.wire import KIND_SUM, build_envelope, read_header, read_seeds
+from confide.formats import ContributionStatement, sha256
+from confide.platform.member import Member, MemberError
+from confide.platform.service.driver import RoundDriver
+from confide.platform.service.hub import CoordinatorHub
+from confide.platform.simulation import InProcessTransport, SimulatedClock, _Idle
+from tests.platform.federation_kit import load_files, make_federation_files
+from tests.platform.test_driver import _run_threads
+
+
+def forge_sum(hub: CoordinatorHub, envelopes: list[bytes], added: float = 0.0) -> bytes:
+    """What the operator can build without any key: c0 polynomials added modulo q (repeats allowed),
+    their seeds passed on, and optionally `added` put on every value of the first ciphertext (the
+    constant coefficient, scaled): a plaintext of its choosing."""
+    public = hub.coordinator.public_context
+    q, full_bits = _seal.last_modulus(public.context), public.params.coeff_mod_bit_sizes[0]
+    headers = [read_header(e) for e in envelopes]
+    h = headers[0]
+    n = public.params.poly_modulus_degree
+    total = np.zeros(h.n_ciphertexts * n, dtype=np.uint64)
+    for envelope, header in zip(envelopes, headers):
+        part = _parallel.part_of(envelope, header, None, copy=False)
+        total = (total + _parallel.block_coefficients(part, range(h.n_ciphertexts), q, full_bits)) % np.uint64(q)
+    total[0] = (int(total[0]) + round(added * 2**public.params.scale_bits)) % q
+    seeds = [s for e, header in zip(envelopes, headers) for s in read_seeds(e, header)]
+    blobs = [bitpack.pack(poly, full_bits) for poly in total.reshape(h.n_ciphertexts, n)]
+    return build_envelope(KIND_SUM, public.key_id, h.layout_hash, h.n_values, h.slots, seeds, full_bits, full_bits,
+                          blobs)
+
+
+def uploads(hub: CoordinatorHub, round_index: int) -> dict[str, tuple[bytes, ContributionStatement]]:
+    """Every upload of the round and its member's statement, as the coordinator's state directory holds them."""
+    r = next(x for x in hub.state.rounds if x.index == round_index)
+    return {i: (hub.coordinator.get_blob(f"upload-r{round_index}-{i}.bin"),
+                ContributionStatement.model_validate_json(
+                    hub.coordinator.get_blob(f"upload-r{round_index}-{i}.statement.json")))
+            for i in sorted(r.uploads)}
+
+
+class Rewriting(InProcessTransport):
+    """The victim's view of the coordinator: a round's sum, its statements and the view's announcement
+    replaced by `forge(hub, round_index)` -> (sum, statements) or None (the honest reply)."""
+
+    def __init__(self, *args, forge=None, sealed=None) -> None:
+        super().__init__(*args)
+        self.forge, self.forged_sealed = forge, sealed
+        self.made: dict[int, tuple | None] = {}
+
+    def _forged(self, round_index: int):
+        """The forgery of the round, made once (so the view, the sum and the statements agree)."""
+        if self.forge is None:
+            return None
+        if round_index not in self.made:
+            self.made[round_index] = self.forge(self.hub, round_index)
+        return self.made[round_index]
+
+    def federation(self, after_revision=None, wait_s=0.0):
+        view = super().federation(after_revision, wait_s)
+        rounds = []
+        for r in view.rounds:
+            forged = self._forged(r.index) if r.sum_sha256 is not None else None
+            if forged is not None:  # the view announces the forged sum, so no digest check gives it away
+                total, statements = forged
+                r = r.model_copy(update={"sum_sha256": sha256(total), "contributors": len(statements)})
+            rounds.append(r)
+        return view.model_copy(update={"rounds": rounds})
+
+    def round_sum(self, round_index: int) -> bytes:
+        forged = self._forged(round_index)
+        return forged[0] if forged is not None else super().round_sum(round_index)
+
+    def round_contributions(self, round_index: int):
+        forged = self._forged(round_index)
+        return list(forged[1]) if forged is not None else super().round_contributions(round_index)
+
+    def sealed_key(self) -> bytes:
+        return self.forged_sealed(self) if self.forged_sealed is not None else super().sealed_key()
+
+
+def run_federation(tmp_path, victim: str, rounds: int = 2, **attack):
+    """Three real members (a holds the key) over the real hub; the victim's transport rewrites replies."""
+    federation, institutions = load_files(*make_federation_files(tmp_path, rounds=rounds))
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    hub = CoordinatorHub(federation, tmp_path / "coordinator")
+    clock, idle, said = SimulatedClock(), _Idle(), {m: [] for m in members}
+    drivers = {}
+    for name, member in members.items():
+        transport = (Rewriting(hub, name, clock, idle, **attack) if name == victim
+                     else InProcessTransport(hub, name, clock, idle))
+        drivers[name] = RoundDriver(member, transport, federation, tmp_path / name / "agent.json",
+                                    say=said[name].append, wait_s=0.2, clock=clock)
+    try:
+        reports = _run_threads(drivers)
+    finally:
+        hub.close()
+    return members, reports, said, hub
+
+
+def adapter(member: Member) -> np.ndarray:
+    return member.server_state.adapter
+
+
+def assert_refused_and_carried_on(members, reports, said, victim: str, refused_rounds: list[int], why: str):
+    """The victim refused those rounds' sums in one line each, applied nothing of them, trained each round
+    once, and finished; every other member applied every round."""
+    v = members[victim]
+    report = reports[victim]
+    assert report.finished and report.failed == refused_rounds, report
+    lines = [line for line in said[victim] if "refused the sum" in line]
+    assert len(lines) == len(refused_rounds) and all("\n" not in line and why in line for line in lines), lines
+    failed = [e for e in v.ledger.entries() if e["kind"] == "round_failed"]
+    assert [e["round"] for e in failed] == refused_rounds and all(why in e["reason"] for e in failed)
+    assert sorted(v.ledger.applied_sums("tiny")) == [r for r in (1, 2) if r not in refused_rounds]
+    assert [e["round"] for e in v.ledger.entries() if e["kind"] == "spend"] == [1, 2]  # nothing spent twice
+    for name in members:
+        if name != victim:
+            assert reports[name].applied == [1, 2] and reports[name].failed == []
+
+
+def test_a_key_the_coordinator_sealed_itself_is_refused_before_anything_is_spent(tmp_path):
+    def own_key(transport) -> bytes:  # the operator's own CKKS key, sealed to b with its public roster key
+        params = transport.hub.coordinator.public_context.params
+        material = create_key_material(params)
+        b = transport.hub.policy.member("b")
+        from confide.identity import unb64
+        return seal_secret(material.to_bytes(), unb64(b.sealing_key, "b"), "b", material.key_id)
+
+    federation, institutions = load_files(*make_federation_files(tmp_path, rounds=1))
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    hub = CoordinatorHub(federation, tmp_path / "coordinator")
+    clock, idle = SimulatedClock(), _Idle()
+    holder = RoundDriver(members["a"], InProcessTransport(hub, "a", clock, idle), federation,
+                         tmp_path / "a.json", say=lambda _l: None, clock=clock)
+    holder.step(hub.view_for("a"))  # a publishes the certified key set-up
+    victim = RoundDriver(members["b"], Rewriting(hub, "b", clock, idle, sealed=own_key), federation,
+                         tmp_path / "b.json", say=lambda _l: None, clock=clock)
+    with pytest.raises(MemberError) as refused:
+        victim.step(hub.view_for("b"))
+    assert "\n" not in str(refused.value) and "our sealed key is not the one the key holder certified" in str(
+        refused.value)
+    assert not members["b"].has_key() and members["b"].ledger.spend_history() == []
+    # A certificate the operator makes for its own key does not verify under the key holder's roster key.
+    certificate = hub.coordinator.key_certificate()
+    forged = certificate.model_copy(update={"sealed_sha256": {**certificate.sealed_sha256,
+                                                              "b": sha256(own_key(victim.client))}})
+    with pytest.raises(MemberError, match="not signed by the key holder"):
+        members["b"].install_key(own_key(victim.client), forged)
+    hub.close()
+
+
+def test_one_members_upload_handed_out_as_the_sum_is_refused(tmp_path):
+    def b_thrice(hub, round_index):
+        if round_index != 1:
+            return None
+        ups = uploads(hub, 1)
+        return forge_sum(hub, [ups["b"][0]] * 3), [s for _, s in ups.values()]
+
+    members, reports, said, _ = run_federation(tmp_path, "a", forge=b_thrice)
+    assert_refused_and_carried_on(members, reports, said, "a", [1], "seed")
+
+
+def test_a_partial_sum_under_a_false_count_is_refused(tmp_path):
+    def partial(hub, round_index):
+        if round_index != 1:
+            return None
+        ups = uploads(hub, 1)
+        return forge_sum(hub, [ups["b"][0], ups["c"][0]]), [s for _, s in ups.values()]
+
+    members, reports, said, _ = run_federation(tmp_path, "c", forge=partial)
+    assert_refused_and_carried_on(members, reports, said, "c", [1], "seed")
+
+
+def test_last_rounds_sum_replayed_is_refused(tmp_path):
+    def replay(hub, round_index):
+        if round_index != 2:
+            return None
+        return hub.coordinator.sum_for(1), hub.coordinator.contributions(1)
+
+    members, reports, said, _ = run_federation(tmp_path, "b", forge=replay)
+    assert_refused_and_carried_on(members, reports, said, "b", [2], "replay")
+
+
+def test_a_plaintext_the_coordinator_added_to_the_sum_is_refused(tmp_path):
+    def steer(hub, round_index):
+        if round_index != 1:
+            return None
+        ups = uploads(hub, 1)
+        return forge_sum(hub, [e for e, _ in ups.values()], added=0.5), [s for _, s in ups.values()]
+
+    members, reports, said, _ = run_federation(tmp_path, "b", forge=steer)
+    assert_refused_and_carried_on(members, reports, said, "b", [1], "integrity tags")
+
+
+def test_a_sum_under_another_key_is_refused_without_stopping_the_agent(tmp_path):
+    def other_federation(hub, round_index):
+        if round_index != 1:
+            return None
+        ups = uploads(hub, 1)
+        stranger = create_key_material(hub.coordinator.public_context.params)
+        from confide.aggregation.envelope import encrypt_update, sum_envelopes
+        header = read_header(ups["a"][0])
+        total = sum_envelopes(stranger.public_context(), [
+            encrypt_update(stranger, np.zeros(header.n_values), 1.0, header.layout_hash) for _ in range(3)])
+        return total, [s for _, s in ups.values()]
+
+    members, reports, said, _ = run_federation(tmp_path, "c", forge=other_federation)
+    assert_refused_and_carried_on(members, reports, said, "c", [1], "key")
+
+
+def test_a_member_handed_another_sum_than_the_others_finds_the_split_and_leaves(tmp_path):
+    def subset(hub, round_index):  # c gets the honest sum of {a, c}: every check of it alone passes
+        if round_index != 1:
+            return None
+        ups = uploads(hub, 1)
+        return forge_sum(hub, [ups["a"][0], ups["c"][0]]), [ups["a"][1], ups["c"][1]]
+
+    members, reports, said, hub = run_federation(tmp_path, "c", forge=subset)
+    c = members["c"]
+    assert reports["c"].applied[:1] == [1]  # it could not know in round 1...
+    assert c.record.aborted and "split the federation" in c.record.aborted  # ...the others' statements told it
+    aborts = [e for e in c.ledger.entries() if e["kind"] == "abort"]
+    assert len(aborts) == 1 and "split" in aborts[0]["reason"]
+    assert any("split the federation" in line and "\n" not in line for line in said["c"])
+    # The honest members, shown c's statement of another sum, leave too: nobody goes on with this coordinator.
+    assert all(m.record.aborted and "split" in m.record.aborted for m in members.values())
+    digests = {name: m.ledger.applied_sums("tiny")[1] for name, m in members.items()}
+    assert digests["a"] == digests["b"] != digests["c"]
