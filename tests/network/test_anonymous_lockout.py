@@ -19,7 +19,9 @@ import time
 import numpy as np
 import pytest
 
+from confide.errors import BadInput
 from confide.platform.service.client import Backoff, CoordinatorClient
+from confide.platform.service.server import CoordinatorSettings, build_server
 
 from .conftest import Keys, declared_spend
 from .test_coordinator_limits import connect, forged_headers, tls_context
@@ -142,3 +144,10 @@ def test_a_member_is_served_while_forged_slow_uploads_overfill_the_connection_ca
     assert ended["aborted"] > 0, "the connection cap never evicted a forged upload: this test shows nothing"
     assert ended["held"] <= MAX_CONNECTIONS and attack.failed_to_open == 0
     assert unverified.peak_bodies <= MAX_CONNECTIONS and unverified.peak_bytes <= BUDGET_BYTES
+
+
+def test_a_spool_budget_below_the_upload_limit_is_refused_at_start(tmp_path, federation):
+    settings = CoordinatorSettings(port=free_port(), max_upload_bytes=2_000_000,
+                                   unverified_spool_budget_bytes=1_000_000)
+    with pytest.raises(BadInput, match="unverified_spool_budget_bytes"):
+        build_server(federation.path, tmp_path / "state", settings, say=lambda _line: None)
