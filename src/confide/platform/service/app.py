@@ -24,7 +24,7 @@ from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.formats import DeclaredSpend
 from confide.platform.protocol import ProtocolViolation
-from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate
+from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import (
     HEX64,
@@ -85,12 +85,14 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 
 def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024,
-               max_wait_s: float = MAX_WAIT_S, body_timeouts: BodyTimeouts = BodyTimeouts()) -> FastAPI:
+               max_wait_s: float = MAX_WAIT_S, body_timeouts: BodyTimeouts = BodyTimeouts(),
+               unverified: UnverifiedBodies | None = None) -> FastAPI:
     """The ASGI app serving `hub`.
 
     `tick_s`: how often the protocol is advanced without a poke; `max_json_bytes`: limit of the key
     set-up's body (uploads have the hub's limit, declines and reports `SMALL_BODY_BYTES`, any other
-    path `NO_BODY_BYTES`); `max_wait_s`: longest long-poll; `body_timeouts`: how slowly a body may arrive.
+    path `NO_BODY_BYTES`); `max_wait_s`: longest long-poll; `body_timeouts`: how slowly a body may arrive;
+    `unverified`: the bodies read before authentication, shared with the server's connection cap.
     """
     changes: dict[str, Changes] = {}
 
@@ -340,5 +342,5 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         return NO_BODY_BYTES
 
     app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier, spool_dir=hub.spool_dir,
-                       timeouts=body_timeouts)
+                       timeouts=body_timeouts, unverified=unverified)
     return app

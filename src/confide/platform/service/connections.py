@@ -8,14 +8,16 @@ both to its h11 protocol:
   its previous response); otherwise it is dropped;
 - at most `max_connections` are open; a new one beyond that evicts a connection that is already
   closing (a TLS close waits for the peer's reply), else the one that has waited longest for
-  headers, or is closed at once if every open connection is busy with a request.
+  headers, else the one reading the oldest body not yet authenticated (`gate.UnverifiedBodies`),
+  or is closed at once if every open connection is busy with an authenticated request.
 
 Evicted and timed-out connections are aborted, not closed politely: a polite TLS close keeps the
 socket until the peer answers or 30 s pass, and such sockets would use up the file descriptors.
 
-So idle connections cannot lock members out: the newest member's connection displaces the oldest
-idle one. `ThrottledLog` keeps a flood of identical warnings (refused requests, accept errors)
-from filling the disk: one line per kind and interval, a count of the rest, no tracebacks.
+So neither idle connections nor slow unauthenticated bodies can lock members out: the newest
+member's connection displaces the oldest idle one, or the oldest forged upload. `ThrottledLog`
+keeps a flood of identical warnings (refused requests, accept errors) from filling the disk: one
+line per kind and interval, a count of the rest, no tracebacks.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ from typing import Iterable
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from confide.platform.service.gate import UnverifiedBodies
+
 log = logging.getLogger("confide.service.connections")
 
 
-def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """An h11 protocol class with a header timeout and a connection cap (see module doc)."""
+def guarded_h11(header_timeout_s: float, max_connections: int,
+                unverified: UnverifiedBodies | None = None) -> type[H11Protocol]:
+    """An h11 protocol class with a header timeout and a connection cap (see module doc).
+
+    `unverified` is the app's gate's set of bodies being read unauthenticated (None: never evict those).
+    """
 
     class GuardedH11Protocol(H11Protocol):
         awaiting_since: float | None = None
@@ -38,7 +46,7 @@ def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protoc
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > max_connections and not self._evict_idle():
+            if len(self.connections) > max_connections and not self._make_room():
                 log.warning("refused a connection: %d open, all busy (limit %d)", len(self.connections) - 1,
                             max_connections)
                 transport.close()
@@ -74,7 +82,7 @@ def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protoc
                 self.awaiting_since = None
                 self.transport.abort()  # no TLS goodbye: a silent peer would hold the socket 30 s more
 
-        def _evict_idle(self) -> bool:
+        def _make_room(self) -> bool:
             others = [c for c in self.connections if c is not self]
             # A closing TLS connection waits up to 30 s for the peer's close_notify: drop those first.
             closing = [c for c in others if c.transport.is_closing()]
@@ -82,13 +90,28 @@ def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protoc
                 closing[0].transport.abort()
                 return True
             waiting = [c for c in others if getattr(c, "awaiting_since", None) is not None]
-            if not waiting:
+            if waiting:
+                oldest = min(waiting, key=lambda c: c.awaiting_since)
+                log.info("connection limit %d reached: closed the connection idle longest", max_connections)
+                oldest._headers_arrived()
+                oldest.transport.abort()
+                return True
+            return self._evict_unverified(others)
+
+        def _evict_unverified(self, others) -> bool:
+            """Abort the connection reading the oldest unauthenticated body; False if there is none."""
+            if unverified is None:
                 return False
-            oldest = min(waiting, key=lambda c: c.awaiting_since)
-            log.info("connection limit %d reached: closed the connection idle longest", max_connections)
-            oldest._headers_arrived()
-            oldest.transport.abort()
-            return True
+            by_peer = {c.client: c for c in others if c.client is not None}
+            for body in unverified.oldest_first():
+                victim = by_peer.get(body.peer)
+                if victim is not None:
+                    unverified.evict(body)
+                    log.info("connection limit %d reached: closed the connection with the oldest unauthenticated "
+                             "body (claiming %r)", max_connections, body.institution)
+                    victim.transport.abort()
+                    return True
+            return False
 
     return GuardedH11Protocol
 

@@ -6,9 +6,11 @@ and prints its SHA-256 fingerprint for institutions to pin.
 
 What the server itself bounds (see `connections` and `gate`): request headers must arrive within
 `header_timeout_s`, idle keep-alive connections close after `keep_alive_s`, at most
-`max_connections` are open (idle ones are evicted first), headers are at most `max_header_bytes`,
-and request bodies have per-route size limits and timeouts and are read only after the signature
-headers passed. Repeated peer-driven warnings are throttled.
+`max_connections` are open (idle ones are evicted first, then the oldest unauthenticated body),
+headers are at most `max_header_bytes`, and request bodies have per-route size limits, must declare
+their length, get timeouts from that length and are read only after the signature headers passed;
+at most `unverified_bodies_per_institution` per claimed id and `unverified_spool_budget_bytes` in
+all are read unauthenticated at once. Repeated peer-driven warnings are throttled.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Callable
 
 import uvicorn
 
+from confide.errors import BadInput
 from confide.platform.service.app import create_app
 from confide.platform.service.connections import ThrottledLog, attach, detach, guarded_h11
-from confide.platform.service.gate import BodyTimeouts
+from confide.platform.service.gate import BodyTimeouts, UnverifiedBodies
 from confide.platform.service.hub import DEFAULT_MAX_UPLOAD_BYTES, CoordinatorHub
 from confide.platform.service.tls import TlsError, is_loopback, server_certificate
 from confide.policies import load_federation
@@ -49,16 +52,20 @@ class CoordinatorSettings:
     body_idle_timeout_s: float = 30.0
     body_min_rate_bytes_per_s: float = 64 * 1024
     max_connections: int = 1000
+    unverified_bodies_per_institution: int = 4
+    unverified_spool_budget_bytes: int = 1 << 30
     max_header_bytes: int = 16 * 1024
     log_interval_s: float = 10.0
 
 
 class CoordinatorServer(uvicorn.Server):
-    """uvicorn's server with peer-driven log lines throttled while it runs."""
+    """uvicorn's server with peer-driven log lines throttled while it runs; `unverified` is what its
+    gate and connection cap hold of the bodies being read unauthenticated."""
 
-    def __init__(self, config: uvicorn.Config, log_interval_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, log_interval_s: float, unverified: UnverifiedBodies) -> None:
         super().__init__(config)
         self.log_filter = ThrottledLog(log_interval_s)
+        self.unverified = unverified
 
     async def serve(self, sockets=None) -> None:
         attach(self.log_filter)
@@ -93,6 +100,10 @@ def build_server(federation_path: Path, state_dir: Path, settings: CoordinatorSe
     if settings.insecure and not is_loopback(settings.host):
         raise TlsError(f"--insecure (plain HTTP) is allowed on a loopback address only, not {settings.host}",
                        "drop --insecure: TLS with a self-signed certificate is the default")
+    if settings.unverified_spool_budget_bytes < settings.max_upload_bytes:
+        raise BadInput(f"unverified_spool_budget_bytes ({settings.unverified_spool_budget_bytes}) is below "
+                       f"max_upload_bytes ({settings.max_upload_bytes})",
+                       "give unauthenticated bodies room for at least one upload of the largest size")
     policy = load_federation(federation_path)
     hub = CoordinatorHub(policy, state_dir, max_upload_bytes=settings.max_upload_bytes)
     ssl: dict = {}
@@ -106,13 +117,15 @@ def build_server(federation_path: Path, state_dir: Path, settings: CoordinatorSe
     say(f"federation {state.federation_id}: {state.status}, round {state.current.index if state.current else 0}"
         f" of {state.total_rounds}; serving {scheme}://{settings.host}:{settings.port}")
     timeouts = BodyTimeouts(settings.body_idle_timeout_s, settings.body_min_rate_bytes_per_s)
+    unverified = UnverifiedBodies(settings.unverified_bodies_per_institution, settings.unverified_spool_budget_bytes)
     config = uvicorn.Config(
-        create_app(hub, tick_s=settings.tick_s, body_timeouts=timeouts), host=settings.host, port=settings.port,
+        create_app(hub, tick_s=settings.tick_s, body_timeouts=timeouts, unverified=unverified),
+        host=settings.host, port=settings.port,
         log_level="warning", timeout_graceful_shutdown=3, timeout_keep_alive=settings.keep_alive_s,
-        http=guarded_h11(settings.header_timeout_s, connection_limit(settings.max_connections)),
+        http=guarded_h11(settings.header_timeout_s, connection_limit(settings.max_connections), unverified),
         h11_max_incomplete_event_size=settings.max_header_bytes, server_header=False, **ssl,
     )
-    return CoordinatorServer(config, settings.log_interval_s), hub
+    return CoordinatorServer(config, settings.log_interval_s, unverified), hub
 
 
 def run_coordinator(federation_path: Path, state_dir: Path, settings: CoordinatorSettings = CoordinatorSettings(),
