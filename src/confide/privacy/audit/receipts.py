@@ -88,7 +88,7 @@ def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
 
 
 def load_receipts(path: Path, default_federation: str | None = None) -> tuple[str | None, list[UploadReceipt]]:
-    """Read a receipts file: the federation it names (its own, else `default_federation`) and its receipts.
+    """Read a receipts file: the federation the file itself names (else None) and its receipts.
 
     A receipt without `federation` takes the file's own `federation`, else `default_federation`
     (the coordinator's database stores receipts of its one federation without it). Raises
@@ -111,7 +111,7 @@ def load_receipts(path: Path, default_federation: str | None = None) -> tuple[st
         if not isinstance(record["round"], int) or isinstance(record["round"], bool):
             raise AuditInputError(f"{path}: receipt {index}: round {record['round']!r} is not an integer")
         receipts.append(_receipt_from(record, index, f"{path}: receipt"))
-    return file_federation or default_federation, receipts
+    return file_federation, receipts
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,8 @@ def _export(path: Path, default_federation: str | None) -> tuple[str | None, lis
     """The federation an export is of (None: it is empty and names none) and its receipts."""
     named, receipts = load_receipts(path, default_federation)
     federations = sorted({r.federation for r in receipts} | ({named} if named else set()))
+    if not federations and default_federation:
+        federations = [default_federation]  # an empty export, with the audit's only federation file
     if len(federations) > 1:
         raise AuditInputError(f"{path}: receipts of {', '.join(federations)} in one export; an export holds one "
                               "federation's receipts (split it, and pass each with its coordinator's key)")
