@@ -205,9 +205,9 @@ def run_dp_round(
     gradient to `clipping_norm` and adds Gaussian noise of std `noise_multiplier * clipping_norm`
     to the sum (Opacus, hooks mode). The model is trained in place on whatever device it is on.
     `seed` makes sampling and noise reproducible (tests, benchmarks and the canary audit only; None
-    draws from the OS, reseeded every step; real rounds go through `train_round`, which has no seed). `on_step(done, total)` is
-    called after each DP step. `per_sample_hook` is for the canary audit only (see PerSampleHook);
-    `train_round`, what the agent calls, has no such parameter.
+    draws from the OS, reseeded every step; real rounds go through `train_round`, which has no seed).
+    `on_step(done, total)` is called after each DP step. `per_sample_hook` is for the canary audit
+    only (see PerSampleHook); `train_round`, what the agent calls, has no such parameter.
 
     Raises TrainingError for invalid settings, a step count that does not match the plan, or
     trainable weights that did not move (Opacus issue 820).
