@@ -6,7 +6,9 @@ truncated to the sequence length, so every example is full length. Both sides us
 code, optimizer (AdamW) and physical batch limit.
 
 - DP: `confide.privacy.run_dp_round`, i.e. Poisson sampling at q = batch / records, Opacus
-  per-example gradients (hooks), clipping, Gaussian noise, BatchMemoryManager, plus the round's
+  per-example gradients (hooks), clipping, Gaussian noise (secure_mode: four draws per value, see
+  `secure_noise_cost`, reported as `secure_noise_ratio` and its share of a DP step), BatchMemoryManager,
+  plus the round's
   own set-up (wrapping, unwrapping, the before/after adapter copies) spread over its steps.
 - Non-private: the very same logical batches (the DP sampler's draws, reproduced from its seed),
   split into the same physical batches, forward, backward with accumulation, AdamW step.
@@ -182,6 +184,27 @@ def memory_in_child(mode: str, seq: int, batch: int, steps: int, device: str) ->
     return result
 
 
+def secure_noise_cost(model, repeats: int = 20) -> dict:
+    """What `secure_mode` (each noise value the sum of four Gaussians halved, against the floating-point
+    attack; real rounds use it) costs against one Gaussian per value, on the model's trainable parameters:
+    the median seconds of one step's noise both ways, alternating, and their ratio."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    params = list(trainable_parameters(model).values())
+    generator = torch.Generator(device=params[0].device).manual_seed(0)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for index in range(repeats + 1):
+        for secure in ((True, False) if index % 2 else (False, True)):
+            started = time.perf_counter()
+            for param in params:
+                _generate_noise(1.0, param, generator=generator, secure_mode=secure)
+            if index:
+                times[secure].append(time.perf_counter() - started)
+    secure_s, plain_s = statistics.median(times[True]), statistics.median(times[False])
+    return {"secure_noise_s": round(secure_s, 6), "plain_noise_s": round(plain_s, 6),
+            "secure_noise_ratio": round(secure_s / plain_s, 2)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sequence length 64 and fewer rounds")
@@ -243,6 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
         "overhead_ratio_max": round(max(ratios), 3),
         "overhead_ratio_cpu_time": round(statistics.median(cpu_ratios), 3),
     }
+    noise = secure_noise_cost(dp_model)
+    # The part of a DP step that secure_mode adds (the DP side above already runs with it).
+    noise["secure_noise_share_of_dp_step"] = round((noise["secure_noise_s"] - noise["plain_noise_s"])
+                                                   / result["dp_step_s"], 4)
+    result.update(noise)
     if not args.no_memory:
         dp_memory = memory_in_child("dp", seq, args.batch, steps, device)
         plain_memory = memory_in_child("nonprivate", seq, args.batch, steps, device)

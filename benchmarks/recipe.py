@@ -83,25 +83,32 @@ def validation_split(examples: Path, work: Path):
 
 @contextlib.contextmanager
 def seeded_rounds(seed: int):
-    """Seed every DP round's sampling and noise by (seed, noise multiplier, how many rounds before)."""
+    """Seed every DP round's sampling and noise by (seed, noise multiplier, how many rounds before).
+
+    Real rounds (`confide.privacy.training.train_round`) take no seed and draw from the OS. This
+    benchmark replaces that function, for its own in-process runs only, with one that trains the
+    round through the seedable research entry point `run_dp_round(seed=...)`: a benchmark-only
+    path that no agent reaches.
+    """
     import confide.privacy.training as training
 
-    original = training.run_dp_round
+    original = training.train_round
     counts: dict[float, int] = {}
 
-    def run(model, train, task, settings, **kwargs):
-        key = round(settings.noise_multiplier, 6)
+    def seeded_train_round(model, train, federation, institution, spend, on_step=None):
+        key = round(spend.noise_multiplier, 6)
         index = counts.get(key, 0)
         counts[key] = index + 1
         digest = hashlib.sha256(f"{seed}/{key}/{index}".encode()).hexdigest()
-        kwargs["seed"] = int(digest[:12], 16)
-        return original(model, train, task, settings, **kwargs)
+        settings = training.DPSettings.from_policies(federation, institution, spend)
+        return training.run_dp_round(model, train, federation.model.task, settings, seed=int(digest[:12], 16),
+                                     on_step=on_step).delta
 
-    training.run_dp_round = run
+    training.train_round = seeded_train_round
     try:
         yield
     finally:
-        training.run_dp_round = original
+        training.train_round = original
 
 
 def final_accuracy(federation, institutions, validation, out: Path, seed: int) -> tuple[float, float]:

@@ -538,7 +538,13 @@ def sweep(
 # ----------------------------------------------------------------------------- audit
 
 _POLICY_HELP = "Institution policy (budget, cap, clipping); repeatable, matched to ledgers by id."
-_FEDERATION_HELP = "Federation file (roster keys and privacy requirements); repeatable."
+_FEDERATION_HELP = ("Federation file (roster keys and privacy requirements); repeatable, one per federation the "
+                    "ledgers took part in (a file of a federation no ledger names fails).")
+_RECEIPTS_HELP = ("One federation's receipts export (JSON or JSONL, from its coordinator); repeatable: one per "
+                  "federation the ledgers took part in. Without a federation's receipts and key its completeness "
+                  "is not verified (verdict incomplete).")
+_COORDINATOR_KEY_HELP = ("The public key (base64 or identity.json) of the coordinator that signed the --receipts "
+                         "given in the same position; repeatable, one per --receipts.")
 
 
 @audit_app.command("ledgers")
@@ -548,8 +554,8 @@ def audit_ledgers_command(
     policy: List[Path] = typer.Option([], "--policy", help=_POLICY_HELP),
     federation: List[Path] = typer.Option([], "--federation", help=_FEDERATION_HELP),
     key: Optional[str] = typer.Option(None, "--key", help="Institution public key (base64 or identity.json)."),
-    receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
-    coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
+    receipts: List[Path] = typer.Option([], "--receipts", help=_RECEIPTS_HELP),
+    coordinator_key: List[str] = typer.Option([], "--coordinator-key", help=_COORDINATOR_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Verify hashes, chain, signatures, receipts; recompute epsilon with an independent accountant.
@@ -557,14 +563,24 @@ def audit_ledgers_command(
     It can show the record's integrity, its consistency with the coordinator's receipts (each
     signs the upload's ledger head and declared DP-SGD spend) and the federation file, and
     correct accounting; no ledger can show which noise was actually drawn
-    (see `confide audit canaries`). Exit 0 when everything verifies, 1 when a check fails, 3 when
-    nothing failed but a budget could not be evaluated (no --policy), 2 for unreadable input.
+    (see `confide audit canaries`).
+
+    A ledger spanning several federations is checked against each one's receipts: pass
+    `--receipts F1.jsonl --coordinator-key K1 --receipts F2.jsonl --coordinator-key K2`
+    (the N-th key verifies the N-th export; an export holds one federation's receipts),
+    and a --federation file per federation. Ledgers of several members of a federation
+    are also compared: members that applied different sums for one round fail.
+
+    Exit 0 when everything verifies; 1 when a check fails; 3 (incomplete) when nothing
+    failed but something could not be checked: a budget (no --policy), a federation's
+    completeness (no receipts or no coordinator key for it; the verdict names it) or its
+    requirements (no --federation); 2 for unreadable input.
     """
     from confide.privacy.audit import audit_ledgers, audit_renderables
 
-    need_files(*ledgers, *policy, *federation, receipts)
+    need_files(*ledgers, *policy, *federation, *receipts)
     result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
-                           coordinator_key=coordinator_key)
+                           coordinator_keys=coordinator_key)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
     else:
@@ -580,22 +596,24 @@ def audit_adapter_command(
     ledgers: List[Path] = typer.Argument(..., help="The ledgers of the institutions on its card (JSON Lines)."),
     policy: List[Path] = typer.Option([], "--policy", help=_POLICY_HELP),
     federation: List[Path] = typer.Option([], "--federation", help=_FEDERATION_HELP),
-    receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
-    coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
+    receipts: List[Path] = typer.Option([], "--receipts", help=_RECEIPTS_HELP),
+    coordinator_key: List[str] = typer.Option([], "--coordinator-key", help=_COORDINATOR_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Check an adapter's card (privacy.json) against the ledgers and receipts, and verify the ledgers.
+    """Check an adapter's card (privacy.json and its README.md) field by field against the ledgers,
+    receipts, federation file and policies, and verify the ledgers.
 
-    Exit 0 when the card and every ledger verify, 1 when a check fails, 3 when nothing failed but
-    something could not be checked (no --federation or --policy), 2 for unreadable input.
+    Exit 0 when the card and every ledger verify (it needs the ledgers of the card's institutions,
+    --federation, --policy, and per federation --receipts with --coordinator-key), 1 when a check
+    fails, 3 when nothing failed but something could not be checked, 2 for unreadable input.
     """
     from confide.privacy.audit.adapter_card import adapter_audit_renderables, audit_adapter
 
     if not adapter.is_dir():
         fail([f"{adapter}: no such directory (give the saved adapter's directory)"])
-    need_files(*ledgers, *policy, *federation, receipts)
+    need_files(*ledgers, *policy, *federation, *receipts)
     result = audit_adapter(adapter, ledgers, policies=policy, federations=federation, receipts=receipts,
-                           coordinator_key=coordinator_key)
+                           coordinator_keys=coordinator_key)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
     else:
@@ -662,20 +680,21 @@ def report(
     policy: List[Path] = typer.Option([], "--policy", help=_POLICY_HELP),
     federation: List[Path] = typer.Option([], "--federation", help=_FEDERATION_HELP),
     key: Optional[str] = typer.Option(None, "--key", help="Institution public key (base64 or identity.json)."),
-    receipts: Optional[Path] = typer.Option(None, "--receipts", help="Coordinator receipts (JSON or JSONL)."),
-    coordinator_key: Optional[str] = typer.Option(None, "--coordinator-key", help="Coordinator public key."),
+    receipts: List[Path] = typer.Option([], "--receipts", help=_RECEIPTS_HELP),
+    coordinator_key: List[str] = typer.Option([], "--coordinator-key", help=_COORDINATOR_KEY_HELP),
 ) -> None:
     """A budget report an auditor can hand on: budget, spent, remaining, verification, charts, per-round table.
 
     The report is written whatever the verdict; the exit code is the verdict's, as for `confide audit`:
-    0 verified, 1 a check failed, 3 incomplete (no --policy, so no budget was evaluated), 2 bad input.
+    0 verified, 1 a check failed, 3 incomplete (a budget, a federation's receipts or its file missing), 2 bad
+    input. --receipts and --coordinator-key pair up as for `confide audit`, one pair per federation.
     """
     from confide.privacy.audit import audit_ledgers, write_report
 
-    need_files(*ledgers, *policy, *federation, receipts)
+    need_files(*ledgers, *policy, *federation, *receipts)
     make_out_file_parent(out_file)
     result = audit_ledgers(ledgers, policies=policy, federations=federation, key=key, receipts=receipts,
-                           coordinator_key=coordinator_key)
+                           coordinator_keys=coordinator_key)
     for path in write_report(result, out_file):
         out.print(f"wrote {path}", highlight=False)
     out.print(f"verdict: {result.verdict_text}", highlight=False)

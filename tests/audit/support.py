@@ -5,6 +5,7 @@ ledger code, the coordinator's signed receipts, and helpers that tamper with led
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -54,14 +55,14 @@ class World:
 
 
 def federation_yaml(a: Identity, b: Identity, min_noise: float, accountant: str, delta: float,
-                    training: str | None = None) -> str:
+                    training: str | None = None, federation: str = FEDERATION_ID) -> str:
     """The test federation; `training` replaces its training section (default: the steps SPEND takes)."""
     roster = ""
     for ident in (a, b):
         entry = ident.public.to_roster_entry(ident.institution_id)
         roster += (f"  - id: {entry['id']}\n    signing_key: {entry['signing_key']}\n"
                    f"    sealing_key: {entry['sealing_key']}\n")
-    return (f"kind: federation\nfederation_id: {FEDERATION_ID}\nroster:\n{roster}"
+    return (f"kind: federation\nfederation_id: {federation}\nroster:\n{roster}"
             "model:\n  source: random:tiny-bert\n  labels: [x, y]\nrounds: 5\nmin_institutions: 2\n"
             + (training if training is not None else f"training:\n  steps_per_round: {SPEND['steps']}\n") +
             f"privacy:\n  delta: {delta}\n  accountant: {accountant}\n  min_noise_multiplier: {min_noise}\n")
@@ -103,26 +104,35 @@ def envelope_hash(round_index: int) -> str:
     return f"{round_index:064x}"
 
 
+def sum_hash(round_index: int, federation: str = FEDERATION_ID) -> str:
+    """A stand-in SHA-256 of the encrypted sum the coordinator handed out for a round."""
+    return hashlib.sha256(f"sum/{federation}/{round_index}".encode()).hexdigest()
+
+
 def write_ledger(state: Path, identity: Identity, spends: list[dict], dataset: str = "ds-1",
-                 coordinator: Identity | None = None) -> Path:
+                 coordinator: Identity | None = None, federation: str = FEDERATION_ID,
+                 applied: bool = False) -> Path:
     """A ledger written by `PrivacyLedger` itself, per round as a member writes it: the spend, the
-    upload's outcome and, given the coordinator, the receipt it kept (3 entries a round)."""
+    upload's outcome and, given the coordinator, the receipt it kept (3 entries a round); with
+    `applied`, also the sum it applied (`sum_hash`). Appends to a ledger already in `state`."""
     ledger = PrivacyLedger.open(state, identity.institution_id, dataset, identity, clock=stepping_clock())
     for round_index, spend in enumerate(spends, start=1):
-        ledger.append("spend", FEDERATION_ID, round_index, **spend)
-        ledger.append("outcome", FEDERATION_ID, round_index, result="uploaded",
+        ledger.append("spend", federation, round_index, **spend)
+        ledger.append("outcome", federation, round_index, result="uploaded",
                       envelope_sha256=envelope_hash(round_index), weight=64.0)
         if coordinator is not None:
-            receipt = sign_receipts(coordinator, identity.institution_id, round_index)[-1]
-            ledger.append("receipt", FEDERATION_ID, round_index, receipt=receipt)
+            receipt = sign_receipts(coordinator, identity.institution_id, round_index, federation)[-1]
+            ledger.append("receipt", federation, round_index, receipt=receipt)
+        if applied:
+            ledger.append("applied", federation, round_index, count=2, sum_sha256=sum_hash(round_index, federation))
     return ledger.path
 
 
-def sign_receipts(coordinator: Identity, institution: str, rounds: int) -> list[dict]:
+def sign_receipts(coordinator: Identity, institution: str, rounds: int, federation: str = FEDERATION_ID) -> list[dict]:
     """The coordinator's receipts for rounds 1..`rounds`, as `confide.platform.coordinator` signs them."""
     receipts = []
     for r in range(1, rounds + 1):
-        body = {"federation": FEDERATION_ID, "round": r, "institution": institution,
+        body = {"federation": federation, "round": r, "institution": institution,
                 "envelope_sha256": envelope_hash(r)}
         receipts.append({**body, "signature": b64(coordinator.sign(canonical_json(body)))})
     return receipts

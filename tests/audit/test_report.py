@@ -47,7 +47,7 @@ def federation_result(world):
     """hospital-a (honest, PRV) and hospital-b (RDP, 4 rounds) of one federation, with policies and keys."""
     other = write_ledger(world.root / "b", world.other, [dict(SPEND, accountant="rdp", noise_multiplier=1.2)] * 4)
     result = audit_ledgers([world.ledger, other], policies=[world.policy], federations=[world.federation],
-                           receipts=world.receipts, coordinator_key=world.coordinator_key)
+                           receipts=[world.receipts], coordinator_keys=[world.coordinator_key])
     return result
 
 

@@ -36,8 +36,8 @@ def failed(result, name):
 
 
 def full_audit(world, **kwargs):
-    args = dict(policies=[world.policy], federations=[world.federation], receipts=world.receipts,
-                coordinator_key=world.coordinator_key)
+    args = dict(policies=[world.policy], federations=[world.federation], receipts=[world.receipts],
+                coordinator_keys=[world.coordinator_key])
     return audit_ledgers([world.ledger], **(args | kwargs))
 
 
@@ -175,7 +175,7 @@ def test_spend_clipping_other_than_policy_is_caught(world):
 
 def test_deleting_trailing_entries_is_caught_given_receipts(world):
     write_entries(world.ledger, read_entries(world.ledger)[:4])  # round 2's spend stays; the rest is gone
-    without_receipts = full_audit(world, receipts=None)
+    without_receipts = full_audit(world, receipts=(), coordinator_keys=())
     assert without_receipts.passed  # a shorter chain is still a valid chain
     result = full_audit(world)
     missing = failed(result, "receipts")
@@ -335,7 +335,7 @@ def test_resigned_ledger_with_steps_other_than_the_federation_file_fails(world):
     entries = read_entries(world.ledger)
     entries[SPEND_SEQS[1] - 1]["steps"] = SPEND["steps"] // 2
     write_entries(world.ledger, reseal(entries, world.institution))
-    result = full_audit(world, receipts=None)
+    result = full_audit(world, receipts=(), coordinator_keys=())
     assert [c.seq for c in failed(result, "federation_steps")] == [SPEND_SEQS[1]]
     assert result.exit_code == 1
 
@@ -346,10 +346,10 @@ def test_resigned_sample_rate_that_disagrees_with_the_recorded_training_size_fai
     for seq in SPEND_SEQS:  # the institution records its training-set size with each spend...
         entries[seq - 1]["train_records"] = round(expected_batch / SPEND["sample_rate"])
     write_entries(world.ledger, reseal(entries, world.institution))
-    assert failed(full_audit(world, receipts=None), "sample_rate") == []
+    assert failed(full_audit(world, receipts=(), coordinator_keys=()), "sample_rate") == []
     entries[SPEND_SEQS[0] - 1]["sample_rate"] = SPEND["sample_rate"] / 2  # ...then claims a smaller rate
     write_entries(world.ledger, reseal(entries, world.institution))
-    result = full_audit(world, receipts=None)
+    result = full_audit(world, receipts=(), coordinator_keys=())
     assert [c.seq for c in failed(result, "sample_rate")] == [SPEND_SEQS[0]]
 
 

@@ -175,9 +175,28 @@ def test_train_round_takes_its_settings_from_the_policies_and_reports_steps(tiny
     model = copy.deepcopy(built.model)
     seen = []
     delta = train_round(model, data.train, federation, make_institution(tmp_path, clipping_norm=0.5),
-                        RoundSpend(1.0, 0.2, 3), on_step=lambda done, total: seen.append((done, total)), seed=5)
+                        RoundSpend(1.0, 0.2, 3), on_step=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert set(delta) == set(trainable_state(model))
+
+
+def test_a_real_round_cannot_be_given_a_seed(tiny_bert, tmp_path, monkeypatch):
+    import confide.privacy.training as training
+
+    federation, built, data = tiny_bert
+    institution = make_institution(tmp_path)
+    with pytest.raises(TypeError, match="seed"):
+        train_round(copy.deepcopy(built.model), data.train, federation, institution, RoundSpend(1.0, 0.5, 2), seed=5)
+
+    # Nor by replacing the seedable research entry point: real rounds do not go through that name.
+    real = training.run_dp_round
+    monkeypatch.setattr(training, "run_dp_round", lambda *args, **kwargs: real(*args, **(kwargs | {"seed": 0})))
+    deltas = [train_round(copy.deepcopy(built.model), data.train, federation, institution, RoundSpend(1.0, 0.5, 2))
+              for _ in range(2)]
+    assert any(not torch.equal(deltas[0][name], deltas[1][name]) for name in deltas[0])
+    seeded = [training.run_dp_round(copy.deepcopy(built.model), data.train, "sequence_classification",
+                                    settings(sample_rate=0.5)).delta for _ in range(2)]
+    assert all(torch.equal(seeded[0][name], seeded[1][name]) for name in seeded[0])  # the patch itself works
 
 
 def test_empty_poisson_batches_still_take_a_noisy_step(tiny_bert):

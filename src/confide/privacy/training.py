@@ -11,11 +11,27 @@ reasons. The sample rate must be exactly the one the ledger records (`make_priva
 
 The model is wrapped in a GradSampleModule (hooks mode) only for the round and unwrapped in a
 `finally`, so the same model goes through any number of rounds and stays an ordinary module.
+
+Where the randomness comes from (`_fresh_generators`). Opacus' `PrivacyEngine(secure_mode=True)`
+needs `torchcsprng`, which has no release for current torch (`pip download torchcsprng`: no
+matching distribution). What it is for has two parts, and both are done here without it:
+- the floating-point attack (Jin et al. 2021, Holohan & Braghin 2021, arXiv 2107.10138): the low
+  bits of one floating-point Gaussian sample reveal the generator's output, and a released value
+  near it. `DPOptimizer(secure_mode=True)` (which needs no torchcsprng) draws each noise value as
+  the sum of four Gaussians halved, Holohan and Braghin's fix (attack complexity 2^159 for doubles).
+- unpredictable draws: torch's CPU generator is a Mersenne Twister, not a CSPRNG, and a seed known
+  to anyone gives the whole noise away. Both generators (Poisson sampling, noise) are seeded from
+  `os.urandom` (64 bits, the most `manual_seed` takes) and reseeded from it after every step, so one
+  step's draws say nothing about the next, and no seed exists that could be known beforehand.
+What it does not give: a generator whose internal outputs are computationally indistinguishable
+from random within a step. Those outputs are never released (only the noised sum leaves, encrypted
+and added to others), so recovering them means inverting the noise first. `train_round`, what real
+rounds run, takes no seed; `run_dp_round(seed=...)` is for tests, benchmarks and the canary audit.
 """
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -146,15 +162,17 @@ def _make_optimizer(settings: DPSettings, params: dict[str, nn.Parameter]) -> to
     return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
 
+def _os_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
 def _generators(device: torch.device, seed: int | None) -> tuple[torch.Generator, torch.Generator]:
     """Sampling generator (CPU, where Opacus draws the Poisson mask) and noise generator (on `device`).
 
-    Without a seed both come from the OS's randomness: a real round must not be predictable.
+    Without a seed both come from the OS's randomness (and `run_dp_round` reseeds them after every
+    step, see the module docstring): a real round must not be predictable.
     """
-    if seed is None:
-        seeds = (secrets.randbits(63), secrets.randbits(63))
-    else:
-        seeds = (seed, seed + 1)
+    seeds = (_os_seed(), _os_seed()) if seed is None else (seed, seed + 1)
     sampling = torch.Generator().manual_seed(seeds[0])
     noise = torch.Generator(device=device).manual_seed(seeds[1])
     return sampling, noise
@@ -186,10 +204,10 @@ def run_dp_round(
     batches of at most `max_physical_batch_size` (BatchMemoryManager), clips every example's
     gradient to `clipping_norm` and adds Gaussian noise of std `noise_multiplier * clipping_norm`
     to the sum (Opacus, hooks mode). The model is trained in place on whatever device it is on.
-    `seed` makes sampling and noise reproducible (tests only; None draws from the OS, and a real
-    round must use None: whoever knows the seed can subtract the noise). `on_step(done, total)` is
-    called after each DP step. `per_sample_hook` is for the canary audit only (see PerSampleHook);
-    `train_round`, what the agent calls, has no such parameter.
+    `seed` makes sampling and noise reproducible (tests, benchmarks and the canary audit only; None
+    draws from the OS, reseeded every step; real rounds go through `train_round`, which has no seed).
+    `on_step(done, total)` is called after each DP step. `per_sample_hook` is for the canary audit
+    only (see PerSampleHook); `train_round`, what the agent calls, has no such parameter.
 
     Raises TrainingError for invalid settings, a step count that does not match the plan, or
     trainable weights that did not move (Opacus issue 820).
@@ -219,11 +237,15 @@ def run_dp_round(
             expected_batch_size=settings.sample_rate * records,
             loss_reduction="mean",
             generator=noise_gen,
+            secure_mode=True,  # each noise value is the sum of four Gaussians halved (floating-point attack)
         )
 
         def count_step(_optimizer: DPOptimizer) -> None:
             nonlocal steps_taken
             steps_taken += 1
+            if seed is None:  # the next step's Poisson mask and noise from fresh OS randomness
+                sampling_gen.manual_seed(_os_seed())
+                noise_gen.manual_seed(_os_seed())
             if on_step is not None:
                 on_step(steps_taken, settings.steps)
 
@@ -276,6 +298,10 @@ def run_dp_round(
     )
 
 
+# Bound once at import: what real rounds run, whatever later replaces the module's `run_dp_round`.
+_dp_round = run_dp_round
+
+
 def train_round(
     model: nn.Module,
     train: Dataset,
@@ -283,14 +309,16 @@ def train_round(
     institution: InstitutionPolicy,
     spend: RoundSpend,
     on_step: StepCallback | None = None,
-    seed: int | None = None,
 ) -> State:
     """Run one DP round for a reserved `spend` and return the delta (trainable state after minus before).
 
     The optimizer, learning rate and physical batch come from `federation.training`, the clipping
     norm from `institution`, the noise, sample rate and steps from `spend` (the ledger's spend
     entry). The model keeps the trained weights; callers that must not keep them reload the
-    previous state. Raises TrainingError (see `run_dp_round`).
+    previous state. Sampling and noise draw from the OS's randomness, reseeded every step: there is
+    no seed to give (anyone who knew it could subtract the noise). Raises TrainingError (see
+    `run_dp_round`).
     """
     settings = DPSettings.from_policies(federation, institution, spend)
-    return run_dp_round(model, train, federation.model.task, settings, seed=seed, on_step=on_step).delta
+    # `_dp_round`, not the module's `run_dp_round`: replacing that name cannot seed a real round.
+    return _dp_round(model, train, federation.model.task, settings, seed=None, on_step=on_step).delta

@@ -45,7 +45,7 @@ def audit_renderables(result: AuditResult) -> list[Any]:
     """Per ledger a table of checks and a table of recomputed epsilons, then the verdict."""
     out: list[Any] = []
     if result.checks:
-        out.append(_checks_table("receipts file", result.checks))
+        out.append(_checks_table("inputs (receipts, federation files, members' sums)", result.checks))
     for ledger in result.ledgers:
         who = f"{ledger.institution or '?'} / {ledger.dataset or '?'}"
         out.append(_checks_table(Text(f"{who}  ({ledger.path})").plain, ledger.checks))

@@ -17,6 +17,12 @@ carry `spend`: the round's DP-SGD parameters (noise_multiplier, sample_rate, ste
 delta, accountant) and the hash of the ledger entry recording them, as the member declared them
 with the upload and the coordinator checked them against the federation file; the ledger's entry
 for that round must say the same.
+
+One coordinator runs one federation, so an export holds one federation's receipts, and the key
+that verifies them is that coordinator's: an auditor hands in one export and one key per
+federation (`FederationReceipts`). A ledger's completeness in a federation is verified only with
+that federation's receipts and its coordinator's key; without them it is unknown (an empty export
+proves nothing either: no signature covers the export as a whole).
 """
 
 from __future__ import annotations
@@ -81,11 +87,12 @@ def _records(path: Path, text: str) -> tuple[list[Any], str | None]:
     raise AuditInputError(f"{path}: expected a JSON list of receipts")
 
 
-def load_receipts(path: Path, default_federation: str | None = None) -> list[UploadReceipt]:
-    """Read a receipts file. Raises AuditInputError if it is unreadable or a receipt lacks a field.
+def load_receipts(path: Path, default_federation: str | None = None) -> tuple[str | None, list[UploadReceipt]]:
+    """Read a receipts file: the federation the file itself names (else None) and its receipts.
 
     A receipt without `federation` takes the file's own `federation`, else `default_federation`
-    (the coordinator's database stores receipts of its one federation without it).
+    (the coordinator's database stores receipts of its one federation without it). Raises
+    AuditInputError if the file is unreadable or a receipt lacks a field.
     """
     try:
         text = Path(path).read_text()
@@ -104,25 +111,81 @@ def load_receipts(path: Path, default_federation: str | None = None) -> list[Upl
         if not isinstance(record["round"], int) or isinstance(record["round"], bool):
             raise AuditInputError(f"{path}: receipt {index}: round {record['round']!r} is not an integer")
         receipts.append(_receipt_from(record, index, f"{path}: receipt"))
-    return receipts
+    return file_federation, receipts
 
 
-def receipt_signature_checks(receipts: Sequence[UploadReceipt], coordinator: PublicIdentity | None) -> list[Check]:
+@dataclass(frozen=True)
+class FederationReceipts:
+    """One federation's receipts export and the key of the coordinator that signed it."""
+
+    federation: str
+    source: str
+    """The file they were read from, to name it in findings."""
+    receipts: list[UploadReceipt]
+    coordinator: PublicIdentity | None
+    """None: no --coordinator-key for this export, so its receipts are used unverified."""
+
+    @property
+    def trusted(self) -> list[UploadReceipt]:
+        """The receipts that may be held against a ledger: all when no key is given, else only verified ones."""
+        if self.coordinator is None:
+            return list(self.receipts)
+        return [r for r in self.receipts if r.verifies(self.coordinator)]
+
+
+def load_federation_receipts(paths: Sequence[Path], keys: Sequence[PublicIdentity],
+                             default_federation: str | None = None) -> dict[str, FederationReceipts]:
+    """Each receipts export with the coordinator key given in the same position, by federation.
+
+    An export's federation is the one its receipts (or its `{"federation": ...}` wrapper) name, else
+    `default_federation`; an empty export naming none covers no federation. Raises AuditInputError
+    when keys are given but not one per export, when one export mixes federations, or when two
+    exports are of the same federation.
+    """
+    if keys and len(keys) != len(paths):
+        raise AuditInputError(f"{len(paths)} --receipts but {len(keys)} --coordinator-key: give one key per "
+                              "receipts export, in the same order (each federation's coordinator signs its own)")
+    found: dict[str, FederationReceipts] = {}
+    for index, path in enumerate(paths):
+        named, receipts = _export(Path(path), default_federation)
+        if named is None:
+            continue
+        if named in found:
+            raise AuditInputError(f"{path}: a second receipts export of federation {named} (the first is "
+                                  f"{found[named].source}); pass one export per federation")
+        found[named] = FederationReceipts(named, str(path), receipts, keys[index] if keys else None)
+    return found
+
+
+def _export(path: Path, default_federation: str | None) -> tuple[str | None, list[UploadReceipt]]:
+    """The federation an export is of (None: it is empty and names none) and its receipts."""
+    named, receipts = load_receipts(path, default_federation)
+    federations = sorted({r.federation for r in receipts} | ({named} if named else set()))
+    if not federations and default_federation:
+        federations = [default_federation]  # an empty export, with the audit's only federation file
+    if len(federations) > 1:
+        raise AuditInputError(f"{path}: receipts of {', '.join(federations)} in one export; an export holds one "
+                              "federation's receipts (split it, and pass each with its coordinator's key)")
+    return (federations[0] if federations else None), receipts
+
+
+def receipt_signature_checks(exports: Sequence[FederationReceipts]) -> list[Check]:
     """Each receipt's coordinator signature. A forged receipt could frame an institution, so it fails."""
-    if not receipts:
-        return []
-    if coordinator is None:
-        return [Check("receipt_signature", None,
-                      f"{len(receipts)} receipts used unverified: no coordinator key given (--coordinator-key)")]
-    failures = [Check("receipt_signature", False,
-                      f"receipt {r.index} ({r.institution}, round {r.round} of {r.federation}) is not signed by the "
-                      "coordinator key") for r in receipts if not r.verifies(coordinator)]
-    return failures or [Check("receipt_signature", True, f"{len(receipts)} receipts signed by the coordinator")]
-
-
-def trusted_receipts(receipts: Sequence[UploadReceipt], coordinator: PublicIdentity | None) -> list[UploadReceipt]:
-    """The receipts that may be held against a ledger: all when no key is given, else only verified ones."""
-    return list(receipts) if coordinator is None else [r for r in receipts if r.verifies(coordinator)]
+    checks: list[Check] = []
+    for export in exports:
+        receipts, coordinator = export.receipts, export.coordinator
+        if coordinator is None:
+            checks.append(Check("receipt_signature", None, f"{len(receipts)} receipts of {export.federation} not "
+                                f"verified: no coordinator key for {export.source} (--coordinator-key)",
+                                federation=export.federation))
+            continue
+        failures = [Check("receipt_signature", False,
+                          f"receipt {r.index} ({r.institution}, round {r.round} of {r.federation}) is not signed by "
+                          f"the coordinator key given for {export.source}", federation=r.federation)
+                    for r in receipts if not r.verifies(coordinator)]
+        checks += failures or [Check("receipt_signature", True, f"{len(receipts)} receipts of {export.federation} "
+                                     "signed by its coordinator", federation=export.federation)]
+    return checks
 
 
 def _uploaded_envelopes(entries: list[dict]) -> dict[tuple[str, int], tuple[str, int]]:
@@ -131,10 +194,39 @@ def _uploaded_envelopes(entries: list[dict]) -> dict[tuple[str, int], tuple[str,
             for e in entries if e.get("kind") == "outcome" and isinstance(e.get("envelope_sha256"), str)}
 
 
-def completeness_checks(institution: str | None, entries: list[dict],
-                        receipts: Sequence[UploadReceipt], other_spends: set[tuple[str, int]]) -> list[Check]:
-    """Every receipt of `institution` must have a spend entry for its (federation, round), and
-    where the ledger records the upload, the same envelope hash.
+def participated(entries: list[dict]) -> set[str]:
+    """The federations a ledger spent privacy in (spend and nonprivate entries)."""
+    return {e["federation"] for e in entries
+            if e.get("kind") in ("spend", "nonprivate") and isinstance(e.get("federation"), str)}
+
+
+def completeness_checks(institution: str | None, entries: list[dict], exports: dict[str, FederationReceipts],
+                        other_spends: set[tuple[str, int]]) -> list[Check]:
+    """Per federation the ledger took part in (or whose receipts name `institution`): whether every
+    upload the coordinator signed has its spend entry; see `federation_completeness_checks`.
+
+    Completeness in a federation is not evaluated (a check with `passed` None, naming it) without
+    that federation's receipts, without its coordinator's key, or when they hold none of ours.
+    """
+    named = {f for f, export in exports.items() if any(r.institution == institution for r in export.receipts)}
+    checks: list[Check] = []
+    for federation in sorted(participated(entries) | named):
+        export = exports.get(federation)
+        if export is None:
+            checks.append(Check("receipts", None, f"no receipts of {federation} given (--receipts with its "
+                                "--coordinator-key): deleted spends of it cannot be detected", federation=federation))
+            continue
+        checks += federation_completeness_checks(institution, entries, export.trusted, other_spends)
+        if export.coordinator is None:
+            checks.append(Check("receipts", None, f"the receipts of {federation} are not verified (no "
+                                "--coordinator-key for them): they do not show completeness", federation=federation))
+    return checks
+
+
+def federation_completeness_checks(institution: str | None, entries: list[dict], receipts: Sequence[UploadReceipt],
+                                   other_spends: set[tuple[str, int]]) -> list[Check]:
+    """Every receipt of `institution` (of one federation) must have a spend entry for its
+    (federation, round), and where the ledger records the upload, the same envelope hash.
 
     `other_spends` holds (federation, round) of spends in the institution's other audited ledgers
     (other datasets), which also account for an upload. A missing spend means entries were
@@ -142,8 +234,10 @@ def completeness_checks(institution: str | None, entries: list[dict],
     """
     mine = [r for r in receipts if r.institution == institution]
     if not mine:
-        return [Check("receipts", None,
-                      f"no receipts for {institution!r}: deleted trailing entries cannot be detected")]
+        federation = receipts[0].federation if receipts else None
+        return [Check("receipts", None, f"no receipts for {institution!r}" + (f" in {federation}" if federation
+                      else "") + ": deleted trailing entries cannot be detected", federation=federation)]
+    federation = mine[0].federation
     spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
@@ -173,8 +267,9 @@ def completeness_checks(institution: str | None, entries: list[dict],
                 f"receipt {r.index}: the coordinator accepted envelope {r.envelope_sha256[:12]} for round {r.round} "
                 f"of {r.federation}, the ledger records {recorded[0][:12]}", recorded[1]))
     signed = sum(r.spend is not None for r in mine)
-    return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads have a spend entry"
-                              + (f", {signed} match the spend the coordinator signed" if signed else ""))]
+    return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads to {federation} have a spend "
+                              "entry" + (f", {signed} match the spend the coordinator signed" if signed else ""),
+                              federation=federation)]
 
 
 def _spend_matches(receipt: UploadReceipt, entry: dict | None) -> list[Check]:
@@ -196,9 +291,11 @@ def _spend_matches(receipt: UploadReceipt, entry: dict | None) -> list[Check]:
                   f"another spend than this ledger records: {'; '.join(differences)}", entry.get("seq"))]
 
 
-def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | None) -> list[Check]:
+def ledger_receipt_checks(entries: list[dict], coordinators: dict[str, PublicIdentity]) -> list[Check]:
     """The receipts the institution itself kept in its ledger (`receipt` entries): each is a valid
-    coordinator receipt of this institution, for a round with a spend entry.
+    coordinator receipt of this institution, for a round with a spend entry, signed by the key of
+    its own federation's coordinator (`coordinators`, by federation; a federation without one is
+    not verified).
 
     Returns no check for a ledger without receipt entries.
     """
@@ -221,6 +318,7 @@ def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | Non
                 entry.get("federation"), entry.get("round"), entry.get("institution")):
             failures.append(Check("ledger_receipts", False, f"the kept receipt is for {receipt.institution}, "
                                   f"{where}, not for this entry's institution and round", seq))
+        coordinator = coordinators.get(receipt.federation)
         if coordinator is not None and not receipt.verifies(coordinator):
             failures.append(Check("ledger_receipts", False, f"kept receipt for {where} is not signed by the "
                                   "coordinator key", seq))
@@ -230,5 +328,7 @@ def ledger_receipt_checks(entries: list[dict], coordinator: PublicIdentity | Non
         return []
     if failures:
         return failures
-    signed = "signed by the coordinator" if coordinator is not None else "signatures unchecked (no coordinator key)"
+    unkeyed = sorted({e.get("federation") for e in kept} - set(coordinators), key=str)
+    signed = (f"signatures of {', '.join(map(str, unkeyed))} unchecked (no coordinator key)" if unkeyed
+              else "signed by their coordinator")
     return [Check("ledger_receipts", True, f"{len(kept)} kept receipts match spend entries, {signed}")]

@@ -14,12 +14,17 @@ from confide.privacy.audit.recompute import SpendRecomputation
 EXIT_VERIFIED = 0
 EXIT_CHECK_FAILED = 1
 EXIT_INCOMPLETE = 3
-"""No check failed, but a ledger's budget could not be evaluated (no institution policy): not a pass."""
+"""No check failed, but something the verdict rests on could not be evaluated: not a pass."""
+
+DECISIVE_CHECKS = frozenset({"budget", "receipts", "receipt_signature", "federation"})
+"""Checks whose not being evaluated (`passed` None) leaves the verdict "incomplete": the budget (no
+policy), completeness in a federation (no receipts, or no coordinator key to trust them) and the
+federation's requirements (no federation file). Without them the auditor cannot know, so it says so."""
 
 VERDICT_TEXT = {
     "verified": "every ledger verifies",
     "failed": "verification failed (see the FAIL rows)",
-    "incomplete": "incomplete: nothing failed, but the budget of {names} was not evaluated (pass its --policy)",
+    "incomplete": "incomplete: nothing failed, but not everything could be checked: {unknowns}",
 }
 
 
@@ -36,6 +41,8 @@ class Check:
     """The ledger entry at fault, by the `seq` it carries, when the finding is about one entry."""
     line: int | None = None
     """Its line in the ledger file (1-based): differs from `seq` when entries were reordered or removed."""
+    federation: str | None = None
+    """The federation the check is about, when it is about one (receipts, federation file)."""
 
 
 @dataclass(frozen=True)
@@ -89,21 +96,38 @@ class AuditResult:
         return all(ledger.passed for ledger in self.ledgers) and all(c.passed is not False for c in self.checks)
 
     @property
-    def unevaluated_budgets(self) -> list[str]:
-        """Institutions (or ledger paths) whose budget check could not be evaluated."""
-        return [ledger.institution or ledger.path for ledger in self.ledgers
-                if any(c.name == "budget" and c.passed is None for c in ledger.checks)]
+    def undecided(self) -> list[Check]:
+        """The decisive checks (DECISIVE_CHECKS) that could not be evaluated, ledger by ledger, then the inputs'."""
+        checks = [c for ledger in self.ledgers for c in ledger.checks] + self.checks
+        return [c for c in checks if c.passed is None and c.name in DECISIVE_CHECKS]
+
+    @property
+    def unchecked_federations(self) -> list[str]:
+        """Federations in which some ledger's completeness could not be verified (receipts or key missing)."""
+        return sorted({c.federation for c in self.undecided
+                       if c.federation and c.name in ("receipts", "receipt_signature")})
+
+    @property
+    def unknowns(self) -> list[str]:
+        """One phrase per undecided check: whose ledger, and what could not be checked."""
+        phrases = [f"{ledger.institution or ledger.path}: {c.detail}" for ledger in self.ledgers
+                   for c in ledger.checks if c.passed is None and c.name in DECISIVE_CHECKS]
+        phrases += [c.detail for c in self.checks if c.passed is None and c.name in DECISIVE_CHECKS]
+        return list(dict.fromkeys(phrases))
 
     @property
     def verdict(self) -> str:
-        """`failed` (a check failed), `incomplete` (none failed, a budget was not evaluated) or `verified`."""
+        """`failed` (a check failed), `incomplete` (none failed, a decisive check was not evaluated) or `verified`."""
         if not self.passed:
             return "failed"
-        return "incomplete" if self.unevaluated_budgets else "verified"
+        return "incomplete" if self.undecided else "verified"
 
     @property
     def verdict_text(self) -> str:
-        return VERDICT_TEXT[self.verdict].format(names=", ".join(self.unevaluated_budgets))
+        text = VERDICT_TEXT[self.verdict].format(unknowns="; ".join(self.unknowns))
+        if self.verdict == "incomplete" and self.unchecked_federations:
+            text += f" (completeness not verified in: {', '.join(self.unchecked_federations)})"
+        return text
 
     @property
     def exit_code(self) -> int:
@@ -114,6 +138,7 @@ class AuditResult:
         return {
             "passed": self.passed,
             "verdict": self.verdict,
+            "unchecked_federations": self.unchecked_federations,
             "checks": [asdict(c) for c in self.checks],
             "ledgers": [
                 {

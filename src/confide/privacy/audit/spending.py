@@ -172,8 +172,12 @@ def _round_cap_checks(recomputed: Sequence[SpendRecomputation], policy: Institut
 
 
 def federation_checks(spends: Sequence[SpendParameters], federations: dict[str, FederationPolicy]) -> list[Check]:
-    """Each spend against its own federation's requirements (delta, accountant, minimum noise)."""
+    """Each spend against its own federation's requirements (delta, accountant, minimum noise).
+
+    A federation of the spends without its file is named in a check not evaluated (`passed` None).
+    """
     failures, evaluated = [], 0
+    unknown = sorted({s.federation for s in spends} - set(federations))
     for s in spends:
         fed = federations.get(s.federation)
         if fed is None:
@@ -189,11 +193,12 @@ def federation_checks(spends: Sequence[SpendParameters], federations: dict[str, 
         if s.noise_multiplier < req.min_noise_multiplier:
             failures.append(Check("federation_noise", False, f"noise multiplier {s.noise_multiplier:g} < federation "
                                   f"minimum {req.min_noise_multiplier:g}", s.seq))
-    if not evaluated:
-        return [Check("federation", None,
-                      "no federation file for these spends (--federation): requirements not checked")]
-    return failures or [Check("federation", True, f"{evaluated} spends meet their federation's delta, accountant and "
-                                                  "minimum noise")]
+    missing = [Check("federation", None, f"no federation file for {name} (--federation): its requirements not "
+                     "checked", federation=name) for name in unknown]
+    if failures or not evaluated:
+        return failures + missing
+    return [Check("federation", True, f"{evaluated} spends meet their federation's delta, accountant and "
+                                      "minimum noise")] + missing
 
 
 def _train_records_at(entries: list[dict]) -> dict[int, int]:
