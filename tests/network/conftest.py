@@ -112,15 +112,21 @@ class Keys:
         return encrypt_update(self.secret, np.asarray(values, dtype=np.float64), weight, layout)
 
 
-def statement_params(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
-                     federation_id: str = "net-test") -> dict:
-    """The upload's contribution statement as query parameters, signed by `identity` (its tags are not checked
-    by the coordinator, which cannot compute them: members do)."""
+def contribution_statement(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
+                           federation_id: str = "net-test") -> ContributionStatement:
+    """The upload's contribution statement, signed by `identity` (its tags are placeholders: the coordinator
+    cannot compute or check them, members do)."""
     header = read_header(envelope)
-    statement = identity.sign_document(ContributionStatement(
+    return identity.sign_document(ContributionStatement(
         federation=federation_id, round=round_index, institution=institution or identity.institution_id,
         key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
         tags=("1", "2")))
+
+
+def statement_params(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
+                     federation_id: str = "net-test") -> dict:
+    """`contribution_statement` as the upload's query parameters."""
+    statement = contribution_statement(identity, envelope, round_index, institution, federation_id)
     return {"tags": ",".join(statement.tags), "statement_signature": statement.signature}
 
 

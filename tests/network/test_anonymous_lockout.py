@@ -23,7 +23,7 @@ from confide.errors import BadInput
 from confide.platform.service.client import Backoff, CoordinatorClient
 from confide.platform.service.server import CoordinatorSettings, build_server
 
-from .conftest import Keys, declared_spend
+from .conftest import Keys, contribution_statement, declared_spend
 from .test_coordinator_limits import connect, forged_headers, tls_context
 from .test_tls_client import free_port, serve
 
@@ -118,20 +118,21 @@ def attacked(tmp_path, federation):
 
 def test_a_member_is_served_while_forged_slow_uploads_overfill_the_connection_cap(attacked, federation):
     running, clients, attack = attacked
-    keys = Keys(federation.identities)
+    keys = Keys(federation.identities, n_values=16)
     clients["a"].publish_keys(keys.secret.key_id, keys.request()["layout_hash"],
-                              keys.secret.public_context_bytes(), keys.sealed)
+                              keys.secret.public_context_bytes(), keys.sealed, 16, keys.certificate)
     deadline = time.monotonic() + 20
     while running.hub.state.current is None:
         assert time.monotonic() < deadline, "round 1 did not open"
         time.sleep(0.05)
     member = clients["b"]
     envelope = keys.envelope(np.linspace(-1, 1, 16))
+    statement = contribution_statement(federation.identities["b"], envelope)
     views, receipts = [], []
     for _ in range(WAVES):
         attack.open_wave(PER_WAVE)
         views += [member.federation() for _ in range(3)]
-        receipts.append(member.upload(1, envelope, declared=declared_spend(federation.policy)))
+        receipts.append(member.upload(1, envelope, None, declared_spend(federation.policy), statement))
     ended = attack.outcomes()
     unverified = running.server.unverified
     print(f"\n[lockout] {WAVES * PER_WAVE} forged slow uploads against a cap of {MAX_CONNECTIONS} connections: "

@@ -32,7 +32,7 @@ def member_card(adapter_dir: Path, federation: FederationPolicy, policy: Institu
                 rounds_applied: int, private: bool = True) -> AdapterGuarantee:
     """The card of the adapter just saved in `adapter_dir` by one member, with its own guarantee.
 
-    `ledger` is the member's ledger (anything with `entries()`), `rounds_applied` the federation's
+    `ledger` is the member's ledger (`entries()`, `last_of()`), `rounds_applied` the federation's
     rounds whose sum the member applied.
     """
     entries = ledger.entries()
@@ -52,7 +52,13 @@ def member_card(adapter_dir: Path, federation: FederationPolicy, policy: Institu
                  "freeze_a": lora.freeze_a},
         weights_sha256=weights_digest(adapter_dir),
         guarantees=[own],
+        key_fingerprint=_key_fingerprint(ledger, federation.federation_id),
     )
+
+
+def _key_fingerprint(ledger: Any, federation_id: str) -> str | None:
+    entry = ledger.last_of("key", federation_id)
+    return entry["fingerprint"] if entry is not None else None
 
 
 def write_card(adapter_dir: Path, card: AdapterGuarantee) -> None:

@@ -49,6 +49,8 @@ def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> s
     ]
     if card.labels:
         lines += ["", "Labels, in output order: " + ", ".join(f"`{label}`" for label in card.labels) + "."]
+    if card.key_fingerprint:
+        lines += ["", f"Federation key (certified by its key holder): `{card.key_fingerprint}`."]
     lines += ["", "## Privacy guarantee", ""]
     if private:
         lines.append("For each institution below, this adapter is (epsilon, delta)-differentially private with "

@@ -85,6 +85,9 @@ class AdapterGuarantee:
     weights_sha256: str
     """SHA-256 of adapter_model.safetensors, so the card cannot be moved onto other weights."""
     guarantees: list[InstitutionGuarantee] = field(default_factory=list)
+    key_fingerprint: str | None = None
+    """The federation key's fingerprint (`confide.formats.KeyCertificate.fingerprint`) as the member's
+    ledger records it: every member of one federation holds the same; None for a card without it."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

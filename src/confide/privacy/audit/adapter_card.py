@@ -237,6 +237,20 @@ def _listed_checks(card: AdapterGuarantee) -> list[Check]:
                   f"the card states the guarantee of {', '.join(names)}")]
 
 
+def _key_check(card: AdapterGuarantee, heads: list[list[dict]]) -> Check:
+    """The card's federation key is the one the ledgers recorded installing (all of them, the same one)."""
+    recorded = {e.get("fingerprint") for entries in heads for e in entries
+                if e.get("kind") == "key" and e.get("federation") == card.federation}
+    if not recorded:
+        return Check("card_key", card.key_fingerprint is None,
+                     "neither the card nor the ledgers name a federation key" if card.key_fingerprint is None
+                     else "the card names a federation key no ledger recorded installing")
+    ok = recorded == {card.key_fingerprint}
+    return Check("card_key", ok, f"the ledgers installed the key the card names ({str(card.key_fingerprint)[:16]}...)"
+                 if ok else f"the card names key {str(card.key_fingerprint)[:16]}..., the ledgers recorded "
+                 f"{', '.join(sorted(str(f)[:16] for f in recorded))}")
+
+
 def card_checks(
     adapter_dir: Path,
     card: AdapterGuarantee,
@@ -278,6 +292,7 @@ def card_checks(
             heads.append(entries[: index + 1])
     if heads:
         checks.append(_rounds_applied_check(card, heads))
+        checks.append(_key_check(card, heads))
     if usable is not None:
         stated = {g.institution for g in card.guarantees}
         others = sorted({r.institution for r in usable} - stated)
