@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from confide.formats import ContributionStatement, KeyCertificate
 from confide.platform.service.client import Backoff, CoordinatorClient
 from confide.privacy.ledger import PrivacyLedger
 
@@ -160,9 +161,17 @@ def test_two_rounds_over_tls_survive_killed_agent_and_killed_coordinator(tmp_pat
         assert len(spends) == len(set(spends)), f"{who} spent twice for one round"
 
     # The coordinator holds ciphertexts, the public context and sealed keys: nothing in clear.
+    # Besides them, only public signed documents: the key certificate and the members' statements.
     magics = {b"CFHE", b"CFPC", b"CFSL"}
     blobs = list((state / "blobs").iterdir())
-    assert blobs and all(blob.read_bytes()[:4] in magics for blob in blobs)
+    assert blobs
+    for blob in blobs:
+        if blob.name == "key-certificate.json":
+            KeyCertificate.model_validate_json(blob.read_bytes())
+        elif blob.name.endswith(".statement.json"):
+            ContributionStatement.model_validate_json(blob.read_bytes())
+        else:
+            assert blob.read_bytes()[:4] in magics, blob.name
     others = {p.relative_to(state).parts[0] for p in state.rglob("*") if p.is_file() and "blobs" not in p.parts}
     assert others <= {"state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "nonces.sqlite", "nonces.sqlite-wal",
                       "nonces.sqlite-shm", "tls", "identity", "federation.sha256"}
