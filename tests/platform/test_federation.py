@@ -9,6 +9,7 @@ from confide.aggregation.envelope import decrypt_sum, read_header, sum_envelopes
 from confide.aggregation.params import CkksParameters
 from confide.formats import sha256
 from confide.identity import Identity
+from confide.platform import faults
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
 from confide.platform.protocol import new_federation
@@ -168,8 +169,10 @@ def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
     assert members["b"].take_part(2).kind == "decline"  # it has left the federation
 
 
-def test_a_member_leaves_after_three_sums_in_a_row_that_do_not_decrypt(tmp_path):
-    federation, members, coordinator = start(tmp_path, rounds=4)
+def test_a_member_leaves_once_refused_sums_outlast_what_the_search_for_their_culprit_needs(tmp_path):
+    federation, members, coordinator = start(tmp_path, rounds=6)
+    patience = faults.patience(3)
+    assert patience == faults.rounds_to_find(3) + 1 == 4
     contribution = members["a"].take_part(1)
     good = contribution.envelope
     # The same layout under the federation's key id, but made with another secret key: the sum
@@ -181,14 +184,15 @@ def test_a_member_leaves_after_three_sums_in_a_row_that_do_not_decrypt(tmp_path)
     b = members["b"]
     before = adapters(members)["b"]
     claimed = SumEvidence((contribution.statement,), sha256(bad_sum), 2)
-    for round_index in (1, 2, 3):
+    for round_index in range(1, patience + 1):
         outcome = b.apply_sum(round_index, bad_sum, claimed)
         assert outcome.kind == "failed" and outcome.undecryptable
         assert b.record.consecutive_failures == round_index
         assert np.array_equal(adapters(members)["b"], before)  # nothing of a bad round is applied
-    assert "3 rounds in a row" in outcome.detail
-    assert [e["round"] for e in b.ledger.entries() if e["kind"] == "abort"] == [3]
-    assert b.take_part(4).kind == "decline"
+        assert (b.record.aborted is None) == (round_index < patience)
+    assert f"{patience} rounds in a row" in outcome.detail
+    assert [e["round"] for e in b.ledger.entries() if e["kind"] == "abort"] == [patience]
+    assert b.take_part(patience + 1).kind == "decline"
 
 
 def test_member_refuses_a_roster_key_that_is_not_its_identity(tmp_path):

@@ -4,12 +4,14 @@ The coordinator cannot decrypt, so it cannot tell a good upload from one that is
 does not decrypt (encrypted under another key, or holding values that overflow the sum). Members
 can: a member whose decryption of a round's sum fails its checks reports it, signed
 (`protocol.record_undecryptable`). A round is *broken* when at least `min_institutions` members
-reported it, so one member's reports alone cannot make honest members look faulty.
+reported it and no member signed that it applied it (`is_broken`), so lying members cannot make
+honest members look faulty.
 
 Assuming one member keeps breaking sums, it is in every broken round and in no round that
 decrypts. So the coordinator keeps a set of suspects and narrows it with each summed round:
 
-- a broken round: suspects = suspects (everyone, at first) that are in its sum;
+- a broken round (reported by `min_institutions` members, applied by none): suspects = suspects
+  (everyone, at first) that are in its sum;
 - a round that decrypted: suspects = suspects that are not in its sum;
 - one suspect left: it is excluded (its uploads are refused from then on, with the reason), as
   long as enough members remain for `min_institutions`; none left: the evidence contradicts the
@@ -31,13 +33,30 @@ settle rounds in order), so that when round r is summed the reports on rounds be
 from __future__ import annotations
 
 import copy
+import math
 
 from confide.platform.protocol import FederationState, Round
 
 
 def is_broken(state: FederationState, r: Round) -> bool:
-    """Whether enough members reported that round `r`'s sum does not decrypt."""
-    return r.sum_sha256 is not None and len(r.undecryptable) >= state.min_institutions
+    """Whether round `r`'s sum broke: enough members reported it does not decrypt, and none signed
+    that it applied it. Every member runs the same deterministic checks on the same sum, so one
+    member's signed statement that it applied the sum outweighs any number of reports: members
+    lying about a good sum cannot make it count as broken, nor start a search that frames anyone."""
+    return r.sum_sha256 is not None and len(r.undecryptable) >= state.min_institutions and not r.applied
+
+
+def rounds_to_find(members: int) -> int:
+    """The most rounds in a row whose sums break before the search excludes a member that breaks every
+    sum it is in: the first broken round makes everyone in it a suspect, each later round halves the
+    suspects (whether it breaks or not), so 1 + ceil(log2(members)). Members keep going that long and
+    one round more (`patience`), so they never give up before the search can find the culprit."""
+    return 1 + math.ceil(math.log2(max(members, 1)))
+
+
+def patience(members: int) -> int:
+    """Rounds in a row with refused sums after which a member leaves: one more than the search needs."""
+    return rounds_to_find(members) + 1
 
 
 def review(state: FederationState) -> FederationState:

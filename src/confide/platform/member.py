@@ -50,10 +50,19 @@ from confide.formats import (
     write_atomically,
 )
 from confide.identity import Identity, PublicIdentity, roster_identities, unb64
+from confide.platform.faults import patience
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, leave_federation, settle
 from confide.platform.server_update import ServerState, apply_average, load_state, state_array
-from confide.platform.sum_evidence import SumEvidence, certificate_problem, split_problem, sum_problem
+from confide.platform.sum_evidence import (
+    SumEvidence,
+    certificate_problem,
+    influence_problem,
+    split_problem,
+    sum_problem,
+    weight_problem,
+)
+from confide.platform.update_bound import max_update
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
@@ -347,15 +356,21 @@ class Member:
         delta = self._train(round_index, epsilon)
         vector, _ = flatten(delta, self.layout)
         # The weight travels inside the sum that every member decrypts, so it is public: it comes
-        # from the policy, never from the data (a record count here would tell the others our n,
-        # which the add/remove-one epsilon we record assumes they cannot learn).
-        weight = float(self.policy.aggregation_weight)
+        # from the federation file, never from the data (a record count here would tell the others
+        # our n, which the add/remove-one epsilon we record assumes they cannot learn), and every
+        # member checks the sum's total weight against the contributors' weights there.
+        weight = self.weight
         envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
         write_atomically(envelope_path, envelope)
         self._adopt_envelope(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
         return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).head,
                             declared=self._declared(round_index), statement=self._statement(round_index, envelope))
+
+    @property
+    def weight(self) -> float:
+        """Our public aggregation weight, from the federation file's roster."""
+        return float(self.federation.member(self.institution_id).weight)
 
     def _statement(self, round_index: int, envelope: bytes) -> ContributionStatement:
         """Our signed statement of our upload of `round_index`, with its integrity tags (deterministic:
@@ -396,7 +411,7 @@ class Member:
     def _record_upload(self, round_index: int, envelope: bytes) -> tuple[int, str]:
         """Record the upload of `envelope` in the ledger; return the new head `(seq, hash)`."""
         entry = self.ledger.append("outcome", self.federation.federation_id, round_index, result="uploaded",
-                                   envelope_sha256=sha256(envelope), weight=float(self.policy.aggregation_weight))
+                                   envelope_sha256=sha256(envelope), weight=self.weight)
         return entry["seq"], entry["hash"]
 
     def _decline(self, round_index: int, reason: str, in_ledger: bool = True) -> Contribution:
@@ -525,9 +540,11 @@ class Member:
         min_cohort, and apply the average with the federation's server step (`server_update`: FedAvgM).
 
         The sum must be exactly the contributions whose signed statements come with it, nothing
-        added (`sum_evidence.sum_problem`, `aggregation.integrity.verify_sum`), and decrypt
-        cleanly. A sum refused by any check settles the round as failed, with the reason, and is
-        reported like an undecryptable one: nothing of it is applied, the spends stay counted.
+        added (`sum_evidence.sum_problem`, `aggregation.integrity.verify_sum`), decrypt cleanly,
+        carry its contributors' public weights, and average to no more than honest rounds can
+        move a parameter (`update_bound`). A sum refused by any check settles the round as
+        failed, with the reason, and is reported like an undecryptable one: nothing of it is
+        applied, the spends stay counted.
 
         The adapter of the round (with its velocity) is written under its own name before the record
         says the round is applied: a kill in between leaves the record at the previous round, whose
@@ -554,6 +571,9 @@ class Member:
                 verify_sum(self.secret, self.integrity_key, fed, round_index, sum_envelope,
                            [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements])
                 result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
+                problem = (weight_problem(self.federation, evidence.statements, result.total_weight)
+                           or influence_problem(result.average, max_update(self.federation, self.server_state.adapter),
+                                                result.error_bound))
             except AggregationError as exc:
                 problem = exc.message
         if problem is not None:
@@ -636,7 +656,7 @@ class Member:
             self._carry_adapter_forward(round_index)
         failures = failures_after(self.record, "failed", undecryptable)
         detail, leave = reason, None
-        if undecryptable and failures >= MAX_UNDECRYPTABLE_ROUNDS and not self.aborted:
+        if undecryptable and failures >= patience(len(self.federation.roster)) and not self.aborted:
             detail = leave = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
                               f"(last: {reason})")
             if self.ledger.last_of("abort", fed, round_index) is None:
@@ -697,10 +717,6 @@ class Member:
             "train_records": self.data.train_size,
             "aborted": self.aborted,
         }
-
-
-MAX_UNDECRYPTABLE_ROUNDS = 3
-"""A member leaves a federation after this many rounds in a row whose sums would not decrypt."""
 
 
 def write_atomically_npy(path: Path, vector: np.ndarray) -> None:

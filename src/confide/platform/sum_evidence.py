@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from confide.aggregation.params import COUNT_TOLERANCE
 from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, sha256
 from confide.identity import PublicIdentity
 from confide.policies import FederationPolicy
@@ -76,6 +79,31 @@ def sum_problem(federation: FederationPolicy, roster: dict[str, PublicIdentity],
             s.institution == institution and s.envelope_sha256 == my_upload_sha256 for s in statements):
         return "our own upload is not in the sum, and the view does not say it was left out"
     return None
+
+
+def weight_problem(federation: FederationPolicy, statements: tuple[ContributionStatement, ...],
+                   total_weight: float) -> str | None:
+    """Why the sum's decrypted weight slot is not the contributors' public weights from the federation
+    file (a member that inflated its weight to steer the average), or None."""
+    weights = {m.id: m.weight for m in federation.roster}
+    expected = sum(weights.get(s.institution, 0.0) for s in statements)
+    if abs(total_weight - expected) > COUNT_TOLERANCE:
+        return (f"the sum's weight slot decrypts to {total_weight:.6g}, its contributors' weights in the "
+                f"federation file add up to {expected:g}: a contributor claimed another weight")
+    return None
+
+
+def influence_problem(average: np.ndarray, bound: np.ndarray | None, error: float) -> str | None:
+    """Why the decrypted average is beyond what honest rounds can produce (`update_bound.max_update`:
+    some contributor's update is out of bounds), or None. `error` is the average's CKKS error bound."""
+    if bound is None:
+        return None
+    excess = np.abs(average) - bound - error - 1e-9 * bound
+    j = int(np.argmax(excess))
+    if excess[j] <= 0:
+        return None
+    return (f"the average moves parameter {j} by {average[j]:.3g}; one honest round moves it at most "
+            f"{bound[j]:.3g}: a contributor's update is out of bounds")
 
 
 def split_problem(statement: AppliedStatement, federation: FederationPolicy, roster: dict[str, PublicIdentity],

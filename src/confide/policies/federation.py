@@ -19,6 +19,12 @@ class RosterMember(StrictModel):
     id: Identifier = Field(description="The institution's id; must equal `institution_id` in its own policy.")
     signing_key: PublicKeyB64 = Field(description="Ed25519 public key (base64) that verifies its requests and ledger.")
     sealing_key: PublicKeyB64 = Field(description="X25519 public key (base64) the CKKS secret key is sealed to.")
+    weight: float = Field(
+        1.0, gt=0, le=1e6,
+        description="The member's weight in the federated average. Public: every member checks the sum's total "
+        "weight against its contributors' weights here, so none can steer the average by claiming more. It "
+        "must not come from the data: the default 1 averages members equally and reveals nothing about records.",
+    )
 
 
 class ModelSettings(StrictModel):
@@ -99,6 +105,13 @@ class AdapterSettings(StrictModel):
         description="With `head_init: labels`, the initial logits are this times the cosine between a "
         "record's embedding and each label name's.",
     )
+
+
+ADAMW_BETAS = (0.9, 0.999)
+"""AdamW's moment decays in every member's local training (torch's defaults, fixed here because the
+bound on an honest round's update, `confide.platform.update_bound`, is derived from them)."""
+ADAMW_WEIGHT_DECAY = 0.01
+"""AdamW's decoupled weight decay in every member's local training (torch's default)."""
 
 
 class LocalTraining(StrictModel):

@@ -79,12 +79,6 @@ class InstitutionPolicy(StrictModel):
         "(seq and hash) so that a ledger restored from an older backup is noticed even with no coordinator at hand; "
         "relative to this file.",
     )
-    aggregation_weight: float = Field(
-        1.0, gt=0, le=1e6,
-        description="This institution's weight in the federated average. It is public (every member learns the sum "
-        "of the contributors' weights), so it must not be derived from the data: the default 1 averages members "
-        "equally and reveals nothing about the records.",
-    )
 
     @model_validator(mode="after")
     def _cap_within_budget(self) -> "InstitutionPolicy":

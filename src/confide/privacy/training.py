@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from confide.policies.federation import FederationPolicy
+from confide.policies.federation import ADAMW_BETAS, ADAMW_WEIGHT_DECAY, FederationPolicy
 from confide.policies.institution import InstitutionPolicy
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.errors import TrainingError
@@ -159,7 +159,7 @@ def _make_optimizer(settings: DPSettings, params: dict[str, nn.Parameter]) -> to
                   if g["params"]]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.learning_rate)
-    return torch.optim.AdamW(groups, lr=settings.learning_rate)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY)
 
 
 def _os_seed() -> int:
