@@ -167,63 +167,61 @@ def test_a_key_the_coordinator_sealed_itself_is_refused_before_anything_is_spent
     hub.close()
 
 
-def test_one_members_upload_handed_out_as_the_sum_is_refused(tmp_path):
-    def b_thrice(hub, round_index):
-        if round_index != 1:
-            return None
-        ups = uploads(hub, 1)
-        return forge_sum(hub, [ups["b"][0]] * 3), [s for _, s in ups.values()]
-
-    members, reports, said, _ = run_federation(tmp_path, "a", forge=b_thrice)
-    assert_refused_and_carried_on(members, reports, said, "a", [1], "seed")
+def b_thrice(hub, round_index):
+    """Round 1: b's upload three times over, with the three real statements."""
+    if round_index != 1:
+        return None
+    ups = uploads(hub, 1)
+    return forge_sum(hub, [ups["b"][0]] * 3), [s for _, s in ups.values()]
 
 
-def test_a_partial_sum_under_a_false_count_is_refused(tmp_path):
-    def partial(hub, round_index):
-        if round_index != 1:
-            return None
-        ups = uploads(hub, 1)
-        return forge_sum(hub, [ups["b"][0], ups["c"][0]]), [s for _, s in ups.values()]
-
-    members, reports, said, _ = run_federation(tmp_path, "c", forge=partial)
-    assert_refused_and_carried_on(members, reports, said, "c", [1], "seed")
+def partial(hub, round_index):
+    """Round 1: the sum of b and c only, under the three statements (the count of three)."""
+    if round_index != 1:
+        return None
+    ups = uploads(hub, 1)
+    return forge_sum(hub, [ups["b"][0], ups["c"][0]]), [s for _, s in ups.values()]
 
 
-def test_last_rounds_sum_replayed_is_refused(tmp_path):
-    def replay(hub, round_index):
-        if round_index != 2:
-            return None
-        return hub.coordinator.sum_for(1), hub.coordinator.contributions(1)
-
-    members, reports, said, _ = run_federation(tmp_path, "b", forge=replay)
-    assert_refused_and_carried_on(members, reports, said, "b", [2], "replay")
+def replay(hub, round_index):
+    """Round 2: round 1's sum and statements again."""
+    if round_index != 2:
+        return None
+    return hub.coordinator.sum_for(1), hub.coordinator.contributions(1)
 
 
-def test_a_plaintext_the_coordinator_added_to_the_sum_is_refused(tmp_path):
-    def steer(hub, round_index):
-        if round_index != 1:
-            return None
-        ups = uploads(hub, 1)
-        return forge_sum(hub, [e for e, _ in ups.values()], added=0.5), [s for _, s in ups.values()]
-
-    members, reports, said, _ = run_federation(tmp_path, "b", forge=steer)
-    assert_refused_and_carried_on(members, reports, said, "b", [1], "integrity tags")
+def steer(hub, round_index):
+    """Round 1: the honest sum plus 0.5 on every value of its first ciphertext."""
+    if round_index != 1:
+        return None
+    ups = uploads(hub, 1)
+    return forge_sum(hub, [e for e, _ in ups.values()], added=0.5), [s for _, s in ups.values()]
 
 
-def test_a_sum_under_another_key_is_refused_without_stopping_the_agent(tmp_path):
-    def other_federation(hub, round_index):
-        if round_index != 1:
-            return None
-        ups = uploads(hub, 1)
-        stranger = create_key_material(hub.coordinator.public_context.params)
-        from confide.aggregation.envelope import encrypt_update, sum_envelopes
-        header = read_header(ups["a"][0])
-        total = sum_envelopes(stranger.public_context(), [
-            encrypt_update(stranger, np.zeros(header.n_values), 1.0, header.layout_hash) for _ in range(3)])
-        return total, [s for _, s in ups.values()]
+def other_federation(hub, round_index):
+    """Round 1: a well-formed sum of three uploads under another federation's key."""
+    if round_index != 1:
+        return None
+    from confide.aggregation.envelope import encrypt_update, sum_envelopes
 
-    members, reports, said, _ = run_federation(tmp_path, "c", forge=other_federation)
-    assert_refused_and_carried_on(members, reports, said, "c", [1], "key")
+    ups = uploads(hub, 1)
+    stranger = create_key_material(hub.coordinator.public_context.params)
+    header = read_header(ups["a"][0])
+    total = sum_envelopes(stranger.public_context(), [
+        encrypt_update(stranger, np.zeros(header.n_values), 1.0, header.layout_hash) for _ in range(3)])
+    return total, [s for _, s in ups.values()]
+
+
+@pytest.mark.parametrize("forge, victim, refused_round, why", [
+    (b_thrice, "a", 1, "seed"),
+    (partial, "c", 1, "seed"),
+    (replay, "b", 2, "replay"),
+    (steer, "b", 1, "integrity tags"),
+    (other_federation, "c", 1, "key"),
+], ids=["one-upload-as-the-sum", "partial-sum-false-count", "replay", "plaintext-added", "another-key"])
+def test_a_forged_sum_is_refused_in_one_line_and_the_member_carries_on(tmp_path, forge, victim, refused_round, why):
+    members, reports, said, _ = run_federation(tmp_path, victim, forge=forge)
+    assert_refused_and_carried_on(members, reports, said, victim, [refused_round], why)
 
 
 def test_a_member_handed_another_sum_than_the_others_finds_the_split_and_leaves(tmp_path):
@@ -244,3 +242,10 @@ def test_a_member_handed_another_sum_than_the_others_finds_the_split_and_leaves(
     assert all(m.record.aborted and "split" in m.record.aborted for m in members.values())
     digests = {name: m.ledger.applied_sums("tiny")[1] for name, m in members.items()}
     assert digests["a"] == digests["b"] != digests["c"]
+    # An auditor handed the three ledgers fails the federation, naming the round.
+    from confide.privacy.audit import audit_ledgers
+
+    result = audit_ledgers([m.ledger.path for m in members.values()], federations=[tmp_path / "fed.yaml"])
+    assert result.exit_code == 1
+    assert any(c.name == "applied_sums" and c.passed is False and "round 1 of tiny" in c.detail
+               for c in result.checks), [c for c in result.checks if c.passed is False]
