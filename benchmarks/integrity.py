@@ -120,7 +120,8 @@ def run_case(n: int, size: int, repeats: int) -> dict:
         problem = sum_problem(roster, roster.public, members[0], 1, secret.key_id, total, evidence,
                               statements[0].envelope_sha256, set())
         assert problem is None, problem
-        verify_sum(secret, key, "bench", 1, total, [Contributor(s.institution, s.seed, s.tags) for s in statements])
+        verify_sum(secret, key, "bench", 1, total, [Contributor(s.institution, s.seed, s.tags) for s in statements],
+                   LAYOUT, size)
 
     verify_ms, _ = timed(member_checks, repeats)
     decrypt_ms, _ = timed(lambda: decrypted(secret, total), repeats)

@@ -42,7 +42,7 @@ from confide.aggregation import create_key_material, encrypt_update, read_header
 from confide.aggregation.integrity import contribution_tags, integrity_key
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import KIND_UPDATE, SEED_BYTES, build_envelope, read_seeds
-from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, sha256
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
 from confide.identity import Identity
 from confide.platform.service.client import Backoff, CoordinatorClient
 
@@ -153,7 +153,8 @@ def run_case(n: int, size: int, threads: int) -> dict:
                       for i, ident in identities.items()}
             holder_id = next(iter(identities))
             certificate = identities[holder_id].sign_document(KeyCertificate(
-                federation="load", key_holder=holder_id, key_id=secret.key_id,
+                federation="load", federation_sha256=policy_sha256(federation), key_holder=holder_id,
+                key_id=secret.key_id,
                 params=params.model_dump(mode="json"), public_context_sha256=sha256(secret.public_context_bytes()),
                 layout_hash=LAYOUT_HASH, n_values=size,
                 sealed_sha256={i: sha256(b) for i, b in sorted(sealed.items())}))

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -217,6 +217,8 @@ class KeyCertificate(SignedDocument):
 
     DOCUMENT: ClassVar[str] = "confide key certificate v1"
     federation: str
+    federation_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="`policy_sha256` of the federation file: "
+                                   "a key made for an earlier federation of the same id is refused.")
     key_holder: str
     key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     params: dict[str, Any] = Field(description="The CKKS parameters (confide.policies.CkksParameters).")
@@ -230,7 +232,7 @@ class KeyCertificate(SignedDocument):
         """SHA-256 naming the key, its parameters, its public context and who made it for which federation:
         the same at every member (unlike the sealed copies, which are drawn afresh on each set-up)."""
         return sha256(canonical_json(self.model_dump(mode="json", include={
-            "federation", "key_holder", "key_id", "params", "public_context_sha256"})))
+            "federation", "federation_sha256", "key_holder", "key_id", "params", "public_context_sha256"})))
 
 
 class ContributionStatement(SignedDocument):
@@ -247,7 +249,8 @@ class ContributionStatement(SignedDocument):
     key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     envelope_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     seed: str = Field(pattern=r"^[0-9a-f]{64}$", description="The envelope's seed (hex): names its `a` polynomials.")
-    tags: tuple[str, ...] = Field(min_length=1, max_length=8, description="Integrity tags, decimal, below q0.")
+    tags: tuple[Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,19})$")], ...] = Field(
+        min_length=1, max_length=8, description="Integrity tags, decimal, below q0.")
 
 
 class AppliedStatement(SignedDocument):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from confide.aggregation import _seal
 from confide.aggregation.envelope import encrypt_update
 from confide.aggregation.errors import AggregationError
+from confide.aggregation.integrity import tags_for
 from confide.aggregation.keys import create_key_material, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
-from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, sha256
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
 from confide.identity import Identity
 from confide.platform.service.app import create_app
 from confide.platform.service.client import spend_query
@@ -88,14 +91,16 @@ def spend_params(policy) -> dict:
 class Keys:
     """The key holder's side of key set-up, made directly with confide.aggregation and certified by `holder`."""
 
-    def __init__(self, identities: dict[str, Identity], holder: str = "a", n_values: int | None = None) -> None:
+    def __init__(self, federation: "Federation", holder: str = "a", n_values: int | None = None) -> None:
+        identities = federation.identities
         self.secret = create_key_material(CkksParameters(**SMALL_CKKS))
         raw = self.secret.to_bytes()
         self.sealed = {i: seal_secret(raw, ident.public.sealing_public, i, self.secret.key_id)
                        for i, ident in identities.items()}
         self.n_values = n_values
         self.certificate = identities[holder].sign_document(KeyCertificate(
-            federation="net-test", key_holder=holder, key_id=self.secret.key_id,
+            federation="net-test", federation_sha256=policy_sha256(federation.policy), key_holder=holder,
+            key_id=self.secret.key_id,
             params=self.secret.params.model_dump(mode="json"),
             public_context_sha256=sha256(self.secret.public_context_bytes()), layout_hash=LAYOUT, n_values=n_values,
             sealed_sha256={i: sha256(b) for i, b in sorted(self.sealed.items())}))
@@ -112,6 +117,12 @@ class Keys:
         return encrypt_update(self.secret, np.asarray(values, dtype=np.float64), weight, layout)
 
 
+@functools.cache
+def small_ckks_tags() -> int:
+    """How many integrity tags an upload carries under SMALL_CKKS (from its prime's size)."""
+    return tags_for(_seal.last_modulus(_seal.build_context(CkksParameters(**SMALL_CKKS))))
+
+
 def contribution_statement(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
                            federation_id: str = "net-test") -> ContributionStatement:
     """The upload's contribution statement, signed by `identity` (its tags are placeholders: the coordinator
@@ -120,7 +131,7 @@ def contribution_statement(identity: Identity, envelope: bytes, round_index: int
     return identity.sign_document(ContributionStatement(
         federation=federation_id, round=round_index, institution=institution or identity.institution_id,
         key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
-        tags=("1", "2")))
+        tags=("1",) * small_ckks_tags()))
 
 
 def statement_params(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,

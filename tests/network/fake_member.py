@@ -17,7 +17,7 @@ from confide.aggregation.integrity import Contributor, contribution_tags, integr
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
-from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, Receipt, sha256
+from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, Receipt, policy_sha256, sha256
 from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.member_api import Contribution, Outcome
 from confide.platform.member_api import KeyBundle as Bundle
@@ -82,7 +82,8 @@ class FakeMember:
                   for m in self.federation.roster}
         public = secret.public_context_bytes()
         certificate = self.identity.sign_document(KeyCertificate(
-            federation=self.federation.federation_id, key_holder=self.institution_id, key_id=secret.key_id,
+            federation=self.federation.federation_id, federation_sha256=policy_sha256(self.federation),
+            key_holder=self.institution_id, key_id=secret.key_id,
             params=self.federation.ckks.model_dump(mode="json"), public_context_sha256=sha256(public),
             layout_hash=LAYOUT, n_values=SIZE, sealed_sha256={m: sha256(b) for m, b in sorted(sealed.items())}))
         return Bundle(secret.key_id, LAYOUT, public, sealed, SIZE, certificate)
@@ -175,7 +176,7 @@ class FakeMember:
                            evidence, None, set()) is None
         verify_sum(secret, integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id),
                    self.federation.federation_id, round_index, sum_envelope,
-                   [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements])
+                   [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements], LAYOUT, SIZE)
         result = decrypt_sum(secret, sum_envelope, LAYOUT)
         np.save(self.dir / "adapter.npy", self.adapter + result.average)
         progress["synced"] = round_index

@@ -118,7 +118,7 @@ def attacked(tmp_path, federation):
 
 def test_a_member_is_served_while_forged_slow_uploads_overfill_the_connection_cap(attacked, federation):
     running, clients, attack = attacked
-    keys = Keys(federation.identities, n_values=16)
+    keys = Keys(federation, n_values=16)
     clients["a"].publish_keys(keys.secret.key_id, keys.request()["layout_hash"],
                               keys.secret.public_context_bytes(), keys.sealed, 16, keys.certificate)
     deadline = time.monotonic() + 20

@@ -30,7 +30,7 @@ def wait_until(predicate, timeout_s: float = 5.0) -> None:
 
 def set_up(served) -> Keys:
     hub, api, fed = served
-    keys = Keys(fed.identities)
+    keys = Keys(fed)
     reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=keys.request())
     assert reply.status_code == 200, reply.text
     wait_until(lambda: hub.state.current is not None)
@@ -63,7 +63,7 @@ def test_key_setup_gives_each_member_only_its_own_sealed_key(served):
 
 def test_only_the_key_holder_publishes_and_never_a_secret_key(served):
     hub, api, fed = served
-    keys = Keys(fed.identities)
+    keys = Keys(fed)
     before = snapshot(hub)
     assert api.request(fed.identities["b"], "PUT", "/v1/keys", json_body=keys.request()).status_code == 403
     secret_as_public = base64.b64encode(keys.secret.to_bytes()).decode()
@@ -149,7 +149,7 @@ def test_refused_uploads_leave_the_state_unchanged(served, case):
     elif case == "oversized":
         reply, expected = upload(api, a, good + bytes(2_000_001)), 413
     elif case == "wrong_key_id":
-        reply, expected = upload(api, a, Keys(fed.identities).envelope(np.ones(8))), 422
+        reply, expected = upload(api, a, Keys(fed).envelope(np.ones(8))), 422
     elif case == "wrong_layout":
         reply, expected = upload(api, a, keys.envelope(np.ones(8), layout="0" * 64)), 422
     elif case == "sum_as_update":

@@ -31,7 +31,7 @@ FAST = Backoff(first_s=0.05, max_s=0.3, give_up_after_s=30)
 
 def set_up(served, n_values: int | None):
     hub, api, fed = served
-    keys = Keys(fed.identities, n_values=n_values)
+    keys = Keys(fed, n_values=n_values)
     body = keys.request()
     reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=body)
     assert reply.status_code == 200, reply.text
@@ -69,7 +69,7 @@ def test_a_key_set_up_without_a_value_count_still_works_and_old_states_load(serv
 
 def test_a_key_set_up_with_a_nonsense_value_count_is_refused(served):
     hub, api, fed = served
-    keys = Keys(fed.identities)
+    keys = Keys(fed)
     for bad in (0, -3, "many"):
         reply = api.request(fed.identities["a"], "PUT", "/v1/keys", json_body=keys.request(n_values=bad))
         assert reply.status_code == 422

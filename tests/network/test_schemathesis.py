@@ -62,7 +62,7 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("schemathesis")
     federation = make_federation(root, rounds=3)
     hub = CoordinatorHub(federation.policy, root / "coordinator", max_upload_bytes=200_000)
-    keys = Keys(federation.identities)
+    keys = Keys(federation)
     hub.publish_keys("a", KeySetupRequest(**keys.request()))
     hub.tick(time.time())  # round 1 opens
     hub.identities = federation.identities

@@ -3,7 +3,10 @@
 Every test runs real `Member`s (tiny model, real DP rounds, real CKKS, real ledgers) over the real
 `CoordinatorHub` with the round driver, in process. The culprit is a real member changed in the one
 place its attack needs: it encrypts under another secret key, scales its update, or claims a larger
-weight; the liars report good sums as broken. The honest members' code is the product's.
+weight, or claims it applied its own broken sums; the liars report good sums as broken. The honest
+members' code is the product's. Reports and applied statements are weighed by majority
+(`faults.is_broken`): two liars need more than the honest members who applied a sum, so the liars'
+test has six members; with three, two liars are the majority, and nothing distinguishes them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import pytest
 
 from confide.aggregation.keys import SecretKeyMaterial, create_key_material
+from confide.formats import AppliedStatement
 from confide.platform import faults
 from confide.platform.member import Member
 from confide.platform.service.driver import RoundDriver
@@ -54,7 +58,7 @@ class Lies(InProcessTransport):
     """A liar's line to the coordinator: every sum that holds `victim`'s upload is reported as broken, and
     no statement of an applied sum is ever sent."""
 
-    victim = "c"
+    victim = "e"
 
     def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> None:
         r = next(x for x in self.hub.state.rounds if x.index == round_index)
@@ -64,17 +68,31 @@ class Lies(InProcessTransport):
             super().report_applied(round_index, sum_sha256, signature)
 
 
-def run(tmp_path, ids, rounds: int, culprit: str | None = None, member_class=Member, liars=()):
+class ClaimsApplied(InProcessTransport):
+    """A culprit's line to the coordinator: it signs that it applied every sum it refused (its own broken
+    ones), to keep the search from starting."""
+
+    def report_undecryptable(self, round_index: int, sum_sha256: str, reason: str) -> None:
+        statement = self.identity.sign_document(AppliedStatement(
+            federation=self.hub.state.federation_id, round=round_index, institution=self.institution,
+            sum_sha256=sum_sha256))
+        self.report_applied(round_index, sum_sha256, statement.signature)
+
+
+def run(tmp_path, ids, rounds: int, culprit: str | None = None, member_class=Member, liars=(), claims=False):
     """A federation of real members over the real hub; returns members, reports, errors and the hub's state."""
     federation, institutions = load_files(*make_federation_files(tmp_path, ids=ids, rounds=rounds))
     members = {p.institution_id: (member_class if p.institution_id == culprit else Member)(federation, p)
                for p in institutions}
     hub = CoordinatorHub(federation, tmp_path / "coordinator")
     clock, idle = SimulatedClock(), _Idle()
-    drivers = {name: RoundDriver(member, (Lies if name in liars else InProcessTransport)(hub, name, clock, idle),
-                                 federation, tmp_path / name / "agent.json", say=lambda _l: None, wait_s=0.2,
-                                 clock=clock)
-               for name, member in members.items()}
+    drivers = {}
+    for name, member in members.items():
+        line = Lies if name in liars else ClaimsApplied if claims and name == culprit else InProcessTransport
+        transport = line(hub, name, clock, idle)
+        transport.identity = member.identity
+        drivers[name] = RoundDriver(member, transport, federation, tmp_path / name / "agent.json",
+                                    say=lambda _l: None, wait_s=0.2, clock=clock)
     reports, errors = {}, {}
 
     def drive(name: str) -> None:
@@ -133,9 +151,17 @@ def test_a_member_that_claims_more_weight_is_refused_and_found(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_culprit_that_claims_it_applied_its_broken_sums_is_found_all_the_same(tmp_path):
+    members, reports, errors, state = run(tmp_path, ("a", "b", "c"), 5, "c", UploadsUnderAnotherKey, claims=True)
+    assert all(r.applied == {"c": r.applied["c"]} for r in state.rounds[:3])  # its claims were taken...
+    assert_found_and_finished(members, reports, errors, state, "c", faults.rounds_to_find(3), "refused the sum")
+
+
+@pytest.mark.integration
 def test_members_lying_that_an_honest_members_sums_break_cannot_get_it_excluded(tmp_path):
-    members, reports, errors, state = run(tmp_path, ("a", "b", "c"), 4, liars=("a", "b"))
+    ids = ("a", "b", "c", "d", "e", "f")
+    members, reports, errors, state = run(tmp_path, ids, 4, liars=("a", "b"))
     assert not errors and state.excluded == {} and state.suspects is None
-    assert all(len(r.undecryptable) == 2 and r.contributors == ["a", "b", "c"] for r in state.rounds)
-    for name in ("a", "b", "c"):
+    assert all(sorted(r.undecryptable) == ["a", "b"] and r.contributors == list(ids) for r in state.rounds)
+    for name in ids:
         assert reports[name].applied == [1, 2, 3, 4] and members[name].record.aborted is None

@@ -64,8 +64,10 @@ def add_mod(polys: Iterable[np.ndarray], q: int, n: int) -> np.ndarray:
 def round_coefficients(c0: np.ndarray, dropped: int, bits: int) -> np.ndarray:
     """``c0`` rounded to the nearest multiple of ``2**dropped``, as ``bits``-bit integers.
 
-    Values that round up to ``2**bits`` wrap to 0: the same residue modulo ``q0``, because
-    ``q0 < 2**bits * 2**dropped``.
+    Values that round up to ``2**bits`` wrap to 0. That happens only for coefficients within
+    ``2**(dropped-1)`` of ``2**bits * 2**dropped``, which exceeds ``q0``: such a coefficient is
+    within ``2**(dropped-1)`` of ``q0``, i.e. of 0 modulo ``q0``, so the wrap's error stays inside the
+    rounding error every coefficient already has.
     """
     if dropped == 0:
         return c0
@@ -75,7 +77,10 @@ def round_coefficients(c0: np.ndarray, dropped: int, bits: int) -> np.ndarray:
 
 def restore_coefficients(packed: np.ndarray, dropped: int, q: int, what: str) -> np.ndarray:
     """Coefficients modulo ``q`` from their rounded form. Full-width values must already be
-    below ``q`` (SEAL's own rule); rounded ones are reduced. Raises EnvelopeError."""
+    below ``q`` (SEAL's own rule); rounded ones are reduced. Raises EnvelopeError, also for a
+    width wider than the modulus' (a negative `dropped`)."""
+    if dropped < 0:
+        raise EnvelopeError(f"{what} declares coefficients wider than the modulus", "the envelope is corrupt")
     if dropped == 0:
         if packed.size and int(packed.max()) >= q:
             raise EnvelopeError(f"{what} holds a coefficient beyond the modulus", "the envelope is corrupt")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from confide.aggregation.envelope import check_envelope, read_header, sum_envelopes
 from confide.aggregation.errors import AggregationError
+from confide.aggregation.integrity import tag_problem
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
 from confide.aggregation.wire import read_seeds
@@ -29,6 +30,7 @@ from confide.formats import (
     DeclaredSpend,
     KeyCertificate,
     Receipt,
+    policy_sha256,
     sha256,
     write_atomically,
 )
@@ -237,7 +239,8 @@ class Coordinator:
         if n_values is not None and not (isinstance(n_values, int) and n_values >= 1):
             raise ProtocolViolation(f"n_values must be a positive whole number, not {n_values!r}", 422)
         certificate = KeyCertificate(
-            federation=self.state.federation_id, key_holder=by, key_id=key_id,
+            federation=self.state.federation_id, federation_sha256=policy_sha256(self.federation), key_holder=by,
+            key_id=key_id,
             params=context.params.model_dump(mode="json"), public_context_sha256=sha256(public_context),
             layout_hash=layout_hash, n_values=n_values,
             sealed_sha256={m: sha256(blob) for m, blob in sorted(sealed.items())}, signature=certificate_signature)
@@ -349,6 +352,9 @@ class Coordinator:
                 signature=signature)
         except ValueError as exc:
             raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
+        problem = tag_problem(statement.tags, self.public_context)
+        if problem is not None:  # every member would refuse every sum holding it: refused now, at the door
+            raise ProtocolViolation(f"the contribution statement: {problem}", 422)
         if not self._signed_by(institution, statement):
             raise ProtocolViolation(f"the contribution statement does not verify under {institution}'s roster key",
                                     422)

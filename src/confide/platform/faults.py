@@ -4,14 +4,14 @@ The coordinator cannot decrypt, so it cannot tell a good upload from one that is
 does not decrypt (encrypted under another key, or holding values that overflow the sum). Members
 can: a member whose decryption of a round's sum fails its checks reports it, signed
 (`protocol.record_undecryptable`). A round is *broken* when at least `min_institutions` members
-reported it and no member signed that it applied it (`is_broken`), so lying members cannot make
-honest members look faulty.
+reported it and more members reported it than signed that they applied it (`is_broken`), so lying
+members cannot make honest members look faulty unless they outnumber them.
 
 Assuming one member keeps breaking sums, it is in every broken round and in no round that
 decrypts. So the coordinator keeps a set of suspects and narrows it with each summed round:
 
-- a broken round (reported by `min_institutions` members, applied by none): suspects = suspects
-  (everyone, at first) that are in its sum;
+- a broken round (reported by `min_institutions` members, and by more than signed that they applied
+  it): suspects = suspects (everyone, at first) that are in its sum;
 - a round that decrypted: suspects = suspects that are not in its sum;
 - one suspect left: it is excluded (its uploads are refused from then on, with the reason), as
   long as enough members remain for `min_institutions`; none left: the evidence contradicts the
@@ -39,11 +39,14 @@ from confide.platform.protocol import FederationState, Round
 
 
 def is_broken(state: FederationState, r: Round) -> bool:
-    """Whether round `r`'s sum broke: enough members reported it does not decrypt, and none signed
-    that it applied it. Every member runs the same deterministic checks on the same sum, so one
-    member's signed statement that it applied the sum outweighs any number of reports: members
-    lying about a good sum cannot make it count as broken, nor start a search that frames anyone."""
-    return r.sum_sha256 is not None and len(r.undecryptable) >= state.min_institutions and not r.applied
+    """Whether round `r`'s sum broke: at least `min_institutions` members reported it does not decrypt,
+    and more members reported it than signed that they applied it. Every member runs the same
+    deterministic checks on the same sum, so reports and applied statements on one sum contradict
+    each other, and the majority of the members who settled it decides: members lying about a good
+    sum cannot frame anyone unless they outnumber the honest members who applied it, and a culprit
+    that claims to have applied its own broken sum cannot stop the search alone."""
+    reports = len(r.undecryptable)
+    return r.sum_sha256 is not None and reports >= state.min_institutions and reports > len(r.applied)
 
 
 def rounds_to_find(members: int) -> int:

@@ -46,6 +46,7 @@ from confide.formats import (
     KeyCertificate,
     MemberRoundState,
     Receipt,
+    policy_sha256,
     sha256,
     write_atomically,
 )
@@ -213,7 +214,8 @@ class Member:
         }
         public = secret.public_context().to_bytes()
         certificate = self.identity.sign_document(KeyCertificate(
-            federation=self.federation.federation_id, key_holder=self.institution_id, key_id=secret.key_id,
+            federation=self.federation.federation_id, federation_sha256=policy_sha256(self.federation),
+            key_holder=self.institution_id, key_id=secret.key_id,
             params=self.federation.ckks.model_dump(mode="json"), public_context_sha256=sha256(public),
             layout_hash=self.layout.hash, n_values=self.layout.size,
             sealed_sha256={member: sha256(blob) for member, blob in sorted(sealed.items())}))
@@ -566,27 +568,33 @@ class Member:
         earlier_sums = {digest for r, digest in self.ledger.applied_sums(fed).items() if r != round_index}
         problem = sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
                               sum_envelope, evidence, mine, earlier_sums)
+        count = len(evidence.statements)
+        if problem is None and count < self.policy.min_cohort:
+            # Counted from member-signed statements, before anything is decrypted: a sum this small
+            # would show too much of each contribution, so it is never opened.
+            detail = (f"round {round_index} sum has {count} contribution(s), below min_cohort "
+                      f"{self.policy.min_cohort}: leaving the federation")
+            if self.ledger.last_of("abort", fed, round_index) is None:
+                self.ledger.append("abort", fed, round_index, reason=detail, count=count)
+            self._commit(settle(self.record, round_index, "aborted", count, detail, leave=detail))
+            return Outcome("aborted", count, detail)
         if problem is None:
             try:
                 verify_sum(self.secret, self.integrity_key, fed, round_index, sum_envelope,
-                           [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements])
+                           [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements],
+                           self.layout.hash, self.layout.size)
                 result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
                 problem = (weight_problem(self.federation, evidence.statements, result.total_weight)
                            or influence_problem(result.average, max_update(self.federation, self.server_state.adapter),
                                                 result.error_bound))
-            except AggregationError as exc:
-                problem = exc.message
+            except (AggregationError, ValueError, OverflowError) as exc:
+                # Whatever the coordinator relayed that does not parse is a refusal, never a crash:
+                # a crash would repeat on every restart and the round would never settle.
+                problem = exc.message if isinstance(exc, AggregationError) else f"malformed sum ({exc})"
         if problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
             # is applied, the spends stay counted, and the federation goes on.
             return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope)
-        if result.count < self.policy.min_cohort:
-            detail = (f"round {round_index} sum has {result.count} contribution(s), below min_cohort "
-                      f"{self.policy.min_cohort}: leaving the federation")
-            if self.ledger.last_of("abort", fed, round_index) is None:
-                self.ledger.append("abort", fed, round_index, reason=detail, count=result.count)
-            self._commit(settle(self.record, round_index, "aborted", result.count, detail, leave=detail))
-            return Outcome("aborted", result.count, detail)
         updated = apply_average(self.federation.server_update, self.server_state, result.average)
         self._save_round_state(round_index, updated)
         load_trainable_state(self.model, unflatten(updated.adapter, self.layout))

@@ -282,6 +282,8 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
     r = next((x for x in state.rounds if x.index == round_index), None)
     if r is None or r.sum_sha256 is None:
         raise ProtocolViolation(f"round {round_index} has no sum to have applied", 409 if r else 404)
+    if sum_sha256 != r.sum_sha256:
+        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one stated", 409)
     if institution in r.applied:
         if r.applied[institution] == [sum_sha256, signature]:
             return state

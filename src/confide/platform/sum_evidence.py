@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from confide.aggregation.params import COUNT_TOLERANCE
-from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, sha256
+from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, policy_sha256, sha256
 from confide.identity import PublicIdentity
 from confide.policies import FederationPolicy
 
@@ -41,6 +41,8 @@ def certificate_problem(certificate: KeyCertificate, federation: FederationPolic
     if certificate.federation != federation.federation_id or certificate.key_holder != holder:
         return (f"the key certificate is for {certificate.federation} by {certificate.key_holder}, not "
                 f"{federation.federation_id} by {holder}")
+    if certificate.federation_sha256 != policy_sha256(federation):
+        return "the key certificate was made for another version of the federation file"
     if not roster[holder].signed(certificate):
         return f"the key certificate is not signed by the key holder {holder}'s roster key"
     if certificate.params != federation.ckks.model_dump(mode="json"):
