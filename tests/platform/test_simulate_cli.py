@@ -63,7 +63,10 @@ def test_simulate_policy_files_in_worker_processes(tmp_path):
     assert result.returncode == 2 and "missing.jsonl: file not found" in result.stderr
     assert "Traceback" not in result.stderr
     # The report is written whatever the verdict, and exits with it: 0 verified, 1 failed, 3 incomplete.
-    checked = [*ledgers, "--federation", out / "federation.yaml", *[a for p in institutions for a in ("--policy", p)]]
+    # Verified needs the receipts too: without them, nothing shows the ledgers are complete.
+    checked = [*ledgers, "--federation", out / "federation.yaml", *[a for p in institutions for a in ("--policy", p)],
+               "--receipts", out / "receipts.jsonl", "--coordinator-key",
+               out / "coordinator" / "identity" / "identity.json"]
     result = confide("report", *checked, "--out", tmp_path / "verified.html")
     assert result.returncode == 0 and "verdict: every ledger verifies" in result.stdout, result.stderr
     result = confide("report", ledger, "--federation", out / "federation.yaml", "--out", tmp_path / "report.html")
