@@ -135,7 +135,7 @@ def test_real_members_keep_equivalent_ledgers_whichever_transport_drives_them(tm
     # The same entries in the same order with the same spends and epsilons (hashes, times and
     # envelopes differ: each run drew its own noise and encryption randomness).
     assert runs["https"] == runs["in process"]
-    assert [e[0] for e in runs["https"]["a"]] == ["spend", "outcome", "receipt", "applied"] * 2
+    assert [e[0] for e in runs["https"]["a"]] == ["key"] + ["spend", "outcome", "receipt", "applied"] * 2
 
 
 def _comparable(entry: dict) -> tuple:
