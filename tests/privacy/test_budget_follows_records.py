@@ -127,3 +127,16 @@ def test_a_corrupt_registry_is_one_line_naming_the_file_and_exit_2(spent):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and str(entry) in lines[0] and "restore" in lines[0]
+
+
+def test_a_simulation_on_an_institutions_data_charges_its_records_for_the_next_ledger(tmp_path):
+    from tests.platform.federation_kit import load_files, make_federation_files
+
+    fed_path, paths = make_federation_files(tmp_path, ids=("a", "b"), rounds=1)
+    result = CliRunner().invoke(app, ["simulate", str(fed_path), *map(str, paths), "--out", str(tmp_path / "sim"),
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output[-2000:]
+    federation, institutions = load_files(fed_path, paths)
+    with pytest.raises(RecordsChargedElsewhereError, match="sim"):
+        Member(federation, institutions[0])  # the institution's own ledger: its records were spent by the simulation
+    assert not (Path(institutions[0].state_dir) / "ledger").exists()

@@ -89,6 +89,9 @@ class Simulation:
     """Receives progress events (dicts with a `type`), e.g. to drive a progress display."""
     private: bool = True
     """False: members clip but add no noise and spend nothing (a sweep's no-DP reference point)."""
+    own_registry: bool = False
+    """True: the simulated ledgers are registered under OUT/registries instead of in the institutions' own
+    registries of ledgers; only for data no institution has to protect (the demo's generated examples)."""
     rounds: list[RoundReport] = field(default_factory=list)
 
 
@@ -413,7 +416,8 @@ def run_simulation(sim: Simulation) -> dict:
     events = _Events(sim.workers, sim.executor)
     emit = sim.on_event or (lambda e: None)
     # Registered where the institution's own ledgers are: the simulated state is new, the records are not.
-    specs = {p.institution_id: (federation, p, registry_dir(original.identity_path))
+    specs = {p.institution_id: (federation, p, sim.out_dir / "registries" / p.institution_id if sim.own_registry
+                                else registry_dir(original.identity_path))
              for p, original in zip(institutions, sim.institutions)}
     pool_class = RayMemberPool if sim.executor == "ray" else MemberPool
     pool = pool_class(functools.partial(_member, private=sim.private), specs, sim.workers, progress=events.queue)
