@@ -148,13 +148,19 @@ def test_a_whole_state_directory_restore_is_caught_by_the_coordinators_receipt(t
     _keyed(members)
     a = members["a"]
     state = Path(institutions[0].state_dir)
+    registry = tmp_path / "ids" / "a" / "ledgers"  # the default outside witness: rolled back too, here
     shutil.copytree(state, tmp_path / "state-backup")
+    shutil.copytree(registry, tmp_path / "registry-backup")
     contribution = a.take_part(1)
     receipt = {"federation": "tiny", "round": 1, "institution": "a", "ledger_seq": contribution.ledger_head[0],
                "ledger_head": contribution.ledger_head[1], "envelope_sha256": "0" * 64, "signature": ""}
     a.check_anchor(receipt)  # the current ledger holds what the coordinator saw
     shutil.rmtree(state)
     shutil.copytree(tmp_path / "state-backup", state)  # ledger and its local witness both rolled back
+    with pytest.raises(LedgerRollbackError, match="ledgers"):
+        Member(federation, institutions[0])  # the witness beside the identity saw the newer head
+    shutil.rmtree(registry)
+    shutil.copytree(tmp_path / "registry-backup", registry)  # and the identity directory too
     restored = Member(federation, institutions[0])
     with pytest.raises(LedgerRollbackError, match="coordinator's receipt for round 1"):
         restored.check_anchor(receipt)

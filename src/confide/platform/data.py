@@ -57,6 +57,9 @@ class LocalDataset:
     source: DataSource
     settings: ModelSettings
     tokenizer: PreTrainedTokenizerBase
+    record_digests: tuple[bytes, ...] = ()
+    """SHA-256 of each record's (text, label), sorted: what the institution's ledger registry keys and
+    compares, so the same records under another dataset id or state directory are recognised."""
 
     @property
     def train_size(self) -> int:
@@ -269,10 +272,15 @@ def _record_digest(record: Record) -> bytes:
     return hashlib.sha256(b"confide-record-v1\0" + content.encode("ascii")).digest()
 
 
+def record_digests(records: list[Record]) -> tuple[bytes, ...]:
+    """SHA-256 of (text, label) of every record, sorted: order- and format-independent."""
+    return tuple(sorted(_record_digest(r) for r in records))
+
+
 def dataset_fingerprint(records: list[Record]) -> str:
     """SHA-256 over the sorted digests of (text, label) of every record: order- and format-independent."""
     digest = hashlib.sha256(b"confide-dataset-v1\0")
-    for item in sorted(_record_digest(r) for r in records):
+    for item in record_digests(records):
         digest.update(item)
     return digest.hexdigest()
 
@@ -337,4 +345,5 @@ def load_institution_data(
         source=source,
         settings=settings,
         tokenizer=tokenizer,
+        record_digests=record_digests(records),
     )

@@ -111,14 +111,16 @@ def run_demo(
     for sub in ("federated", "local"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)  # the demo's own previous output
     emit = on_event or (lambda stage, event: None)
+    # The examples' data is generated for the demo, which trains on it three times (federated, each alone):
+    # its ledgers are registered under OUT, not in the example institutions' registries.
     federated = run_simulation(Simulation(federation, institutions, out_dir / "federated", test, workers,
-                                          on_event=lambda e: emit("federated", e)))
+                                          on_event=lambda e: emit("federated", e), own_registry=True))
     local: dict[str, dict] = {}
     for institution in institutions:
         solo_fed, solo_inst = _alone(federation, institution)
         local[institution.institution_id] = run_simulation(Simulation(
             solo_fed, [solo_inst], out_dir / "local" / institution.institution_id, test, 0,
-            on_event=lambda e, i=institution.institution_id: emit(i, e)))
+            on_event=lambda e, i=institution.institution_id: emit(i, e), own_registry=True))
     result = DemoResult(federated, local, round(time.perf_counter() - started, 1))
     (out_dir / "demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     plot_accuracy(result, out_dir / "accuracy.png")

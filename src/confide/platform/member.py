@@ -71,6 +71,8 @@ from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
 from confide.privacy.errors import LedgerRollbackError
 from confide.privacy.guarantee import replace_one_epsilon
 from confide.privacy.ledger import ledger_path
+from confide.privacy.ledger_registry import LedgerRegistry
+from confide.privacy.ledger_registry import registry_dir as registry_dir_of
 from confide.privacy.reservation import reserve_round
 from confide.privacy.trainable import load_trainable_state, trainable_state
 
@@ -83,11 +85,12 @@ class Member:
     """An institution in one federation. Construct it in the process that will train (it loads the model).
 
     `private=False` is for experiments only (a sweep's no-DP reference point): rounds clip but add
-    no noise, and the ledger records them as `nonprivate` entries instead of spends.
+    no noise, and the ledger records them as `nonprivate` entries instead of spends. `registry_dir`:
+    the institution's registry of ledgers (privacy.ledger_registry), by default beside its identity.
     """
 
     def __init__(self, federation: FederationPolicy, policy: InstitutionPolicy, progress: Any = None,
-                 private: bool = True) -> None:
+                 private: bool = True, registry_dir: Path | None = None) -> None:
         from confide.platform.data import load_institution_data
         from confide.platform.models import build_model
 
@@ -113,9 +116,11 @@ class Member:
         self.data = load_institution_data(policy, federation, self.tokenizer)
         self.dataset_id = policy.dataset_id
         _refuse_lost_ledger(Path(policy.state_dir), self.institution_id, self.dataset_id)
+        self.registry = LedgerRegistry(registry_dir or registry_dir_of(policy.identity_path))
         opened = open_dataset_ledger(
             policy.state_dir, self.institution_id, self.dataset_id, self.identity,
-            DataVersion(self.data.fingerprint, self.data.records, self.data.train_size), policy.ledger_witness_dirs)
+            DataVersion(self.data.fingerprint, self.data.records, self.data.train_size), policy.ledger_witness_dirs,
+            self.registry, self.data.record_digests)
         self.ledger = opened.ledger
         self._announce(opened)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -340,7 +345,7 @@ class Member:
         trained_on = {"data_fingerprint": self.data.fingerprint, "train_records": self.data.train_size}
         if self.private:
             reservation = reserve_round(self.ledger, self.federation, self.policy, round_index, self._plan.spend,
-                                        **trained_on)
+                                        self.registry, self.data.record_digests, **trained_on)
             if not reservation.granted:
                 return self._decline(round_index, "; ".join(reservation.reasons), in_ledger=False)
             epsilon = reservation.entry["epsilon"]

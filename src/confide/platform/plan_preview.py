@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from confide.platform.data import read_source, split_records
+from confide.platform.data import read_source, record_digests, split_records
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.policies.decision import Decision, LedgerState, RoundFacts, decide_participation
 from confide.privacy.accounting import History, epsilon, history_with
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
 from confide.privacy.dataset_ledger import legacy_ledgers
-from confide.privacy.errors import PlanError
+from confide.privacy.errors import PlanError, RecordsChargedElsewhereError
 from confide.privacy.ledger import PrivacyLedger, ledger_path
+from confide.privacy.ledger_registry import LedgerRegistry, registry_dir
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class LedgerSoFar:
     """Rounds of this federation already trained."""
     legacy: list[str] = field(default_factory=list)
     """Older per-fingerprint ledgers the member will migrate into this one (their spends count)."""
+    charged_elsewhere: str | None = None
+    """Why joining is refused: the records are charged under another ledger (the institution's registry)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,20 @@ class PlanPreview:
         return data
 
 
-def read_ledger_so_far(federation: FederationPolicy, institution: InstitutionPolicy) -> LedgerSoFar:
-    """The dataset's ledger under the institution's state_dir, plus legacy ledgers it would migrate."""
+def read_ledger_so_far(federation: FederationPolicy, institution: InstitutionPolicy,
+                       records: tuple[bytes, ...] = ()) -> LedgerSoFar:
+    """The dataset's ledger under the institution's state_dir, plus legacy ledgers it would migrate, and
+    (given the data's `records` digests) another ledger of the institution's registry that spent on them.
+
+    Raises RegistryError for a corrupt registry.
+    """
     state_dir, who, dataset = Path(institution.state_dir), institution.institution_id, institution.dataset_id
     ledger = PrivacyLedger(ledger_path(state_dir, who, dataset), who, dataset)
+    elsewhere = None
+    try:
+        LedgerRegistry(registry_dir(institution.identity_path)).refuse_charged_elsewhere(ledger.path, dataset, records)
+    except RecordsChargedElsewhereError as exc:
+        elsewhere = str(exc)
     history = list(ledger.spend_history())
     rounds = ledger.rounds_taken(federation.federation_id)
     legacy: list[str] = []
@@ -84,7 +97,7 @@ def read_ledger_so_far(federation: FederationPolicy, institution: InstitutionPol
             rounds += old.rounds_taken(federation.federation_id)
             legacy.append(str(path))
     spent = epsilon(history, federation.privacy.delta, federation.privacy.accountant) if history else 0.0
-    return LedgerSoFar(str(ledger.path), ledger.path.exists(), history, spent, rounds, legacy)
+    return LedgerSoFar(str(ledger.path), ledger.path.exists(), history, spent, rounds, legacy, elsewhere)
 
 
 def _first_stop(federation: FederationPolicy, institution: InstitutionPolicy, ledger: LedgerSoFar,
@@ -117,14 +130,16 @@ def preview_plan(federation: FederationPolicy, institution: InstitutionPolicy) -
     """
     records = read_source(institution.data, federation.model)
     train, evaluation = split_records(records, institution.data.eval_fraction)
-    ledger = read_ledger_so_far(federation, institution)
+    ledger = read_ledger_so_far(federation, institution, record_digests(records))
     training, privacy = federation.training, federation.privacy
     q = sample_rate_for(training.expected_batch_size, len(train))
     rounds = min(federation.rounds, institution.max_rounds - ledger.rounds_taken)
     plan: ParticipationPlan | None = None
     problem = None
     by_round: list[float] = []
-    if rounds < 1:
+    if ledger.charged_elsewhere is not None:
+        problem = ledger.charged_elsewhere
+    elif rounds < 1:
         problem = f"already took part in {ledger.rounds_taken} rounds (max_rounds {institution.max_rounds})"
     else:
         try:
@@ -162,6 +177,9 @@ def plan_rows(preview: PlanPreview) -> list[tuple[str, str]]:
     ledger = f"epsilon {p.ledger.epsilon_spent:.3f} spent, {p.ledger.rounds_taken} rounds of this federation"
     if not p.ledger.exists and not p.ledger.legacy:
         ledger = "no ledger yet: nothing spent"
+    if p.ledger.charged_elsewhere is not None:
+        mine = ledger if p.ledger.exists else "no ledger of this dataset id yet"
+        ledger = f"{mine}; but its records are already charged under another ledger (see plan)"
     if p.ledger.legacy:
         ledger += f" (with {len(p.ledger.legacy)} older ledger(s) to migrate)"
     rows.append(("ledger", ledger))

@@ -6,8 +6,11 @@ ledger, CKKS encryption) hosted in a worker process and driven by the same `Roun
 state, blobs on disk, encrypted sums, receipts). Only the transport (in-process calls) and the clock
 (simulated: deadlines pass when every member is waiting) differ from a federation over the network.
 Identities are generated for the simulated institutions under OUT/identities, and each institution's
-ledger and state live under OUT/institutions/<id>, so a simulation never spends the budget recorded
-in a real state directory.
+ledger and state live under OUT/institutions/<id>. A simulation on an institution's data spends that
+data's privacy like a federation does: each simulated ledger is registered in the institution's own
+registry of ledgers (beside the identity its policy names, `privacy.ledger_registry`), so records
+already charged under one of the institution's ledgers are refused, and records the simulation
+trains on are charged for whoever uses them next on this machine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from confide.platform.service.messages import FederationView, ReceiptReply
 from confide.platform.sum_evidence import SumEvidence
 from confide.platform.workers import MemberPool, RayMemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy
+from confide.privacy.ledger_registry import registry_dir
 
 
 class SimulationError(BadInput):
@@ -85,6 +89,9 @@ class Simulation:
     """Receives progress events (dicts with a `type`), e.g. to drive a progress display."""
     private: bool = True
     """False: members clip but add no noise and spend nothing (a sweep's no-DP reference point)."""
+    own_registry: bool = False
+    """True: the simulated ledgers are registered under OUT/registries instead of in the institutions' own
+    registries of ledgers; only for data no institution has to protect (the demo's generated examples)."""
     rounds: list[RoundReport] = field(default_factory=list)
 
 
@@ -389,6 +396,12 @@ def _refuse_inadmissible(federation: FederationPolicy, institutions: list[Instit
             raise SimulationError(f"{exc} (fix the institution policy or leave it out of the simulation)") from None
 
 
+def _member(federation: FederationPolicy, policy: InstitutionPolicy, registry: Path, progress=None,
+            private: bool = True) -> Member:
+    """A simulated member whose ledger is registered in the institution's registry under `registry`."""
+    return Member(federation, policy, progress, private, registry_dir=registry)
+
+
 def run_simulation(sim: Simulation) -> dict:
     """Run every round of the federation and write OUT/summary.json; return the summary.
 
@@ -402,9 +415,12 @@ def run_simulation(sim: Simulation) -> dict:
     _refuse_inadmissible(federation, institutions)
     events = _Events(sim.workers, sim.executor)
     emit = sim.on_event or (lambda e: None)
-    specs = {p.institution_id: (federation, p) for p in institutions}
+    # Registered where the institution's own ledgers are: the simulated state is new, the records are not.
+    specs = {p.institution_id: (federation, p, sim.out_dir / "registries" / p.institution_id if sim.own_registry
+                                else registry_dir(original.identity_path))
+             for p, original in zip(institutions, sim.institutions)}
     pool_class = RayMemberPool if sim.executor == "ray" else MemberPool
-    pool = pool_class(functools.partial(Member, private=sim.private), specs, sim.workers, progress=events.queue)
+    pool = pool_class(functools.partial(_member, private=sim.private), specs, sim.workers, progress=events.queue)
     # The federation as simulated (its roster holds the generated identities): what an auditor
     # passes to `confide audit --federation` to check the ledgers' signatures.
     (sim.out_dir / "federation.yaml").write_text(
@@ -425,7 +441,7 @@ def run_simulation(sim: Simulation) -> dict:
                            say=lambda line, m=m: emit({"type": "member", "institution": m, "text": line}),
                            wait_s=0.5, clock=clock, adapter_dir=out_adapters / m,
                            on_settled=lambda r, o, m=m: rounds.on_settled(m, r, o))
-            for m, (_, p) in specs.items()
+            for m, (_, p, _) in specs.items()
         }
         _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
         status = pool.call_many([(m, Member.privacy_status, (), {}) for m in specs])

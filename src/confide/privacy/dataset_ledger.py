@@ -17,6 +17,7 @@ files are verified first (a broken one is refused, not migrated) and then rename
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -28,6 +29,7 @@ from confide.formats import fsync_directory
 from confide.identity import Identity
 from confide.privacy.errors import LedgerBrokenError
 from confide.privacy.ledger import SPEND_FIELDS, LedgerTransaction, PrivacyLedger
+from confide.privacy.ledger_registry import LedgerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,28 @@ def open_dataset_ledger(
     identity: Identity,
     version: DataVersion,
     witness_dirs: Sequence[Path] = (),
+    registry: LedgerRegistry | None = None,
+    records: Sequence[bytes] = (),
 ) -> OpenedLedger:
     """Open the ledger of `dataset_id`, migrate older ledgers into it, and record `version` if it is new.
 
-    All of it happens under the ledger's lock, before anything can be spent. Raises
-    LedgerBrokenError (this ledger or a legacy one is damaged) or LedgerRollbackError (behind a
-    witness of its head).
+    All of it happens under the ledger's lock, before anything can be spent. With `registry` (the
+    institution's registry of ledgers) and `records` (the data's record digests), the records are
+    first checked against every other ledger the institution keeps, and then registered with this
+    one, whose head the registry also witnesses. Raises LedgerBrokenError (this ledger or a legacy
+    one is damaged), LedgerRollbackError (behind a witness of its head), RecordsChargedElsewhereError
+    (another ledger spent on these records; nothing is recorded) or RegistryError (a corrupt registry).
     """
+    with registry.locked() if registry is not None else contextlib.nullcontext():
+        if registry is not None:
+            ledger = PrivacyLedger.open(state_dir, institution, dataset_id, identity)
+            registry.refuse_charged_elsewhere(ledger.path, dataset_id, records)
+            witness_dirs = [*witness_dirs, registry.register(ledger, dataset_id, records)]
+        return _open(state_dir, institution, dataset_id, identity, version, witness_dirs)
+
+
+def _open(state_dir: Path, institution: str, dataset_id: str, identity: Identity, version: DataVersion,
+          witness_dirs: Sequence[Path]) -> OpenedLedger:
     ledger = PrivacyLedger.open(state_dir, institution, dataset_id, identity, witness_dirs=witness_dirs)
     migrated: list[Path] = []
     with ledger.transaction() as tx:

@@ -64,3 +64,10 @@ class LedgerRollbackError(LedgerError):
     It was restored from an older copy, replaced or deleted; spending on it could reopen budget
     that is already spent, so nothing is spent until an operator restores the newest copy.
     """
+
+
+class RecordsChargedElsewhereError(LedgerError):
+    """Records of this dataset are already charged under another of the institution's ledgers.
+
+    Spending on them here too would compose with that ledger's spends where no ledger counts both.
+    """

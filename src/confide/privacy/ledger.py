@@ -307,6 +307,13 @@ class PrivacyLedger(LedgerView):
             if current is None or current["seq"] < seq:
                 self._write_witnesses(seq, hash_hex, dirs=[self.path.parent])
 
+    def copy_head_to(self, directory: Path) -> None:
+        """Make `directory` a witness of the ledger's current head (nothing to copy for an empty ledger)."""
+        with self._locked():
+            head = self.head()
+            if head is not None:
+                self._write_witnesses(*head, dirs=[Path(directory)])
+
     def _write_witnesses(self, seq: int, hash_hex: str, dirs: Sequence[Path] | None = None) -> None:
         body = canonical_json({"institution": self.institution, "dataset": self.dataset, "seq": seq,
                                "hash": hash_hex, "ledger": self.path.name})

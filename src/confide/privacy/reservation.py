@@ -8,10 +8,11 @@ the accountant, lets `decide_participation` apply the policy rules, and writes e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from confide.policies.decision import Decision, LedgerState, decide_participation
 from confide.policies.federation import FederationPolicy
@@ -20,6 +21,7 @@ from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import BudgetCheck, strictest_cap, would_exceed
 from confide.privacy.errors import DoubleSpendError
 from confide.privacy.ledger import PrivacyLedger
+from confide.privacy.ledger_registry import LedgerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ def reserve_round(
     institution: InstitutionPolicy,
     round_index: int,
     spend: RoundSpend,
+    registry: LedgerRegistry | None = None,
+    records: Sequence[bytes] = (),
     **recorded: Any,
 ) -> Reservation:
     """Decide round `round_index` of `federation` for `spend` and record the decision in `ledger`.
@@ -57,10 +61,24 @@ def reserve_round(
     spend past the budget. Granted: a `spend` entry (cumulative epsilon included) is fsynced before
     this returns, so a crash during training still counts the spend. Declined: a `decline` entry
     lists the reasons, which are also logged. `recorded` fields (e.g. the data version trained on)
-    are written into either entry. Raises LedgerBrokenError if the ledger is damaged,
+    are written into either entry. With `registry` (the institution's registry of ledgers) the round
+    is refused, before anything is written, while another ledger has spent on any of `records` (the
+    data's record digests): RecordsChargedElsewhereError; the check and the spend hold the
+    registry's lock too. Raises LedgerBrokenError if the ledger is damaged,
     LedgerRollbackError if it is behind a witness, DoubleSpendError if this round already has a
     spend entry (a restarted agent must not retrain it).
     """
+    with registry.locked() if registry is not None else contextlib.nullcontext():
+        if registry is not None:
+            registry.refuse_charged_elsewhere(ledger.path, ledger.dataset or "-", records)
+        reservation = _reserve(ledger, federation, institution, round_index, spend, recorded)
+        if registry is not None and reservation.granted:
+            registry.mark_spent(ledger.path)
+    return reservation
+
+
+def _reserve(ledger: PrivacyLedger, federation: FederationPolicy, institution: InstitutionPolicy, round_index: int,
+             spend: RoundSpend, recorded: dict) -> Reservation:
     fed_id = federation.federation_id
     delta, accountant = federation.privacy.delta, federation.privacy.accountant
     with ledger.transaction() as tx:
