@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/he.py --quick
 	$(BIN)/python benchmarks/dp.py --quick
 	$(BIN)/python benchmarks/prefix_memo.py --quick
+	$(BIN)/python benchmarks/integrity.py --members 3 100 --sizes 100000 --repeats 1
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
