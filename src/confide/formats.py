@@ -83,8 +83,7 @@ def fsync_directory(directory: Path) -> None:
 
 def policy_sha256(policy: Any) -> str:
     """SHA-256 of a policy's content (a pydantic model; not its file's formatting), as every side computes it."""
-    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256(canonical_json(policy.model_dump(mode="json")))
 
 
 RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")

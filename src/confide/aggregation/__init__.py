@@ -3,8 +3,7 @@
 Modules, one idea each: ``params`` (CKKS parameters, security and capacity checks), ``codec``
 (adapter <-> flat vector), ``keys`` and ``sealing`` (key material, public context, sealing the
 key to members), ``wire`` (the binary envelope), ``envelope`` (encrypt, sum, decrypt),
-``release`` (noise flooding and the release counter). Every error derives from
-:class:`AggregationError`.
+``integrity`` (the sum's integrity tags). Every error derives from :class:`AggregationError`.
 """
 
 from confide.aggregation.codec import AdapterLayout, LayoutEntry, flatten, unflatten
@@ -27,8 +26,6 @@ from confide.aggregation.errors import (
     InvalidUpdate,
     KeyMaterialError,
     LayoutMismatch,
-    ReleaseCounterError,
-    ReleaseLimitReached,
     SealedKeyError,
     SecretKeyPresent,
     WrongKey,
@@ -41,12 +38,6 @@ from confide.aggregation.keys import (
     require_public,
 )
 from confide.aggregation.params import DEFAULT_PARAMETERS, CkksParameters
-from confide.aggregation.release import (
-    FloodedRelease,
-    ReleaseCounter,
-    flood_and_round,
-    release_average,
-)
 from confide.aggregation.sealing import (
     generate_identity_keypair,
     open_sealed,
@@ -64,16 +55,12 @@ __all__ = [
     "DecryptionCheckFailed",
     "EnvelopeError",
     "EnvelopeHeader",
-    "FloodedRelease",
     "InsecureParameters",
     "InvalidUpdate",
     "KeyMaterialError",
     "LayoutEntry",
     "LayoutMismatch",
     "PublicContext",
-    "ReleaseCounter",
-    "ReleaseCounterError",
-    "ReleaseLimitReached",
     "SealedKeyError",
     "SecretKeyMaterial",
     "SecretKeyPresent",
@@ -84,13 +71,11 @@ __all__ = [
     "decrypt_sum",
     "encrypt_update",
     "flatten",
-    "flood_and_round",
     "generate_identity_keypair",
     "load_secret",
     "open_sealed",
     "read_header",
     "read_sealed_header",
-    "release_average",
     "require_public",
     "seal_secret",
     "sum_envelopes",

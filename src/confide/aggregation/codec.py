@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from confide.aggregation.errors import InvalidUpdate, LayoutMismatch
+from confide.formats import canonical_json
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +78,7 @@ class AdapterLayout:
             "version": LAYOUT_VERSION,
             "entries": [[e.name, list(e.shape), e.dtype] for e in self.entries],
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return canonical_json(doc).decode("ascii")
 
     @cached_property
     def hash(self) -> str:

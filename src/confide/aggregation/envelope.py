@@ -59,8 +59,8 @@ _PADDING_FACTOR = 100.0
 class DecryptedSum:
     """A decrypted sum: ``average`` = weighted sum / ``total_weight`` (float64, one value per
     adapter parameter), ``count`` = number of contributions, ``error_bound`` = high-probability
-    absolute CKKS error per value of ``average``. Raw decryptions stay with key holders; see
-    ``confide.aggregation.release`` before giving these values to anyone else."""
+    absolute CKKS error per value of ``average``. Raw decryptions stay with key holders: they leak
+    the key (Li-Micciancio), and no release to anyone else is built."""
 
     average: np.ndarray
     total_weight: float

@@ -58,13 +58,5 @@ class DecryptionCheckFailed(AggregationError):
     """A decrypted sum fails its integrity checks (count slot, weight slot, padding)."""
 
 
-class ReleaseLimitReached(AggregationError):
-    """The per-key budget of decrypted releases to non-key-holders is spent."""
-
-
-class ReleaseCounterError(AggregationError):
-    """The release counter file is unreadable or corrupt (releases are refused until fixed)."""
-
-
 class SumRefused(AggregationError):
     """A sum is not exactly the contributions it names (checked with the members' integrity tags)."""

@@ -22,6 +22,7 @@ from confide.aggregation import _seal
 from confide.aggregation.errors import KeyMaterialError, SecretKeyPresent
 from confide.aggregation.params import DEFAULT_PARAMETERS, CkksParameters
 from confide.aggregation.sealing import open_sealed, seal_secret
+from confide.formats import canonical_json
 
 __all__ = [
     "PublicContext",
@@ -42,7 +43,7 @@ _KEY_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _encode(magic: bytes, doc: dict[str, Any], tail: bytes = b"") -> bytes:
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    body = canonical_json(doc)
     return _PREFIX.pack(magic, FORMAT_VERSION, len(body)) + body + tail
 
 

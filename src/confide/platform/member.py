@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from confide.aggregation.codec import flatten, unflatten
-from confide.aggregation.envelope import decrypt_sum, encrypt_update
+from confide.aggregation.envelope import DecryptedSum, decrypt_sum, encrypt_update
 from confide.aggregation.errors import AggregationError
 from confide.aggregation.integrity import Contributor, contribution_tags, integrity_key, verify_sum
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
@@ -566,14 +566,8 @@ class Member:
         if round_index != self.last_applied_round + 1:
             raise MemberError(f"cannot apply round {round_index} on top of round {self.last_applied_round}")
         fed = self.federation.federation_id
-        r = self.record.round(round_index)
-        mine = r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
-        # A kill after the `applied` entry and before the record leaves this round's own sum in the
-        # ledger: applying it again to the previous adapter is the resume, not a replay.
-        earlier_sums = {digest for r, digest in self.ledger.applied_sums(fed).items() if r != round_index}
-        problem = sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
-                              sum_envelope, evidence, mine, earlier_sums)
         count = len(evidence.statements)
+        problem = self._sum_problem(round_index, sum_envelope, evidence)
         if problem is None and count < self.policy.min_cohort:
             # Counted from member-signed statements, before anything is decrypted: a sum this small
             # would show too much of each contribution, so it is never opened.
@@ -583,19 +577,9 @@ class Member:
                 self.ledger.append("abort", fed, round_index, reason=detail, count=count)
             self._commit(settle(self.record, round_index, "aborted", count, detail, leave=detail))
             return Outcome("aborted", count, detail)
+        result = None
         if problem is None:
-            try:
-                verify_sum(self.secret, self.integrity_key, fed, round_index, sum_envelope,
-                           [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements],
-                           self.layout.hash, self.layout.size)
-                result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
-                problem = (weight_problem(self.federation, evidence.statements, result.total_weight)
-                           or influence_problem(result.average, max_update(self.federation, self.server_state.adapter),
-                                                result.error_bound))
-            except (AggregationError, ValueError, OverflowError) as exc:
-                # Whatever the coordinator relayed that does not parse is a refusal, never a crash:
-                # a crash would repeat on every restart and the round would never settle.
-                problem = exc.message if isinstance(exc, AggregationError) else f"malformed sum ({exc})"
+            problem, result = self._open_sum(round_index, sum_envelope, evidence)
         if problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
             # is applied, the spends stay counted, and the federation goes on.
@@ -609,6 +593,35 @@ class Member:
         self.server_state = updated
         self._drop_old_adapters()
         return Outcome("applied", result.count, statement=self._applied_statement(round_index))
+
+    def _sum_problem(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> str | None:
+        """What is wrong with the sum around its ciphertexts (`sum_evidence.sum_problem`), or None."""
+        fed = self.federation.federation_id
+        r = self.record.round(round_index)
+        mine = r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
+        # A kill after the `applied` entry and before the record leaves this round's own sum in the
+        # ledger: applying it again to the previous adapter is the resume, not a replay.
+        earlier = {digest for index, digest in self.ledger.applied_sums(fed).items() if index != round_index}
+        return sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
+                           sum_envelope, evidence, mine, earlier)
+
+    def _open_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence
+                  ) -> tuple[str | None, DecryptedSum | None]:
+        """Check the sum's integrity tags, decrypt it, and check its weight and bound: (problem, None) or
+        (None, the decrypted sum). Nothing is decrypted before the tags pass."""
+        try:
+            verify_sum(self.secret, self.integrity_key, self.federation.federation_id, round_index, sum_envelope,
+                       [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements],
+                       self.layout.hash, self.layout.size)
+            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
+        except (AggregationError, ValueError, OverflowError) as exc:
+            # Whatever the coordinator relayed that does not parse is a refusal, never a crash: a
+            # crash would repeat on every restart and the round would never settle.
+            return (exc.message if isinstance(exc, AggregationError) else f"malformed sum ({exc})"), None
+        problem = (weight_problem(self.federation, evidence.statements, result.total_weight)
+                   or influence_problem(result.average, max_update(self.federation, self.server_state.adapter),
+                                        result.error_bound))
+        return problem, (result if problem is None else None)
 
     def _applied_statement(self, round_index: int) -> AppliedStatement | None:
         """Our signed statement of the sum we applied in `round_index` (None if we applied none)."""

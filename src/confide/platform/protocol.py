@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from confide.errors import BadInput
-from confide.formats import FederationStatus, RoundStatus
+from confide.formats import ROUND_ACTIVE, FederationStatus, RoundStatus
 
 
 class ProtocolViolation(BadInput):
@@ -143,7 +143,7 @@ def open_next_round(state: FederationState, now: float) -> FederationState:
     if state.status == "finished":
         raise ProtocolViolation("the federation has finished")
     current = state.current
-    if current is not None and current.status in ("open", "collecting"):
+    if current is not None and current.status in ROUND_ACTIVE:
         raise ProtocolViolation(f"round {current.index} is still {current.status}")
     new = copy.deepcopy(state)
     if new.current is not None and new.current.status == "summed":
@@ -160,7 +160,7 @@ def _open_round(state: FederationState, round_index: int, now: float) -> Round:
     current = state.current
     if current is None or current.index != round_index:
         raise ProtocolViolation(f"round {round_index} is not the current round", 409)
-    if current.status not in ("open", "collecting"):
+    if current.status not in ROUND_ACTIVE:
         raise ProtocolViolation(f"round {round_index} is {current.status}, not accepting contributions", 409)
     if now > current.deadline_at:
         raise ProtocolViolation(f"round {round_index} passed its deadline", 409)
@@ -225,7 +225,7 @@ def sum_decision(state: FederationState, now: float) -> Literal["wait", "sum", "
     (everyone answered, or the deadline passed, with too few uploads).
     """
     current = state.current
-    if current is None or current.status not in ("open", "collecting"):
+    if current is None or current.status not in ROUND_ACTIVE:
         return "wait"
     enough = len(current.uploads) >= state.min_institutions
     everyone = current.responded() >= set(state.members) - set(state.excluded)
@@ -242,7 +242,7 @@ def record_sum(state: FederationState, round_index: int, sum_sha256: str, contri
     for (see `faults.leave_out`); every accepted upload is either a contributor or left out.
     """
     current = state.current
-    if current is None or current.index != round_index or current.status not in ("open", "collecting"):
+    if current is None or current.index != round_index or current.status not in ROUND_ACTIVE:
         raise ProtocolViolation(f"round {round_index} cannot be summed now")
     if sorted(list(contributors) + list(left_out)) != sorted(current.uploads) or set(contributors) & set(left_out):
         raise ProtocolViolation("the sum must cover exactly the accepted uploads not left out", 500)
@@ -296,7 +296,7 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
 def fail_round(state: FederationState, round_index: int, reason: str) -> FederationState:
     """Mark the current round failed (no sum is published; members keep their adapters)."""
     current = state.current
-    if current is None or current.index != round_index or current.status not in ("open", "collecting"):
+    if current is None or current.index != round_index or current.status not in ROUND_ACTIVE:
         raise ProtocolViolation(f"round {round_index} cannot fail now")
     new = copy.deepcopy(state)
     new.current.status = "failed"

@@ -29,7 +29,7 @@ import yaml
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
-from confide.formats import AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate
+from confide.formats import ROUND_ACTIVE, AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate
 from confide.identity import Identity
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
@@ -494,13 +494,13 @@ def _drive(drivers: dict[str, RoundDriver], hub: CoordinatorHub, clock: Simulate
         hub.tick(clock())
         state = hub.state
         current = state.current
-        if current is not None and current.status in ("open", "collecting") and current.index not in emitted_rounds:
+        if current is not None and current.status in ROUND_ACTIVE and current.index not in emitted_rounds:
             emitted_rounds.add(current.index)
             emit({"type": "round", "round": current.index})
         alive = {m for m, t in zip(drivers, threads) if t.is_alive()}
         # Every live driver waits and nothing changed for a while: only a deadline can move things.
         if alive and alive <= idle.snapshot() and state.status == "running" and current is not None \
-                and current.status in ("open", "collecting"):
+                and current.status in ROUND_ACTIVE:
             if quiet_since is None or quiet_since[0] != hub.revision:
                 quiet_since = (hub.revision, time.monotonic())
             elif time.monotonic() - quiet_since[1] > 1.0:

@@ -15,7 +15,7 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import AppliedStatement, DeclaredSpend, Receipt, policy_sha256
+from confide.formats import ROUND_ACTIVE, AppliedStatement, DeclaredSpend, Receipt, policy_sha256
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -211,7 +211,7 @@ class CoordinatorHub:
             if state.status != "running":
                 return False
             current = state.current
-            if current is not None and current.status in ("open", "collecting"):
+            if current is not None and current.status in ROUND_ACTIVE:
                 outcome = self.coordinator.advance(now)
                 if outcome != "wait":
                     log.info("round %d: %s", current.index, outcome)
