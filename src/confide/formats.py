@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -250,6 +250,21 @@ class ContributionStatement(SignedDocument):
     seed: str = Field(pattern=r"^[0-9a-f]{64}$", description="The envelope's seed (hex): names its `a` polynomials.")
     tags: tuple[Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,19})$")], ...] = Field(
         min_length=1, max_length=8, description="Integrity tags, decimal, below q0.")
+    min_cohort: int = Field(1, ge=1, le=1_000_000, description="The fewest contributions the member lets a sum "
+                            "holding its update have: no honest member opens a smaller one.")
+
+
+class StatementClaims(NamedTuple):
+    """What an upload carries of its member's contribution statement: the fields only the member can
+    give, and the signature. The coordinator rebuilds the rest from the envelope itself."""
+
+    tags: tuple[str, ...]
+    min_cohort: int
+    signature: str
+
+    @classmethod
+    def of(cls, statement: ContributionStatement) -> "StatementClaims":
+        return cls(tuple(statement.tags), statement.min_cohort, statement.signature)
 
 
 class AppliedStatement(SignedDocument):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.formats import StatementClaims
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.coordinator import Receipt, sha256
 from confide.platform.service.app import Changes
@@ -190,7 +191,8 @@ def test_restarted_hub_resumes_the_round_without_double_counting(tmp_path, serve
         assert again.state.current.index == 1 and list(again.state.current.uploads) == ["a"]
         statement = statement_params(fed.identities["a"], envelope)
         receipt = again.upload("a", 1, envelope, time.time(), declared=declared_spend(fed.policy),
-                               signed=(tuple(statement["tags"].split(",")), statement["statement_signature"]))
+                               signed=StatementClaims(tuple(statement["tags"].split(",")), 1,
+                                                      statement["statement_signature"]))
         assert receipt.model_dump() == first and len(again.state.current.uploads) == 1
     finally:
         again.close()

@@ -78,9 +78,11 @@ def publish_and_install(coordinator, members: dict, federation) -> None:
 
 def upload(coordinator, name: str, round_index: int, contribution, now: float = 1.0):
     """Upload a member's contribution as its driver would: envelope, ledger head, declared spend, statement."""
+    from confide.formats import StatementClaims
+
     statement = contribution.statement
     return coordinator.upload(name, round_index, contribution.envelope, now=now, ledger_head=contribution.ledger_head,
-                              declared=contribution.declared, signed=(statement.tags, statement.signature))
+                              declared=contribution.declared, signed=StatementClaims.of(statement))
 
 
 def evidence(coordinator, round_index: int, member: str | None = None):

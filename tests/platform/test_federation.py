@@ -7,7 +7,7 @@ import pytest
 
 from confide.aggregation.envelope import decrypt_sum, read_header, sum_envelopes
 from confide.aggregation.params import CkksParameters
-from confide.formats import sha256
+from confide.formats import StatementClaims, sha256
 from confide.identity import Identity
 from confide.platform import faults
 from confide.platform.coordinator import Coordinator
@@ -15,7 +15,14 @@ from confide.platform.member import Member
 from confide.platform.protocol import new_federation
 from confide.platform.sum_evidence import SumEvidence
 from tests.aggregation.aggregation_helpers import update_under_another_key
-from tests.platform.federation_kit import evidence, load_files, make_federation_files, publish_and_install, upload
+from tests.platform.federation_kit import (
+    evidence,
+    load_files,
+    make_federation_files,
+    publish_and_install,
+    summed,
+    upload,
+)
 
 
 def start(tmp_path, **kwargs):
@@ -157,16 +164,27 @@ def test_round_fails_cleanly_when_dropouts_leave_too_few(tmp_path):
 
 
 def test_sum_below_min_cohort_makes_the_member_leave_and_record_why(tmp_path):
-    _, members, coordinator = start(tmp_path, min_cohorts={"a": 2, "b": 2, "c": 2})
+    _, members, coordinator = start(tmp_path, min_cohorts={"a": 1, "b": 2, "c": 2})
     contribution = members["a"].take_part(1)
-    # A coordinator that cheats (or is misconfigured) and publishes a sum of one upload, with its
-    # statement and an honest count: every check passes but min_cohort.
+    # A coordinator that cheats (or is misconfigured) and publishes a sum of one upload whose member
+    # allowed it, with its statement and an honest count: every check passes but b's own min_cohort.
     lonely_sum = sum_envelopes(coordinator.public_context, [contribution.envelope])
     outcome = members["b"].apply_sum(1, lonely_sum, SumEvidence((contribution.statement,), sha256(lonely_sum), 1))
     assert outcome.kind == "aborted" and outcome.count == 1
     abort = [e for e in members["b"].ledger.entries() if e["kind"] == "abort"]
     assert len(abort) == 1 and "below min_cohort 2" in abort[0]["reason"]
     assert members["b"].take_part(2).kind == "decline"  # it has left the federation
+
+
+def test_a_sum_below_a_contributors_min_cohort_is_never_opened(tmp_path):
+    _, members, coordinator = start(tmp_path, min_institutions=3, min_cohorts={"a": 3, "b": 1, "c": 1})
+    contribution = members["a"].take_part(1)
+    assert contribution.statement.min_cohort == 3  # signed into its statement
+    pair = [contribution, members["c"].take_part(1)]
+    total, evidence = summed(coordinator.public_context, pair)
+    outcome = members["b"].apply_sum(1, total, evidence)  # b itself would accept two
+    assert outcome.kind == "failed" and "below a's min_cohort 3" in outcome.detail
+    assert members["b"].ledger.applied_sums("tiny") == {}
 
 
 def test_a_member_leaves_once_refused_sums_outlast_what_the_search_for_their_culprit_needs(tmp_path):
@@ -223,11 +241,11 @@ def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federatio
     broken = dataclasses.replace(contribution.declared, **change)
     with pytest.raises(ProtocolViolation, match=problem) as refused:
         coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
-                           declared=broken, signed=(contribution.statement.tags, contribution.statement.signature))
+                           declared=broken, signed=StatementClaims.of(contribution.statement))
     assert refused.value.status == 422
     with pytest.raises(ProtocolViolation, match="does not declare"):
         coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
-                           signed=(contribution.statement.tags, contribution.statement.signature))
+                           signed=StatementClaims.of(contribution.statement))
     assert coordinator.state == before and coordinator.store.receipts() == []
     receipt = upload(coordinator, "a", 1, contribution)  # the honest declaration is accepted and signed
     assert receipt.spend == contribution.declared

@@ -30,6 +30,7 @@ from confide.formats import (
     DeclaredSpend,
     KeyCertificate,
     Receipt,
+    StatementClaims,
     policy_sha256,
     sha256,
     write_atomically,
@@ -278,14 +279,14 @@ class Coordinator:
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
                ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
-               signed: tuple[tuple[str, ...], str] | None = None) -> Receipt:
+               signed: StatementClaims | None = None) -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
 
         `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
         so the member's ledger is anchored outside the member's disk. `declared` is the round's
         DP-SGD spend as the member recorded it: required, checked against the federation file
         (accountant, delta, steps, noise floor, per-round cap) and signed too. `signed` is the
-        integrity tags and signature of the member's contribution statement of this upload
+        integrity tags, min_cohort and signature of the member's contribution statement of this upload
         (`ContributionStatement`, which names the envelope's digest, seed and key): required, it
         must verify under the member's roster key; it is handed to the members with the round's sum.
         A repeated upload (a reply lost on the way) gets the receipt first signed for it.
@@ -338,18 +339,17 @@ class Coordinator:
             self.state = new
         return receipt
 
-    def _statement(self, signed: tuple[tuple[str, ...], str] | None, institution: str, round_index: int,
+    def _statement(self, signed: StatementClaims | None, institution: str, round_index: int,
                    envelope: bytes, header, digest: str) -> ContributionStatement:
         """The member's contribution statement of this upload; refused if missing or not signed by the member."""
         if signed is None:
             raise ProtocolViolation("the upload comes without its signed contribution statement (tags, "
-                                    "statement_signature)", 422)
-        tags, signature = signed
+                                    "min_cohort, statement_signature)", 422)
         try:
             statement = ContributionStatement(
                 federation=self.state.federation_id, round=round_index, institution=institution, key_id=header.key_id,
-                envelope_sha256=digest, seed=read_seeds(envelope, header)[0].hex(), tags=tuple(tags),
-                signature=signature)
+                envelope_sha256=digest, seed=read_seeds(envelope, header)[0].hex(), tags=tuple(signed.tags),
+                min_cohort=signed.min_cohort, signature=signed.signature)
         except ValueError as exc:
             raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
         problem = tag_problem(statement.tags, self.public_context)

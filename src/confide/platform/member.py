@@ -387,7 +387,8 @@ class Member:
         tags = contribution_tags(self.secret, self.integrity_key, fed, round_index, self.institution_id, envelope)
         return self.identity.sign_document(ContributionStatement(
             federation=fed, round=round_index, institution=self.institution_id, key_id=header.key_id,
-            envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags))
+            envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags,
+            min_cohort=self.policy.min_cohort))
 
     def _resumed(self, round_index: int, envelope_path: Path) -> RoundRecord | None:
         """The round's record, completed from the work a kill left unrecorded (or from older state files).

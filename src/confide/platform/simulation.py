@@ -29,7 +29,14 @@ import yaml
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
-from confide.formats import ROUND_ACTIVE, AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate
+from confide.formats import (
+    ROUND_ACTIVE,
+    AppliedStatement,
+    ContributionStatement,
+    DeclaredSpend,
+    KeyCertificate,
+    StatementClaims,
+)
 from confide.identity import Identity
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
@@ -207,7 +214,7 @@ class InProcessTransport:
 
     def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
                declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply:
-        signed = (statement.tags, statement.signature) if statement is not None else None
+        signed = StatementClaims.of(statement) if statement is not None else None
         reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head,
                            declared, signed)
         self._changed()

@@ -74,6 +74,10 @@ def sum_problem(federation: FederationPolicy, roster: dict[str, PublicIdentity],
     institutions = [s.institution for s in statements]
     if len(set(institutions)) != len(institutions) or len({s.seed for s in statements}) != len(statements):
         return "the sum names one contribution more than once"
+    demanding = max(statements, key=lambda s: s.min_cohort, default=None)
+    if demanding is not None and len(statements) < demanding.min_cohort:
+        return (f"the sum has {len(statements)} contribution(s), below {demanding.institution}'s min_cohort "
+                f"{demanding.min_cohort}: opening it would expose that member's update")
     if len(statements) != evidence.announced_contributors:
         return (f"the sum names {len(statements)} contribution(s), the federation view announced "
                 f"{evidence.announced_contributors}")

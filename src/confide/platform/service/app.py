@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend
+from confide.formats import DeclaredSpend, StatementClaims
 from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
 from confide.platform.service.hub import CoordinatorHub
@@ -246,6 +246,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         entry_hash: str | None = Query(None, pattern=HEX64, description="Hash of the ledger entry of the spend."),
         tags: str | None = Query(None, pattern=r"^[0-9]{1,40}(,[0-9]{1,40}){0,7}$",
                                  description="The upload's integrity tags (decimal, comma-separated)."),
+        min_cohort: int = Query(1, ge=1, le=1_000_000, description="The fewest contributions the member lets a sum "
+                                "holding this upload have (part of its contribution statement)."),
         statement_signature: str | None = Query(None, max_length=200, description="The member's signature (base64) "
                                                 "of its contribution statement of this upload."),
         who: str = Depends(member),
@@ -254,7 +256,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
 
         The coordinator refuses a spend that breaks the federation file (422) and returns a receipt
         that signs the envelope hash, the ledger head and the declared spend. `tags` and
-        `statement_signature` make the member's signed contribution statement, which the other
+        `min_cohort` and `statement_signature` make the member's signed contribution statement, which the other
         members check the round's sum against.
         """
         same(who, institution)
@@ -268,7 +270,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", 422)
         declared = DeclaredSpend.from_dict(spend) if not missing else None
         envelope = await request.body()
-        signed = (tuple(tags.split(",")), statement_signature) if tags and statement_signature else None
+        signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature)
+                  if tags and statement_signature else None)
         receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
                                           declared, signed)
         changed(poke=True)

@@ -248,7 +248,8 @@ class CoordinatorClient:
         if declared is not None:
             params.update(spend_query(declared))
         if statement is not None:
-            params.update(tags=",".join(statement.tags), statement_signature=statement.signature)
+            params.update(tags=",".join(statement.tags), min_cohort=statement.min_cohort,
+                          statement_signature=statement.signature)
         response = self.call("PUT", path, params=params or None, content=envelope,
                              content_type="application/octet-stream", timeout_s=600)
         return self._parse(response, ReceiptReply)

@@ -15,7 +15,7 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import ROUND_ACTIVE, AppliedStatement, DeclaredSpend, Receipt, policy_sha256
+from confide.formats import ROUND_ACTIVE, AppliedStatement, DeclaredSpend, Receipt, StatementClaims, policy_sha256
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -171,12 +171,12 @@ class CoordinatorHub:
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
                ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
-               signed: tuple[tuple[str, ...], str] | None = None) -> ReceiptReply:
+               signed: StatementClaims | None = None) -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
         `ledger_head` is the member's `(seq, hash)` and `declared` its round's DP-SGD spend, both
-        checked and signed into the receipt, and `signed` its contribution statement's integrity tags
-        and signature (`Coordinator.upload`). Raises
+        checked and signed into the receipt, and `signed` what it gives of its contribution statement
+        (`Coordinator.upload`). Raises
         ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
         with self.lock:
