@@ -267,3 +267,22 @@ def test_coordinator_enforces_the_federations_per_round_epsilon_cap(tmp_path):
     coordinator.federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
         update={"max_round_epsilon": spent * 1.01})})
     assert upload(coordinator, "a", 1, contribution).spend == d
+
+
+def test_a_kill_while_installing_the_key_installs_it_again_with_one_ledger_entry(tmp_path):
+    federation, institutions = load_files(*make_federation_files(tmp_path))
+    members = {p.institution_id: Member(federation, p) for p in institutions}
+    bundle = members["a"].make_keys()
+    b = members["b"]
+
+    def killed(*_args, **_kwargs) -> None:
+        raise KeyboardInterrupt("killed while recording the key")
+
+    b.ledger.append = killed
+    with pytest.raises(KeyboardInterrupt):
+        b.install_key(bundle.sealed["b"], bundle.certificate)
+    restarted = Member(federation, institutions[1])
+    assert not restarted.has_key()
+    assert restarted.install_key(bundle.sealed["b"], bundle.certificate) == bundle.key_id
+    keys = [e for e in restarted.ledger.entries() if e["kind"] == "key"]
+    assert len(keys) == 1 and keys[0]["fingerprint"] == bundle.certificate.fingerprint

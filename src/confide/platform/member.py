@@ -250,9 +250,11 @@ class Member:
             if self.secret.key_id != material.key_id:
                 raise MemberError(f"already hold key {self.secret.key_id}, offered {material.key_id}")
             return material.key_id
+        # The certificate and its ledger entry first, the key last: the key file is what says "installed",
+        # so a kill in between installs again (the ledger entry is written once) instead of losing the entry.
+        self._record_key(certificate)
         self._write_secret(secret)
         self._secret = material
-        self._record_key(certificate)
         return material.key_id
 
     def _record_key(self, certificate: KeyCertificate) -> None:
