@@ -125,7 +125,8 @@ def run_case(n: int, size: int, repeats: int) -> dict:
 
     verify_ms, _ = timed(member_checks, repeats)
     decrypt_ms, _ = timed(lambda: decrypted(secret, total), repeats)
-    query = len(f"&tags={','.join(statements[0].tags)}&statement_signature={statements[0].signature}")
+    own = statements[0]
+    query = len(f"&tags={','.join(own.tags)}&min_cohort={own.min_cohort}&statement_signature={own.signature}")
     contributions = len(RoundContributions(round=1, statements=statements).model_dump_json())
     applied = roster.identities[members[0]].sign_document(AppliedStatement(
         federation="bench", round=1, institution=members[0], sum_sha256=sha256(total)))
