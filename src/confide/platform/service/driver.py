@@ -142,6 +142,8 @@ class RoundDriver:
         self.report = AgentReport()
         self.me = federation.member(member.institution_id)
         self._anchored = False
+        self._witnessed: set[bytes] = set()
+        """Other members' applied statements already compared with ours (signed bytes and signature)."""
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, once: bool = False) -> AgentReport:
@@ -187,8 +189,14 @@ class RoundDriver:
             raise AgentError(f"the coordinator names federation key {str(view.key_id)[:8]}..., we hold "
                              f"{str(held)[:8]}...", "its operator replaced the key; do not go on")
         for r in view.rounds:
-            if r.applied:
-                problem = self.member.witness_applied(r.applied)
+            # Compared once we have settled the round, and each statement once: views repeat them on
+            # every poll of the latest rounds.
+            if not self._settled(r.index):
+                continue
+            unseen = [a for a in r.applied if a.message() + a.signature.encode() not in self._witnessed]
+            if unseen:
+                problem = self.member.witness_applied(unseen)
+                self._witnessed.update(a.message() + a.signature.encode() for a in unseen)
                 if problem is not None:
                     self.say(f"round {r.index}: {problem}; leaving the federation")
                     acted = True
