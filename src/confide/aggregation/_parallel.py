@@ -73,17 +73,20 @@ def split_ranges(n: int, parts: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def encrypt_task(job: tuple[bytes, np.ndarray, list[tuple[int, int]], bytes, int]) -> list[bytes]:
+def encrypt_task(job: tuple) -> list[bytes]:
     """Worker: encrypt rows of complex slots with the secret material sent along. The upload's
-    seed and the rows' first position keep every ciphertext's ``a`` distinct."""
+    seed and the rows' first position keep every ciphertext's ``a`` distinct; the upload's mask
+    (`secagg.UploadMask`, or None) travels along too."""
     from confide.aggregation.keys import load_secret
+    from confide.aggregation.secagg import RingProducts
 
-    secret_bytes, rows, widths, seed, first = job
+    secret_bytes, rows, widths, seed, first, mask = job
     material = load_secret(secret_bytes)
     with _seal.SealScratch() as scratch:
+        masks = None if mask is None else RingProducts(material.context, mask.seed, mask.secret, scratch).at
         return compact.encrypt_rows(
             material.context, material.secret_key, rows, material.params.scale_bits, widths,
-            scratch, seed=seed, first_position=first,
+            scratch, seed=seed, first_position=first, mask=masks,
         )[1]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -61,6 +61,11 @@ def add_mod(polys: Iterable[np.ndarray], q: int, n: int) -> np.ndarray:
     return np.remainder(total, modulus, out=total)
 
 
+def sub_mod(x: np.ndarray, y: np.ndarray, q: int) -> np.ndarray:
+    """``x - y`` modulo ``q`` for uint64 values below ``q``."""
+    return np.where(x >= y, x - y, x + (np.uint64(q) - y)).astype(np.uint64)
+
+
 def round_coefficients(c0: np.ndarray, dropped: int, bits: int) -> np.ndarray:
     """``c0`` rounded to the nearest multiple of ``2**dropped``, as ``bits``-bit integers.
 
@@ -97,11 +102,13 @@ def encrypt_rows(
     scratch: _seal.SealScratch,
     seed: bytes | None = None,
     first_position: int = 0,
+    mask: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[bytes, list[bytes]]:
     """Encrypt each row of complex slots; return the upload's seed and each ciphertext's packed
     ``c0``. ``widths[j]`` is ``(bits, dropped)`` for row ``j``. ``seed`` (32 bytes) is drawn from
     the OS unless given: workers sharing one upload are handed the same seed and their first
-    position, so every ciphertext of the upload has its own ``a``."""
+    position, so every ciphertext of the upload has its own ``a``. ``mask(position)``, if given,
+    is subtracted from ``c0`` before rounding (``b*u`` of `confide.aggregation.secagg`)."""
     seed = os.urandom(SEED_BYTES) if seed is None else seed
     encoder = seal.CKKSEncoder(context)
     encryptor = seal.Encryptor(context, secret_key)
@@ -129,6 +136,8 @@ def encrypt_rows(
         evaluator.sub_plain_inplace(ct, a_s)  # (m + e - a*s, a)
         evaluator.transform_from_ntt_inplace(ct)
         c0 = _seal.read_poly(ct, 0, n)
+        if mask is not None:
+            c0 = sub_mod(c0, mask(first_position + j), q)
         out.append(bitpack.pack(round_coefficients(c0, dropped, bits), bits))
     return seed, out
 
@@ -140,9 +149,11 @@ def decrypt_rows(
     seeds: list[bytes],
     scale_bits: int,
     scratch: _seal.SealScratch,
+    unmask: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decrypt summed ``c0`` polynomials (coefficient form, below ``q0``) with the seeds of every
-    contribution; returns the complex slots, shape (len(c0_sums), N/2)."""
+    contribution; returns the complex slots, shape (len(c0_sums), N/2). ``unmask(position)``, if
+    given, is added to each ``c0`` first (``b*U``: the uploads' masks, see `secagg`)."""
     encoder = seal.CKKSEncoder(context)
     decryptor = seal.Decryptor(context, secret_key)
     evaluator = seal.Evaluator(context)
@@ -150,6 +161,8 @@ def decrypt_rows(
     rows = []
     for j, c0 in enumerate(c0_sums):
         n = c0.size
+        if unmask is not None:
+            c0 = add_mod((c0, unmask(j)), q, n)
         a_sum = add_mod((uniform_poly(seed, j, q, n) for seed in seeds), q, n)
         ct = _seal.ciphertext_from_polys(scratch, context, c0, a_sum, scale_bits)
         evaluator.transform_to_ntt_inplace(ct)

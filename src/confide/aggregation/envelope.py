@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from confide.aggregation import _parallel, _seal, bitpack, compact
+from confide.aggregation.secagg import RingProducts, UploadMask
 from confide.aggregation._parallel import WorkerPool
 from confide.aggregation.errors import (
     DecryptionCheckFailed,
@@ -83,12 +84,15 @@ def encrypt_update(
     weight: float,
     layout_hash: str,
     workers: int | WorkerPool = 1,
+    mask: UploadMask | None = None,
 ) -> bytes:
     """Encrypt ``weight * delta`` and the trailer ``[weight, 1]`` into an update envelope.
 
     ``delta`` is the flat adapter update (see ``codec.flatten``), ``weight`` a positive number
     (e.g. the number of training records), ``layout_hash`` the adapter layout's hash.
     ``workers`` > 1 (or a :class:`WorkerPool`) encrypts in that many spawned processes.
+    ``mask`` adds the upload's one-time secret (`confide.aggregation.secagg`): then only a sum
+    unmasked with the committee's revealed shares decrypts, not the upload alone.
 
     Raises :class:`InvalidUpdate` (not 1-D, not finite, bad weight or hash) and
     :class:`CapacityExceeded` (values too large for the parameters' headroom).
@@ -117,16 +121,17 @@ def encrypt_update(
     if n_workers > 1 and len(rows) > 1:
         secret_bytes = material.to_bytes()
         jobs = [
-            (secret_bytes, rows[r.start : r.stop], widths[r.start : r.stop], seed, r.start)
+            (secret_bytes, rows[r.start : r.stop], widths[r.start : r.stop], seed, r.start, mask)
             for r in _parallel.split_ranges(len(rows), n_workers)
         ]
         parts = _parallel.run_spawned(_parallel.encrypt_task, jobs, workers)
         blobs = [b for part in parts for b in part]
     else:
         with _seal.SealScratch() as scratch:
+            masks = None if mask is None else RingProducts(material.context, mask.seed, mask.secret, scratch).at
             _, blobs = compact.encrypt_rows(
                 material.context, material.secret_key, rows, params.scale_bits, widths, scratch,
-                seed=seed,
+                seed=seed, mask=masks,
             )
     return build_envelope(
         KIND_UPDATE, material.key_id, layout_hash, delta.size, params.slots, [seed],
@@ -258,9 +263,13 @@ def _refuse_duplicates(seeds: list[bytes], headers: list[EnvelopeHeader]) -> Non
 
 
 def decrypt_sum(
-    secret_material: SecretKeyMaterial, envelope_bytes: bytes, expected_layout_hash: str
+    secret_material: SecretKeyMaterial, envelope_bytes: bytes, expected_layout_hash: str,
+    unmask: UploadMask | None = None,
 ) -> DecryptedSum:
     """Decrypt a sum envelope into the federated average (key holders only).
+
+    ``unmask`` is the round's mask seed with the sum ``U`` of the contributors' one-time secrets
+    (reconstructed from the committee's shares, `secagg.reconstruct`), for sums of masked uploads.
 
     Checks the key id and layout hash, then that the count slot is a whole number matching the
     declared number of contributions, that the weight slot is positive and that padding slots
@@ -297,9 +306,10 @@ def decrypt_sum(
         for j, (o, size) in enumerate(zip(header.ciphertext_offsets(), header.ciphertext_lengths))
     ]
     with _seal.SealScratch() as scratch:
+        masks = None if unmask is None else RingProducts(material.context, unmask.seed, unmask.secret, scratch).at
         slots = compact.decrypt_rows(
             material.context, material.secret_key, c0_sums, read_seeds(envelope_bytes, header),
-            params.scale_bits, scratch,
+            params.scale_bits, scratch, unmask=masks,
         )
     values = _seal.unpack_real(slots)
     n = header.n_values
