@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 GENESIS_HASH = "0" * 64
 
 # Round and federation status literals, as the coordinator's state and the wire spell them.
-RoundStatus = Literal["open", "collecting", "summed", "closed", "failed"]
+RoundStatus = Literal["open", "collecting", "unmasking", "summed", "closed", "failed"]
 FederationStatus = Literal["setup", "running", "finished"]
 ROUND_ACTIVE: tuple[RoundStatus, ...] = ("open", "collecting")
 """A round that still takes uploads and declines."""
@@ -252,6 +253,29 @@ class ContributionStatement(SignedDocument):
         min_length=1, max_length=8, description="Integrity tags, decimal, below q0.")
     min_cohort: int = Field(1, ge=1, le=1_000_000, description="The fewest contributions the member lets a sum "
                             "holding its update have: no honest member opens a smaller one.")
+    shares: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=dict, max_length=64,
+        description="Committee member -> SHA-256 of its sealed share of this upload's mask (`aggregation.secagg`).")
+
+
+def contributors_sha256(statements: "Iterable[ContributionStatement]") -> str:
+    """Names a contributor set: the digest of its (institution, envelope) pairs, in id order. A
+    committee member reveals shares for one such set per round, and every reveal names it."""
+    pairs = sorted((s.institution, s.envelope_sha256) for s in statements)
+    return sha256(canonical_json([list(p) for p in pairs]))
+
+
+class RevealStatement(SignedDocument):
+    """A committee member's signed reveal: the sum of the mask shares it holds over one contributor set."""
+
+    DOCUMENT: ClassVar[str] = "confide reveal v1"
+    federation: str
+    round: int = Field(ge=1)
+    institution: str
+    key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    contributors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="`contributors_sha256` of the set.")
+    share_sum: str = Field(max_length=200_000, description="The share sum: little-endian uint32 field elements, "
+                           "base64.")
 
 
 class StatementClaims(NamedTuple):

@@ -92,7 +92,7 @@ def test_a_masked_upload_alone_does_not_decrypt_but_the_unmasked_sum_does(materi
         decrypt_sum(material, sum_envelopes(coordinator, uploads), HASH, unmask=UploadMask(seed, partial))
 
 
-def test_an_upload_decrypted_with_the_federation_key_is_uncorrelated_with_its_update(material, coordinator, layout) -> None:
+def test_a_masked_upload_read_with_the_federation_key_is_uncorrelated(material, coordinator, layout) -> None:
     """What a colluding member computes from one masked upload (decrypting it as a one-member sum,
     without the checks) carries no trace of the update: correlation within chance."""
     from confide.aggregation import _seal, bitpack, compact

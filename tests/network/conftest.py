@@ -21,7 +21,8 @@ from confide.aggregation.keys import create_key_material, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
-from confide.identity import Identity
+from confide.identity import Identity, roster_identities
+from confide.platform.secure_sum import mask_upload, share_digests
 from confide.platform.service.app import create_app
 from confide.platform.service.client import spend_query
 from confide.platform.service.hub import CoordinatorHub
@@ -123,22 +124,35 @@ def small_ckks_tags() -> int:
     return tags_for(_seal.last_modulus(_seal.build_context(CkksParameters(**SMALL_CKKS))))
 
 
+def mask_shares(policy, envelope: bytes, round_index: int = 1, institution: str = "a") -> bytes:
+    """Mask shares sealed to the committee, as a member sends them with an upload (the envelope itself was
+    made without the mask: these tests look at what the coordinator checks, not at decryption)."""
+    return mask_upload(policy, roster_identities(policy.roster), read_header(envelope).key_id, round_index,
+                       institution)[1]
+
+
 def contribution_statement(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
-                           federation_id: str = "net-test") -> ContributionStatement:
+                           federation_id: str = "net-test", shares: dict[str, str] | None = None
+                           ) -> ContributionStatement:
     """The upload's contribution statement, signed by `identity` (its tags are placeholders: the coordinator
-    cannot compute or check them, members do)."""
+    cannot compute or check them, members do). `shares`: the digests of its mask shares."""
     header = read_header(envelope)
     return identity.sign_document(ContributionStatement(
         federation=federation_id, round=round_index, institution=institution or identity.institution_id,
         key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
-        tags=("1",) * small_ckks_tags()))
+        tags=("1",) * small_ckks_tags(), shares=shares or {}))
 
 
-def statement_params(identity: Identity, envelope: bytes, round_index: int = 1, institution: str | None = None,
-                     federation_id: str = "net-test") -> dict:
-    """`contribution_statement` as the upload's query parameters."""
-    statement = contribution_statement(identity, envelope, round_index, institution, federation_id)
-    return {"tags": ",".join(statement.tags), "statement_signature": statement.signature}
+def upload_request(policy, identity: Identity, envelope: bytes, round_index: int = 1,
+                   institution: str | None = None, federation_id: str = "net-test") -> tuple[dict, bytes]:
+    """The query parameters (spend, statement) and body (envelope, then mask shares) of an upload."""
+    who = institution or identity.institution_id
+    shares = mask_shares(policy, envelope, round_index, who)
+    statement = contribution_statement(identity, envelope, round_index, institution, federation_id,
+                                       share_digests(policy, shares))
+    params = {**spend_params(policy), "tags": ",".join(statement.tags), "statement_signature": statement.signature,
+              "shares_bytes": len(shares)}
+    return params, envelope + shares
 
 
 class SignedClient:
@@ -165,13 +179,14 @@ class SignedClient:
         """PUT an envelope as `identity` (for `institution`, default itself), declaring a spend that keeps to
         the federation file, as `CoordinatorClient.upload` does."""
         path = f"/v1/rounds/{round_index}/uploads/{institution or identity.institution_id}"
-        params = spend_params(self.policy)
+        params, body = spend_params(self.policy), envelope
         try:
             if identity is not None:
-                params.update(statement_params(identity, envelope, round_index, institution, self.federation_id))
+                params, body = upload_request(self.policy, identity, envelope, round_index, institution,
+                                              self.federation_id)
         except AggregationError:  # not an envelope: no statement, the coordinator refuses the bytes for what they are
             pass
-        return self.request(identity, "PUT", path, content=envelope,
+        return self.request(identity, "PUT", path, content=body,
                             headers={"content-type": "application/octet-stream"}, params=params)
 
 

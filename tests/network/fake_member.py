@@ -17,10 +17,19 @@ from confide.aggregation.integrity import Contributor, contribution_tags, integr
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
-from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, Receipt, policy_sha256, sha256
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    KeyCertificate,
+    Receipt,
+    RevealStatement,
+    policy_sha256,
+    sha256,
+)
 from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.member_api import Contribution, Outcome
 from confide.platform.member_api import KeyBundle as Bundle
+from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
 from confide.platform.sum_evidence import SumEvidence, certificate_problem, sum_problem
 
 from .conftest import LAYOUT, declared_spend
@@ -96,7 +105,7 @@ class FakeMember:
             (self.dir / "secret.key").write_bytes(secret)
         return certificate.key_id
 
-    def _statement(self, round_index: int, envelope: bytes) -> ContributionStatement:
+    def _statement(self, round_index: int, envelope: bytes, shares: bytes) -> ContributionStatement:
         secret, header = self._secret(), read_header(envelope)
         key = integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id)
         tags = contribution_tags(secret, key, self.federation.federation_id, round_index, self.institution_id,
@@ -104,11 +113,18 @@ class FakeMember:
         return self.identity.sign_document(ContributionStatement(
             federation=self.federation.federation_id, round=round_index, institution=self.institution_id,
             key_id=header.key_id, envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(),
-            tags=tags))
+            tags=tags, shares=share_digests(self.federation, shares)))
 
     def _upload(self, round_index: int, envelope: bytes) -> Contribution:
+        shares = (self.dir / f"r{round_index}.shares").read_bytes()
         return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation),
-                            statement=self._statement(round_index, envelope))
+                            statement=self._statement(round_index, envelope, shares), shares=shares)
+
+    def reveal(self, round_index: int, statements: list[ContributionStatement],
+               shares: dict[str, bytes]) -> RevealStatement:
+        reveals = Reveals(self.dir / "reveals", self.federation, roster_identities(self.federation.roster),
+                          self.identity)
+        return reveals.reveal(round_index, self._secret().key_id, statements, shares)
 
     # -- rounds -------------------------------------------------------------------------------
     def round_state(self, round_index: int):
@@ -147,7 +163,11 @@ class FakeMember:
         with open(self.dir / "trainings.log", "a") as log:
             log.write(f"{round_index}\n")
         delta = np.full(SIZE, float(ord(self.institution_id[0]) - ord("a") + 1) * round_index)
-        blob = encrypt_update(self._secret(), delta, 1.0, LAYOUT)
+        secret = self._secret()
+        mask, shares = mask_upload(self.federation, roster_identities(self.federation.roster), secret.key_id,
+                                   round_index, self.institution_id)
+        blob = encrypt_update(secret, delta, 1.0, LAYOUT, mask=mask)
+        (self.dir / f"r{round_index}.shares").write_bytes(shares)
         envelope.write_bytes(blob)
         return self._upload(round_index, blob)
 
@@ -177,7 +197,10 @@ class FakeMember:
         verify_sum(secret, integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id),
                    self.federation.federation_id, round_index, sum_envelope,
                    [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements], LAYOUT, SIZE)
-        result = decrypt_sum(secret, sum_envelope, LAYOUT)
+        problem, mask = unmask(self.federation, roster, secret.key_id, round_index, list(evidence.statements),
+                               list(evidence.reveals))
+        assert problem is None, problem
+        result = decrypt_sum(secret, sum_envelope, LAYOUT, unmask=mask)
         np.save(self.dir / "adapter.npy", self.adapter + result.average)
         progress["synced"] = round_index
         progress["rounds"][str(round_index)] = {"kind": "applied", "count": result.count, "detail": ""}

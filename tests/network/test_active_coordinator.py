@@ -90,7 +90,8 @@ class Rewriting(InProcessTransport):
 
     def round_contributions(self, round_index: int):
         forged = self._forged(round_index)
-        return list(forged[1]) if forged is not None else super().round_contributions(round_index)
+        honest = super().round_contributions(round_index)
+        return honest if forged is None else honest.model_copy(update={"statements": list(forged[1])})
 
     def sealed_key(self) -> bytes:
         return self.forged_sealed(self) if self.forged_sealed is not None else super().sealed_key()

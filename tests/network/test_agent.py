@@ -81,8 +81,8 @@ def test_an_agent_that_declines_still_applies_the_sum(network):
 class LosesUploadReply(CoordinatorClient):
     """The upload reaches the coordinator, but the agent dies before it reads the reply."""
 
-    def upload(self, round_index, envelope, ledger_head, declared, statement):
-        super().upload(round_index, envelope, ledger_head, declared, statement)
+    def upload(self, round_index, envelope, ledger_head, declared, statement, shares=b""):
+        super().upload(round_index, envelope, ledger_head, declared, statement, shares)
         raise KeyboardInterrupt("killed after the upload, before the reply")
 
 

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from confide.errors import BadInput
+from confide.platform.secure_sum import share_digests
 from confide.platform.service.client import Backoff, CoordinatorClient
 from confide.platform.service.server import CoordinatorSettings, build_server
 
-from .conftest import Keys, contribution_statement, declared_spend
+from .conftest import Keys, contribution_statement, declared_spend, mask_shares
 from .test_coordinator_limits import connect, forged_headers, tls_context
 from .test_tls_client import free_port, serve
 
@@ -127,12 +128,14 @@ def test_a_member_is_served_while_forged_slow_uploads_overfill_the_connection_ca
         time.sleep(0.05)
     member = clients["b"]
     envelope = keys.envelope(np.linspace(-1, 1, 16))
-    statement = contribution_statement(federation.identities["b"], envelope)
+    shares = mask_shares(federation.policy, envelope, 1, "b")
+    statement = contribution_statement(federation.identities["b"], envelope,
+                                       shares=share_digests(federation.policy, shares))
     views, receipts = [], []
     for _ in range(WAVES):
         attack.open_wave(PER_WAVE)
         views += [member.federation() for _ in range(3)]
-        receipts.append(member.upload(1, envelope, None, declared_spend(federation.policy), statement))
+        receipts.append(member.upload(1, envelope, None, declared_spend(federation.policy), statement, shares))
     ended = attack.outcomes()
     unverified = running.server.unverified
     print(f"\n[lockout] {WAVES * PER_WAVE} forged slow uploads against a cap of {MAX_CONNECTIONS} connections: "

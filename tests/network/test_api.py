@@ -19,7 +19,7 @@ from confide.platform.service.app import Changes
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
 
-from .conftest import LAYOUT, Keys, declared_spend, snapshot, spend_params, statement_params
+from .conftest import LAYOUT, Keys, declared_spend, snapshot, upload_request
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> None:
@@ -132,11 +132,12 @@ def test_refused_uploads_leave_the_state_unchanged(served, case):
     elif case == "unknown_key":
         reply, expected = upload(api, Identity.generate("a"), good), 401
     elif case == "replayed":
-        target = f"/v1/rounds/1/uploads/a?{urlencode({**spend_params(fed.policy), **statement_params(a, good)})}"
-        headers = sign_request(a, "net-test", "PUT", target, good)
-        assert api.request(None, "PUT", target, content=good, headers=headers).status_code == 200
+        params, body = upload_request(fed.policy, a, good)
+        target = f"/v1/rounds/1/uploads/a?{urlencode(params)}"
+        headers = sign_request(a, "net-test", "PUT", target, body)
+        assert api.request(None, "PUT", target, content=body, headers=headers).status_code == 200
         before = snapshot(hub)
-        reply, expected = api.request(None, "PUT", target, content=good, headers=headers), 401
+        reply, expected = api.request(None, "PUT", target, content=body, headers=headers), 401
     elif case == "other_identity":
         reply, expected = upload(api, b, good, institution="a"), 403
     elif case == "claims_other":
@@ -189,10 +190,10 @@ def test_restarted_hub_resumes_the_round_without_double_counting(tmp_path, serve
     again = CoordinatorHub(fed.policy, tmp_path / "coordinator")
     try:
         assert again.state.current.index == 1 and list(again.state.current.uploads) == ["a"]
-        statement = statement_params(fed.identities["a"], envelope)
+        params, body = upload_request(fed.policy, fed.identities["a"], envelope)
         receipt = again.upload("a", 1, envelope, time.time(), declared=declared_spend(fed.policy),
-                               signed=StatementClaims(tuple(statement["tags"].split(",")), 1,
-                                                      statement["statement_signature"]))
+                               signed=StatementClaims(tuple(params["tags"].split(",")), 1,
+                                                      params["statement_signature"]), shares=body[len(envelope):])
         assert receipt.model_dump() == first and len(again.state.current.uploads) == 1
     finally:
         again.close()

@@ -82,7 +82,15 @@ def upload(coordinator, name: str, round_index: int, contribution, now: float = 
 
     statement = contribution.statement
     return coordinator.upload(name, round_index, contribution.envelope, now=now, ledger_head=contribution.ledger_head,
-                              declared=contribution.declared, signed=StatementClaims.of(statement))
+                              declared=contribution.declared, signed=StatementClaims.of(statement),
+                              shares=contribution.shares)
+
+
+def reveal(coordinator, members: dict, round_index: int) -> None:
+    """Every committee member reveals its share sum for the round's contributors, as its driver would."""
+    for name in coordinator.state.committee:
+        statements, shares = coordinator.unmask_request(round_index, name)
+        coordinator.record_reveal(name, round_index, members[name].reveal(round_index, statements, shares))
 
 
 def evidence(coordinator, round_index: int, member: str | None = None):
@@ -91,7 +99,7 @@ def evidence(coordinator, round_index: int, member: str | None = None):
 
     r = next(x for x in coordinator.state.rounds if x.index == round_index)
     return SumEvidence(tuple(coordinator.contributions(round_index)), r.sum_sha256, len(r.contributors),
-                       member in r.left_out)
+                       member in r.left_out, tuple(coordinator.reveals(round_index)))
 
 
 def install_directly(members: dict) -> None:
@@ -102,11 +110,22 @@ def install_directly(members: dict) -> None:
         member.install_key(bundle.sealed[name], bundle.certificate)
 
 
-def summed(public_context, contributions) -> tuple:
-    """The sum of `contributions` as an honest coordinator makes it, with the evidence its view would give."""
+def summed(public_context, contributions, members: dict) -> tuple:
+    """The sum of `contributions` as an honest coordinator makes it, with the evidence its view would give:
+    the statements, and the reveals of the committee `members` that do not refuse."""
     from confide.aggregation.envelope import sum_envelopes
+    from confide.aggregation.secagg import unpack_bundle
     from confide.formats import sha256
+    from confide.platform.secure_sum import RevealRefused
     from confide.platform.sum_evidence import SumEvidence
 
     total = sum_envelopes(public_context, [c.envelope for c in contributions])
-    return total, SumEvidence(tuple(c.statement for c in contributions), sha256(total), len(contributions))
+    statements = [c.statement for c in contributions]
+    reveals = []
+    for seat, holder in enumerate(next(iter(members.values())).federation.committee):
+        shares = {c.statement.institution: unpack_bundle(c.shares)[seat] for c in contributions}
+        try:
+            reveals.append(members[holder].reveal(statements[0].round, statements, shares))
+        except RevealRefused:
+            pass
+    return total, SumEvidence(tuple(statements), sha256(total), len(contributions), reveals=tuple(reveals))

@@ -9,7 +9,8 @@ MEMBERS = ["a", "b", "c", "d", "e", "f"]
 
 
 def running(members, min_institutions=2, rounds=20):
-    state = p.new_federation("fed", members, members[0], min_institutions, rounds, round_deadline_s=60)
+    state = p.new_federation("fed", members, members[0], min_institutions, rounds, round_deadline_s=60,
+                             committee=list(members), unmask_threshold=len(members))
     state = p.publish_keys(state, members[0], p.KeySetup("k1", "ctx", "L", list(members)))
     return p.open_next_round(state, now=0.0)
 
@@ -23,7 +24,9 @@ def play_round(state, faulty: set[str], reporters=None):
     state = faults.review(state)
     out = faults.leave_out(state, sorted(state.current.uploads))
     summed = [u for u in sorted(state.current.uploads) if u not in out]
-    state = p.record_sum(state, index, f"sum-{index}", summed, out)
+    state = p.record_sum(state, index, f"sum-{index}", summed, 1.0, out)
+    for who in state.committee:
+        state = p.record_reveal(state, who, index, f"reveal-{who}-{index}")
     if set(summed) & faulty:
         for who in reporters if reporters is not None else state.members:
             state = p.record_undecryptable(state, who, index, f"sum-{index}", "count slot is not whole")

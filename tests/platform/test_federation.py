@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 
 from confide.aggregation.envelope import decrypt_sum, read_header, sum_envelopes
+from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.params import CkksParameters
+from confide.aggregation.sealing import SHARE_INFO, open_sealed
+from confide.aggregation.secagg import UploadMask, mask_seed, reconstruct, shares_from_bytes
 from confide.formats import StatementClaims, sha256
 from confide.identity import Identity
 from confide.platform import faults
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
 from confide.platform.protocol import new_federation
+from confide.platform.secure_sum import unmask
 from confide.platform.sum_evidence import SumEvidence
 from tests.aggregation.aggregation_helpers import update_under_another_key
 from tests.platform.federation_kit import (
@@ -20,6 +24,7 @@ from tests.platform.federation_kit import (
     load_files,
     make_federation_files,
     publish_and_install,
+    reveal,
     summed,
     upload,
 )
@@ -32,7 +37,8 @@ def start(tmp_path, **kwargs):
     coordinator = Coordinator(
         tmp_path / "coordinator",
         new_federation("tiny", list(members), federation.key_holder_id, federation.min_institutions,
-                       federation.rounds, federation.round_deadline_s),
+                       federation.rounds, federation.round_deadline_s, federation.committee,
+                       federation.unmask_threshold),
         Identity.generate("coordinator"), federation,
     )
     publish_and_install(coordinator, members, federation)
@@ -47,8 +53,20 @@ def adapters(members):
     return {name: flatten(trainable_state(m.model))[0] for name, m in members.items()}
 
 
+def whole_committee_reads(coordinator, members: dict, round_index: int, name: str) -> UploadMask:
+    """The mask of `name`'s upload, rebuilt by every committee member pooling its share of it."""
+    federation = members[name].federation
+    points = []
+    for seat, holder in enumerate(coordinator.state.committee):
+        _, shares = coordinator.unmask_request(round_index, holder)
+        opened = open_sealed(shares[name], members[holder].identity.sealing_private, holder, SHARE_INFO)
+        points.append((seat + 1, shares_from_bytes(opened, federation.ckks.poly_modulus_degree, "share")))
+    return UploadMask(mask_seed(federation.federation_id, members[name].key_id(), round_index),
+                      reconstruct(points, federation.unmask_threshold))
+
+
 def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(tmp_path):
-    _, members, coordinator = start(tmp_path)
+    federation, members, coordinator = start(tmp_path)
     before = adapters(members)["a"]
     envelopes = {}
     for name, member in members.items():
@@ -58,17 +76,24 @@ def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(
         receipt = upload(coordinator, name, 1, contribution)
         member.record_receipt(1, receipt.to_dict(), contribution.envelope, coordinator.identity.public.signing_public)
     assert coordinator.advance(now=1.0) == "sum"
+    reveal(coordinator, members, 1)
+    assert coordinator.state.current.status == "summed"
     total = coordinator.sum_for(1)
-    # The plaintext reference: each institution's own update, decrypted alone, averaged in float64.
+    # The plaintext reference: each institution's own update, decrypted alone (its mask rebuilt from every
+    # committee member's share of it: what a coalition of the whole committee could do), averaged in float64.
     secret = members["a"].secret
     layout = members["a"].layout.hash
-    singles = [decrypt_sum(secret, sum_envelopes(coordinator.public_context, [envelopes[n]]), layout)
+    with pytest.raises(DecryptionCheckFailed):  # without its mask an upload is noise, even to a member
+        decrypt_sum(secret, sum_envelopes(coordinator.public_context, [envelopes["b"]]), layout)
+    singles = [decrypt_sum(secret, sum_envelopes(coordinator.public_context, [envelopes[n]]), layout,
+                           unmask=whole_committee_reads(coordinator, members, 1, n))
                for n in sorted(envelopes)]
     weights = np.array([s.total_weight for s in singles])
     deltas = np.stack([s.average for s in singles])
     fedavg = (weights[:, None] * deltas).sum(axis=0) / weights.sum()
     assert np.abs(fedavg).max() > 1e-4  # the updates are not trivially zero
-    decrypted = decrypt_sum(secret, total, layout)
+    decrypted = decrypt_sum(secret, total, layout, unmask=unmask(
+        federation, members["a"].roster, secret.key_id, 1, coordinator.contributions(1), coordinator.reveals(1))[1])
     assert decrypted.count == 3
     assert np.abs(decrypted.average - fedavg).max() <= 1e-6
     for name, member in members.items():
@@ -126,6 +151,7 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
         else:
             upload(coordinator, name, 1, contribution)
     assert coordinator.advance(now=1.0) == "sum"
+    reveal(coordinator, members, 1)
     assert list(coordinator.state.current.declined) == ["c"]
     assert "budget" in coordinator.state.current.declined["c"]
     total = coordinator.sum_for(1)
@@ -144,6 +170,7 @@ def test_dropped_institution_round_closes_with_quorum_at_the_deadline(tmp_path):
         upload(coordinator, name, 1, members[name].take_part(1))
     assert coordinator.advance(now=30.0) == "wait"  # c may still come
     assert coordinator.advance(now=61.0) == "sum"
+    reveal(coordinator, members, 1)
     assert coordinator.state.current.contributors == ["a", "b"]
     # The dropped member catches up by applying the sum it missed.
     assert members["c"].apply_sum(1, coordinator.sum_for(1), evidence(coordinator, 1, "c")).kind == "applied"
@@ -181,7 +208,7 @@ def test_a_sum_below_a_contributors_min_cohort_is_never_opened(tmp_path):
     contribution = members["a"].take_part(1)
     assert contribution.statement.min_cohort == 3  # signed into its statement
     pair = [contribution, members["c"].take_part(1)]
-    total, evidence = summed(coordinator.public_context, pair)
+    total, evidence = summed(coordinator.public_context, pair, members)
     outcome = members["b"].apply_sum(1, total, evidence)  # b itself would accept two
     assert outcome.kind == "failed" and "below a's min_cohort 3" in outcome.detail
     assert members["b"].ledger.applied_sums("tiny") == {}

@@ -8,7 +8,8 @@ KEY = p.KeySetup(key_id="k1", public_context_sha256="ctx", layout_hash="L", seal
 
 
 def running(min_institutions=2, rounds=2):
-    state = p.new_federation("fed", ["a", "b", "c"], "a", min_institutions, rounds, round_deadline_s=60)
+    state = p.new_federation("fed", ["a", "b", "c"], "a", min_institutions, rounds, round_deadline_s=60,
+                             committee=["a", "b", "c"], unmask_threshold=2)
     state = p.publish_keys(state, "a", KEY)
     return p.open_next_round(state, now=0.0)
 
@@ -18,7 +19,7 @@ def upload(state, who, sha=None, now=1.0, key="k1", layout="L"):
 
 
 def test_only_the_key_holder_publishes_keys_and_every_member_gets_a_sealed_key():
-    state = p.new_federation("fed", ["a", "b", "c"], "a", 2, 2, 60)
+    state = p.new_federation("fed", ["a", "b", "c"], "a", 2, 2, 60, ["a", "b", "c"], 2)
     with pytest.raises(p.ProtocolViolation, match="only the key holder"):
         p.publish_keys(state, "b", KEY)
     with pytest.raises(p.ProtocolViolation, match="no sealed key for c"):
@@ -29,7 +30,7 @@ def test_only_the_key_holder_publishes_keys_and_every_member_gets_a_sealed_key()
 
 
 def test_rounds_cannot_open_before_keys():
-    state = p.new_federation("fed", ["a", "b"], "a", 2, 2, 60)
+    state = p.new_federation("fed", ["a", "b"], "a", 2, 2, 60, ["a", "b"], 2)
     with pytest.raises(p.ProtocolViolation, match="keys are not set up"):
         p.open_next_round(state, 0.0)
 
@@ -43,8 +44,12 @@ def test_full_round_sums_when_everyone_answered():
     assert p.sum_decision(state, now=2.0) == "wait"  # c has not answered, deadline not passed
     state = p.record_decline(state, "c", 1, "budget: would exceed", now=2.0)
     assert p.sum_decision(state, now=2.0) == "sum"
-    state = p.record_sum(state, 1, "sum-hash", ["a", "b"])
-    assert (state.current.status, state.current.contributors) == ("summed", ["a", "b"])
+    state = p.record_sum(state, 1, "sum-hash", ["a", "b"], now=2.0)
+    assert (state.current.status, state.current.contributors) == ("unmasking", ["a", "b"])
+    with pytest.raises(p.ProtocolViolation, match="unmasking"):
+        p.open_next_round(state, now=3.0)
+    state = p.record_reveal(p.record_reveal(state, "c", 1, "rc"), "a", 1, "ra")
+    assert state.current.status == "summed"
     state = p.open_next_round(state, now=3.0)
     assert [r.status for r in state.rounds] == ["closed", "open"]
 
@@ -59,7 +64,7 @@ def test_round_fails_cleanly_below_min_institutions():
     state = upload(running(min_institutions=2), "a")
     assert p.sum_decision(state, now=61.0) == "fail"
     with pytest.raises(p.ProtocolViolation, match="min_institutions"):
-        p.record_sum(state, 1, "x", ["a"])
+        p.record_sum(state, 1, "x", ["a"], now=61.0)
     state = p.fail_round(state, 1, "deadline passed with 1 of 2 uploads")
     assert state.current.status == "failed"
     state = p.open_next_round(state, now=62.0)
@@ -100,18 +105,39 @@ def test_uploads_that_break_the_protocol_are_refused_and_change_nothing(kwargs, 
 
 
 def test_upload_to_a_summed_round_is_refused():
-    state = p.record_sum(upload(upload(running(), "a"), "b"), 1, "s", ["a", "b"])
-    with pytest.raises(p.ProtocolViolation, match="summed"):
+    state = p.record_sum(upload(upload(running(), "a"), "b"), 1, "s", ["a", "b"], now=2.0)
+    with pytest.raises(p.ProtocolViolation, match="unmasking"):
         upload(state, "c")
 
 
 def test_federation_finishes_after_the_last_round():
     state = running(rounds=1)
-    state = p.record_sum(upload(upload(state, "a"), "b"), 1, "s", ["a", "b"])
+    state = unmasked(p.record_sum(upload(upload(state, "a"), "b"), 1, "s", ["a", "b"], now=2.0))
     state = p.open_next_round(state, 5.0)
     assert state.status == "finished" and state.rounds[-1].status == "closed"
     with pytest.raises(p.ProtocolViolation, match="finished"):
         p.open_next_round(state, 6.0)
+
+
+def unmasked(state):
+    for who in state.committee[: state.unmask_threshold]:
+        state = p.record_reveal(state, who, state.current.index, f"reveal-{who}")
+    return state
+
+
+def test_reveals_come_once_from_committee_members_and_late_unmasking_fails_the_round():
+    state = p.record_sum(upload(upload(running(), "a"), "b"), 1, "s", ["a", "b"], now=2.0)
+    with pytest.raises(p.ProtocolViolation, match="not on the committee"):
+        p.record_reveal(p.new_federation("fed", ["a", "b", "x"], "a", 2, 2, 60, ["a", "b"], 2), "x", 1, "r")
+    state = p.record_reveal(state, "a", 1, "ra")
+    assert p.record_reveal(state, "a", 1, "ra") is state  # a retry
+    with pytest.raises(p.ProtocolViolation, match="already revealed"):
+        p.record_reveal(state, "a", 1, "another")
+    assert state.current.status == "unmasking"
+    assert not p.unmask_overdue(state, now=61.0)
+    assert p.unmask_overdue(state, now=62.5)
+    state = p.fail_round(state, 1, "1 of 3 revealed")
+    assert state.current.status == "failed"
 
 
 def test_state_round_trips_through_plain_data():

@@ -10,6 +10,7 @@ import pytest
 from confide.aggregation.envelope import decrypt_sum
 from confide.aggregation.keys import PublicContext
 from confide.platform.member import Member
+from confide.platform.secure_sum import unmask
 from confide.platform.server_update import (
     ServerState,
     ServerStateError,
@@ -79,7 +80,7 @@ def _federation(root: Path, momentum: float):
 
 def _round_total(members: dict[str, Member], round_index: int) -> tuple:
     context = PublicContext.from_bytes(members["a"].secret.public_context().to_bytes())
-    return summed(context, [m.take_part(round_index) for m in members.values()])
+    return summed(context, [m.take_part(round_index) for m in members.values()], members)
 
 
 @pytest.mark.integration  # two members, two real DP rounds with calibrated noise: seconds, not milliseconds
@@ -94,8 +95,9 @@ def test_a_restarted_member_keeps_the_velocity_and_stays_identical_to_the_others
     a = Member(federation, institutions[0])  # a restart between rounds: the velocity comes from the file
     for member in (a, b):
         assert member.apply_sum(2, *second).kind == "applied"
-    average_1 = decrypt_sum(a.secret, first[0], a.layout.hash).average
-    average_2 = decrypt_sum(a.secret, second[0], a.layout.hash).average
+    average_1, average_2 = (decrypt_sum(a.secret, total, a.layout.hash, unmask=unmask(
+        federation, a.roster, a.secret.key_id, index, list(evidence.statements), list(evidence.reveals))[1]).average
+        for index, (total, evidence) in ((1, first), (2, second)))
     expected = (start + average_1) + (0.5 * average_1 + average_2)
     saved = [np.load(m.dir / "adapter-r2.npy") for m in (a, b)]
     assert saved[0].shape == (2, start.size)

@@ -16,10 +16,11 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 
-from confide.aggregation.envelope import decrypt_sum, sum_envelopes
+from confide.aggregation.envelope import decrypt_sum
 from confide.identity import Identity
 from confide.platform.member import Member
 from confide.platform.member_round import settle
+from confide.platform.secure_sum import unmask
 from confide.policies import load_federation, load_institution
 from confide.privacy import LedgerError, PrivacyLedger, RoundSpend, reserve_round
 from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
@@ -114,7 +115,7 @@ def test_a_restored_older_ledger_is_refused_and_nothing_is_spent(tmp_path):
     _spend_round(a, 1)
     backup = tmp_path / "backup.jsonl"
     shutil.copy(a.ledger.path, backup)
-    a.apply_sum(1, *summed(_public_context(a), [a.take_part(1), members["b"].take_part(1)]))
+    a.apply_sum(1, *summed(_public_context(a), [a.take_part(1), members["b"].take_part(1)], members))
     _spend_round(a, 2)
     spent = a.ledger.epsilon_spent()
     shutil.copy(backup, a.ledger.path)  # the operator restores last week's copy of the ledger
@@ -203,8 +204,9 @@ def test_members_learn_no_record_count_and_the_ledger_is_true_under_add_remove(t
     members["b"] = Member(federation, institutions[1])
     a, b = members["a"], members["b"]
     assert a.data.train_size != b.data.train_size
-    envelopes = [a.take_part(1).envelope, b.take_part(1).envelope]
-    total = decrypt_sum(a.secret, sum_envelopes(_public_context(a), envelopes), a.layout.hash)
+    envelope, evidence = summed(_public_context(a), [a.take_part(1), b.take_part(1)], members)
+    mask = unmask(federation, a.roster, a.secret.key_id, 1, list(evidence.statements), list(evidence.reveals))[1]
+    total = decrypt_sum(a.secret, envelope, a.layout.hash, unmask=mask)
     assert total.count == 2
     assert total.total_weight == pytest.approx(sum(m.weight for m in federation.roster if m.id in ("a", "b")))
     # What every member learns is the sum of public weights; the epsilon recorded assumes exactly
@@ -222,7 +224,7 @@ def test_a_restarted_member_plans_only_the_rounds_left(tmp_path):
     first = a.plan()
     assert first["rounds"] == 4
     for round_index in (1, 2):
-        total = summed(_public_context(a), [a.take_part(round_index), b.take_part(round_index)])
+        total = summed(_public_context(a), [a.take_part(round_index), b.take_part(round_index)], members)
         assert a.apply_sum(round_index, *total).kind == "applied"
         assert b.apply_sum(round_index, *total).kind == "applied"
     restarted = Member(federation, institutions[0])
@@ -269,7 +271,7 @@ def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_pa
     federation, institutions, members = _members(tmp_path)
     _keyed(members)
     a, b = members["a"], members["b"]
-    total = summed(_public_context(a), [a.take_part(1), b.take_part(1)])
+    total = summed(_public_context(a), [a.take_part(1), b.take_part(1)], members)
     assert b.apply_sum(1, *total).kind == "applied"
     expected = np.load(b.dir / "adapter-r1.npy")
     # What a SIGKILL between writing the round's adapter and recording it leaves behind.

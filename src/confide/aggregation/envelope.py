@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from confide.aggregation import _parallel, _seal, bitpack, compact
-from confide.aggregation.secagg import RingProducts, UploadMask
 from confide.aggregation._parallel import WorkerPool
 from confide.aggregation.errors import (
     DecryptionCheckFailed,
@@ -27,6 +26,7 @@ from confide.aggregation.errors import (
 )
 from confide.aggregation.keys import SecretKeyMaterial, require_public
 from confide.aggregation.params import COUNT_TOLERANCE, CkksParameters, check_capacity
+from confide.aggregation.secagg import RingProducts, UploadMask
 from confide.aggregation.wire import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     KIND_SUM,

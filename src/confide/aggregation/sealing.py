@@ -27,6 +27,8 @@ from confide.aggregation.errors import SealedKeyError, WrongKey
 SEALED_VERSION = 1
 _MAGIC = b"CFSL"
 _INFO = b"confide sealed ckks key v1"
+SHARE_INFO = b"confide sealed mask share v1"
+"""HKDF info of mask shares (`secagg`): a share blob never opens as a sealed key, nor the reverse."""
 _MAX_ID_BYTES = 256
 
 
@@ -48,9 +50,9 @@ def _raw_public(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _derive(shared: bytes, ephemeral_pub: bytes, recipient_pub: bytes) -> tuple[bytes, bytes]:
+def _derive(shared: bytes, ephemeral_pub: bytes, recipient_pub: bytes, info: bytes) -> tuple[bytes, bytes]:
     okm = HKDF(
-        algorithm=hashes.SHA256(), length=44, salt=ephemeral_pub + recipient_pub, info=_INFO
+        algorithm=hashes.SHA256(), length=44, salt=ephemeral_pub + recipient_pub, info=info
     ).derive(shared)
     return okm[:32], okm[32:]
 
@@ -80,10 +82,12 @@ def _exchange(private: X25519PrivateKey, public: X25519PublicKey) -> bytes:
 
 
 def seal_secret(
-    secret_bytes: bytes, recipient_public_key: bytes, recipient_id: str, key_id: str
+    secret_bytes: bytes, recipient_public_key: bytes, recipient_id: str, key_id: str, info: bytes = _INFO
 ) -> bytes:
     """Encrypt ``secret_bytes`` so that only the holder of ``recipient_public_key``'s private
-    key, opening it as ``recipient_id``, can read it. Raises SealedKeyError on bad arguments."""
+    key, opening it as ``recipient_id``, can read it. ``key_id`` is the label bound to the blob
+    (the CKKS key id; for a mask share, what the share is of), ``info`` the purpose (``SHARE_INFO``
+    for mask shares). Raises SealedKeyError on bad arguments."""
     recipient = _load_public(recipient_public_key, "recipient's")
     ephemeral = X25519PrivateKey.generate()
     ephemeral_pub = _raw_public(ephemeral.public_key())
@@ -94,7 +98,7 @@ def seal_secret(
         + _text_field(key_id, "key_id")
         + ephemeral_pub
     )
-    key, nonce = _derive(_exchange(ephemeral, recipient), ephemeral_pub, _raw_public(recipient))
+    key, nonce = _derive(_exchange(ephemeral, recipient), ephemeral_pub, _raw_public(recipient), info)
     return header + ChaCha20Poly1305(key).encrypt(nonce, bytes(secret_bytes), header)
 
 
@@ -133,7 +137,7 @@ def read_sealed_header(blob: bytes) -> SealedHeader:
     return _parse(blob)[0]
 
 
-def open_sealed(blob: bytes, my_private_key: bytes, my_id: str) -> bytes:
+def open_sealed(blob: bytes, my_private_key: bytes, my_id: str, info: bytes = _INFO) -> bytes:
     """Open a blob sealed to ``my_id``; returns the secret bytes.
 
     Raises :class:`SealedKeyError` if the blob is malformed or addressed to another member, and
@@ -151,7 +155,7 @@ def open_sealed(blob: bytes, my_private_key: bytes, my_id: str) -> bytes:
     private = X25519PrivateKey.from_private_bytes(bytes(my_private_key))
     ephemeral = _load_public(ephemeral_pub, "ephemeral")
     key, nonce = _derive(
-        _exchange(private, ephemeral), ephemeral_pub, _raw_public(private.public_key())
+        _exchange(private, ephemeral), ephemeral_pub, _raw_public(private.public_key()), info
     )
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, aad)

@@ -188,3 +188,22 @@ class RingProducts:
         self.evaluator.multiply(ct, self._v, product)
         self.evaluator.transform_from_ntt_inplace(product)
         return _seal.read_poly(product, 2, self.n)
+
+
+def pack_bundle(blobs: Sequence[bytes]) -> bytes:
+    """An upload's sealed shares, one per committee seat in seat order, each behind its u32 length."""
+    return b"".join(len(b).to_bytes(4, "big") + bytes(b) for b in blobs)
+
+
+def unpack_bundle(data: bytes, max_items: int = 64) -> list[bytes]:
+    """The sealed shares of a bundle; raises UnmaskError if it is not a well-formed bundle."""
+    out, pos = [], 0
+    while pos < len(data):
+        if pos + 4 > len(data) or len(out) >= max_items:
+            raise UnmaskError("the shares bundle is truncated or too long", "upload it again")
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        if size == 0 or pos + 4 + size > len(data):
+            raise UnmaskError("the shares bundle is truncated", "upload it again")
+        out.append(bytes(data[pos + 4 : pos + 4 + size]))
+        pos += 4 + size
+    return out

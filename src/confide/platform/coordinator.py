@@ -23,6 +23,7 @@ from confide.aggregation.errors import AggregationError
 from confide.aggregation.integrity import tag_problem
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
+from confide.aggregation.secagg import unpack_bundle
 from confide.aggregation.wire import read_seeds
 from confide.formats import (
     AppliedStatement,
@@ -30,7 +31,9 @@ from confide.formats import (
     DeclaredSpend,
     KeyCertificate,
     Receipt,
+    RevealStatement,
     StatementClaims,
+    contributors_sha256,
     policy_sha256,
     sha256,
     write_atomically,
@@ -38,6 +41,7 @@ from confide.formats import (
 from confide.identity import Identity, b64, roster_identities
 from confide.platform import faults, protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
+from confide.platform.secure_sum import bundle_problem, share_digests
 from confide.policies.federation import FederationPolicy
 from confide.privacy.declared import declared_spend_problems
 
@@ -279,8 +283,11 @@ class Coordinator:
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
                ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
-               signed: StatementClaims | None = None) -> Receipt:
+               signed: StatementClaims | None = None, shares: bytes = b"") -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
+
+        `shares` is the upload's mask shares, one sealed to each committee member (`secure_sum`):
+        required, checked for one blob per seat with this upload's label, named in the statement.
 
         `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
         so the member's ledger is anchored outside the member's disk. `declared` is the round's
@@ -317,7 +324,10 @@ class Coordinator:
         if problems:
             raise ProtocolViolation("the declared spend breaks the federation file: " + "; ".join(problems), 422)
         digest = sha256(envelope)
-        statement = self._statement(signed, institution, round_index, envelope, header, digest)
+        problem = bundle_problem(self.federation, header.key_id, round_index, institution, shares)
+        if problem is not None:
+            raise ProtocolViolation(f"the upload's mask shares: {problem}", 422)
+        statement = self._statement(signed, institution, round_index, envelope, header, digest, shares)
         new = protocol.accept_upload(
             self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
         )
@@ -333,6 +343,7 @@ class Coordinator:
         if new is not self.state:
             check_envelope(self.public_context, envelope)  # what summing it would check, without a sum
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)
+            self._put_blob(f"upload-r{round_index}-{institution}.shares", shares)
             self._put_blob(f"upload-r{round_index}-{institution}.statement.json", statement.model_dump_json().encode())
             self.store.save(new, "upload", {"round": round_index, "institution": institution, "sha256": digest},
                             receipt)
@@ -340,7 +351,7 @@ class Coordinator:
         return receipt
 
     def _statement(self, signed: StatementClaims | None, institution: str, round_index: int,
-                   envelope: bytes, header, digest: str) -> ContributionStatement:
+                   envelope: bytes, header, digest: str, shares: bytes) -> ContributionStatement:
         """The member's contribution statement of this upload; refused if missing or not signed by the member."""
         if signed is None:
             raise ProtocolViolation("the upload comes without its signed contribution statement (tags, "
@@ -349,7 +360,8 @@ class Coordinator:
             statement = ContributionStatement(
                 federation=self.state.federation_id, round=round_index, institution=institution, key_id=header.key_id,
                 envelope_sha256=digest, seed=read_seeds(envelope, header)[0].hex(), tags=tuple(signed.tags),
-                min_cohort=signed.min_cohort, signature=signed.signature)
+                min_cohort=signed.min_cohort, shares=share_digests(self.federation, shares),
+                signature=signed.signature)
         except ValueError as exc:
             raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
         problem = tag_problem(statement.tags, self.public_context)
@@ -374,6 +386,43 @@ class Coordinator:
         return [ContributionStatement.model_validate_json(self.get_blob(f"upload-r{round_index}-{i}.statement.json"))
                 for i in r.contributors]
 
+    def unmask_request(self, round_index: int, member: str) -> tuple[list[ContributionStatement], dict[str, bytes]]:
+        """What committee member `member` needs to reveal for round `round_index`: the contributors'
+        statements and the share each sealed to it."""
+        if member not in self.state.committee:
+            raise ProtocolViolation(f"{member} is not on the committee", 403)
+        statements = self.contributions(round_index)
+        seat = self.state.committee.index(member)
+        shares = {s.institution: unpack_bundle(self.get_blob(f"upload-r{round_index}-{s.institution}.shares"))[seat]
+                  for s in statements}
+        return statements, shares
+
+    def record_reveal(self, member: str, round_index: int, reveal: RevealStatement) -> None:
+        """Keep a committee member's reveal: signed by it, for this round's key and contributor set."""
+        r = next((x for x in self.state.rounds if x.index == round_index), None)
+        if r is None or r.sum_sha256 is None:
+            raise ProtocolViolation(f"round {round_index} has no sum to unmask", 409 if r else 404)
+        expected = (self.state.federation_id, round_index, member, self.state.key_setup.key_id,
+                    contributors_sha256(self.contributions(round_index)))
+        if (reveal.federation, reveal.round, reveal.institution, reveal.key_id, reveal.contributors_sha256) != expected:
+            raise ProtocolViolation("the reveal is for another federation, round, member, key or contributor set", 422)
+        if not self._signed_by(member, reveal):
+            raise ProtocolViolation(f"the reveal does not verify under {member}'s roster key", 422)
+        digest = sha256(reveal.model_dump_json().encode())
+        new = protocol.record_reveal(self.state, member, round_index, digest)
+        if new is not self.state:
+            self._put_blob(f"reveal-r{round_index}-{member}.json", reveal.model_dump_json().encode())
+            self.store.save(new, "reveal", {"round": round_index, "institution": member})
+            self.state = new
+
+    def reveals(self, round_index: int) -> list[RevealStatement]:
+        """The committee's reveals kept for round `round_index`, in seat order."""
+        r = next((x for x in self.state.rounds if x.index == round_index), None)
+        if r is None:
+            raise ProtocolViolation(f"no round {round_index}", 404)
+        return [RevealStatement.model_validate_json(self.get_blob(f"reveal-r{round_index}-{m}.json"))
+                for m in self.state.committee if m in r.reveals]
+
     def record_applied(self, institution: str, round_index: int, sum_sha256: str, signature: str) -> None:
         """Keep a member's signed statement of the sum it applied (refused unless it verifies)."""
         statement = AppliedStatement(federation=self.state.federation_id, round=round_index, institution=institution,
@@ -393,6 +442,11 @@ class Coordinator:
 
     def advance(self, now: float, workers: int = 1) -> str:
         """Sum or fail the current round if the protocol says so. Returns what happened: wait, sum or fail."""
+        if protocol.unmask_overdue(self.state, now):
+            current = self.state.current
+            reason = (f"{len(current.reveals)} of the committee's {len(self.state.committee)} members revealed in "
+                      f"time, {self.state.unmask_threshold} needed to unmask the sum")
+            return self._fail(current.index, reason)
         decision = protocol.sum_decision(self.state, now)
         current = self.state.current
         if decision == "sum":
@@ -404,33 +458,41 @@ class Coordinator:
             if len(contributors) < reviewed.min_institutions:
                 reason = (f"{len(contributors)} upload(s) once excluded members' are left out, "
                           f"min_institutions is {reviewed.min_institutions}")
-                new = protocol.fail_round(reviewed, current.index, reason)
-                self.store.save(new, "failed", {"round": current.index, "reason": reason})
-                self.state = new
-                return "fail"
+                return self._fail(current.index, reason, reviewed)
+            needed = self._committee_minimum(current.index, contributors)
+            if len(contributors) < needed:
+                reason = (f"{len(contributors)} upload(s): the committee unmasks no sum of fewer than {needed} "
+                          f"(the contributors' min_cohort plus {self.federation.colluders} possible colluder(s))")
+                return self._fail(current.index, reason, reviewed)
             paths = [self.blob_path(f"upload-r{current.index}-{i}.bin") for i in contributors]
             try:
                 total = sum_envelopes(self.public_context, paths, workers=workers)
             except (AggregationError, OSError) as exc:
                 # Uploads are fully checked on arrival, so this means damaged storage: fail the
                 # round with the reason rather than retrying a sum that cannot succeed forever.
-                reason = f"summing failed: {exc}"
-                new = protocol.fail_round(reviewed, current.index, reason)
-                self.store.save(new, "failed", {"round": current.index, "reason": reason})
-                self.state = new
-                return "fail"
+                return self._fail(current.index, f"summing failed: {exc}", reviewed)
             self._put_blob(f"sum-r{current.index}.bin", total)
-            new = protocol.record_sum(reviewed, current.index, sha256(total), contributors, left_out)
+            new = protocol.record_sum(reviewed, current.index, sha256(total), contributors, now, left_out)
             self.store.save(new, "summed", {"round": current.index, "contributors": contributors,
                                             "left_out": left_out, "excluded": sorted(new.excluded),
                                             "suspects": new.suspects})
             self.state = new
         elif decision == "fail":
-            reason = (f"{len(current.uploads)} upload(s), min_institutions is {self.state.min_institutions}")
-            new = protocol.fail_round(self.state, current.index, reason)
-            self.store.save(new, "failed", {"round": current.index, "reason": reason})
-            self.state = new
+            self._fail(current.index, f"{len(current.uploads)} upload(s), min_institutions is "
+                                      f"{self.state.min_institutions}")
         return decision
+
+    def _fail(self, round_index: int, reason: str, state: FederationState | None = None) -> str:
+        new = protocol.fail_round(state or self.state, round_index, reason)
+        self.store.save(new, "failed", {"round": round_index, "reason": reason})
+        self.state = new
+        return "fail"
+
+    def _committee_minimum(self, round_index: int, contributors: list[str]) -> int:
+        """The fewest contributions the committee unmasks for these contributors (`secure_sum.Reveals`)."""
+        cohorts = [ContributionStatement.model_validate_json(
+            self.get_blob(f"upload-r{round_index}-{i}.statement.json")).min_cohort for i in contributors]
+        return max(cohorts, default=1) + self.federation.colluders
 
     def report_undecryptable(self, institution: str, round_index: int, sum_sha256: str, reason: str) -> None:
         """Record a member's report that a round's sum does not decrypt (see `faults`)."""

@@ -37,6 +37,7 @@ from confide.aggregation.errors import AggregationError
 from confide.aggregation.integrity import Contributor, contribution_tags, integrity_key, verify_sum
 from confide.aggregation.keys import create_key_material, load_secret, open_sealed, seal_secret
 from confide.aggregation.params import CkksParameters
+from confide.aggregation.secagg import UploadMask
 from confide.aggregation.wire import read_header, read_seeds
 from confide.errors import BadInput
 from confide.formats import (
@@ -46,6 +47,7 @@ from confide.formats import (
     KeyCertificate,
     MemberRoundState,
     Receipt,
+    RevealStatement,
     policy_sha256,
     sha256,
     write_atomically,
@@ -54,6 +56,7 @@ from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.faults import patience
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, leave_federation, settle
+from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
 from confide.platform.server_update import ServerState, apply_average, load_state, state_array
 from confide.platform.sum_evidence import (
     SumEvidence,
@@ -133,6 +136,7 @@ class Member:
             load_trainable_state(self.model, unflatten(self.server_state.adapter, self.layout))
         self._secret = None
         self._integrity: bytes | None = None
+        self._reveals = Reveals(self.dir / "reveals", federation, self.roster, self.identity)
         self._plan = None
 
     def _announce(self, opened) -> None:
@@ -328,10 +332,7 @@ class Member:
             if r.state in ("declining", "declined"):
                 return Contribution("decline", reason=r.reason)
             if r.state in ("trained", "receipted"):
-                envelope = envelope_path.read_bytes()
-                return Contribution("upload", envelope=envelope, ledger_head=r.head,
-                                    declared=self._declared(round_index),
-                                    statement=self._statement(round_index, envelope))
+                return self._upload(round_index, envelope_path.read_bytes(), r.head)
             if r.state == "reserved":
                 # Spent, but the training did not finish: the spend counts; the round is not re-run.
                 return self._decline(round_index, "interrupted after its spend was recorded; the spend counts, "
@@ -369,28 +370,47 @@ class Member:
         # our n, which the add/remove-one epsilon we record assumes they cannot learn), and every
         # member checks the sum's total weight against the contributors' weights there.
         weight = self.weight
-        envelope = encrypt_update(self.secret, vector, weight, self.layout.hash)  # it multiplies by weight
+        # A one-time mask, shared to the committee, keeps the upload unreadable alone even to members
+        # (`secure_sum`). The shares are written before the envelope, which is what says "trained".
+        mask, shares = mask_upload(self.federation, self.roster, self.secret.key_id, round_index, self.institution_id)
+        envelope = encrypt_update(self.secret, vector, weight, self.layout.hash, mask=mask)  # it multiplies by weight
+        del mask
+        write_atomically(self._shares_path(round_index), shares)
         write_atomically(envelope_path, envelope)
         self._adopt_envelope(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, eps {epsilon:.2f}")
-        return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).head,
-                            declared=self._declared(round_index), statement=self._statement(round_index, envelope))
+        return self._upload(round_index, envelope, self.record.round(round_index).head)
+
+    def _shares_path(self, round_index: int) -> Path:
+        return self.dir / "rounds" / f"r{round_index}.shares"
+
+    def _upload(self, round_index: int, envelope: bytes, head: tuple[int, str] | None) -> Contribution:
+        """The upload of a trained round: envelope, mask shares, ledger head, declared spend, statement."""
+        shares = self._shares_path(round_index).read_bytes()
+        return Contribution("upload", envelope=envelope, ledger_head=head, declared=self._declared(round_index),
+                            statement=self._statement(round_index, envelope, shares), shares=shares)
 
     @property
     def weight(self) -> float:
         """Our public aggregation weight, from the federation file's roster."""
         return float(self.federation.member(self.institution_id).weight)
 
-    def _statement(self, round_index: int, envelope: bytes) -> ContributionStatement:
-        """Our signed statement of our upload of `round_index`, with its integrity tags (deterministic:
-        the same after a restart)."""
+    def _statement(self, round_index: int, envelope: bytes, shares: bytes) -> ContributionStatement:
+        """Our signed statement of our upload of `round_index`, with its integrity tags and the digests of
+        its mask shares (deterministic: the same after a restart)."""
         fed = self.federation.federation_id
         header = read_header(envelope)
         tags = contribution_tags(self.secret, self.integrity_key, fed, round_index, self.institution_id, envelope)
         return self.identity.sign_document(ContributionStatement(
             federation=fed, round=round_index, institution=self.institution_id, key_id=header.key_id,
             envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags,
-            min_cohort=self.policy.min_cohort))
+            min_cohort=self.policy.min_cohort, shares=share_digests(self.federation, shares)))
+
+    def reveal(self, round_index: int, statements: list[ContributionStatement],
+               shares: dict[str, bytes]) -> RevealStatement:
+        """As a committee member: our signed share sum over the round's contributors (`secure_sum.Reveals`:
+        once per round, for one set; raises RevealRefused otherwise)."""
+        return self._reveals.reveal(round_index, self.secret.key_id, statements, shares)
 
     def _resumed(self, round_index: int, envelope_path: Path) -> RoundRecord | None:
         """The round's record, completed from the work a kill left unrecorded (or from older state files).
@@ -582,7 +602,12 @@ class Member:
             return Outcome("aborted", count, detail)
         result = None
         if problem is None:
-            problem, result = self._open_sum(round_index, sum_envelope, evidence)
+            unmask_problem, mask = unmask(self.federation, self.roster, self.secret.key_id, round_index,
+                                          list(evidence.statements), list(evidence.reveals))
+            if unmask_problem is not None:
+                # The committee's reveals, not the uploads, are at fault: not reported as a broken sum.
+                return self._settle_failed(round_index, f"cannot unmask the sum: {unmask_problem}")
+            problem, result = self._open_sum(round_index, sum_envelope, evidence, mask)
         if problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
             # is applied, the spends stay counted, and the federation goes on.
@@ -608,15 +633,15 @@ class Member:
         return sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
                            sum_envelope, evidence, mine, earlier)
 
-    def _open_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence
+    def _open_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence, mask: UploadMask
                   ) -> tuple[str | None, DecryptedSum | None]:
-        """Check the sum's integrity tags, decrypt it, and check its weight and bound: (problem, None) or
-        (None, the decrypted sum). Nothing is decrypted before the tags pass."""
+        """Check the sum's integrity tags, decrypt it unmasked with `mask`, and check its weight and bound:
+        (problem, None) or (None, the decrypted sum). Nothing is decrypted before the tags pass."""
         try:
             verify_sum(self.secret, self.integrity_key, self.federation.federation_id, round_index, sum_envelope,
                        [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements],
                        self.layout.hash, self.layout.size)
-            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash)
+            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash, unmask=mask)
         except (AggregationError, ValueError, OverflowError) as exc:
             # Whatever the coordinator relayed that does not parse is a refusal, never a crash: a
             # crash would repeat on every restart and the round would never settle.

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from confide.formats import AppliedStatement, ContributionStatement, DeclaredSpend, KeyCertificate, MemberRoundState
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    DeclaredSpend,
+    KeyCertificate,
+    MemberRoundState,
+    RevealStatement,
+)
 from confide.platform.sum_evidence import SumEvidence
 
 
@@ -41,6 +48,8 @@ class Contribution:
     """The round's DP-SGD spend as our ledger records it: the coordinator checks it and signs it too."""
     statement: ContributionStatement | None = None
     """Our signed statement of the upload with its integrity tags: the other members check the sum against it."""
+    shares: bytes = b""
+    """Our upload's mask shares, sealed to the committee (`confide.platform.secure_sum`): sent with the envelope."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,9 @@ class RoundMember(Protocol):
     def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> Outcome: ...
 
     def witness_applied(self, statements: list[AppliedStatement]) -> str | None: ...
+
+    def reveal(self, round_index: int, statements: list[ContributionStatement],
+               shares: dict[str, bytes]) -> RevealStatement: ...
 
     def note_failed_round(self, round_index: int, reason: str) -> Outcome: ...
 

@@ -6,8 +6,12 @@ coordinator both drive exactly these functions; only where blobs and state are s
 
 Round life cycle::
 
-    open --(first upload)--> collecting --(quorum reached)--> summed --(next round opens)--> closed
-       \\____________________(deadline passes below min_institutions)__________________--> failed
+    open --(first upload)--> collecting --(quorum reached)--> unmasking --(threshold reveals)--> summed
+       \\_______(deadline passes below min_institutions, or too few reveals in time)_______--> failed
+    summed --(next round opens)--> closed
+
+In `unmasking` the sum and its contributors are fixed and the committee reveals the sums of the
+mask shares it holds for exactly those contributors (`confide.platform.secure_sum`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class Round:
     undecryptable: dict[str, str] = field(default_factory=dict)  # member -> reason, from signed reports
     applied: dict[str, list[str]] = field(default_factory=dict)
     """Member -> [sum_sha256, signature]: its signed statement of the sum it applied (members compare them)."""
+    reveals: dict[str, str] = field(default_factory=dict)
+    """Committee member -> SHA-256 of its signed reveal for this round's contributor set."""
+    unmask_by: float | None = None
+    """When the committee's reveals are due (set when the round is summed)."""
 
     def responded(self) -> set[str]:
         return set(self.uploads) | set(self.declined)
@@ -75,6 +83,9 @@ class FederationState:
     min_institutions: int
     total_rounds: int
     round_deadline_s: float
+    committee: list[str] = field(default_factory=list)
+    """Who holds shares of every upload's mask, in seat order (from the federation file)."""
+    unmask_threshold: int = 1
     status: FederationStatus = "setup"
     key_setup: KeySetup | None = None
     rounds: list[Round] = field(default_factory=list)
@@ -106,11 +117,16 @@ def new_federation(
     min_institutions: int,
     total_rounds: int,
     round_deadline_s: float,
+    committee: list[str],
+    unmask_threshold: int,
 ) -> FederationState:
     """The state of a federation that has been created but whose keys are not set up yet."""
     if key_holder not in members:
         raise ProtocolViolation(f"key holder {key_holder!r} is not a member", 400)
-    return FederationState(federation_id, list(members), key_holder, min_institutions, total_rounds, round_deadline_s)
+    if not committee or not set(committee) <= set(members) or not 1 <= unmask_threshold <= len(committee):
+        raise ProtocolViolation("the committee must be members, with a threshold it can reach", 400)
+    return FederationState(federation_id, list(members), key_holder, min_institutions, total_rounds, round_deadline_s,
+                           list(committee), unmask_threshold)
 
 
 def _require_member(state: FederationState, institution: str) -> None:
@@ -143,7 +159,7 @@ def open_next_round(state: FederationState, now: float) -> FederationState:
     if state.status == "finished":
         raise ProtocolViolation("the federation has finished")
     current = state.current
-    if current is not None and current.status in ROUND_ACTIVE:
+    if current is not None and current.status in (*ROUND_ACTIVE, "unmasking"):
         raise ProtocolViolation(f"round {current.index} is still {current.status}")
     new = copy.deepcopy(state)
     if new.current is not None and new.current.status == "summed":
@@ -235,8 +251,9 @@ def sum_decision(state: FederationState, now: float) -> Literal["wait", "sum", "
 
 
 def record_sum(state: FederationState, round_index: int, sum_sha256: str, contributors: list[str],
-               left_out: list[str] = ()) -> FederationState:
-    """The coordinator added the current round's uploads: remember who is in the sum and its hash.
+               now: float, left_out: list[str] = ()) -> FederationState:
+    """The coordinator added the current round's uploads: remember who is in the sum and its hash, and
+    wait for the committee's reveals (until one round deadline from now).
 
     `left_out` are accepted uploads kept out of this sum while a member that breaks sums is looked
     for (see `faults.leave_out`); every accepted upload is either a contributor or left out.
@@ -249,11 +266,41 @@ def record_sum(state: FederationState, round_index: int, sum_sha256: str, contri
     if len(contributors) < state.min_institutions:
         raise ProtocolViolation(f"only {len(contributors)} uploads, min_institutions is {state.min_institutions}")
     new = copy.deepcopy(state)
-    new.current.status = "summed"
+    new.current.status = "unmasking"
+    new.current.unmask_by = now + state.round_deadline_s
     new.current.sum_sha256 = sum_sha256
     new.current.contributors = sorted(contributors)
     new.current.left_out = sorted(left_out)
     return new
+
+
+def record_reveal(state: FederationState, institution: str, round_index: int, reveal_sha256: str) -> FederationState:
+    """A committee member's signed reveal for the round's contributor set (checked by the caller).
+    Once per member; the round is summed when `unmask_threshold` are in. Later ones are kept too:
+    members check every reveal they get against the others."""
+    _require_member(state, institution)
+    if institution not in state.committee:
+        raise ProtocolViolation(f"{institution} is not on the committee", 403)
+    r = next((x for x in state.rounds if x.index == round_index), None)
+    if r is None or r.sum_sha256 is None:
+        raise ProtocolViolation(f"round {round_index} has no sum to unmask", 409 if r else 404)
+    if institution in r.reveals:
+        if r.reveals[institution] == reveal_sha256:
+            return state
+        raise ProtocolViolation(f"{institution} already revealed for round {round_index}", 409)
+    new = copy.deepcopy(state)
+    target = next(x for x in new.rounds if x.index == round_index)
+    target.reveals[institution] = reveal_sha256
+    if target.status == "unmasking" and len(target.reveals) >= state.unmask_threshold:
+        target.status = "summed"
+    return new
+
+
+def unmask_overdue(state: FederationState, now: float) -> bool:
+    """The current round waits for reveals past its time: it fails (members keep their adapters)."""
+    current = state.current
+    return (current is not None and current.status == "unmasking" and current.unmask_by is not None
+            and now > current.unmask_by)
 
 
 def record_undecryptable(state: FederationState, institution: str, round_index: int, sum_sha256: str,
@@ -296,7 +343,7 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
 def fail_round(state: FederationState, round_index: int, reason: str) -> FederationState:
     """Mark the current round failed (no sum is published; members keep their adapters)."""
     current = state.current
-    if current is None or current.index != round_index or current.status not in ROUND_ACTIVE:
+    if current is None or current.index != round_index or current.status not in (*ROUND_ACTIVE, "unmasking"):
         raise ProtocolViolation(f"round {round_index} cannot fail now")
     new = copy.deepcopy(state)
     new.current.status = "failed"

@@ -35,9 +35,10 @@ from confide.formats import (
     ContributionStatement,
     DeclaredSpend,
     KeyCertificate,
+    RevealStatement,
     StatementClaims,
 )
-from confide.identity import Identity
+from confide.identity import Identity, unb64
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
@@ -46,7 +47,7 @@ from confide.platform.protocol import ProtocolViolation
 from confide.platform.service.client import CoordinatorRefused, key_setup_request
 from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.messages import FederationView, ReceiptReply
+from confide.platform.service.messages import FederationView, ReceiptReply, RoundContributions
 from confide.platform.sum_evidence import SumEvidence
 from confide.platform.workers import MemberPool, RayMemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy
@@ -213,10 +214,11 @@ class InProcessTransport:
         return self._call(self.hub.key_certificate).certificate
 
     def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
-               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply:
+               declared: DeclaredSpend | None, statement: ContributionStatement | None,
+               shares: bytes = b"") -> ReceiptReply:
         signed = StatementClaims.of(statement) if statement is not None else None
         reply = self._call(self.hub.upload, self.institution, round_index, envelope, self.clock(), ledger_head,
-                           declared, signed)
+                           declared, signed, shares)
         self._changed()
         return reply
 
@@ -231,8 +233,16 @@ class InProcessTransport:
     def round_sum(self, round_index: int) -> bytes:
         return self._call(self.hub.sum_for, round_index)
 
-    def round_contributions(self, round_index: int) -> list[ContributionStatement]:
-        return self._call(self.hub.contributions, round_index).statements
+    def round_contributions(self, round_index: int) -> RoundContributions:
+        return self._call(self.hub.contributions, round_index)
+
+    def unmask_request(self, round_index: int) -> tuple[list[ContributionStatement], dict[str, bytes]]:
+        reply = self._call(self.hub.unmask_request, round_index, self.institution)
+        return reply.statements, {sender: unb64(text, "share") for sender, text in reply.shares.items()}
+
+    def reveal(self, round_index: int, reveal: RevealStatement) -> None:
+        self._call(self.hub.record_reveal, self.institution, round_index, reveal)
+        self._changed()
 
     def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> None:
         self._call(self.hub.record_applied, self.institution, round_index, sum_sha256, signature)

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from confide.aggregation.params import COUNT_TOLERANCE
-from confide.formats import AppliedStatement, ContributionStatement, KeyCertificate, policy_sha256, sha256
+from confide.formats import (
+    AppliedStatement,
+    ContributionStatement,
+    KeyCertificate,
+    RevealStatement,
+    policy_sha256,
+    sha256,
+)
 from confide.identity import PublicIdentity
 from confide.policies import FederationPolicy
 
@@ -32,6 +39,8 @@ class SumEvidence:
     announced_contributors: int
     left_me_out: bool = False
     """The view says our upload was kept out of this sum (a faulty member is being looked for)."""
+    reveals: tuple[RevealStatement, ...] = ()
+    """The committee's signed reveals for the contributors: what unmasks the sum (`secure_sum.unmask`)."""
 
 
 def certificate_problem(certificate: KeyCertificate, federation: FederationPolicy,

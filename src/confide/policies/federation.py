@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -197,6 +198,38 @@ class ReleaseRules(StrictModel):
         return self
 
 
+class SecureAggregation(StrictModel):
+    """Who may reveal what of the masks that keep each upload unreadable alone (`aggregation.secagg`).
+
+    Each upload's one-time mask is Shamir-shared to a committee: the ``committee_size`` roster
+    members whose ids hash lowest with the federation id (all of them in a smaller roster), fixed
+    by the file, never chosen by the coordinator. A committee member reveals the sum of its shares
+    once per round, for one contributor set of at least ``min_cohort + colluders`` signed uploads.
+    ``threshold`` reveals unmask a sum. With ``t > (committee + colluders) / 2`` two different sets
+    can never both be unmasked in a round, so a coordinator working with up to ``colluders`` members
+    learns no upload beyond a sum; ``committee - t`` committee members may drop out.
+    """
+
+    committee_size: int = Field(10, ge=1, le=64, description="Members that hold shares of every upload's mask "
+                                "(capped at the roster size).")
+    colluders: int | None = Field(None, ge=0, description="How many members may work with a deviating "
+                                  "coordinator without any upload being read alone (default: fewer than a third "
+                                  "of the committee, the bound of Bonawitz et al.'s active-security setting).")
+
+    def committee(self, federation_id: str, members: list[str]) -> list[str]:
+        """The committee, in seat order (seat j holds shares at x = j + 1)."""
+        ranked = sorted(members, key=lambda m: hashlib.sha256(f"{federation_id}\n{m}".encode()).hexdigest())
+        return ranked[: min(self.committee_size, len(members))]
+
+    def tolerated(self, committee: int) -> int:
+        """``colluders``, or its default for a committee of this size."""
+        return self.colluders if self.colluders is not None else (committee - 1) // 3
+
+    def threshold(self, committee: int) -> int:
+        """Reveals needed to unmask: the least ``t`` with ``2t > committee + colluders``."""
+        return (committee + self.tolerated(committee)) // 2 + 1
+
+
 class FederationPolicy(StrictModel):
     """The federation file: roster, model, adapter, rounds, privacy requirements, encryption, release."""
 
@@ -222,6 +255,8 @@ class FederationPolicy(StrictModel):
         default_factory=CkksParameters,
         description="CKKS parameters: checked against SEAL's 128-bit security limit and the roster's sums.",
     )
+    secure_aggregation: SecureAggregation = Field(
+        default_factory=SecureAggregation, description="The committee that unmasks sums: size and colluders.")
     release: ReleaseRules = Field(default_factory=ReleaseRules)
     seed: int = Field(0, ge=0, le=2**63 - 1,
                       description="Seeds the initial adapter: every member starts from identical weights.")
@@ -246,6 +281,30 @@ class FederationPolicy(StrictModel):
                 ("min_institutions",), f"{self.min_institutions} exceeds the roster size ({len(ids)})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _committee_can_unmask(self) -> "FederationPolicy":
+        size = min(self.secure_aggregation.committee_size, len(self.roster))
+        if self.secure_aggregation.threshold(size) > size:
+            raise FieldProblem(("secure_aggregation", "colluders"),
+                               f"{self.secure_aggregation.colluders} colluders need more than the committee's "
+                               f"{size} members to unmask a sum", f"set colluders to at most {max(size - 2, 0)}")
+        return self
+
+    @property
+    def committee(self) -> list[str]:
+        """The members that hold shares of every upload's mask, in seat order."""
+        return self.secure_aggregation.committee(self.federation_id, [m.id for m in self.roster])
+
+    @property
+    def unmask_threshold(self) -> int:
+        """Committee reveals needed to unmask a round's sum."""
+        return self.secure_aggregation.threshold(len(self.committee))
+
+    @property
+    def colluders(self) -> int:
+        """Members that may work with a deviating coordinator without an upload being read alone."""
+        return self.secure_aggregation.tolerated(len(self.committee))
 
     @model_validator(mode="after")
     def _head_settings_need_a_head(self) -> "FederationPolicy":

@@ -22,8 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
-from confide.formats import DeclaredSpend, StatementClaims
+from confide.formats import DeclaredSpend, RevealStatement, StatementClaims
 from confide.platform.protocol import ProtocolViolation
+from confide.platform.secure_sum import split_upload
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import (
@@ -41,8 +42,10 @@ from confide.platform.service.messages import (
     KeySetupRequest,
     ReceiptReply,
     ReportReply,
+    RevealReply,
     RoundContributions,
     UndecryptableReport,
+    UnmaskRequest,
 )
 from confide.platform.service.signing import Unauthorized
 
@@ -56,6 +59,9 @@ SMALL_BODY_BYTES = 64 * 1024
 NO_BODY_BYTES = 4 * 1024
 _UPLOAD_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/uploads/[a-z0-9][a-z0-9_.-]{0,63}")
 _SMALL_BODY_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/(declines|reports|applied)/[a-z0-9][a-z0-9_.-]{0,63}")
+_REVEAL_PATH = re.compile(r"/v1/rounds/[0-9]{1,7}/reveals/[a-z0-9][a-z0-9_.-]{0,63}")
+#: A reveal carries N field elements of 4 bytes, in base64: room for N up to 32768.
+REVEAL_BODY_BYTES = 512 * 1024
 _KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 422: "invalid", 500: "internal"}
 
@@ -250,6 +256,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
                                 "holding this upload have (part of its contribution statement)."),
         statement_signature: str | None = Query(None, max_length=200, description="The member's signature (base64) "
                                                 "of its contribution statement of this upload."),
+        shares_bytes: int = Query(0, ge=0, le=2**31, description="How many bytes at the body's end are the mask "
+                                  "shares sealed to the committee (the envelope comes first)."),
         who: str = Depends(member),
     ) -> ReceiptReply:
         """Upload this member's encrypted update for the round, declaring the round's DP-SGD spend.
@@ -269,11 +277,14 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         if len(missing) not in (0, len(spend)):
             raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", 422)
         declared = DeclaredSpend.from_dict(spend) if not missing else None
-        envelope = await request.body()
+        try:
+            envelope, shares = split_upload(await request.body(), shares_bytes)
+        except ValueError as exc:
+            raise ProtocolViolation(str(exc), 400) from None
         signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature)
                   if tags and statement_signature else None)
         receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
-                                          declared, signed)
+                                          declared, signed, shares)
         changed(poke=True)
         return receipt
 
@@ -321,6 +332,28 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         changed()
         return AppliedReply(round=round_index, institution=institution)
 
+    @app.get("/v1/rounds/{round_index}/unmask/{institution}", response_model=UnmaskRequest, responses=_ERRORS,
+             tags=["rounds"])
+    async def unmask_request(round_index: int = Path(ge=1, le=1_000_000), institution: str = Path(pattern=INSTITUTION),
+                             who: str = Depends(member)) -> UnmaskRequest:
+        """For a committee member: the contributors' statements and the mask shares they sealed to it."""
+        same(who, institution)
+        return await run_in_threadpool(hub.unmask_request, round_index, institution)
+
+    @app.post("/v1/rounds/{round_index}/reveals/{institution}", response_model=RevealReply, tags=["rounds"],
+              responses=_ERRORS)
+    async def reveal(
+        request_body: RevealStatement,
+        round_index: int = Path(ge=1, le=1_000_000),
+        institution: str = Path(pattern=INSTITUTION),
+        who: str = Depends(member),
+    ) -> RevealReply:
+        """Keep a committee member's signed reveal (its share sum over the round's contributor set)."""
+        same(who, institution)
+        await run_in_threadpool(hub.record_reveal, institution, round_index, request_body)
+        changed(poke=True)
+        return RevealReply(round=round_index, institution=institution)
+
     @app.get("/v1/rounds/{round_index}/contributions", response_model=RoundContributions, responses=_ERRORS,
              tags=["rounds"])
     async def round_contributions(round_index: int = Path(ge=1, le=1_000_000),
@@ -342,6 +375,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             return max_json_bytes
         if method == "POST" and _SMALL_BODY_PATH.fullmatch(path):
             return SMALL_BODY_BYTES
+        if method == "POST" and _REVEAL_PATH.fullmatch(path):
+            return REVEAL_BODY_BYTES
         return NO_BODY_BYTES
 
     app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier, spool_dir=hub.spool_dir,

@@ -20,8 +20,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from confide.errors import BadInput
-from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate
-from confide.identity import Identity
+from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, RevealStatement
+from confide.identity import Identity, unb64
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
     AppliedReply,
@@ -36,8 +36,10 @@ from confide.platform.service.messages import (
     KeySetupRequest,
     ReceiptReply,
     ReportReply,
+    RevealReply,
     RoundContributions,
     UndecryptableReport,
+    UnmaskRequest,
 )
 from confide.platform.service.signing import sign_request
 from confide.platform.service.tls import (
@@ -234,8 +236,12 @@ class CoordinatorClient:
         return self.call("GET", "/v1/keys/public-context").content
 
     def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
-               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply:
+               declared: DeclaredSpend | None, statement: ContributionStatement | None,
+               shares: bytes = b"") -> ReceiptReply:
         """Upload our envelope for the round (a retry of the same envelope gets the same receipt).
+
+        The body is the envelope followed by `shares`, our mask shares sealed to the committee
+        (`shares_bytes` says where the envelope ends).
 
         `ledger_head` `(seq, hash)` is our ledger's head and `declared` the round's DP-SGD spend; the
         coordinator checks the spend against the federation and signs both into the receipt.
@@ -250,7 +256,8 @@ class CoordinatorClient:
         if statement is not None:
             params.update(tags=",".join(statement.tags), min_cohort=statement.min_cohort,
                           statement_signature=statement.signature)
-        response = self.call("PUT", path, params=params or None, content=envelope,
+        params["shares_bytes"] = len(shares)
+        response = self.call("PUT", path, params=params, content=envelope + shares,
                              content_type="application/octet-stream", timeout_s=600)
         return self._parse(response, ReceiptReply)
 
@@ -271,9 +278,22 @@ class CoordinatorClient:
     def round_sum(self, round_index: int) -> bytes:
         return self.call("GET", f"/v1/rounds/{round_index}/sum", timeout_s=600).content
 
-    def round_contributions(self, round_index: int) -> list[ContributionStatement]:
-        """The signed statements of the uploads in the round's sum, in the sum's order."""
-        return self._parse(self.call("GET", f"/v1/rounds/{round_index}/contributions"), RoundContributions).statements
+    def round_contributions(self, round_index: int) -> RoundContributions:
+        """The signed statements of the uploads in the round's sum, in the sum's order, and the reveals."""
+        return self._parse(self.call("GET", f"/v1/rounds/{round_index}/contributions"), RoundContributions)
+
+    def unmask_request(self, round_index: int) -> tuple[list[ContributionStatement], dict[str, bytes]]:
+        """As a committee member: the round's contributors' statements and the shares they sealed to us."""
+        path = f"/v1/rounds/{round_index}/unmask/{self.identity.institution_id}"
+        reply = self._parse(self.call("GET", path), UnmaskRequest)
+        return reply.statements, {sender: unb64(text, f"the share from {sender}") for sender, text in
+                                  reply.shares.items()}
+
+    def reveal(self, round_index: int, reveal: RevealStatement) -> RevealReply:
+        """As a committee member: hand the coordinator our signed reveal for the round."""
+        path = f"/v1/rounds/{round_index}/reveals/{self.identity.institution_id}"
+        response = self.call("POST", path, content=reveal.model_dump_json().encode(), content_type="application/json")
+        return self._parse(response, RevealReply)
 
     def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> AppliedReply:
         """Hand the coordinator our signed statement of the sum we applied (shown to the other members)."""

@@ -27,15 +27,17 @@ from confide.formats import (
     ContributionStatement,
     DeclaredSpend,
     KeyCertificate,
+    RevealStatement,
     policy_sha256,
     sha256,
     write_atomically,
 )
 from confide.identity import unb64
 from confide.platform.member_api import Outcome, RoundMember
+from confide.platform.secure_sum import RevealRefused
 from confide.platform.service.client import CoordinatorRefused
 from confide.platform.service.errors import ServiceError
-from confide.platform.service.messages import FederationView, ReceiptReply, RoundView
+from confide.platform.service.messages import FederationView, ReceiptReply, RoundContributions, RoundView
 from confide.platform.sum_evidence import SumEvidence
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
@@ -62,7 +64,8 @@ class CoordinatorTransport(Protocol):
     def key_certificate(self) -> KeyCertificate: ...
 
     def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
-               declared: DeclaredSpend | None, statement: ContributionStatement | None) -> ReceiptReply: ...
+               declared: DeclaredSpend | None, statement: ContributionStatement | None,
+               shares: bytes = b"") -> ReceiptReply: ...
 
     def decline(self, round_index: int, reason: str) -> Any: ...
 
@@ -70,7 +73,11 @@ class CoordinatorTransport(Protocol):
 
     def round_sum(self, round_index: int) -> bytes: ...
 
-    def round_contributions(self, round_index: int) -> list[ContributionStatement]: ...
+    def round_contributions(self, round_index: int) -> RoundContributions: ...
+
+    def unmask_request(self, round_index: int) -> tuple[list[ContributionStatement], dict[str, bytes]]: ...
+
+    def reveal(self, round_index: int, reveal: RevealStatement) -> Any: ...
 
     def report_applied(self, round_index: int, sum_sha256: str, signature: str) -> Any: ...
 
@@ -142,6 +149,9 @@ class RoundDriver:
         self.report = AgentReport()
         self.me = federation.member(member.institution_id)
         self._anchored = False
+        self._revealed: set[int] = set()
+        """Rounds whose reveal this run handed to the coordinator (the member keeps the reveal itself)."""
+        self._refused: set[int] = set()
         self._witnessed: set[bytes] = set()
         """Other members' applied statements already compared with ours (signed bytes and signature)."""
 
@@ -201,6 +211,9 @@ class RoundDriver:
                     self.say(f"round {r.index}: {problem}; leaving the federation")
                     acted = True
         for r in view.rounds:
+            if r.status == "unmasking" and self.me.id in self.federation.committee:
+                acted = self._reveal(r) or acted
+        for r in view.rounds:
             if r.status in ROUND_ACTIVE:
                 if not answer:
                     return acted, None
@@ -214,12 +227,30 @@ class RoundDriver:
     def _settled(self, round_index: int) -> bool:
         return self.member.round_state(round_index) in MEMBER_ROUND_SETTLED
 
+    def _reveal(self, r: RoundView) -> bool:
+        """As a committee member, reveal our share sum for the round's contributors (once; the member
+        refuses a second set). A refusal is said once and the round is left to fail."""
+        if r.index in self._revealed:
+            return False
+        try:
+            statements, shares = self.client.unmask_request(r.index)
+            reveal = self.member.reveal(r.index, statements, shares)
+        except RevealRefused as exc:
+            if r.index not in self._refused:
+                self._refused.add(r.index)
+                self.say(f"round {r.index}: refused to reveal our mask shares: {exc}")
+            return False
+        self._tell(f"round {r.index}: our reveal", self.client.reveal, r.index, reveal)
+        self._revealed.add(r.index)
+        return True
+
     def _settle(self, r: RoundView) -> bool:
         """Settle a finished round with the member; False if the round is not finished yet."""
         if r.status in ROUND_SUMMED:
             total = self.client.round_sum(r.index)
-            evidence = SumEvidence(tuple(self.client.round_contributions(r.index)), r.sum_sha256, r.contributors,
-                                   r.mine_left_out)
+            contributions = self.client.round_contributions(r.index)
+            evidence = SumEvidence(tuple(contributions.statements), r.sum_sha256, r.contributors, r.mine_left_out,
+                                   tuple(contributions.reveals))
             outcome = self.member.apply_sum(r.index, total, evidence)
             {"applied": self.report.applied, "failed": self.report.failed}.get(
                 outcome.kind, self.report.aborted).append(r.index)
@@ -263,7 +294,7 @@ class RoundDriver:
         try:
             if contribution.kind == "upload":
                 reply = self.client.upload(r.index, contribution.envelope, contribution.ledger_head,
-                                           contribution.declared, contribution.statement)
+                                           contribution.declared, contribution.statement, contribution.shares)
                 self.member.record_receipt(r.index, reply.to_receipt().to_dict(), contribution.envelope,
                                            self._coordinator_key())
                 self.report.uploaded.append(r.index)

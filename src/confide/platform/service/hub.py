@@ -15,7 +15,15 @@ import logging
 import threading
 from pathlib import Path
 
-from confide.formats import ROUND_ACTIVE, AppliedStatement, DeclaredSpend, Receipt, StatementClaims, policy_sha256
+from confide.formats import (
+    ROUND_ACTIVE,
+    AppliedStatement,
+    DeclaredSpend,
+    Receipt,
+    RevealStatement,
+    StatementClaims,
+    policy_sha256,
+)
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
@@ -27,6 +35,7 @@ from confide.platform.service.messages import (
     ReceiptReply,
     RoundContributions,
     RoundView,
+    UnmaskRequest,
 )
 from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, roster_identities
 from confide.policies import FederationPolicy
@@ -72,6 +81,7 @@ class CoordinatorHub:
         initial = protocol.new_federation(
             federation.federation_id, [m.id for m in federation.roster], federation.key_holder_id,
             federation.min_institutions, federation.rounds, federation.round_deadline_s,
+            federation.committee, federation.unmask_threshold,
         )
         self.identity = coordinator_identity(state_dir)
         self.coordinator = Coordinator(state_dir, initial, self.identity, federation, max_upload_bytes)
@@ -142,7 +152,14 @@ class CoordinatorHub:
 
     def contributions(self, round_index: int) -> RoundContributions:
         with self.lock:
-            return RoundContributions(round=round_index, statements=self.coordinator.contributions(round_index))
+            return RoundContributions(round=round_index, statements=self.coordinator.contributions(round_index),
+                                      reveals=self.coordinator.reveals(round_index))
+
+    def unmask_request(self, round_index: int, institution: str) -> UnmaskRequest:
+        with self.lock:
+            statements, shares = self.coordinator.unmask_request(round_index, institution)
+        return UnmaskRequest(round=round_index, statements=statements,
+                             shares={sender: b64(blob) for sender, blob in shares.items()})
 
     def key_certificate(self) -> KeyCertificateReply:
         with self.lock:
@@ -171,16 +188,17 @@ class CoordinatorHub:
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
                ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
-               signed: StatementClaims | None = None) -> ReceiptReply:
+               signed: StatementClaims | None = None, shares: bytes = b"") -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
         `ledger_head` is the member's `(seq, hash)` and `declared` its round's DP-SGD spend, both
-        checked and signed into the receipt, and `signed` what it gives of its contribution statement
-        (`Coordinator.upload`). Raises
+        checked and signed into the receipt, `signed` what it gives of its contribution statement
+        and `shares` its mask shares for the committee (`Coordinator.upload`). Raises
         ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
         """
         with self.lock:
-            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared, signed)
+            receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared, signed,
+                                              shares)
             self._mutated()
         return _receipt_reply(receipt, len(envelope))
 
@@ -191,6 +209,12 @@ class CoordinatorHub:
             self._mutated()
             r = next(r for r in self.state.rounds if r.index == round_index)
             return len(r.undecryptable)
+
+    def record_reveal(self, institution: str, round_index: int, reveal: RevealStatement) -> None:
+        """Keep a committee member's reveal; the round is summed once enough are in."""
+        with self.lock:
+            self.coordinator.record_reveal(institution, round_index, reveal)
+            self._mutated()
 
     def record_applied(self, institution: str, round_index: int, sum_sha256: str, signature: str) -> None:
         """Keep a member's signed statement of the sum it applied; the others see it in their views."""
@@ -211,7 +235,7 @@ class CoordinatorHub:
             if state.status != "running":
                 return False
             current = state.current
-            if current is not None and current.status in ROUND_ACTIVE:
+            if current is not None and current.status in (*ROUND_ACTIVE, "unmasking"):
                 outcome = self.coordinator.advance(now)
                 if outcome != "wait":
                     log.info("round %d: %s", current.index, outcome)

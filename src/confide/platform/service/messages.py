@@ -18,6 +18,7 @@ from confide.formats import (
     FederationStatus,
     KeyCertificate,
     Receipt,
+    RevealStatement,
     RoundStatus,
 )
 
@@ -117,10 +118,28 @@ class KeyCertificateReply(WireModel):
 
 
 class RoundContributions(WireModel):
-    """Reply of `GET /v1/rounds/{round}/contributions`: the signed statements of the uploads in the sum, in order."""
+    """Reply of `GET /v1/rounds/{round}/contributions`: the signed statements of the uploads in the sum, in
+    order, and the committee's signed reveals for them (what unmasks the sum)."""
 
     round: int
     statements: list[ContributionStatement]
+    reveals: list[RevealStatement] = Field(default_factory=list)
+
+
+class UnmaskRequest(WireModel):
+    """Reply of `GET /v1/rounds/{round}/unmask/{institution}`: what a committee member reveals over: the
+    contributors' signed statements and the mask share each sealed to it (base64)."""
+
+    round: int
+    statements: list[ContributionStatement]
+    shares: dict[str, str]
+
+
+class RevealReply(WireModel):
+    """Reply of `POST /v1/rounds/{round}/reveals/{institution}`."""
+
+    round: int
+    institution: str
 
 
 class AppliedReport(WireModel):
