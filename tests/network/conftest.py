@@ -22,7 +22,7 @@ from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
 from confide.identity import Identity, roster_identities
-from confide.platform.secure_sum import mask_upload, share_digests
+from confide.platform.secure_sum import Reveals, mask_upload, share_digests
 from confide.platform.service.app import create_app
 from confide.platform.service.client import spend_query
 from confide.platform.service.hub import CoordinatorHub
@@ -188,6 +188,19 @@ class SignedClient:
             pass
         return self.request(identity, "PUT", path, content=body,
                             headers={"content-type": "application/octet-stream"}, params=params)
+
+    def reveal_round(self, identities: dict[str, Identity], round_index: int, directory: Path) -> None:
+        """Every committee member fetches its shares of the round's uploads and reveals its share sum."""
+        for holder in self.policy.committee:
+            body = self.request(identities[holder], "GET", f"/v1/rounds/{round_index}/unmask/{holder}").json()
+            statements = [ContributionStatement.model_validate(s) for s in body["statements"]]
+            shares = {who: base64.b64decode(blob) for who, blob in body["shares"].items()}
+            reveal = Reveals(directory / holder, self.policy, roster_identities(self.policy.roster),
+                             identities[holder]).reveal(round_index, statements[0].key_id, statements, shares)
+            reply = self.request(identities[holder], "POST", f"/v1/rounds/{round_index}/reveals/{holder}",
+                                 content=reveal.model_dump_json().encode(),
+                                 headers={"content-type": "application/json"})
+            assert reply.status_code == 200, reply.text
 
 
 def snapshot(hub: CoordinatorHub) -> tuple:

@@ -4,7 +4,8 @@ Each test runs a real federation (three real `Member`s on a tiny model, real DP 
 the real `CoordinatorHub` and round driver) in which the transport of one victim hands it what an
 operator who edits their own server could make: a key of its own, someone's single upload as "the
 sum", a partial sum under a false count, last round's sum again, a sum under another key, a sum
-with a plaintext added, another sum than the other members got. The attacker holds what the
+with a plaintext added, another sum than the other members got (which, with one colluding committee
+member, it can also get unmasked). The attacker holds what the
 operator holds (the hub's state and blobs, the public context, the roster's public keys) and
 nothing else. The victim must refuse in one line, apply nothing of it, spend nothing twice and
 carry on; the honest members' path is unchanged.
@@ -17,9 +18,11 @@ import pytest
 
 from confide.aggregation import _parallel, _seal, bitpack
 from confide.aggregation.keys import create_key_material, seal_secret
+from confide.aggregation.secagg import unpack_bundle
 from confide.aggregation.wire import KIND_SUM, build_envelope, read_header, read_seeds
 from confide.formats import ContributionStatement, sha256
 from confide.platform.member import Member, MemberError
+from confide.platform.secure_sum import Reveals
 from confide.platform.service.driver import RoundDriver
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.simulation import InProcessTransport, SimulatedClock, _Idle
@@ -60,10 +63,13 @@ class Rewriting(InProcessTransport):
     """The victim's view of the coordinator: a round's sum, its statements and the view's announcement
     replaced by `forge(hub, round_index)` -> (sum, statements) or None (the honest reply)."""
 
-    def __init__(self, *args, forge=None, sealed=None) -> None:
+    def __init__(self, *args, forge=None, sealed=None, colluder=None, members=None) -> None:
         super().__init__(*args)
         self.forge, self.forged_sealed = forge, sealed
+        self.colluder, self.members = colluder, members
+        """`colluder(hub, round, statements, members)`: a colluding committee member's reveal for the forged set."""
         self.made: dict[int, tuple | None] = {}
+        self.own_reveals: dict = {}
 
     def _forged(self, round_index: int):
         """The forgery of the round, made once (so the view, the sum and the statements agree)."""
@@ -91,10 +97,34 @@ class Rewriting(InProcessTransport):
     def round_contributions(self, round_index: int):
         forged = self._forged(round_index)
         honest = super().round_contributions(round_index)
-        return honest if forged is None else honest.model_copy(update={"statements": list(forged[1])})
+        if forged is None:
+            return honest
+        reveals = list(honest.reveals)
+        if self.colluder is not None:  # the victim's own reveal of the forged set, and the colluder's
+            reveals = [self.own_reveals[round_index], self.colluder(self.hub, round_index, list(forged[1]),
+                                                                    self.members)]
+        return honest.model_copy(update={"statements": list(forged[1]), "reveals": reveals})
+
+    def unmask_request(self, round_index: int):
+        forged = self._forged(round_index)
+        if forged is None:
+            return super().unmask_request(round_index)
+        return list(forged[1]), shares_for(self.hub, round_index, list(forged[1]), self.institution)
+
+    def reveal(self, round_index: int, reveal):
+        self.own_reveals[round_index] = reveal
+        return super().reveal(round_index, reveal)
 
     def sealed_key(self) -> bytes:
         return self.forged_sealed(self) if self.forged_sealed is not None else super().sealed_key()
+
+
+def shares_for(hub: CoordinatorHub, round_index: int, statements, holder: str) -> dict[str, bytes]:
+    """The mask shares sealed to committee member `holder` in the uploads of `statements` (from the blobs)."""
+    seat = hub.coordinator.state.committee.index(holder)
+    blobs = {s.institution: hub.coordinator.get_blob(f"upload-r{round_index}-{s.institution}.shares")
+             for s in statements}
+    return {who: unpack_bundle(blob)[seat] for who, blob in blobs.items()}
 
 
 def run_federation(tmp_path, victim: str, rounds: int = 2, **attack):
@@ -105,7 +135,7 @@ def run_federation(tmp_path, victim: str, rounds: int = 2, **attack):
     clock, idle, said = SimulatedClock(), _Idle(), {m: [] for m in members}
     drivers = {}
     for name, member in members.items():
-        transport = (Rewriting(hub, name, clock, idle, **attack) if name == victim
+        transport = (Rewriting(hub, name, clock, idle, members=members, **attack) if name == victim
                      else InProcessTransport(hub, name, clock, idle))
         drivers[name] = RoundDriver(member, transport, federation, tmp_path / name / "agent.json",
                                     say=said[name].append, wait_s=0.2, clock=clock)
@@ -225,14 +255,32 @@ def test_a_forged_sum_is_refused_in_one_line_and_the_member_carries_on(tmp_path,
     assert_refused_and_carried_on(members, reports, said, victim, [refused_round], why)
 
 
-def test_a_member_handed_another_sum_than_the_others_finds_the_split_and_leaves(tmp_path):
-    def subset(hub, round_index):  # c gets the honest sum of {a, c}: every check of it alone passes
-        if round_index != 1:
-            return None
-        ups = uploads(hub, 1)
-        return forge_sum(hub, [ups["a"][0], ups["c"][0]]), [ups["a"][1], ups["c"][1]]
+def subset(hub, round_index):
+    """Round 1: the honest sum of {a, c}, with a's and c's statements: every check of it alone passes."""
+    if round_index != 1:
+        return None
+    ups = uploads(hub, 1)
+    return forge_sum(hub, [ups["a"][0], ups["c"][0]]), [ups["a"][1], ups["c"][1]]
 
-    members, reports, said, hub = run_federation(tmp_path, "c", forge=subset)
+
+def test_another_contributor_set_than_the_others_got_cannot_be_unmasked(tmp_path):
+    """The committee reveals one set per round: a sum of another set finds no reveals that open it."""
+    members, reports, said, _ = run_federation(tmp_path, "c", forge=subset)
+    assert_refused_and_carried_on(members, reports, said, "c", [1], "cannot unmask it")
+    assert members["c"].record.aborted is None
+
+
+def colluding_a(hub, round_index, statements, members):
+    """Committee member a, working with the coordinator, reveals a second set in round 1 (its honest
+    driver already revealed the first): what the threshold alone cannot stop when one member colludes."""
+    a = members["a"]
+    return Reveals(a.dir / "colluding-reveals", a.federation, a.roster, a.identity).reveal(
+        round_index, a.key_id(), statements, shares_for(hub, round_index, statements, "a"))
+
+
+def test_a_member_handed_another_sum_than_the_others_finds_the_split_and_leaves(tmp_path):
+    # With a colluding committee member, the split set is unmasked; the applied statements still show it.
+    members, reports, said, hub = run_federation(tmp_path, "c", forge=subset, colluder=colluding_a)
     c = members["c"]
     assert reports["c"].applied[:1] == [1]  # it could not know in round 1...
     assert c.record.aborted and "split the federation" in c.record.aborted  # ...the others' statements told it

@@ -77,7 +77,7 @@ def test_only_the_key_holder_publishes_and_never_a_secret_key(served):
     assert snapshot(hub) == before
 
 
-def test_round_sums_when_everyone_answered_and_receipts_verify(served):
+def test_round_sums_when_everyone_answered_and_receipts_verify(served, tmp_path):
     hub, api, fed = served
     keys = set_up(served)
     coordinator_key = unb64(api.request(fed.identities["a"], "GET", "/v1/federation").json()
@@ -93,6 +93,8 @@ def test_round_sums_when_everyone_answered_and_receipts_verify(served):
         assert PublicIdentity(coordinator_key, b"").verify(unb64(body["signature"], "sig"), receipt.message())
     decline = api.request(fed.identities["c"], "POST", "/v1/rounds/1/declines/c", json_body={"reason": "budget"})
     assert decline.status_code == 200
+    wait_until(lambda: hub.state.rounds[0].status == "unmasking")
+    api.reveal_round(fed.identities, 1, tmp_path / "reveals")
     wait_until(lambda: hub.state.rounds[0].status in ("summed", "closed"))
     total = api.request(fed.identities["c"], "GET", "/v1/rounds/1/sum")
     result = decrypt_sum(keys.secret, total.content, LAYOUT)
@@ -209,7 +211,7 @@ def test_a_different_federation_file_cannot_take_over_a_state_directory(tmp_path
         CoordinatorHub(other.policy, tmp_path / "coordinator")
 
 
-def test_round_closes_at_its_deadline_with_quorum(served):
+def test_round_closes_at_its_deadline_with_quorum(served, tmp_path):
     hub, api, fed = served
     keys = set_up(served)
     for i in ("a", "b"):
@@ -217,7 +219,10 @@ def test_round_closes_at_its_deadline_with_quorum(served):
     opened = hub.state.current
     assert hub.tick(opened.opened_at + 1) is False  # c may still answer
     hub.tick(opened.deadline_at + 1)
-    assert hub.state.rounds[0].status == "closed" and hub.state.rounds[0].contributors == ["a", "b"]
+    assert hub.state.rounds[0].status == "unmasking" and hub.state.rounds[0].contributors == ["a", "b"]
+    api.reveal_round(fed.identities, 1, tmp_path / "reveals")
+    hub.tick(opened.deadline_at + 2)
+    assert hub.state.rounds[0].status == "closed"
     assert hub.state.current.index == 2
 
 

@@ -114,8 +114,8 @@ def explore(schema, hub, expect_401: bool) -> int:
 
 
 def test_anonymous_requests_get_401_no_5xx_and_change_nothing(anonymous_api, hub):
-    assert explore(anonymous_api, hub, expect_401=True) == 12
+    assert explore(anonymous_api, hub, expect_401=True) == 14
 
 
 def test_signed_member_requests_get_no_5xx_and_refusals_change_nothing(member_api, hub):
-    assert explore(member_api, hub, expect_401=False) == 12
+    assert explore(member_api, hub, expect_401=False) == 14

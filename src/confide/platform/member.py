@@ -606,7 +606,7 @@ class Member:
                                           list(evidence.statements), list(evidence.reveals))
             if unmask_problem is not None:
                 # The committee's reveals, not the uploads, are at fault: not reported as a broken sum.
-                return self._settle_failed(round_index, f"cannot unmask the sum: {unmask_problem}")
+                return self._settle_failed(round_index, f"refused the sum: cannot unmask it: {unmask_problem}")
             problem, result = self._open_sum(round_index, sum_envelope, evidence, mask)
         if problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round

@@ -333,6 +333,10 @@ class RemoteMember:
     def witness_applied(self, statements: list[AppliedStatement]) -> str | None:
         return self._call(Member.witness_applied, statements)
 
+    def reveal(self, round_index: int, statements: list[ContributionStatement],
+               shares: dict[str, bytes]) -> RevealStatement:
+        return self._call(Member.reveal, round_index, statements, shares)
+
     def note_failed_round(self, round_index: int, reason: str):
         return self._call(Member.note_failed_round, round_index, reason)
 
