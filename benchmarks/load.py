@@ -7,24 +7,31 @@ key holder, and one round whose uploads are pre-made envelopes (no training): on
 update, copied under a fresh seed per institution (the coordinator cannot tell such a copy from
 a real upload; it would not decrypt to anything useful, which the benchmark does not need).
 Institutions upload in parallel (``--threads`` HTTPS clients, each request signed with the
-institution's identity and pinned to the coordinator's certificate). Measured: round latency
-(from the round opening, by the coordinator's clock, to the benchmark seeing it summed), uploads
-per second, the time from the last receipt to the sum, and the coordinator's peak resident
-memory (VmHWM). The baselines, measured in the same run, are the coordinator's resident memory
-idling with the keys published, and a numpy float32 sum of the same updates (the sum's
-physical floor).
+institution's identity and pinned to the coordinator's certificate), each with its mask shares
+sealed to the committee (`secure_sum`, drawn afresh per institution before the round). Once the
+round is summed, the committee reveals; only ``t`` of its members do (the most drop-outs the
+committee tolerates), each fetching its shares of every upload and revealing over HTTPS.
+Measured: round latency (from the round opening, by the coordinator's clock, to the benchmark
+seeing it summed and unmasked), uploads per second, the time from the last receipt to the sum,
+the committee's reveal time, and the coordinator's peak resident memory (VmHWM) and CPU time.
+The baselines, measured in the same run, are the coordinator's resident memory idling with the
+keys published, a numpy float32 sum of the same updates (the sum's physical floor), and, with
+``--baseline-ref REF``, the same cases run by the benchmark of an older commit (checked out in a
+temporary git worktree): the scheme before secure aggregation for the default REF.
 
 Prints one JSON object: one entry per case ("<institutions>x<params>"). Cases whose uploads
 would exceed ``--max-upload-gb`` in total are skipped and listed. Not a test: nothing here
 gates on time. Bounded: every wait has a deadline; loopback only.
 
-Usage: python benchmarks/load.py [--institutions 10 100 500] [--sizes 100000 1000000]
+Usage: python benchmarks/load.py [--institutions 3 10 100 500] [--sizes 100000 1000000]
                                  [--threads 8] [--max-upload-gb 1.0] [--plot docs/load.png]
+                                 [--baseline-ref beb6b35]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -43,7 +50,8 @@ from confide.aggregation.integrity import contribution_tags, integrity_key
 from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import KIND_UPDATE, SEED_BYTES, build_envelope, read_seeds
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
-from confide.identity import Identity
+from confide.identity import Identity, roster_identities
+from confide.platform.secure_sum import Reveals, mask_upload, share_digests
 from confide.platform.service.client import Backoff, CoordinatorClient
 
 LAYOUT_HASH = "ab" * 32
@@ -98,13 +106,21 @@ def copies(envelope: bytes, n: int) -> list[bytes]:
                            h.bits, h.last_bits, blobs) for _ in range(n)]
 
 
-def statement(identity: Identity, secret, key: bytes, round_index: int, envelope: bytes) -> ContributionStatement:
-    """The member's signed statement of its upload, with its integrity tags, as `Member` makes it."""
+def statement(identity: Identity, secret, key: bytes, round_index: int, envelope: bytes, federation,
+              shares: bytes) -> ContributionStatement:
+    """The member's signed statement of its upload, with its integrity tags and shares, as `Member` makes it."""
     header = read_header(envelope)
     tags = contribution_tags(secret, key, "load", round_index, identity.institution_id, envelope)
     return identity.sign_document(ContributionStatement(
         federation="load", round=round_index, institution=identity.institution_id, key_id=header.key_id,
-        envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags))
+        envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags,
+        shares=share_digests(federation, shares)))
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def declared(federation) -> DeclaredSpend:
@@ -133,7 +149,7 @@ def run_case(n: int, size: int, threads: int) -> dict:
         secret = create_key_material(params)
         premade = copies(encrypt_update(secret, np.random.default_rng(0).normal(0, 0.1, size), 1.0, LAYOUT_HASH), n)
         port, state = free_port(), root / "coordinator"
-        max_upload = len(premade[0]) + 4096
+        max_upload = len(premade[0]) + 1024 * 1024  # room for the mask shares
         log = open(root / "coordinator.log", "w")
         process = subprocess.Popen([sys.executable, "-c", SERVE, str(path), str(state), str(port), str(max_upload)],
                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
@@ -166,22 +182,41 @@ def run_case(n: int, size: int, threads: int) -> dict:
 
             key = integrity_key(secret.to_bytes(), secret.key_id)
             round_index = view.rounds[-1].index
-            statements = [statement(identities[m], secret, key, round_index, envelope)
-                          for m, envelope in zip(members, premade)]
+            roster = roster_identities(federation.roster)
+            started = time.perf_counter()
+            shares = [mask_upload(federation, roster, secret.key_id, round_index, m)[1] for m in members]
+            share_s = (time.perf_counter() - started) / n
+            statements = [statement(identities[m], secret, key, round_index, envelope, federation, bundle)
+                          for m, envelope, bundle in zip(members, premade, shares)]
+            committee = federation.committee
+            revealing = committee[: federation.unmask_threshold]  # the others drop out
 
             def upload(i: int) -> float:
                 start = time.perf_counter()
-                client(members[i]).upload(round_index, premade[i], None, spend, statements[i])
+                client(members[i]).upload(round_index, premade[i], None, spend, statements[i], shares[i])
                 return time.perf_counter() - start
 
+            def reveal(holder: str) -> float:
+                start = time.perf_counter()
+                made = client(holder)
+                contributions, mine = made.unmask_request(round_index)
+                made.reveal(round_index, Reveals(root / "reveals" / holder, federation, roster, identities[holder])
+                            .reveal(round_index, secret.key_id, contributions, mine))
+                return time.perf_counter() - start
+
+            cpu_before = cpu_s(process.pid)
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 upload_s = list(pool.map(upload, range(n)))
             uploaded_s = time.perf_counter() - started
             last_upload = time.time()
-            done = wait_until(holder, lambda v: v.rounds[-1].status in ("summed", "closed", "failed"), "the sum")
+            wait_until(holder, lambda v: v.rounds[-1].status in ("unmasking", "failed"), "the sum")
             summed = time.time()
-            latency = summed - view.rounds[-1].opened_at
+            with ThreadPoolExecutor(max_workers=min(threads, len(revealing))) as pool:
+                reveal_s = list(pool.map(reveal, revealing))
+            done = wait_until(holder, lambda v: v.rounds[-1].status in ("summed", "closed", "failed"), "the reveals")
+            unmasked = time.time()
+            latency = unmasked - view.rounds[-1].opened_at
             peak = memory_mib(process.pid)["VmHWM"]
             round_view = done.rounds[-1]
             if round_view.status == "failed":
@@ -189,11 +224,19 @@ def run_case(n: int, size: int, threads: int) -> dict:
             return {
                 "institutions": n,
                 "n_params": size,
-                "upload_bytes": len(premade[0]),
+                "upload_bytes": len(premade[0]) + len(shares[0]),
+                "shares_bytes": len(shares[0]),
+                "upload_bytes_per_param": (len(premade[0]) + len(shares[0])) / size,
+                "member_mask_and_share_s": share_s,
                 "round_latency_s": latency,
                 "uploads_per_s": n / uploaded_s,
                 "upload_s_median": float(np.median(upload_s)),
                 "sum_after_last_upload_s": summed - last_upload,
+                "committee": len(committee),
+                "committee_revealing": len(revealing),
+                "reveal_s_median": float(np.median(reveal_s)),
+                "unmasked_after_sum_s": unmasked - summed,
+                "coordinator_cpu_s": cpu_s(process.pid) - cpu_before,
                 "coordinator_idle_rss_mib": idle,
                 "coordinator_peak_rss_mib": peak,
                 "baseline_numpy_float32_sum_s": numpy_float32_sum_s(n, size),
@@ -237,6 +280,33 @@ def wait_until(client: CoordinatorClient, done, what: str):
     return view
 
 
+@contextlib.contextmanager
+def baseline_tree(ref: str | None):
+    """`ref` checked out in a temporary git worktree (None: no baseline), removed afterwards."""
+    if ref is None:
+        yield None
+        return
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="confide-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), ref], check=True,
+                       capture_output=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False,
+                           capture_output=True)
+
+
+def run_baseline(tree: Path, n: int, size: int, threads: int) -> dict:
+    """One case run by the older tree's own benchmark and code."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "load.py"), "--institutions", str(n),
+                           "--sizes", str(size), "--threads", str(threads), "--max-upload-gb", "1000"], env=env,
+                          check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=2 * ROUND_TIMEOUT_S)
+    return json.loads(done.stdout)["cases"][f"{n}x{size}"]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -263,26 +333,43 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--institutions", type=int, nargs="+", default=[10, 100, 500])
+    parser.add_argument("--institutions", type=int, nargs="+", default=[3, 10, 100, 500])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6])
     parser.add_argument("--threads", type=int, default=8, help="concurrent uploading clients")
     parser.add_argument("--max-upload-gb", type=float, default=1.0, help="skip cases uploading more in total")
     parser.add_argument("--plot", type=Path, default=None, help="write latency and memory plots here")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="also run these cases with the benchmark of this commit (beb6b35: before secure "
+                             "aggregation), in the same run, and report the ratios")
     args = parser.parse_args(argv)
     bytes_per_param = CkksParameters().upload_bits() / 8
     results: dict = {}
+    baselines: dict = {}
     skipped = []
-    for size in args.sizes:
-        for n in args.institutions:
-            if n * size * bytes_per_param > args.max_upload_gb * 1e9:
-                skipped.append(f"{n}x{size}")
-                continue
-            results[f"{n}x{size}"] = run_case(n, size, args.threads)
-            print(json.dumps(results[f"{n}x{size}"]), file=sys.stderr)
+    with baseline_tree(args.baseline_ref) as tree:
+        for size in args.sizes:
+            for n in args.institutions:
+                case = f"{n}x{size}"
+                if n * size * bytes_per_param > args.max_upload_gb * 1e9:
+                    skipped.append(case)
+                    continue
+                if tree is not None:  # case by case, so both schemes see the machine in the same state
+                    baselines[case] = run_baseline(tree, n, size, args.threads)
+                    print(json.dumps({"baseline": baselines[case]}), file=sys.stderr)
+                results[case] = run_case(n, size, args.threads)
+                print(json.dumps(results[case]), file=sys.stderr)
     if args.plot is not None and results:
         plot(results, args.plot)
-    json.dump({"cases": results, "skipped_over_upload_budget": skipped,
-               "threads": args.threads}, sys.stdout, indent=2)
+    out = {"cases": results, "skipped_over_upload_budget": skipped, "threads": args.threads,
+           "load_average_after": os.getloadavg()}
+    if baselines:
+        out["baseline_ref"] = args.baseline_ref
+        out["baseline_cases"] = baselines
+        out["latency_ratio"] = {case: results[case]["round_latency_s"] / b["round_latency_s"]
+                                for case, b in baselines.items()}
+        out["upload_bytes_ratio"] = {case: results[case]["upload_bytes"] / b["upload_bytes"]
+                                     for case, b in baselines.items()}
+    json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 
