@@ -38,21 +38,41 @@ def test_any_threshold_shares_of_a_sum_give_the_sum(holders: int, threshold: int
     sums = [add_shares([sh[j] for sh in shares]) for j in range(holders)]
     seats = rng.permutation(holders)[:threshold]
     points = [(int(j) + 1, sums[j]) for j in seats]
-    assert np.array_equal(reconstruct(points, threshold), np.sum(secrets, axis=0))
+    assert np.array_equal(reconstruct(points, threshold).secret, np.sum(secrets, axis=0))
     # Every revealed point beyond the threshold is checked against the others.
     everyone = [(j + 1, sums[j]) for j in range(holders)]
-    assert np.array_equal(reconstruct(everyone, threshold), np.sum(secrets, axis=0))
+    rebuilt = reconstruct(everyone, threshold)
+    assert np.array_equal(rebuilt.secret, np.sum(secrets, axis=0))
+    assert rebuilt.checked == (holders > threshold) and rebuilt.wrong_seats == ()
+
+
+def wrong(values: np.ndarray) -> np.ndarray:
+    forged = values.copy()
+    forged[5] = (int(forged[5]) + 1) % SHARE_PRIME
+    return forged
 
 
 def test_a_wrong_share_sum_beyond_the_threshold_is_caught() -> None:
     secret = ternary_secret(64)
     shares = share(secret, 4, 3)
-    forged = shares[3].copy()
-    forged[5] = (int(forged[5]) + 1) % SHARE_PRIME
     with pytest.raises(UnmaskError, match="one polynomial"):
-        reconstruct([(1, shares[0]), (2, shares[1]), (3, shares[2]), (4, forged)], 3)
+        reconstruct([(1, shares[0]), (2, shares[1]), (3, shares[2]), (4, wrong(shares[3]))], 3)
     with pytest.raises(UnmaskError, match="needed"):
         reconstruct([(1, shares[0]), (2, shares[1])], 3)
+
+
+@pytest.mark.parametrize("bad_seat", [1, 4, 9])
+def test_wrong_share_sums_the_others_outvote_are_corrected_and_named(bad_seat: int) -> None:
+    """Committee of 10, threshold 7: with every reveal in, one wrong share sum (anywhere, even among the
+    first seven) is outvoted; two are not (beyond the unique-decoding radius of one)."""
+    secret = ternary_secret(128)
+    shares = share(secret, 10, 7)
+    points = [(j + 1, wrong(s) if j + 1 == bad_seat else s) for j, s in enumerate(shares)]
+    rebuilt = reconstruct(points, 7)
+    assert np.array_equal(rebuilt.secret, secret) and rebuilt.wrong_seats == (bad_seat,)
+    twice = [(x, wrong(s) if x in (bad_seat, 10 if bad_seat != 10 else 2) else s) for x, s in points]
+    with pytest.raises(UnmaskError, match="more than can be corrected"):
+        reconstruct(twice, 7)
 
 
 def test_fewer_than_threshold_shares_say_nothing_about_the_secret() -> None:
@@ -81,13 +101,13 @@ def test_a_masked_upload_alone_does_not_decrypt_but_the_unmasked_sum_does(materi
 
     shares = [share(m.secret, 3, 2) for m in masks]
     revealed = [(j + 1, add_shares([sh[j] for sh in shares])) for j in (0, 2)]
-    total = reconstruct(revealed, 2)
+    total = reconstruct(revealed, 2).secret
     result = decrypt_sum(material, sum_envelopes(coordinator, uploads), HASH, unmask=UploadMask(seed, total))
     assert result.count == 3
     assert np.max(np.abs(result.average - np.mean(deltas, axis=0))) <= result.error_bound
 
     # The shares of a set that leaves one upload out do not open the full sum.
-    partial = reconstruct([(j + 1, add_shares([sh[j] for sh in shares[:2]])) for j in (0, 1)], 2)
+    partial = reconstruct([(j + 1, add_shares([sh[j] for sh in shares[:2]])) for j in (0, 1)], 2).secret
     with pytest.raises(DecryptionCheckFailed):
         decrypt_sum(material, sum_envelopes(coordinator, uploads), HASH, unmask=UploadMask(seed, partial))
 

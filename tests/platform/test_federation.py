@@ -62,7 +62,7 @@ def whole_committee_reads(coordinator, members: dict, round_index: int, name: st
         opened = open_sealed(shares[name], members[holder].identity.sealing_private, holder, SHARE_INFO)
         points.append((seat + 1, shares_from_bytes(opened, federation.ckks.poly_modulus_degree, "share")))
     return UploadMask(mask_seed(federation.federation_id, members[name].key_id(), round_index),
-                      reconstruct(points, federation.unmask_threshold))
+                      reconstruct(points, federation.unmask_threshold).secret)
 
 
 def test_homomorphic_average_equals_plaintext_fedavg_and_members_stay_identical(tmp_path):

@@ -23,6 +23,7 @@ from confide.platform.member import Member
 from confide.platform.service.driver import RoundDriver
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.simulation import InProcessTransport, SimulatedClock, _Idle
+from confide.policies.federation import SecureAggregation
 from tests.platform.federation_kit import load_files, make_federation_files
 
 
@@ -132,8 +133,9 @@ def assert_found_and_finished(members, reports, errors, state, culprit: str, bro
 def test_a_member_whose_uploads_do_not_decrypt_is_found_before_honest_members_give_up(tmp_path, n):
     ids = tuple(string.ascii_lowercase[:n])
     culprit = ids[-1]  # last in sort order: the search keeps it in every sum longest
-    broken = faults.rounds_to_find(n)
-    assert broken < faults.patience(n)
+    cap = faults.leave_out_cap(n, 2, SecureAggregation().tolerated(n))  # min_institutions 2, default colluders
+    broken = faults.rounds_to_find(n, cap)
+    assert broken < faults.patience(n, cap)
     members, reports, errors, state = run(tmp_path, ids, broken + 2, culprit, UploadsUnderAnotherKey)
     assert_found_and_finished(members, reports, errors, state, culprit, broken, "refused the sum")
 

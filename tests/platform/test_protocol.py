@@ -48,7 +48,7 @@ def test_full_round_sums_when_everyone_answered():
     assert (state.current.status, state.current.contributors) == ("unmasking", ["a", "b"])
     with pytest.raises(p.ProtocolViolation, match="unmasking"):
         p.open_next_round(state, now=3.0)
-    state = p.record_reveal(p.record_reveal(state, "c", 1, "rc"), "a", 1, "ra")
+    state = p.record_reveal(p.record_reveal(p.record_reveal(state, "c", 1, "rc"), "a", 1, "ra"), "b", 1, "rb")
     assert state.current.status == "summed"
     state = p.open_next_round(state, now=3.0)
     assert [r.status for r in state.rounds] == ["closed", "open"]
@@ -120,7 +120,7 @@ def test_federation_finishes_after_the_last_round():
 
 
 def unmasked(state):
-    for who in state.committee[: state.unmask_threshold]:
+    for who in state.committee:
         state = p.record_reveal(state, who, state.current.index, f"reveal-{who}")
     return state
 
@@ -134,10 +134,20 @@ def test_reveals_come_once_from_committee_members_and_late_unmasking_fails_the_r
     with pytest.raises(p.ProtocolViolation, match="already revealed"):
         p.record_reveal(state, "a", 1, "another")
     assert state.current.status == "unmasking"
-    assert not p.unmask_overdue(state, now=61.0)
-    assert p.unmask_overdue(state, now=62.5)
+    assert p.unmask_decision(state, now=61.0) == "wait"
+    assert p.unmask_decision(state, now=62.5) == "fail"  # 1 of the 2 needed
     state = p.fail_round(state, 1, "1 of 3 revealed")
     assert state.current.status == "failed"
+
+
+def test_the_round_waits_for_reveals_that_can_outvote_a_wrong_one_then_sums_with_the_threshold():
+    state = p.record_sum(upload(upload(running(), "a"), "b"), 1, "s", ["a", "b"], now=2.0)
+    assert p.unmask_quorum(state) == 3  # threshold 2 of a committee of 3: all three at once
+    state = p.record_reveal(p.record_reveal(state, "a", 1, "ra"), "b", 1, "rb")
+    assert state.current.status == "unmasking" and p.unmask_decision(state, now=30.0) == "wait"
+    assert p.unmask_decision(state, now=62.5) == "sum"  # c dropped out: the threshold is there
+    assert p.close_unmasking(state).current.status == "summed"
+    assert p.record_reveal(state, "c", 1, "rc").current.status == "summed"
 
 
 def test_state_round_trips_through_plain_data():

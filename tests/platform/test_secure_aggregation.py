@@ -71,7 +71,7 @@ def pooled_mask(coordinator, members, round_index: int, name: str, holders) -> U
         points.append((federation.committee.index(holder) + 1,
                        shares_from_bytes(opened, federation.ckks.poly_modulus_degree, "share")))
     return UploadMask(mask_seed(federation.federation_id, members[name].key_id(), round_index),
-                      reconstruct(points, federation.unmask_threshold))
+                      reconstruct(points, federation.unmask_threshold).secret)
 
 
 def raw_reading(member: Member, envelope: bytes, public_context) -> np.ndarray:

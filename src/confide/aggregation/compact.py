@@ -35,11 +35,12 @@ _A_DOMAIN = b"confide/ckks/uniform-a/v1"
 ADDS_PER_REDUCTION = 15
 
 
-def uniform_poly(seed: bytes, position: int, q: int, n: int) -> np.ndarray:
+def uniform_poly(seed: bytes, position: int, q: int, n: int, domain: bytes = _A_DOMAIN) -> np.ndarray:
     """The public polynomial ``a`` of ciphertext ``position``: ``n`` values uniform below ``q``,
-    by rejection sampling of SHAKE-256 output (masked to q's bit length)."""
+    by rejection sampling of SHAKE-256 output (masked to q's bit length). ``domain`` separates
+    other public polynomials (the rounds' ``b`` of `secagg`) from every ``a``."""
     mask = np.uint64((1 << q.bit_length()) - 1)
-    prefix = _A_DOMAIN + seed + position.to_bytes(4, "big")
+    prefix = domain + seed + position.to_bytes(4, "big")
     words = n + n // 8 + 64
     while True:
         # A longer SHAKE digest extends a shorter one, so a retry keeps the values drawn so far.

@@ -27,6 +27,7 @@ which draw from ``os.urandom``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ SHARE_PRIME = 2**31 - 1
 """The Shamir field: products of two elements fit in uint64, and ``p/2`` exceeds any ``|U|``."""
 SHARE_BYTES = 4
 _MASK_DOMAIN = b"confide/secagg/round-mask/v1"
+_B_DOMAIN = b"confide/secagg/uniform-b/v1"
+"""SHAKE-256 domain of the ``b`` polynomials: no upload seed makes an ``a`` equal to a ``b``."""
 
 
 class UnmaskError(EnvelopeError):
@@ -131,23 +134,52 @@ def _combine(points: Sequence[tuple[int, np.ndarray]], at: int) -> np.ndarray:
     return value
 
 
-def reconstruct(points: Sequence[tuple[int, np.ndarray]], threshold: int) -> np.ndarray:
-    """The secret (signed integers) from ``(x, share)`` points. Uses the first ``threshold`` and
-    requires every further point to lie on the same polynomial; raises :class:`UnmaskError`
-    otherwise, or when fewer than ``threshold`` points are given or an x repeats."""
+@dataclass(frozen=True)
+class Reconstruction:
+    """A secret put back together: its value (signed integers), the seats whose points disagree with it,
+    and whether any point beyond the threshold checked it (False: exactly ``threshold`` points, so a
+    wrong one would go unnoticed until decryption)."""
+
+    secret: np.ndarray
+    wrong_seats: tuple[int, ...]
+    checked: bool
+
+
+def reconstruct(points: Sequence[tuple[int, np.ndarray]], threshold: int) -> Reconstruction:
+    """The secret from ``(x, share)`` points, correcting wrong points where the others outvote them.
+
+    All points on one polynomial of degree ``threshold - 1``: that one. Otherwise the polynomial
+    through some ``threshold`` of them that the most points agree with is taken if it is the only
+    one possible, i.e. at most ``(len(points) - threshold) // 2`` points disagree (Reed-Solomon's
+    unique-decoding radius; the search tries every subset, fine for committees of a few dozen).
+    Raises :class:`UnmaskError` when fewer than ``threshold`` points are given, an x repeats, or
+    more points disagree than can be corrected."""
     xs = [x for x, _ in points]
     if len(set(xs)) != len(xs):
         raise UnmaskError("two revealed share sums claim the same committee seat", "the relay is faulty")
     if len(points) < threshold:
         raise UnmaskError(f"{len(points)} share sum(s) revealed, {threshold} needed",
                           "wait for more committee members")
-    basis = list(points[:threshold])
-    for x, ys in points[threshold:]:
-        if not np.array_equal(_combine(basis, x), ys.astype(np.uint64)):
-            raise UnmaskError("the revealed share sums do not lie on one polynomial",
-                              "a committee member revealed a wrong sum; do not apply this round")
-    value = _combine(basis, 0).astype(np.int64)
-    return np.where(value > SHARE_PRIME // 2, value - SHARE_PRIME, value)
+    radius = (len(points) - threshold) // 2
+
+    def disagreeing(basis) -> list[int]:
+        return [x for x, ys in points if not np.array_equal(_combine(basis, x), ys.astype(np.uint64))]
+
+    candidates = [list(points[:threshold])]
+    wrong = disagreeing(candidates[0])
+    if wrong and radius > 0:
+        for subset in itertools.combinations(points, threshold):
+            wrong = disagreeing(subset)
+            if len(wrong) <= radius:
+                candidates = [list(subset)]
+                break
+    if len(wrong) > radius:
+        raise UnmaskError(f"the revealed share sums do not lie on one polynomial (seats {sorted(wrong)} or others "
+                          "disagree, more than can be corrected)",
+                          "a committee member revealed a wrong sum, or an upload shared an inconsistent mask")
+    value = _combine(candidates[0], 0).astype(np.int64)
+    return Reconstruction(np.where(value > SHARE_PRIME // 2, value - SHARE_PRIME, value), tuple(sorted(wrong)),
+                          len(points) > threshold)
 
 
 def shares_to_bytes(values: np.ndarray) -> bytes:
@@ -181,7 +213,7 @@ class RingProducts:
         self.evaluator.transform_to_ntt_inplace(self._v)
 
     def at(self, position: int) -> np.ndarray:
-        b = compact.uniform_poly(self.seed, position, self.q, self.n)
+        b = compact.uniform_poly(self.seed, position, self.q, self.n, _B_DOMAIN)
         ct = _seal.ciphertext_from_polys(self.scratch, self.context, self._zeros, b, 0)
         self.evaluator.transform_to_ntt_inplace(ct)
         product = seal.Ciphertext()

@@ -10,6 +10,8 @@ envelopes members upload, and the encrypted sums. It never holds a secret key or
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import logging
@@ -23,7 +25,7 @@ from confide.aggregation.errors import AggregationError
 from confide.aggregation.integrity import tag_problem
 from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
-from confide.aggregation.secagg import unpack_bundle
+from confide.aggregation.secagg import shares_from_bytes, unpack_bundle
 from confide.aggregation.wire import read_seeds
 from confide.formats import (
     AppliedStatement,
@@ -328,9 +330,8 @@ class Coordinator:
         if problem is not None:
             raise ProtocolViolation(f"the upload's mask shares: {problem}", 422)
         statement = self._statement(signed, institution, round_index, envelope, header, digest, shares)
-        new = protocol.accept_upload(
-            self.state, institution, round_index, header.key_id, header.layout_hash, digest, len(envelope), now
-        )
+        new = protocol.accept_upload(self.state, institution, round_index, header.key_id, header.layout_hash, digest,
+                                     len(envelope) + len(shares), now)
         if new is self.state:
             stored = self.receipt_for(institution, round_index)
             if stored is not None and stored.envelope_sha256 == digest:
@@ -364,6 +365,10 @@ class Coordinator:
                 signature=signed.signature)
         except ValueError as exc:
             raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
+        if statement.min_cohort > self.federation.min_institutions:
+            # No admitted member asks this (`policy explain`), and a sum it would veto could not leave anyone out.
+            raise ProtocolViolation(f"min_cohort {statement.min_cohort} exceeds the federation's min_institutions "
+                                    f"{self.federation.min_institutions}: this member's policy does not admit it", 422)
         problem = tag_problem(statement.tags, self.public_context)
         if problem is not None:  # every member would refuse every sum holding it: refused now, at the door
             raise ProtocolViolation(f"the contribution statement: {problem}", 422)
@@ -408,6 +413,11 @@ class Coordinator:
             raise ProtocolViolation("the reveal is for another federation, round, member, key or contributor set", 422)
         if not self._signed_by(member, reveal):
             raise ProtocolViolation(f"the reveal does not verify under {member}'s roster key", 422)
+        try:  # every member would leave a malformed share sum out: refused at the door
+            shares_from_bytes(base64.b64decode(reveal.share_sum, validate=True),
+                              self.federation.ckks.poly_modulus_degree, "the share sum")
+        except (binascii.Error, ValueError):
+            raise ProtocolViolation("the reveal's share sum is not base64", 422) from None
         digest = sha256(reveal.model_dump_json().encode())
         new = protocol.record_reveal(self.state, member, round_index, digest)
         if new is not self.state:
@@ -442,7 +452,13 @@ class Coordinator:
 
     def advance(self, now: float, workers: int = 1) -> str:
         """Sum or fail the current round if the protocol says so. Returns what happened: wait, sum or fail."""
-        if protocol.unmask_overdue(self.state, now):
+        unmasking = protocol.unmask_decision(self.state, now)
+        if unmasking == "sum":
+            new = protocol.close_unmasking(self.state)
+            self.store.save(new, "unmasked", {"round": new.current.index, "reveals": sorted(new.current.reveals)})
+            self.state = new
+            return "sum"
+        if unmasking == "fail":
             current = self.state.current
             reason = (f"{len(current.reveals)} of the committee's {len(self.state.committee)} members revealed in "
                       f"time, {self.state.unmask_threshold} needed to unmask the sum")
@@ -453,7 +469,7 @@ class Coordinator:
             # Reports on earlier rounds are in (members settle rounds in order before answering):
             # narrow the suspects of broken sums, and keep the right uploads out of this one.
             reviewed = faults.review(self.state)
-            left_out = faults.leave_out(reviewed, sorted(current.uploads))
+            left_out = faults.leave_out(reviewed, sorted(current.uploads), self.federation.colluders)
             contributors = [i for i in sorted(current.uploads) if i not in left_out]
             if len(contributors) < reviewed.min_institutions:
                 reason = (f"{len(contributors)} upload(s) once excluded members' are left out, "

@@ -33,7 +33,6 @@ settle rounds in order), so that when round r is summed the reports on rounds be
 from __future__ import annotations
 
 import copy
-import math
 
 from confide.platform.protocol import FederationState, Round
 
@@ -49,17 +48,33 @@ def is_broken(state: FederationState, r: Round) -> bool:
     return r.sum_sha256 is not None and reports >= state.min_institutions and reports > len(r.applied)
 
 
-def rounds_to_find(members: int) -> int:
+def leave_out_cap(members: int, min_institutions: int, colluders: int) -> int:
+    """The most uploads one sum may leave out while the committee still unmasks it: every sum keeps
+    `min_institutions + colluders` (contributors' `min_cohort` is at most `min_institutions`, and
+    the committee adds `colluders`; `secure_sum.Reveals`)."""
+    return max(members - min_institutions - colluders, 0)
+
+
+def rounds_to_find(members: int, cap: int | None = None) -> int:
     """The most rounds in a row whose sums break before the search excludes a member that breaks every
-    sum it is in: the first broken round makes everyone in it a suspect, each later round halves the
-    suspects (whether it breaks or not), so 1 + ceil(log2(members)). Members keep going that long and
-    one round more (`patience`), so they never give up before the search can find the culprit."""
-    return 1 + math.ceil(math.log2(max(members, 1)))
+    sum it is in. The first broken round makes everyone in it a suspect; each later round leaves
+    `k = min(cap, suspects // 2)` of them out (`leave_out`): a broken sum keeps the other suspects,
+    a sum that decrypts keeps the `k`. Without a cap that is 1 + ceil(log2(members)); a cap of 0 (no
+    sum may leave anyone out) lets no search run, and it is 1. Members keep going that long and one
+    round more (`patience`), so they never give up before the search can find the culprit."""
+    cap = members if cap is None else cap
+    if cap == 0:
+        return 1
+    worst = {1: 0}
+    for suspects in range(2, members + 1):
+        k = min(cap, suspects // 2)
+        worst[suspects] = 1 + max(worst[suspects - k], worst[k])
+    return 1 + worst[max(members, 1)]
 
 
-def patience(members: int) -> int:
+def patience(members: int, cap: int | None = None) -> int:
     """Rounds in a row with refused sums after which a member leaves: one more than the search needs."""
-    return rounds_to_find(members) + 1
+    return rounds_to_find(members, cap) + 1
 
 
 def review(state: FederationState) -> FederationState:
@@ -71,8 +86,8 @@ def review(state: FederationState) -> FederationState:
         return state
     new = copy.deepcopy(state)
     for r in new.rounds:
-        if not new.reviewed_round < r.index <= upto or r.sum_sha256 is None:
-            continue
+        if not new.reviewed_round < r.index <= upto or r.sum_sha256 is None or r.status not in ("summed", "closed"):
+            continue  # a sum the committee never unmasked says nothing about its uploads
         in_sum = set(r.contributors)
         if is_broken(new, r):
             pool = set(new.suspects) if new.suspects is not None else set(new.members)
@@ -92,16 +107,16 @@ def review(state: FederationState) -> FederationState:
     return new
 
 
-def leave_out(state: FederationState, uploads: list[str]) -> list[str]:
+def leave_out(state: FederationState, uploads: list[str], colluders: int = 0) -> list[str]:
     """Which of the current round's accepted uploads to keep out of its sum: excluded members' (an
     upload accepted before its sender was excluded) and half of the uploading suspects, as far as
-    `min_institutions` allows."""
+    `min_institutions + colluders` (what the committee unmasks, `leave_out_cap`) allow."""
     out = sorted(set(uploads) & set(state.excluded))
     remaining = [u for u in uploads if u not in out]
     if state.suspects is None:
         return out
     candidates = sorted(set(state.suspects) & set(remaining))
     k = max(1, len(candidates) // 2) if candidates else 0
-    while k > 0 and len(remaining) - k < state.min_institutions:
+    while k > 0 and len(remaining) - k < state.min_institutions + colluders:
         k -= 1
     return sorted(out + candidates[:k])

@@ -53,7 +53,7 @@ from confide.formats import (
     write_atomically,
 )
 from confide.identity import Identity, PublicIdentity, roster_identities, unb64
-from confide.platform.faults import patience
+from confide.platform.faults import leave_out_cap, patience
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.platform.member_round import MemberRecord, RoundRecord, advance, failures_after, leave_federation, settle
 from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
@@ -601,17 +601,23 @@ class Member:
             self._commit(settle(self.record, round_index, "aborted", count, detail, leave=detail))
             return Outcome("aborted", count, detail)
         result = None
+        checked = True
         if problem is None:
-            unmask_problem, mask = unmask(self.federation, self.roster, self.secret.key_id, round_index,
-                                          list(evidence.statements), list(evidence.reveals))
-            if unmask_problem is not None:
+            unmasked = unmask(self.federation, self.roster, self.secret.key_id, round_index,
+                              list(evidence.statements), list(evidence.reveals))
+            for line in unmasked.left_out:
+                self._emit(type="member", text=f"round {round_index}: reveal left out ({line})")
+            if unmasked.problem is not None:
                 # The committee's reveals, not the uploads, are at fault: not reported as a broken sum.
-                return self._settle_failed(round_index, f"refused the sum: cannot unmask it: {unmask_problem}")
-            problem, result = self._open_sum(round_index, sum_envelope, evidence, mask)
+                return self._settle_failed(round_index, f"refused the sum: cannot unmask it: {unmasked.problem}")
+            checked = unmasked.checked
+            problem, result = self._open_sum(round_index, sum_envelope, evidence, unmasked.mask)
         if problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
-            # is applied, the spends stay counted, and the federation goes on.
-            return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope)
+            # is applied, the spends stay counted, and the federation goes on. A sum unmasked with
+            # exactly the threshold of reveals is not reported as broken: one wrong reveal would
+            # look like a broken upload, and the search for its culprit would blame a contributor.
+            return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope if checked else None)
         updated = apply_average(self.federation.server_update, self.server_state, result.average)
         self._save_round_state(round_index, updated)
         load_trainable_state(self.model, unflatten(updated.adapter, self.layout))
@@ -710,7 +716,9 @@ class Member:
             self._carry_adapter_forward(round_index)
         failures = failures_after(self.record, "failed", undecryptable)
         detail, leave = reason, None
-        if undecryptable and failures >= patience(len(self.federation.roster)) and not self.aborted:
+        fed = self.federation
+        cap = leave_out_cap(len(fed.roster), fed.min_institutions, fed.colluders)
+        if undecryptable and failures >= patience(len(fed.roster), cap) and not self.aborted:
             detail = leave = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
                               f"(last: {reason})")
             if self.ledger.last_of("abort", fed, round_index) is None:

@@ -291,16 +291,31 @@ def record_reveal(state: FederationState, institution: str, round_index: int, re
     new = copy.deepcopy(state)
     target = next(x for x in new.rounds if x.index == round_index)
     target.reveals[institution] = reveal_sha256
-    if target.status == "unmasking" and len(target.reveals) >= state.unmask_threshold:
+    if target.status == "unmasking" and len(target.reveals) >= unmask_quorum(state):
         target.status = "summed"
     return new
 
 
-def unmask_overdue(state: FederationState, now: float) -> bool:
-    """The current round waits for reveals past its time: it fails (members keep their adapters)."""
+def unmask_quorum(state: FederationState) -> int:
+    """Reveals that sum a round at once: two beyond the threshold (so one wrong reveal is outvoted
+    rather than taken for a broken upload; `secagg.reconstruct`), or the whole committee."""
+    return min(len(state.committee), state.unmask_threshold + 2)
+
+
+def unmask_decision(state: FederationState, now: float) -> Literal["wait", "sum", "fail"]:
+    """What the coordinator does with a round that waits for reveals: past its time, sum it with the
+    threshold of reveals (the rest of the committee dropped out) or fail it below."""
     current = state.current
-    return (current is not None and current.status == "unmasking" and current.unmask_by is not None
-            and now > current.unmask_by)
+    if current is None or current.status != "unmasking" or current.unmask_by is None or now <= current.unmask_by:
+        return "wait"
+    return "sum" if len(current.reveals) >= state.unmask_threshold else "fail"
+
+
+def close_unmasking(state: FederationState) -> FederationState:
+    """The round's reveals are in as far as they will come (`unmask_decision` said sum)."""
+    new = copy.deepcopy(state)
+    new.current.status = "summed"
+    return new
 
 
 def record_undecryptable(state: FederationState, institution: str, round_index: int, sum_sha256: str,

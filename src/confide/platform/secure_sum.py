@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from confide.formats import (
     ContributionStatement,
     RevealStatement,
     contributors_sha256,
+    fsync_directory,
     sha256,
     write_atomically,
 )
@@ -119,6 +121,9 @@ class Reveals:
     def __init__(self, directory: Path, federation: FederationPolicy, roster: dict[str, PublicIdentity],
                  identity: Identity) -> None:
         self.dir, self.federation, self.roster, self.identity = directory, federation, roster, identity
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            fsync_directory(directory.parent)  # the directory's own entry, before any reveal depends on it
 
     def _path(self, round_index: int) -> Path:
         return self.dir / f"r{round_index}.json"
@@ -171,34 +176,54 @@ class Reveals:
         return reveal
 
 
+class Unmasking(NamedTuple):
+    """What `unmask` found: a problem (None: none), the mask of the sum, whether reveals beyond the
+    threshold checked it, and the reveals left out (one line each: who, why)."""
+
+    problem: str | None
+    mask: secagg.UploadMask | None
+    checked: bool = False
+    left_out: tuple[str, ...] = ()
+
+
 def unmask(federation: FederationPolicy, roster: dict[str, PublicIdentity], key_id: str, round_index: int,
-           statements: list[ContributionStatement], reveals: list[RevealStatement]
-           ) -> tuple[str | None, secagg.UploadMask | None]:
-    """(problem, None) or (None, the round's mask seed with the sum of the contributors' masks), from
-    committee reveals signed for exactly this contributor set."""
+           statements: list[ContributionStatement], reveals: list[RevealStatement]) -> Unmasking:
+    """The round's mask seed with the sum of the contributors' masks, from committee reveals signed for
+    exactly this contributor set. Reveals that are not (unsigned, for another set, malformed) are left
+    out, as are wrong share sums the others outvote (`secagg.reconstruct`); a problem only when fewer
+    than the threshold remain or the sums disagree beyond correction."""
     problem = _statement_problem(federation, roster, key_id, round_index, statements)
     if problem is not None:
-        return problem, None
+        return Unmasking(problem, None)
     digest = contributors_sha256(statements)
     committee = federation.committee
     n = federation.ckks.poly_modulus_degree
     points: list[tuple[int, np.ndarray]] = []
+    left_out: list[str] = []
     for r in reveals:
+        why = None
         if r.institution not in committee or not roster[r.institution].signed(r):
-            return f"a reveal is not signed by the committee member {r.institution} it names", None
-        if (r.federation, r.round, r.key_id, r.contributors_sha256) != (federation.federation_id, round_index,
-                                                                        key_id, digest):
-            return f"{r.institution}'s reveal is for another round, key or contributor set", None
-        try:
-            values = secagg.shares_from_bytes(base64.b64decode(r.share_sum, validate=True), n,
-                                              f"{r.institution}'s reveal")
-        except (binascii.Error, ValueError):
-            return f"{r.institution}'s reveal is not base64", None
-        except AggregationError as exc:
-            return exc.message, None
-        points.append((committee.index(r.institution) + 1, values))
+            why = "not signed by the committee member it names"
+        elif (r.federation, r.round, r.key_id, r.contributors_sha256) != (federation.federation_id, round_index,
+                                                                          key_id, digest):
+            why = "for another round, key or contributor set"
+        elif any(x == committee.index(r.institution) + 1 for x, _ in points):
+            why = "a second reveal of the same seat"
+        else:
+            try:
+                values = secagg.shares_from_bytes(base64.b64decode(r.share_sum, validate=True), n, "the share sum")
+            except (binascii.Error, ValueError):
+                why = "not base64"
+            except AggregationError as exc:
+                why = exc.message
+            else:
+                points.append((committee.index(r.institution) + 1, values))
+        if why is not None:
+            left_out.append(f"{r.institution}: {why}")
     try:
-        total = secagg.reconstruct(points, federation.unmask_threshold)
+        rebuilt = secagg.reconstruct(points, federation.unmask_threshold)
     except AggregationError as exc:
-        return exc.message, None
-    return None, secagg.UploadMask(secagg.mask_seed(federation.federation_id, key_id, round_index), total)
+        return Unmasking(exc.message, None, False, tuple(left_out))
+    left_out += [f"{committee[x - 1]}: a share sum the other reveals outvote" for x in rebuilt.wrong_seats]
+    mask = secagg.UploadMask(secagg.mask_seed(federation.federation_id, key_id, round_index), rebuilt.secret)
+    return Unmasking(None, mask, rebuilt.checked, tuple(left_out))

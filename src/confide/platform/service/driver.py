@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from confide.errors import BadInput
 from confide.formats import (
     MEMBER_ROUND_ANSWERED,
     MEMBER_ROUND_SETTLED,
@@ -235,10 +236,11 @@ class RoundDriver:
         try:
             statements, shares = self.client.unmask_request(r.index)
             reveal = self.member.reveal(r.index, statements, shares)
-        except RevealRefused as exc:
+        except (RevealRefused, CoordinatorRefused, BadInput) as exc:
+            # A refusal, or a reply that does not parse: said once; the round fails or is unmasked without us.
             if r.index not in self._refused:
                 self._refused.add(r.index)
-                self.say(f"round {r.index}: refused to reveal our mask shares: {exc}")
+                self.say(f"round {r.index}: no reveal of our mask shares: {exc}")
             return False
         self._tell(f"round {r.index}: our reveal", self.client.reveal, r.index, reveal)
         self._revealed.add(r.index)
@@ -257,8 +259,9 @@ class RoundDriver:
             self.say(f"round {r.index}: {outcome.kind} the sum of {outcome.count} institution(s) {outcome.detail}")
             if outcome.undecryptable:
                 # Signed by us: the coordinator cannot decrypt, so members tell it which sums break.
+                # Only that it was refused: the detail (decrypted slot values) stays with the members.
                 self._tell(f"round {r.index}: the report of the refused sum", self.client.report_undecryptable,
-                           r.index, sha256(total), outcome.detail[:2000])
+                           r.index, sha256(total), "the sum fails this member's decryption checks")
             if outcome.statement is not None:
                 # Shown to the other members, who leave a coordinator that handed them another sum.
                 self._tell(f"round {r.index}: our statement of the applied sum", self.client.report_applied,

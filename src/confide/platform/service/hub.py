@@ -200,7 +200,7 @@ class CoordinatorHub:
             receipt = self.coordinator.upload(institution, round_index, envelope, now, ledger_head, declared, signed,
                                               shares)
             self._mutated()
-        return _receipt_reply(receipt, len(envelope))
+        return _receipt_reply(receipt, len(envelope) + len(shares))
 
     def report_undecryptable(self, institution: str, round_index: int, sum_sha256: str, reason: str) -> int:
         """Record a member's report that the round's sum does not decrypt; return the round's report count."""
