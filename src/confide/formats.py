@@ -256,6 +256,9 @@ class ContributionStatement(SignedDocument):
     shares: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
         default_factory=dict, max_length=64,
         description="Committee member -> SHA-256 of its sealed share of this upload's mask (`aggregation.secagg`).")
+    previous_sum: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="SHA-256 of the sum the member "
+                              "applied in the round before ('' if none): the committee unmasks no set whose "
+                              "members were handed different sums.")
 
 
 def contributors_sha256(statements: "Iterable[ContributionStatement]") -> str:
@@ -285,10 +288,11 @@ class StatementClaims(NamedTuple):
     tags: tuple[str, ...]
     min_cohort: int
     signature: str
+    previous_sum: str = ""
 
     @classmethod
     def of(cls, statement: ContributionStatement) -> "StatementClaims":
-        return cls(tuple(statement.tags), statement.min_cohort, statement.signature)
+        return cls(tuple(statement.tags), statement.min_cohort, statement.signature, statement.previous_sum)
 
 
 class AppliedStatement(SignedDocument):

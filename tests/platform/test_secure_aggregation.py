@@ -18,12 +18,14 @@ from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.sealing import SHARE_INFO, open_sealed
 from confide.aggregation.secagg import UnmaskError, UploadMask, mask_seed, reconstruct, shares_from_bytes
 from confide.aggregation.wire import read_ciphertext, read_header, read_seeds
+from confide.formats import sha256
 from confide.identity import Identity
 from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
 from confide.platform.protocol import new_federation
 from confide.platform.secure_sum import RevealRefused, Reveals, unmask
 from tests.platform.federation_kit import (
+    evidence,
     load_files,
     make_federation_files,
     publish_and_install,
@@ -99,7 +101,7 @@ def test_a_member_with_the_coordinators_state_reads_no_other_members_upload(tmp_
     c, layout = members["c"], members["c"].layout.hash
     public = coordinator.public_context
     statements, reveals = coordinator.contributions(1), coordinator.reveals(1)
-    _, total_mask = unmask(federation, c.roster, c.secret.key_id, 1, statements, reveals)
+    total_mask = unmask(federation, c.roster, c.secret.key_id, 1, statements, reveals).mask
     for victim in ("a", "b"):
         envelope = stored_upload(coordinator, 1, victim)
         # The truth, for the comparison only: what the whole committee pooling its shares could read.
@@ -154,7 +156,7 @@ def test_a_deviating_coordinator_with_a_colluding_member_gets_no_single_upload(t
     for who in ("a", "b"):
         with pytest.raises(RevealRefused, match="second contributor set"):
             members[who].reveal(1, without_a, shares_of(coordinator, 1, who))
-    problem, _ = unmask(federation, members["d"].roster, key, 1, without_a, list(second.values()))
+    problem = unmask(federation, members["d"].roster, key, 1, without_a, list(second.values())).problem
     assert problem is not None and "3 needed" in problem
 
     # A share substituted by the coordinator (sealed to c by itself, labelled as a's): refused.
@@ -170,7 +172,7 @@ def test_a_deviating_coordinator_with_a_colluding_member_gets_no_single_upload(t
 
     # Everything the coalition (coordinator + d) holds: U of the full set, c's and d's reveals of the set
     # without a, d's own shares. None of it opens a's upload.
-    _, full = unmask(federation, members["d"].roster, key, 1, everyone, list(first.values()))
+    full = unmask(federation, members["d"].roster, key, 1, everyone, list(first.values())).mask
     envelope = stored_upload(coordinator, 1, "a")
     single = sum_envelopes(coordinator.public_context, [envelope])
     with pytest.raises(DecryptionCheckFailed):
@@ -191,3 +193,23 @@ def test_a_committee_member_killed_after_revealing_reveals_the_same_set_again_an
     assert restarted.reveal(1, everyone, shares_of(coordinator, 1, "b")) == first
     with pytest.raises(RevealRefused, match="second contributor set"):
         restarted.reveal(1, [s for s in everyone if s.institution != "c"], shares_of(coordinator, 1, "b"))
+
+
+def test_no_set_is_unmasked_whose_members_were_handed_different_sums_the_round_before(tmp_path):
+    """A coordinator that split the federation in round 1 (with a colluder's help, say) finds no committee
+    member to unmask round 2: c's signed statement names the other sum it was handed."""
+    federation, members, coordinator = start(tmp_path)
+    upload_all(coordinator, members, 1)
+    reveal(coordinator, members, 1)
+    total = coordinator.sum_for(1)
+    for name, member in members.items():
+        assert member.apply_sum(1, total, evidence(coordinator, 1, name)).kind == "applied"
+    coordinator.open_next_round(now=2.0)
+    upload_all(coordinator, members, 2)
+    statements = coordinator.contributions(2)
+    assert {s.previous_sum for s in statements} == {sha256(total)}  # every member names the sum it applied
+    split = [s if s.institution != "c" else members["c"].identity.sign_document(
+        s.model_copy(update={"previous_sum": "ab" * 32})) for s in statements]
+    with pytest.raises(RevealRefused, match="applied different sums in round 1"):
+        members["a"].reveal(2, split, shares_of(coordinator, 2, "a"))
+    assert members["a"].reveal(2, statements, shares_of(coordinator, 2, "a")).round == 2

@@ -362,7 +362,7 @@ class Coordinator:
                 federation=self.state.federation_id, round=round_index, institution=institution, key_id=header.key_id,
                 envelope_sha256=digest, seed=read_seeds(envelope, header)[0].hex(), tags=tuple(signed.tags),
                 min_cohort=signed.min_cohort, shares=share_digests(self.federation, shares),
-                signature=signed.signature)
+                previous_sum=signed.previous_sum, signature=signed.signature)
         except ValueError as exc:
             raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
         if statement.min_cohort > self.federation.min_institutions:

@@ -404,7 +404,8 @@ class Member:
         return self.identity.sign_document(ContributionStatement(
             federation=fed, round=round_index, institution=self.institution_id, key_id=header.key_id,
             envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags,
-            min_cohort=self.policy.min_cohort, shares=share_digests(self.federation, shares)))
+            min_cohort=self.policy.min_cohort, shares=share_digests(self.federation, shares),
+            previous_sum=self.ledger.applied_sums(fed).get(round_index - 1, "")))
 
     def reveal(self, round_index: int, statements: list[ContributionStatement],
                shares: dict[str, bytes]) -> RevealStatement:
@@ -716,9 +717,9 @@ class Member:
             self._carry_adapter_forward(round_index)
         failures = failures_after(self.record, "failed", undecryptable)
         detail, leave = reason, None
-        fed = self.federation
-        cap = leave_out_cap(len(fed.roster), fed.min_institutions, fed.colluders)
-        if undecryptable and failures >= patience(len(fed.roster), cap) and not self.aborted:
+        policy = self.federation
+        cap = leave_out_cap(len(policy.roster), policy.min_institutions, policy.colluders)
+        if undecryptable and failures >= patience(len(policy.roster), cap) and not self.aborted:
             detail = leave = (f"{failures} rounds in a row whose sums did not decrypt: leaving the federation "
                               f"(last: {reason})")
             if self.ledger.last_of("abort", fed, round_index) is None:

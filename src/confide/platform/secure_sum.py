@@ -9,8 +9,9 @@ member and names the contributor set. The rules, each in one place:
 - an upload's mask has one share per committee seat, sealed to that member under a label naming
   federation, round, uploader and key (`mask_upload`, checked at the coordinator by `bundle_problem`);
 - a committee member reveals once per round, for one set of at least ``max(min_cohort) +
-  colluders`` signed uploads of this round, and only shares that the uploaders' statements name
-  (`Reveals.reveal`, durable before it is sent);
+  colluders`` signed uploads of this round whose members all applied the same sum the round
+  before, and only shares that the uploaders' statements name (`Reveals.reveal`, durable before
+  it is sent);
 - a member unmasks a sum only with ``threshold`` reveals signed by committee members for exactly
   the sum's contributor set, all on one polynomial (`unmask`).
 """
@@ -111,6 +112,10 @@ def _statement_problem(federation: FederationPolicy, roster: dict[str, PublicIde
         if set(s.shares) != committee:
             return f"{s.institution}'s upload does not share its mask with the committee"
         seen.add(s.institution)
+    if len({s.previous_sum for s in statements}) > 1:
+        # Honest members apply the same sum each round; different ones mean the coordinator split them
+        # (with a colluding member's help, to steer some toward models that make one member stand out).
+        return f"the contributors applied different sums in round {round_index - 1}: the federation was split"
     return None
 
 

@@ -258,6 +258,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
                                                 "of its contribution statement of this upload."),
         shares_bytes: int = Query(0, ge=0, le=2**31, description="How many bytes at the body's end are the mask "
                                   "shares sealed to the committee (the envelope comes first)."),
+        previous_sum: str = Query("", pattern=r"^([0-9a-f]{64})?$", description="The sum the member applied in "
+                                  "the round before (part of its contribution statement)."),
         who: str = Depends(member),
     ) -> ReceiptReply:
         """Upload this member's encrypted update for the round, declaring the round's DP-SGD spend.
@@ -281,7 +283,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             envelope, shares = split_upload(await request.body(), shares_bytes)
         except ValueError as exc:
             raise ProtocolViolation(str(exc), 400) from None
-        signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature)
+        signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature, previous_sum)
                   if tags and statement_signature else None)
         receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
                                           declared, signed, shares)

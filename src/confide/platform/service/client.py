@@ -255,7 +255,7 @@ class CoordinatorClient:
             params.update(spend_query(declared))
         if statement is not None:
             params.update(tags=",".join(statement.tags), min_cohort=statement.min_cohort,
-                          statement_signature=statement.signature)
+                          statement_signature=statement.signature, previous_sum=statement.previous_sum)
         params["shares_bytes"] = len(shares)
         response = self.call("PUT", path, params=params, content=envelope + shares,
                              content_type="application/octet-stream", timeout_s=600)
