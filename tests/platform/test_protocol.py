@@ -142,7 +142,7 @@ def test_reveals_come_once_from_committee_members_and_late_unmasking_fails_the_r
 
 def test_the_round_waits_for_reveals_that_can_outvote_a_wrong_one_then_sums_with_the_threshold():
     state = p.record_sum(upload(upload(running(), "a"), "b"), 1, "s", ["a", "b"], now=2.0)
-    assert p.unmask_quorum(state) == 3  # threshold 2 of a committee of 3: all three at once
+    assert p.unmask_quorum(len(state.committee), state.unmask_threshold) == 3  # 2 of 3: all three at once
     state = p.record_reveal(p.record_reveal(state, "a", 1, "ra"), "b", 1, "rb")
     assert state.current.status == "unmasking" and p.unmask_decision(state, now=30.0) == "wait"
     assert p.unmask_decision(state, now=62.5) == "sum"  # c dropped out: the threshold is there

@@ -291,15 +291,16 @@ def record_reveal(state: FederationState, institution: str, round_index: int, re
     new = copy.deepcopy(state)
     target = next(x for x in new.rounds if x.index == round_index)
     target.reveals[institution] = reveal_sha256
-    if target.status == "unmasking" and len(target.reveals) >= unmask_quorum(state):
+    if target.status == "unmasking" and len(target.reveals) >= unmask_quorum(len(state.committee),
+                                                                             state.unmask_threshold):
         target.status = "summed"
     return new
 
 
-def unmask_quorum(state: FederationState) -> int:
+def unmask_quorum(committee: int, threshold: int) -> int:
     """Reveals that sum a round at once: two beyond the threshold (so one wrong reveal is outvoted
     rather than taken for a broken upload; `secagg.reconstruct`), or the whole committee."""
-    return min(len(state.committee), state.unmask_threshold + 2)
+    return min(committee, threshold + 2)
 
 
 def unmask_decision(state: FederationState, now: float) -> Literal["wait", "sum", "fail"]:
