@@ -288,7 +288,7 @@ class FederationPolicy(StrictModel):
         if self.secure_aggregation.threshold(size) > size:
             raise FieldProblem(("secure_aggregation", "colluders"),
                                f"{self.secure_aggregation.colluders} colluders need more than the committee's "
-                               f"{size} members to unmask a sum", f"set colluders to at most {max(size - 2, 0)}")
+                               f"{size} members to unmask a sum", f"set colluders to at most {max(size - 1, 0)}")
         return self
 
     @property
