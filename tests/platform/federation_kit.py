@@ -129,3 +129,16 @@ def summed(public_context, contributions, members: dict) -> tuple:
         except RevealRefused:
             pass
     return total, SumEvidence(tuple(statements), sha256(total), len(contributions), reveals=tuple(reveals))
+
+
+def drive(drivers: dict, hub, clock, idle) -> dict:
+    """Run the drivers to the end as `confide simulate` does (threads; the simulated clock skips to the next
+    deadline when everyone waits); return their reports."""
+    from confide.platform.simulation import _drive
+
+    class NoEvents:
+        def drain(self, sink) -> None:
+            pass
+
+    _drive(drivers, hub, clock, idle, NoEvents(), None, lambda _event: None)
+    return {name: driver.report for name, driver in drivers.items()}

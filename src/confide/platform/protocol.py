@@ -291,8 +291,8 @@ def record_reveal(state: FederationState, institution: str, round_index: int, re
     new = copy.deepcopy(state)
     target = next(x for x in new.rounds if x.index == round_index)
     target.reveals[institution] = reveal_sha256
-    if target.status == "unmasking" and len(target.reveals) >= unmask_quorum(len(state.committee),
-                                                                             state.unmask_threshold):
+    active = [m for m in state.committee if m not in state.excluded]  # excluded members no longer answer
+    if target.status == "unmasking" and len(target.reveals) >= unmask_quorum(len(active), state.unmask_threshold):
         target.status = "summed"
     return new
 

@@ -521,11 +521,12 @@ def _drive(drivers: dict[str, RoundDriver], hub: CoordinatorHub, clock: Simulate
         alive = {m for m, t in zip(drivers, threads) if t.is_alive()}
         # Every live driver waits and nothing changed for a while: only a deadline can move things.
         if alive and alive <= idle.snapshot() and state.status == "running" and current is not None \
-                and current.status in ROUND_ACTIVE:
+                and current.status in (*ROUND_ACTIVE, "unmasking"):
             if quiet_since is None or quiet_since[0] != hub.revision:
                 quiet_since = (hub.revision, time.monotonic())
             elif time.monotonic() - quiet_since[1] > 1.0:
-                clock.skip_to(current.deadline_at + 1e-3)
+                due = current.deadline_at if current.status in ROUND_ACTIVE else current.unmask_by
+                clock.skip_to(due + 1e-3)
                 quiet_since = None
         else:
             quiet_since = None
