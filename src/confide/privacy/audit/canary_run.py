@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from confide.policies import FederationPolicy, InstitutionPolicy
+from confide.privacy import training
 from confide.privacy.accounting import RoundSpend
 from confide.privacy.accounting import epsilon as accounted_epsilon_of
 from confide.privacy.audit.canary_bound import epsilon_lower_bound, guess_membership
@@ -48,7 +49,6 @@ from confide.privacy.audit.canary_gradients import (
 )
 from confide.privacy.budget import plan_participation
 from confide.privacy.trainable import load_trainable_state, trainable_parameters, trainable_state
-from confide.privacy import training
 from confide.privacy.training import DPSettings
 
 DEFAULT_CANARIES = 10000
