@@ -36,7 +36,8 @@ def canary_audit_renderables(audit: CanaryAudit) -> list[Any]:
     rows = [
         ("canaries (included)", f"{audit.canaries} in {runs} ({audit.included})"),
         ("draws of included canaries", str(audit.canary_draws)),
-        ("decisive guesses", _choice(decisive.guess_in, decisive.guess_out)),
+        ("decisive guesses" if not audit.passed else "closest guesses",
+         _choice(decisive.guess_in, decisive.guess_out)),
         ("right guesses", str(decisive.correct)),
         (f"most the recorded curve allows ({level})", str(decisive.allowed)),
         (f"epsilon lower bound, SNJ {level} (info)", f"{_number(audit.epsilon_lower_bound)} "
@@ -57,7 +58,7 @@ def canary_audit_renderables(audit: CanaryAudit) -> list[Any]:
         history = [(audit.noise_multiplier, audit.sample_rate, audit.steps)] * audit.rounds
         draw = 1 - (1 - audit.sample_rate) ** (audit.steps * audit.rounds)
         needed = canaries_for_power(mechanism_curve(history), audit.canaries, draw, audit.level)
-        advice = (f"about {needed} canaries would have it (--canaries {needed})." if needed is not None else
+        advice = (f"with about {needed} canaries it would fail (--canaries {needed})." if needed is not None else
                   "more canaries do not help at this epsilon and sample rate.")
         out.append(Text("note: even a run without noise would be expected to pass this audit; " + advice,
                         style="yellow"))

@@ -8,10 +8,11 @@ rate of at least f(alpha). The curve is computed numerically from dp_accounting'
 distribution (PLD): its delta(epsilon), for every epsilon >= 0 of a grid, is a family of
 (epsilon, delta)-DP guarantees, and each gives the line
     beta >= max(0, 1 - delta - e^eps alpha, e^-eps (1 - delta - alpha)).
-The curve is the upper envelope of those lines (Dong-Roth-Su, Proposition 2.12, the primal-dual
-view of f-DP). Both bounds used here err on the safe side: the PLD is the pessimistic one (delta
-never below the true value), and an envelope over a finite grid of epsilons lies at or below the
-exact curve. So a mechanism that meets the recorded accounting meets this curve, and the test
+The curve is the upper envelope of those lines (the primal-dual view of f-DP in Dong, Roth and
+Su, section 2: a mechanism is f-DP for this f exactly when it is (eps, delta(eps))-DP for every
+eps >= 0). Both approximations err on the safe side: the PLD is the pessimistic one (delta never
+below the true value), and an envelope over a finite grid of epsilons lies at or below the exact
+curve. So a mechanism that meets the recorded accounting meets this curve, and the test
 below cannot fail an honest run more often than its stated level.
 
 The test is the f-DP one-run audit of Mahloujifar, Melis and Chaudhuri ("Auditing f-Differential
