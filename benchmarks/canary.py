@@ -14,6 +14,10 @@ Each audit uses `--canaries` canaries (6000: six runs of 1000, tiny-bert's adapt
 coordinates). A seed fixes the canaries and their inclusion; the training's sampling and noise
 come from the OS, as in real rounds.
 
+With `--policies FEDERATION INSTITUTION` it audits that pair instead (its model, data and budget;
+e.g. the demo's `examples/federation.yaml examples/hospital-a.yaml`, MiniLM on BBC News), with
+`--canaries` in one run where the adapter holds them.
+
 Writes one JSON line per audit to `--out` as it goes (an interrupted grid keeps what it did;
 `--resume` skips what is there), prints one JSON object (the summary), and with `--readme FILE`
 rewrites the table between `<!-- canary-table -->` and `<!-- /canary-table -->` in FILE.
@@ -21,7 +25,7 @@ Machine load (`os.getloadavg`) is recorded at the start and end of every audit.
 
 Usage: PYTHONPATH=src python benchmarks/canary.py [--budgets 3 5 8 10] [--seeds 20]
        [--broken-seeds 20] [--canaries 6000] [--out canary-grid.jsonl] [--readme README.md]
-       [--table-only]
+       [--policies FEDERATION INSTITUTION] [--table-only]
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import torch
 from confide.identity import Identity
 from confide.platform.data import load_institution_data
 from confide.platform.models import build_adapter_model
-from confide.policies import FederationPolicy, InstitutionPolicy
+from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 from confide.privacy import training
 from confide.privacy.audit.canary_run import canary_settings, run_canary_audit
 
@@ -103,29 +107,39 @@ def broken_noise(mode: str):
         training.DPOptimizer = real
 
 
+def setups(args: argparse.Namespace, tmp: Path):
+    """(label, budget, federation, institution) per audited setting."""
+    if args.policies:
+        federation, institution = load_federation(args.policies[0]), load_institution(args.policies[1])
+        yield f"{federation.federation_id} / {institution.institution_id}", institution.budget.epsilon, \
+            federation, institution
+        return
+    for budget in args.budgets:
+        yield "tiny-bert", budget, *policies(tmp, budget)
+
+
 def run_grid(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     done = set()
     if args.resume and args.out.exists():
         for line in args.out.read_text().splitlines():
             row = json.loads(line)
-            done.add((row["budget"], row["mode"], row["seed"]))
+            done.add((row.get("setup", "tiny-bert"), row["budget"], row["mode"], row["seed"]))
     with tempfile.TemporaryDirectory() as tmp, args.out.open("a") as out:
-        for budget in args.budgets:
-            federation, institution = policies(Path(tmp), budget)
+        for setup, budget, federation, institution in setups(args, Path(tmp)):
             built = build_adapter_model(federation, device=torch.device("cpu"))
             data = load_institution_data(institution.data, federation.model, built.tokenizer)
             spend, rounds = canary_settings(federation, institution, len(data.train))
             for mode in MODES:
                 for seed in range(args.seeds if mode == "honest" else args.broken_seeds):
-                    if (budget, mode, seed) in done:
+                    if (setup, budget, mode, seed) in done:
                         continue
                     load, started = os.getloadavg()[0], time.perf_counter()
                     with broken_noise(mode):
                         audit = run_canary_audit(built.model, data.train, federation, institution, spend,
                                                  rounds=rounds, canaries=args.canaries, seed=seed)
                     decisive = audit.decisive
-                    row = {"budget": budget, "mode": mode, "seed": seed, "passed": audit.passed,
+                    row = {"setup": setup, "budget": budget, "mode": mode, "seed": seed, "passed": audit.passed,
                            "accounted_epsilon": audit.accounted_epsilon, "noise_multiplier": spend.noise_multiplier,
                            "sample_rate": spend.sample_rate, "steps": spend.steps, "rounds": rounds,
                            "canaries": audit.canaries, "runs": audit.runs, "guess_in": decisive.guess_in,
@@ -141,16 +155,20 @@ def run_grid(args: argparse.Namespace) -> None:
 def summarise(rows: list[dict]) -> list[dict]:
     """One line per (budget, mode): failures of runs, margins, SNJ bounds, time and load."""
     lines = []
-    for budget in sorted({r["budget"] for r in rows}):
+    for setup, budget in sorted({(r.get("setup", "tiny-bert"), r["budget"]) for r in rows},
+                                key=lambda key: (key[0] != "tiny-bert", key)):
         for mode in MODES:
-            mine = [r for r in rows if r["budget"] == budget and r["mode"] == mode]
+            mine = [r for r in rows if r.get("setup", "tiny-bert") == setup and r["budget"] == budget
+                    and r["mode"] == mode]
             if not mine:
                 continue
             excess = [r["correct"] - r["allowed"] for r in mine]
             lines.append({
-                "budget": budget, "mode": mode, "runs": len(mine), "failed": sum(not r["passed"] for r in mine),
+                "setup": setup, "budget": budget, "mode": mode, "runs": len(mine),
+                "failed": sum(not r["passed"] for r in mine),
                 "noise_multiplier": mine[0]["noise_multiplier"], "accounted_epsilon": mine[0]["accounted_epsilon"],
                 "canaries": mine[0]["canaries"], "audit_runs": mine[0]["runs"],
+                "sample_rate": mine[0]["sample_rate"], "steps": mine[0]["steps"], "rounds": mine[0]["rounds"],
                 "excess_min": min(excess), "excess_max": max(excess),
                 "snj_min": min(r["snj_epsilon"] for r in mine), "snj_max": max(r["snj_epsilon"] for r in mine),
                 "seconds_median": statistics.median(r["seconds"] for r in mine),
@@ -162,15 +180,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def markdown_table(lines: list[dict]) -> str:
     label = {"honest": "honest", "noise/3": "noise / 3", "none": "no noise"}
-    out = ["| budget (sigma) | training | audits | failed | right - allowed | SNJ bound (info) | s/audit | load |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| setting | budget | training (sigma) | canaries | failed | right - allowed | SNJ (info) "
+           "| s/audit | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for line in lines:
-        sigma = line["noise_multiplier"] / (3 if line["mode"] == "noise/3" else 1)
-        sigma = 0.0 if line["mode"] == "none" else sigma
+        sigma = {"honest": line["noise_multiplier"], "noise/3": line["noise_multiplier"] / 3, "none": 0.0}
+        setting = (f"{line['setup']}, q {line['sample_rate']:.3g}, {line['steps']} steps x {line['rounds']}")
+        runs = f"{line['canaries']} in {line['audit_runs']} run{'s' if line['audit_runs'] > 1 else ''}"
+        low, high = line["excess_min"], line["excess_max"]
         out.append(
-            f"| {line['budget']:g} ({line['noise_multiplier']:.3f}) | {label[line['mode']]} (sigma {sigma:.3f}) "
-            f"| {line['runs']} | {line['failed']} of {line['runs']} "
-            f"| {line['excess_min']:+d} to {line['excess_max']:+d} "
+            f"| {setting} | {line['budget']:g} | {label[line['mode']]} ({sigma[line['mode']]:.3f}) | {runs} "
+            f"| {line['failed']} of {line['runs']} | {f'{low:+d}' if low == high else f'{low:+d} to {high:+d}'} "
             f"| {line['snj_min']:.2f}-{line['snj_max']:.2f} | {line['seconds_median']:.0f} "
             f"| {line['load_min']:.1f}-{line['load_max']:.1f} |")
     return "\n".join(out)
@@ -193,6 +213,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=Path("canary-grid.jsonl"))
     parser.add_argument("--resume", action="store_true", help="skip audits already in --out")
+    parser.add_argument("--policies", nargs=2, type=Path, metavar=("FEDERATION", "INSTITUTION"),
+                        help="audit this federation and institution instead of the tiny-bert grid")
     parser.add_argument("--table-only", action="store_true", help="summarise --out without training")
     parser.add_argument("--readme", type=Path, help="rewrite the table between the markers in this file")
     args = parser.parse_args()
