@@ -1,5 +1,6 @@
-"""One-run canary audit: the statistics (SNJ and f-DP), the gradient canaries, and the audit with
-honest and broken noise on a tiny model through the institution's own training code."""
+"""The canary audit: the SNJ statistics, the recorded mechanism's trade-off curve and the one-run
+f-DP test against it, the gradient canaries, and the audit of honest and broken training on a tiny
+model through `train_round`, the function the agent's real rounds call."""
 
 from __future__ import annotations
 
@@ -10,15 +11,30 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.special import ndtr, ndtri
 from typer.testing import CliRunner
 
-from confide.privacy import DPSettings, calibrate_noise_multiplier
-from confide.privacy.audit import canary_run
-from confide.privacy.audit.canary_bound import bound_from_scores, epsilon_lower_bound, guess_membership, p_value
-from confide.privacy.audit.canary_fdp import fdp_epsilon_lower_bound, gdp_delta, gdp_epsilon, mu_lower_bound
-from confide.privacy.audit.canary_gradients import CanaryInjector, choose_canaries, data_pull
-from confide.privacy.audit.canary_run import CanaryAudit, canary_settings, run_canary_audit
-from confide.privacy.trainable import trainable_parameters
+from confide.privacy import RoundSpend, calibrate_noise_multiplier, training
+from confide.privacy.audit.canary_bound import epsilon_lower_bound, guess_membership, p_value
+from confide.privacy.audit.canary_curve import mechanism_curve, most_consistent
+from confide.privacy.audit.canary_gradients import (
+    CanaryInjector,
+    choose_canaries,
+    data_pull,
+    likelihood_ratio_scores,
+)
+from confide.privacy.audit.canary_run import (
+    CanaryAudit,
+    GuessChoice,
+    canaries_for_power,
+    canary_settings,
+    guess_choices,
+    judge,
+    noiseless_would_fail,
+    run_canary_audit,
+)
+from confide.privacy.trainable import load_trainable_state, trainable_parameters, trainable_state
+from confide.privacy.training import train_round
 
 CANARIES = 1000
 
@@ -33,7 +49,6 @@ def test_all_correct_guesses_match_the_closed_form_bound():
 def test_chance_level_guesses_give_no_bound():
     assert epsilon_lower_bound(200, 100, 50, 1e-5) == 0.0
     assert epsilon_lower_bound(200, 100, 30, 1e-5) == 0.0
-    assert fdp_epsilon_lower_bound(1000, 1000, 500, 1e-5) == (0.0, 0.0)
 
 
 def test_p_value_grows_with_epsilon_and_with_delta():
@@ -47,83 +62,136 @@ def test_guesses_take_the_top_as_in_and_the_bottom_as_out():
     assert guesses.tolist() == [1, -1, 0, 1, 0]
 
 
-def test_gdp_epsilon_inverts_gdp_delta():
-    for mu in (0.3, 1.0, 2.5):
-        eps = gdp_epsilon(mu, 1e-5)
-        assert gdp_delta(mu, eps) == pytest.approx(1e-5, rel=1e-3)
-    assert gdp_epsilon(1.0, 1e-5) > gdp_epsilon(0.5, 1e-5)
+# ----------------------------------------------------------------------------- the mechanism's curve
 
 
-def test_fdp_bound_is_tighter_than_snj_and_grows_with_correct_guesses():
-    for r in (100, 400, 1000):
-        assert fdp_epsilon_lower_bound(1000, r, r, 1e-5)[1] > epsilon_lower_bound(1000, r, r, 1e-5)
-    mus = [mu_lower_bound(1000, 400, v) for v in (250, 300, 350, 400)]
-    assert mus == sorted(mus) and mus[-1] > mus[0]
+class _GaussianCurve:
+    """The closed-form mu-GDP curve, f(1 - h) = Phi(Phi^-1(h) - mu), as the paper states it."""
+
+    def __init__(self, mu: float):
+        self.mu = mu
+
+    def blow_up_inverse(self, hit: float) -> float:
+        return float(ndtr(ndtri(min(max(hit, 0.0), 1.0)) - self.mu))
 
 
-def test_fdp_bound_rarely_exceeds_the_true_mu_of_a_gaussian_mechanism():
-    # Each canary's score is N(mu, 1) if included and N(0, 1) if not: exactly mu-GDP per canary.
-    rng = np.random.default_rng(7)
-    mu, m, k, trials = 1.0, 400, 40, 30
-    bounds = []
-    for _ in range(trials):
-        included = rng.random(m) < 0.5
-        scores = rng.normal(size=m) + mu * included
-        guesses = guess_membership(scores, k, k)
-        correct = int(np.sum(guesses == np.where(included, 1, -1)))
-        bounds.append(mu_lower_bound(m, 2 * k, correct))
-    assert sum(b > mu for b in bounds) <= 5  # 95% confidence: about 1.5 of 30 expected
-    assert max(bounds) > 0  # and it is not vacuous
+def test_pld_curve_of_one_gaussian_release_is_the_gaussian_tradeoff_from_below():
+    # Without subsampling, one release with noise multiplier sigma is exactly (1/sigma)-GDP.
+    sigma = 2.0
+    curve = mechanism_curve([(sigma, 1.0, 1)])
+    for alpha in (1e-6, 1e-3, 0.05, 0.3, 0.7):
+        exact = float(ndtr(ndtri(1 - alpha) - 1 / sigma))
+        assert exact - 2e-3 <= curve.beta(alpha) <= exact + 1e-9
 
 
-def test_perfect_scores_reach_the_reachable_bound_and_random_scores_do_not():
-    rng, m = np.random.default_rng(0), 400
-    included = rng.permutation(m) < m // 2  # exactly half: guessing all of them can be all right
-    perfect = bound_from_scores(included.astype(float), included, delta=1e-5)
-    assert perfect.best.correct == perfect.best.guesses
-    assert perfect.epsilon_lower_bound == pytest.approx(perfect.reachable_epsilon)
-    assert perfect.fdp_epsilon_lower_bound == pytest.approx(perfect.fdp_reachable_epsilon)
-    assert perfect.fdp_epsilon_lower_bound > perfect.epsilon_lower_bound > 3.0  # 400 right: e^eps/(1+e^eps)^400
-    noise = bound_from_scores(rng.normal(size=m), included, delta=1e-5)
-    assert noise.epsilon_lower_bound < 0.5 and noise.reachable_epsilon == perfect.reachable_epsilon
+def test_the_curve_test_agrees_with_the_papers_gaussian_recursion_and_never_allows_less():
+    pld, exact = mechanism_curve([(1.0, 1.0, 1)]), _GaussianCurve(1.0)
+    for m, r in ((1000, 100), (1000, 1000), (400, 300)):
+        from_pld, closed_form = most_consistent(pld, m, r, 0.05), most_consistent(exact, m, r, 0.05)
+        assert closed_form <= from_pld <= closed_form + max(2, r // 100)
+
+
+def test_more_noise_allows_fewer_right_guesses_and_no_noise_allows_all():
+    allowed = [most_consistent(mechanism_curve([(sigma, 0.1, 40)]), 2000, 900, 0.01) for sigma in (0.6, 1.0, 2.0)]
+    assert allowed[0] >= allowed[1] >= allowed[2] and allowed[0] > allowed[2]
+    noiseless = mechanism_curve([(0.0, 0.1, 40)])
+    assert noiseless.trivial and most_consistent(noiseless, 2000, 900, 0.01) == 900
+
+
+def _simulated(q: float, steps: int, sigma_run: float, m: int, rng) -> tuple[torch.Tensor, np.ndarray]:
+    """Each canary's per-step observations under Dirac canaries: drawn with probability q when
+    included, plus Gaussian noise of `sigma_run` (the noise the run really drew)."""
+    included = rng.random(m) < 0.5
+    drawn = (rng.random((steps, m)) < q) & included
+    return torch.from_numpy(drawn + rng.normal(size=(steps, m)) * sigma_run), included
+
+
+@pytest.fixture(scope="module")
+def epsilon_3_sigma() -> float:
+    return calibrate_noise_multiplier(3.0, 1e-5, 0.5, 10)
+
+
+def test_simulated_honest_runs_rarely_fail_and_broken_noise_always_fails(epsilon_3_sigma):
+    rng, q, steps, m = np.random.default_rng(11), 0.5, 10, CANARIES
+    history = [(epsilon_3_sigma, q, steps)]
+
+    def audit(sigma_run):
+        observations, included = _simulated(q, steps, sigma_run, m, rng)
+        scores = likelihood_ratio_scores(observations, epsilon_3_sigma, q).numpy()
+        return judge(scores, included, history, 1e-5, "prv")
+
+    honest = [audit(epsilon_3_sigma) for _ in range(10)]
+    assert sum(not a.passed for a in honest) <= 2  # 5% level: 0.5 of 10 expected
+    assert all(a.noiseless_would_fail for a in honest)  # and each could have failed
+    assert not any(audit(sigma).passed for sigma in (0.0, epsilon_3_sigma / 3, 0.0, epsilon_3_sigma / 3))
+
+
+def test_likelihood_ratio_score_ranks_a_drawn_canary_above_an_undrawn_one():
+    observations = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    scores = likelihood_ratio_scores(observations, 1.0, 0.1)
+    assert scores[0] > 0 > scores[1]  # a 0 observation is evidence for "out"
+    assert torch.equal(likelihood_ratio_scores(observations, 0.0, 0.1), observations.double().sum(dim=0))
+
+
+def test_power_note_names_the_canaries_that_would_help_or_says_none_would(epsilon_3_sigma):
+    level = 0.05 / len(guess_choices(CANARIES))
+    ten = mechanism_curve([(calibrate_noise_multiplier(10.0, 1e-5, 0.5, 10), 0.5, 10)])
+    draw = 1 - 0.5 ** 10
+    needed = canaries_for_power(ten, CANARIES, draw, level)
+    if needed is None:
+        pytest.fail("no number of canaries gives power at epsilon 10 with q 0.5 and 10 steps")
+    assert noiseless_would_fail(ten, needed, draw, level)
+    assert needed == CANARIES or not noiseless_would_fail(ten, needed // 2, draw, level)
+    rarely_drawn = mechanism_curve([(epsilon_3_sigma, 0.001, 10)])
+    assert canaries_for_power(rarely_drawn, CANARIES, 1 - 0.999 ** 10, level) is None
 
 
 def _audit(**changes) -> CanaryAudit:
-    fields = dict(canaries=1000, included=500, guesses=400, correct=400, epsilon_lower_bound=4.4,
-                  reachable_epsilon=5.4, fdp_mu_lower_bound=1.5, fdp_epsilon_lower_bound=7.6,
-                  fdp_reachable_epsilon=10.0, confidence=0.95, accounted_epsilon=3.0, accountant="prv",
-                  delta=1e-5, noise_multiplier=2.5, sample_rate=0.5, steps=10, rounds=1, clipping_norm=1.0,
-                  canary_draws=2500)
+    fields = dict(canaries=1000, runs=1, included=500,
+                  choices=[GuessChoice(100, 0, 100, 93), GuessChoice(250, 250, 470, 455)],
+                  level=0.025, confidence=0.95, epsilon_lower_bound=4.4, reachable_epsilon=5.4,
+                  noiseless_would_fail=True, accounted_epsilon=3.0, accountant="prv", delta=1e-5,
+                  noise_multiplier=2.5, sample_rate=0.5, steps=10, rounds=1, clipping_norm=1.0, canary_draws=2500)
     return CanaryAudit(**(fields | changes))
 
 
-def test_bound_above_the_accounted_epsilon_fails_the_audit():
+def test_more_right_guesses_than_the_curve_allows_fail_the_audit():
     audit = _audit()
     assert not audit.passed and audit.exit_code == 1
+    assert audit.decisive == GuessChoice(250, 250, 470, 455)  # the widest margin
     as_json = json.loads(json.dumps(audit.to_dict()))
-    assert as_json["passed"] is False and as_json["reachable_epsilon"] == 5.4
+    assert as_json["passed"] is False and as_json["choices"][1]["allowed"] == 455
+    within = _audit(choices=[GuessChoice(100, 0, 90, 93)])
+    assert within.passed and within.exit_code == 0
 
 
-def test_console_shows_both_bounds_with_their_maxima_in_80_columns():
+def _text_of(audit) -> str:
     from rich.console import Console
 
     from confide.privacy.audit.canary_console import canary_audit_renderables
 
-    def text_of(audit):
-        console = Console(record=True, width=80)
-        for renderable in canary_audit_renderables(audit):
-            console.print(renderable)
-        return console.export_text()
+    console = Console(record=True, width=80)
+    for renderable in canary_audit_renderables(audit):
+        console.print(renderable)
+    return console.export_text()
 
-    def words(text):
-        return " ".join(text.split())
 
-    failed = text_of(_audit())
+def test_console_shows_the_decisive_guesses_against_the_curve_in_80_columns():
+    failed = _text_of(_audit())
     assert all(len(line) <= 80 for line in failed.splitlines())
-    assert "4.40" in failed and "5.40" in failed and "7.60" in failed and "10.00" in failed
-    assert "leaks more than accounted" in words(failed)
-    powerless = words(text_of(_audit(epsilon_lower_bound=0.5, reachable_epsilon=2.0, accounted_epsilon=3.0)))
-    assert "within the accounted epsilon" in powerless and "could not have failed" in powerless
+    words = " ".join(failed.split())
+    assert "470" in words and "455" in words and "less private than its ledger says" in words
+    assert "note:" not in words
+
+
+def test_console_says_when_more_canaries_help_and_when_they_do_not(epsilon_3_sigma):
+    ten = calibrate_noise_multiplier(10.0, 1e-5, 0.5, 10)
+    helpful = " ".join(_text_of(_audit(choices=[GuessChoice(100, 0, 90, 100)], noiseless_would_fail=False,
+                                       noise_multiplier=ten, accounted_epsilon=10.0)).split())
+    assert "would be expected to pass" in helpful and "--canaries" in helpful
+    hopeless = " ".join(_text_of(_audit(choices=[GuessChoice(100, 0, 90, 100)], noiseless_would_fail=False,
+                                        noise_multiplier=epsilon_3_sigma, sample_rate=0.001)).split())
+    assert "more canaries do not help" in hopeless and "--canaries" not in hopeless
 
 
 def test_canaries_take_the_coordinates_the_data_pulls_least():
@@ -134,35 +202,55 @@ def test_canaries_take_the_coordinates_the_data_pulls_least():
         choose_canaries(pull, 7, torch.Generator().manual_seed(0))
 
 
-# ----------------------------------------------------------------------------- on a tiny model
+# ----------------------------------------------------------------------------- on a tiny model, through train_round
 
 
-def settings(noise_multiplier: float, steps: int = 10) -> DPSettings:
-    return DPSettings(noise_multiplier=noise_multiplier, sample_rate=0.5, steps=steps, clipping_norm=1.0,
-                      max_physical_batch_size=16, learning_rate=0.05, optimizer="sgd")
+@pytest.fixture(scope="module")
+def epsilon_3_spend(tiny_policies, epsilon_3_sigma) -> RoundSpend:
+    federation, _ = tiny_policies
+    assert federation.training.expected_batch_size / 64 == 0.5 and federation.training.steps_per_round == 10
+    return RoundSpend(epsilon_3_sigma, 0.5, 10)
+
+
+def _noise_broken(monkeypatch, how: str) -> None:
+    """Break the noise on the path real rounds take, leaving the ledger-side spend as planned."""
+    if how == "train_round drops the noise":
+        real_round = training.run_dp_round
+
+        def dropped(model, train, task, settings, **kwargs):
+            return real_round(model, train, task, dataclasses.replace(settings, noise_multiplier=0.0), **kwargs)
+
+        monkeypatch.setattr(training, "_dp_round", dropped)  # what train_round calls
+        return
+    real = training.DPOptimizer
+    divisor = {"noise / 3": 3.0, "noise / 10": 10.0, "no noise": math.inf}[how]
+
+    def broken(*args, noise_multiplier, **kwargs):
+        return real(*args, noise_multiplier=noise_multiplier / divisor, **kwargs)
+
+    monkeypatch.setattr(training, "DPOptimizer", broken)
 
 
 @pytest.mark.integration
-def test_canary_gradients_go_through_clipping_and_normalisation_like_records(tiny_classifier):
+def test_canary_gradients_go_through_clipping_and_normalisation_like_records(tiny_policies, tiny_classifier):
     # Without noise a canary's summed observation is the number of times it was drawn: each draw
     # added exactly one clipped record gradient, divided by the expected batch like the records'.
     # Physical batches of 16 split each step, so the canaries must be added once per step.
-    from confide.privacy import run_dp_round
-
+    federation, institution = tiny_policies
+    federation = federation.model_copy(update={
+        "training": federation.training.model_copy(update={"max_physical_batch_size": 16})})
     built, train = tiny_classifier
     params = list(trainable_parameters(built.model).values())
     pull = data_pull(built.model, train, built.task, clipping_norm=1.0)
     generator = torch.Generator().manual_seed(3)
     chosen = choose_canaries(pull, 200, generator)
     injector = CanaryInjector(chosen, params, 0.5, 1.0, expected_batch_size=0.5 * len(train), generator=generator)
-    start = {n: p.detach().clone() for n, p in built.model.named_parameters()}
+    start = trainable_state(built.model)
     try:
-        run_dp_round(built.model, train, built.task, settings(0.0), seed=1, on_step=injector.on_step,
-                     per_sample_hook=injector.per_sample_hook)
+        train_round(built.model, train, federation, institution, RoundSpend(0.0, 0.5, 10), on_step=injector.on_step,
+                    per_sample_hook=injector.per_sample_hook)
     finally:
-        with torch.no_grad():
-            for n, p in built.model.named_parameters():
-                p.copy_(start[n])
+        load_trainable_state(built.model, start)
     scores, draws = injector.scores(), injector.draws.double()
     assert injector.steps == 10 and int(draws[~chosen.included].sum()) == 0
     assert draws[chosen.included].mean() == pytest.approx(5.0, abs=1.0)  # q x steps
@@ -171,59 +259,48 @@ def test_canary_gradients_go_through_clipping_and_normalisation_like_records(tin
 
 
 @pytest.mark.integration
-def test_canary_audit_without_noise_finds_a_bound_far_above_chance_and_restores_the_adapter(tiny_classifier):
+@pytest.mark.parametrize("how", ["noise / 3", "no noise", "train_round drops the noise"])
+def test_canary_audit_fails_training_whose_noise_is_broken_on_the_real_rounds_path(
+        tiny_policies, tiny_classifier, epsilon_3_spend, monkeypatch, how):
+    federation, institution = tiny_policies
     built, train = tiny_classifier
-    before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
-    audit = run_canary_audit(built.model, train, built.task, settings(0.0), canaries=CANARIES, seed=1)
-    assert audit.epsilon_lower_bound > 3.0 and audit.fdp_epsilon_lower_bound > audit.epsilon_lower_bound
-    assert math.isinf(audit.accounted_epsilon) and audit.passed
-    assert all(torch.equal(before[n], p) for n, p in built.model.named_parameters())
-
-
-def _noise_divided_by(monkeypatch, divisor: float | None) -> None:
-    """Break the training the audit runs (None: no noise at all), leaving its accounting as configured."""
-    real = canary_run.run_dp_round
-
-    def broken(model, train, task, dp: DPSettings, **kwargs):
-        sigma = 0.0 if divisor is None else dp.noise_multiplier / divisor
-        return real(model, train, task, dataclasses.replace(dp, noise_multiplier=sigma), **kwargs)
-
-    monkeypatch.setattr(canary_run, "run_dp_round", broken)
-
-
-@pytest.fixture(scope="module")
-def epsilon_3() -> DPSettings:
-    return settings(calibrate_noise_multiplier(3.0, 1e-5, 0.5, 10))
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("divisor", [10.0, None], ids=["noise-divided-by-10", "noise-removed"])
-def test_canary_audit_fails_when_the_training_noise_is_broken_at_epsilon_3(
-        tiny_classifier, epsilon_3, monkeypatch, divisor):
-    built, train = tiny_classifier
-    _noise_divided_by(monkeypatch, divisor)
-    audit = run_canary_audit(built.model, train, built.task, epsilon_3, canaries=CANARIES, seed=0)
+    before = trainable_state(built.model)
+    _noise_broken(monkeypatch, how)
+    audit = run_canary_audit(built.model, train, federation, institution, epsilon_3_spend, canaries=CANARIES, seed=0)
     assert audit.accounted_epsilon == pytest.approx(3.0, abs=0.05)
-    assert audit.epsilon_lower_bound > audit.accounted_epsilon
     assert not audit.passed and audit.exit_code == 1
+    assert audit.decisive.correct > audit.decisive.allowed
+    after = trainable_state(built.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the adapter is left as it was
 
 
 @pytest.mark.integration
-def test_canary_audit_passes_with_honest_noise_at_epsilon_3_in_every_seed(tiny_classifier, epsilon_3):
+def test_canary_audit_passes_honest_training_in_every_seed_and_could_have_failed(
+        tiny_policies, tiny_classifier, epsilon_3_spend):
+    federation, institution = tiny_policies
     built, train = tiny_classifier
-    audits = [run_canary_audit(built.model, train, built.task, epsilon_3, canaries=CANARIES, seed=s)
-              for s in range(5)]
+    audits = [run_canary_audit(built.model, train, federation, institution, epsilon_3_spend, canaries=CANARIES,
+                               seed=s) for s in range(5)]
     assert all(a.passed for a in audits)
-    assert all(a.epsilon_lower_bound < a.accounted_epsilon and a.reachable_epsilon > a.accounted_epsilon
-               for a in audits)  # it could have failed, and did not
+    assert all(a.noiseless_would_fail for a in audits)  # it had the power to fail, and did not
+
+
+@pytest.mark.integration
+def test_more_canaries_than_coordinates_run_several_times(tiny_policies, tiny_classifier, epsilon_3_spend):
+    federation, institution = tiny_policies
+    built, train = tiny_classifier
+    coordinates = sum(p.numel() for p in trainable_parameters(built.model).values())
+    audit = run_canary_audit(built.model, train, federation, institution, epsilon_3_spend,
+                             canaries=coordinates + 1, seed=0)
+    assert audit.runs == 2 and audit.canaries == coordinates + 1 and audit.passed
 
 
 def test_canary_settings_follow_the_agents_plan(tiny_policies):
     federation, institution = tiny_policies
-    dp, rounds = canary_settings(federation, institution, train_records=64)
-    assert rounds == federation.rounds and dp.steps == federation.training.steps_per_round
-    assert dp.sample_rate == pytest.approx(federation.training.expected_batch_size / 64)
-    assert dp.clipping_norm == institution.clipping_norm and dp.noise_multiplier > 0
+    spend, rounds = canary_settings(federation, institution, train_records=64)
+    assert rounds == federation.rounds and spend.steps == federation.training.steps_per_round
+    assert spend.sample_rate == pytest.approx(federation.training.expected_batch_size / 64)
+    assert spend.noise_multiplier > 0
 
 
 # ----------------------------------------------------------------------------- the command
@@ -238,10 +315,10 @@ def policy_files(tmp_path):
 
     write_records(tmp_path / "a.jsonl", 64)
     a, b = Identity.generate("hospital-a"), Identity.generate("hospital-b")
-    training = ("training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
-                "  learning_rate: 0.05\n  optimizer: sgd\n")
+    training_yaml = ("training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
+                     "  learning_rate: 0.05\n  optimizer: sgd\n")
     federation = tmp_path / "federation.yaml"
-    federation.write_text(federation_yaml(a, b, 0.5, "prv", 1e-5, training).replace("rounds: 5", "rounds: 1")
+    federation.write_text(federation_yaml(a, b, 0.5, "prv", 1e-5, training_yaml).replace("rounds: 5", "rounds: 1")
                           + "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n")
     institution = tmp_path / "policy.yaml"
     institution.write_text(institution_yaml(3.0, None, 1.0).replace(
@@ -264,11 +341,12 @@ def test_command_exits_1_with_broken_noise_and_0_with_honest_noise(policy_files,
     assert honest.exit_code == 0, honest.output
     verdict = json.loads(honest.output)
     assert verdict["passed"] is True and verdict["accounted_epsilon"] == pytest.approx(3.0, abs=0.05)
-    assert verdict["reachable_epsilon"] > verdict["accounted_epsilon"] > verdict["epsilon_lower_bound"]
-    _noise_divided_by(monkeypatch, 10.0)
+    assert verdict["noiseless_would_fail"] is True
+    assert all(c["correct"] <= c["allowed"] for c in verdict["choices"])
+    _noise_broken(monkeypatch, "noise / 3")
     broken = _run_command(policy_files)
     assert broken.exit_code == 1, broken.output
-    assert "leaks more than accounted" in " ".join(broken.output.split())
+    assert "less private than its ledger says" in " ".join(broken.output.split())
     assert all(len(line) <= 80 for line in broken.output.splitlines())
 
 

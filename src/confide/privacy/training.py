@@ -26,7 +26,8 @@ matching distribution). What it is for has two parts, and both are done here wit
 What it does not give: a generator whose internal outputs are computationally indistinguishable
 from random within a step. Those outputs are never released (only the noised sum leaves, encrypted
 and added to others), so recovering them means inverting the noise first. `train_round`, what real
-rounds run, takes no seed; `run_dp_round(seed=...)` is for tests, benchmarks and the canary audit.
+rounds run, takes no seed, and neither does the canary audit, which trains through it;
+`run_dp_round(seed=...)` is for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ StepCallback = Callable[[int, int], None]
 PerSampleHook = Callable[[list[nn.Parameter]], None]
 """Called with the trainable parameters once their per-sample gradients (`param.grad_sample`) are
 computed for a physical batch, before Opacus clips, sums and noises them. Only the canary audit
-(`confide.privacy.audit.canary_gradients`) passes one, in its own separate training run."""
+(`confide.privacy.audit.canary_gradients`) passes one, to `train_round`, in its own separate
+training run; the agent never does."""
 
 # Attributes Opacus puts on parameters; removed after the round so nothing leaks into later rounds.
 _OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample", "_norm_sample")
@@ -204,10 +206,10 @@ def run_dp_round(
     batches of at most `max_physical_batch_size` (BatchMemoryManager), clips every example's
     gradient to `clipping_norm` and adds Gaussian noise of std `noise_multiplier * clipping_norm`
     to the sum (Opacus, hooks mode). The model is trained in place on whatever device it is on.
-    `seed` makes sampling and noise reproducible (tests, benchmarks and the canary audit only; None
+    `seed` makes sampling and noise reproducible (tests and benchmarks only; None
     draws from the OS, reseeded every step; real rounds go through `train_round`, which has no seed).
     `on_step(done, total)` is called after each DP step. `per_sample_hook` is for the canary audit
-    only (see PerSampleHook); `train_round`, what the agent calls, has no such parameter.
+    only (see PerSampleHook), which passes it through `train_round`.
 
     Raises TrainingError for invalid settings, a step count that does not match the plan, or
     trainable weights that did not move (Opacus issue 820).
@@ -309,6 +311,8 @@ def train_round(
     institution: InstitutionPolicy,
     spend: RoundSpend,
     on_step: StepCallback | None = None,
+    *,
+    per_sample_hook: PerSampleHook | None = None,
 ) -> State:
     """Run one DP round for a reserved `spend` and return the delta (trainable state after minus before).
 
@@ -316,9 +320,12 @@ def train_round(
     norm from `institution`, the noise, sample rate and steps from `spend` (the ledger's spend
     entry). The model keeps the trained weights; callers that must not keep them reload the
     previous state. Sampling and noise draw from the OS's randomness, reseeded every step: there is
-    no seed to give (anyone who knew it could subtract the noise). Raises TrainingError (see
+    no seed to give (anyone who knew it could subtract the noise). `per_sample_hook` is the canary
+    audit's only (see PerSampleHook): it audits this function, the one `Member._train` calls, so a
+    bug anywhere on the real round's path shows in its verdict. Raises TrainingError (see
     `run_dp_round`).
     """
     settings = DPSettings.from_policies(federation, institution, spend)
     # `_dp_round`, not the module's `run_dp_round`: replacing that name cannot seed a real round.
-    return _dp_round(model, train, federation.model.task, settings, seed=None, on_step=on_step).delta
+    return _dp_round(model, train, federation.model.task, settings, seed=None, on_step=on_step,
+                     per_sample_hook=per_sample_hook).delta

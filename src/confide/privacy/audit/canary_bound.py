@@ -9,24 +9,18 @@ k_minus is (up to a delta term) stochastically dominated by Binomial(r, e^eps / 
     P[W >= v] <= P[Bin(r, p) >= v] + 2 m delta * max_{1<=i<=v} P[v - i <= Bin(r, p) < v] / i.
 
 An epsilon for which observing v correct guesses has probability below 1 - confidence is rejected;
-the lower bound is the largest rejected epsilon. This module is pure statistics: scores in, bound
-out. The training that produces the scores is in `canary_run`; the tighter f-DP bound computed
-beside this one from the same guesses is in `canary_fdp`.
+the lower bound is the largest rejected epsilon. It holds for any (epsilon, delta)-DP mechanism,
+which is why it is weak: `confide audit canaries` reports it for information and judges with the
+f-DP test against the recorded mechanism's own curve (`canary_curve`). Pure statistics.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 from scipy.stats import binom
-
-from confide.privacy.audit.canary_fdp import fdp_epsilon_lower_bound
-
-DEFAULT_GUESS_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)
-"""Fractions of m guessed on each side; the bound is Bonferroni-corrected over these choices."""
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -86,93 +80,3 @@ def guess_membership(scores: Sequence[float], k_plus: int, k_minus: int) -> np.n
     if k_minus:
         guesses[order[m - k_minus:]] = -1
     return guesses
-
-
-@dataclass(frozen=True)
-class GuessOutcome:
-    """One choice of how many canaries to guess: r guesses, v of them correct, the bounds they give.
-
-    `reachable_*` is what the same number of guesses would give were every one of them correct:
-    the most this audit could show, whatever the training did.
-    """
-
-    k_plus: int
-    k_minus: int
-    correct: int
-    epsilon_lower_bound: float
-    reachable_epsilon: float
-    fdp_mu_lower_bound: float
-    fdp_epsilon_lower_bound: float
-    fdp_reachable_epsilon: float
-
-    @property
-    def guesses(self) -> int:
-        return self.k_plus + self.k_minus
-
-
-@dataclass(frozen=True)
-class CanaryBound:
-    """The audit's statistical outcome: per guess count both bounds, and the best of each.
-
-    `epsilon_lower_bound` (Steinke-Nasr-Jagielski) holds for (epsilon, delta)-DP whatever the
-    mechanism; `fdp_epsilon_lower_bound` (Mahloujifar-Melis-Chaudhuri) is the epsilon of the
-    smallest mu-GDP the guesses do not reject (see `canary_fdp`).
-    """
-
-    canaries: int
-    included: int
-    delta: float
-    confidence: float
-    epsilon_lower_bound: float
-    reachable_epsilon: float
-    fdp_mu_lower_bound: float
-    fdp_epsilon_lower_bound: float
-    fdp_reachable_epsilon: float
-    best: GuessOutcome
-    outcomes: list[GuessOutcome] = field(default_factory=list)
-
-
-def bound_from_scores(
-    scores: Sequence[float],
-    included: Sequence[bool],
-    delta: float,
-    confidence: float = 0.95,
-    guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS,
-) -> CanaryBound:
-    """Lower-bound epsilon from membership scores (higher = more likely trained on) and the truth.
-
-    For each fraction f, guesses f*m canaries "in" and f*m "out"; each bound is computed at
-    confidence 1 - (1 - confidence) / len(guess_fractions) (Bonferroni), so reporting the best of
-    them still holds at `confidence` (for each of the two bounds).
-    """
-    truth = np.where(np.asarray(included, dtype=bool), 1, -1)
-    m = len(truth)
-    if m == 0 or len(scores) != m:
-        raise ValueError(f"need one score per canary, got {len(scores)} scores for {m} canaries")
-    per_test = 1.0 - (1.0 - confidence) / len(guess_fractions)
-    outcomes = []
-    for k in sorted({max(1, min(m // 2, int(round(f * m)))) for f in guess_fractions}):
-        guesses = guess_membership(scores, k, k)
-        correct = int(np.sum(guesses == truth))
-        mu, fdp = fdp_epsilon_lower_bound(m, 2 * k, correct, delta, per_test)
-        outcomes.append(GuessOutcome(
-            k, k, correct, epsilon_lower_bound(m, 2 * k, correct, delta, per_test),
-            reachable_epsilon=epsilon_lower_bound(m, 2 * k, 2 * k, delta, per_test),
-            fdp_mu_lower_bound=mu, fdp_epsilon_lower_bound=fdp,
-            fdp_reachable_epsilon=fdp_epsilon_lower_bound(m, 2 * k, 2 * k, delta, per_test)[1],
-        ))
-    best = max(outcomes, key=lambda o: o.epsilon_lower_bound)
-    best_fdp = max(outcomes, key=lambda o: o.fdp_mu_lower_bound)
-    return CanaryBound(
-        canaries=m,
-        included=int(np.sum(truth == 1)),
-        delta=delta,
-        confidence=confidence,
-        epsilon_lower_bound=best.epsilon_lower_bound,
-        reachable_epsilon=max(o.reachable_epsilon for o in outcomes),
-        fdp_mu_lower_bound=best_fdp.fdp_mu_lower_bound,
-        fdp_epsilon_lower_bound=best_fdp.fdp_epsilon_lower_bound,
-        fdp_reachable_epsilon=max(o.fdp_reachable_epsilon for o in outcomes),
-        best=best,
-        outcomes=outcomes,
-    )

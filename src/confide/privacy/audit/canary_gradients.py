@@ -10,17 +10,19 @@ allowed: the choice does not depend on which canaries are included.
 
 An included canary is a record of the training set like any other: at every DP step it is drawn
 with the round's sample rate, and when drawn its gradient joins the batch's per-sample gradients
-before Opacus clips, sums and noises them (`run_dp_round(per_sample_hook=...)`). So the noise,
+before Opacus clips, sums and noises them (`train_round(per_sample_hook=...)`, the function
+the agent's rounds call). So the noise,
 the clipping, the normalisation by the expected batch and the accounting are exactly those of
 production training; only the extra rows are the audit's. A left-out canary is never drawn.
 
 The auditor sees what DP-SGD releases: the privatized gradient of every step (the accountant
 bounds the privacy of that whole sequence, so any function of it is a valid attack). A
-canary's score is its coordinate of the summed privatized gradients, in units of one canary
-gradient: about (times drawn) for an included canary, about 0 for a left-out one, plus noise of
-standard deviation noise_multiplier per step and the data's pull on that coordinate. For SGD this
-is the final update's projection on the canary direction (up to -lr / expected batch); reading
-the steps makes the audit independent of the optimizer (Adam rescales the update).
+canary's observation at a step is its coordinate of that step's privatized gradient, in units of
+one canary gradient: 1 when it was drawn, 0 when not, plus noise of standard deviation
+noise_multiplier and the data's pull on that coordinate. Reading the steps makes the audit
+independent of the optimizer (Adam rescales the update). `canary_run` turns a canary's
+observations into its score (`likelihood_ratio_scores`); `scores()` here is their plain sum (for
+SGD, the final update's projection on the canary direction, up to -lr / expected batch).
 
 Canaries live only in this separate audit run: it starts from the institution's adapter,
 restores it afterwards, and nothing from it is uploaded.
@@ -28,6 +30,7 @@ restores it afterwards, and nothing from it is uploaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +91,7 @@ def choose_canaries(pull: torch.Tensor, count: int, generator: torch.Generator) 
 class CanaryInjector:
     """The two callbacks of one audit run: add the drawn canaries' gradients, read each step's release.
 
-    `per_sample_hook` goes to `run_dp_round(per_sample_hook=...)` and `on_step` to its `on_step`.
+    `per_sample_hook` goes to `train_round(per_sample_hook=...)` and `on_step` to its `on_step`.
     After the run, `scores()` is each canary's summed observation (units of one canary gradient).
     """
 
@@ -136,8 +139,30 @@ class CanaryInjector:
     def steps(self) -> int:
         return len(self._observed)
 
+    def observations(self) -> torch.Tensor:
+        """Each step's observation of each canary, `[steps, m]` float64 (units of one canary gradient)."""
+        if not self._observed:
+            return torch.zeros((0, len(self.draws)), dtype=torch.float64)
+        return torch.stack(self._observed)
+
     def scores(self) -> torch.Tensor:
         """Summed observation per canary, `[m]` float64 (0 before any step)."""
-        if not self._observed:
-            return torch.zeros(len(self.draws), dtype=torch.float64)
-        return torch.stack(self._observed).sum(dim=0)
+        return self.observations().sum(dim=0)
+
+
+def likelihood_ratio_scores(observations: torch.Tensor, noise_multiplier: float, sample_rate: float) -> torch.Tensor:
+    """Each canary's log-likelihood ratio of "included" to "left out", `[m]` float64.
+
+    Under the mechanism the ledger records, an included canary's observation at a step is
+    N(1, sigma^2) with probability q (drawn) and N(0, sigma^2) otherwise; a left-out one's is
+    N(0, sigma^2). The ratio per step is 1 - q + q exp((2x - 1) / (2 sigma^2)), multiplied over the
+    steps: by Neyman and Pearson the most powerful score against that mechanism (the plain sum
+    wastes the steps where the canary was not drawn). Without noise (sigma 0) the sum is returned.
+    """
+    x = observations.double()
+    if noise_multiplier <= 0:
+        return x.sum(dim=0)
+    stay = math.log1p(-sample_rate) if sample_rate < 1 else -math.inf
+    per_step = torch.logaddexp(torch.full_like(x, stay),
+                               math.log(sample_rate) + (2 * x - 1) / (2 * noise_multiplier ** 2))
+    return per_step.sum(dim=0)
