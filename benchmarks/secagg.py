@@ -130,7 +130,8 @@ def round_case(secret, policy, identities, size: int, repeats: int, root: Path) 
         reveals.append(Reveals(reveals_dir / f"seat-{seat}", policy, roster, identities[holder]).reveal(
             1, secret.key_id, statements, theirs))
     total = sum_envelopes(secret.public_context(), envelopes[:2])  # a sum's size does not grow with members
-    unmask_ms, (_, mask) = timed(lambda: unmask(policy, roster, secret.key_id, 1, statements, reveals), repeats)
+    unmask_ms, unmasked = timed(lambda: unmask(policy, roster, secret.key_id, 1, statements, reveals), repeats)
+    mask = unmasked.mask
     plain_ms, _ = timed(lambda: _decrypt_any(secret, total, None), repeats)
     masked_ms, _ = timed(lambda: _decrypt_any(secret, total, mask), repeats)
     return {

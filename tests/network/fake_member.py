@@ -197,10 +197,10 @@ class FakeMember:
         verify_sum(secret, integrity_key((self.dir / "secret.key").read_bytes(), secret.key_id),
                    self.federation.federation_id, round_index, sum_envelope,
                    [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements], LAYOUT, SIZE)
-        problem, mask = unmask(self.federation, roster, secret.key_id, round_index, list(evidence.statements),
-                               list(evidence.reveals))
-        assert problem is None, problem
-        result = decrypt_sum(secret, sum_envelope, LAYOUT, unmask=mask)
+        unmasked = unmask(self.federation, roster, secret.key_id, round_index, list(evidence.statements),
+                          list(evidence.reveals))
+        assert unmasked.problem is None, unmasked.problem
+        result = decrypt_sum(secret, sum_envelope, LAYOUT, unmask=unmasked.mask)
         np.save(self.dir / "adapter.npy", self.adapter + result.average)
         progress["synced"] = round_index
         progress["rounds"][str(round_index)] = {"kind": "applied", "count": result.count, "detail": ""}
