@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from integrity import timed  # a sibling benchmark: run as benchmarks/secagg.py
+from load import federation_file
 
 from confide.aggregation.envelope import check_envelope, decrypt_sum, encrypt_update, sum_envelopes
 from confide.aggregation.errors import DecryptionCheckFailed
@@ -45,26 +45,10 @@ from confide.policies import load_federation
 LAYOUT = sha256(b"secagg benchmark layout")
 
 
-def timed(function, repeats: int) -> tuple[float, object]:
-    """Median wall time of `function()` in ms over `repeats` calls, and its last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
-
-
 def federation(root: Path, n: int):
-    identities = {f"m{i:03d}": Identity.generate(f"m{i:03d}") for i in range(n)}
-    lines = ["kind: federation", "federation_id: bench", "roster:"]
-    for name, ident in identities.items():
-        entry = ident.public.to_roster_entry(name)
-        lines += [f"  - id: {name}", f"    signing_key: {entry['signing_key']}",
-                  f"    sealing_key: {entry['sealing_key']}"]
-    lines += ["model:", "  source: random:tiny-bert", "  labels: [x, y]", "rounds: 1", "min_institutions: 2"]
-    path = root / f"federation-{n}.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    """A federation file of `n` fresh members (`benchmarks/load.py`'s), loaded, with their identities."""
+    (root / f"n{n}").mkdir()
+    path, identities = federation_file(root / f"n{n}", n, DEFAULT_PARAMETERS)
     return load_federation(path), identities
 
 

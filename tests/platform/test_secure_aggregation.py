@@ -19,33 +19,14 @@ from confide.aggregation.sealing import SHARE_INFO, open_sealed
 from confide.aggregation.secagg import UnmaskError, UploadMask, mask_seed, reconstruct, shares_from_bytes
 from confide.aggregation.wire import read_ciphertext, read_header, read_seeds
 from confide.formats import sha256
-from confide.identity import Identity
-from confide.platform.coordinator import Coordinator
 from confide.platform.member import Member
-from confide.platform.protocol import new_federation
 from confide.platform.secure_sum import RevealRefused, Reveals, unmask
 from tests.platform.federation_kit import (
     evidence,
-    load_files,
-    make_federation_files,
-    publish_and_install,
     reveal,
     upload,
 )
-
-
-def start(tmp_path, ids=("a", "b", "c")):
-    federation, institutions = load_files(*make_federation_files(tmp_path, ids=ids, rounds=2))
-    members = {p.institution_id: Member(federation, p) for p in institutions}
-    coordinator = Coordinator(
-        tmp_path / "coordinator",
-        new_federation("tiny", list(members), federation.key_holder_id, federation.min_institutions,
-                       federation.rounds, federation.round_deadline_s, federation.committee,
-                       federation.unmask_threshold),
-        Identity.generate("coordinator"), federation)
-    publish_and_install(coordinator, members, federation)
-    coordinator.open_next_round(now=0.0)
-    return federation, members, coordinator
+from tests.platform.test_federation import start
 
 
 def upload_all(coordinator, members, round_index: int) -> None:
