@@ -17,7 +17,9 @@ import pytest
 from confide.aggregation.envelope import encrypt_update
 from confide.aggregation.errors import DecryptionCheckFailed
 from confide.aggregation.params import CkksParameters
+from confide.identity import roster_identities
 from confide.platform.protocol import FederationState
+from confide.platform.secure_sum import mask_upload
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
 from tests.aggregation.aggregation_helpers import update_under_another_key
@@ -117,8 +119,12 @@ class Undecryptable(ToleratesBadSums):
     another secret key: nothing short of decrypting tells them from good ones."""
 
     def take_part(self, round_index: int) -> Contribution:
-        envelope = update_under_another_key(CkksParameters(**self.federation.ckks.model_dump()),
-                                            self._secret().key_id, LAYOUT, np.ones(SIZE))
+        key_id = self._secret().key_id
+        envelope = update_under_another_key(CkksParameters(**self.federation.ckks.model_dump()), key_id, LAYOUT,
+                                            np.ones(SIZE))
+        shares = mask_upload(self.federation, roster_identities(self.federation.roster), key_id, round_index,
+                             self.institution_id)[1]  # well-formed shares: only decrypting shows the fault
+        (self.dir / f"r{round_index}.shares").write_bytes(shares)
         return self._upload(round_index, envelope)
 
 
