@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confide.formats import ContributionStatement, KeyCertificate
+from confide.aggregation.secagg import unpack_bundle
+from confide.formats import ContributionStatement, KeyCertificate, RevealStatement
 from confide.platform.service.client import Backoff, CoordinatorClient
 from confide.privacy.ledger import PrivacyLedger
 
@@ -161,7 +162,8 @@ def test_two_rounds_over_tls_survive_killed_agent_and_killed_coordinator(tmp_pat
         assert len(spends) == len(set(spends)), f"{who} spent twice for one round"
 
     # The coordinator holds ciphertexts, the public context and sealed keys: nothing in clear.
-    # Besides them, only public signed documents: the key certificate and the members' statements.
+    # Besides them, only public signed documents: the key certificate, the members' statements and the
+    # committee's reveals (sums of shares over a whole set, which open no single upload).
     magics = {b"CFHE", b"CFPC", b"CFSL"}
     blobs = list((state / "blobs").iterdir())
     assert blobs
@@ -170,6 +172,10 @@ def test_two_rounds_over_tls_survive_killed_agent_and_killed_coordinator(tmp_pat
             KeyCertificate.model_validate_json(blob.read_bytes())
         elif blob.name.endswith(".statement.json"):
             ContributionStatement.model_validate_json(blob.read_bytes())
+        elif blob.name.endswith(".shares"):  # mask shares, each sealed to its committee member
+            assert all(sealed[:4] == b"CFSL" for sealed in unpack_bundle(blob.read_bytes())), blob.name
+        elif blob.name.startswith("reveal-"):  # a committee member's signed share sum over a whole set
+            RevealStatement.model_validate_json(blob.read_bytes())
         else:
             assert blob.read_bytes()[:4] in magics, blob.name
     others = {p.relative_to(state).parts[0] for p in state.rglob("*") if p.is_file() and "blobs" not in p.parts}
