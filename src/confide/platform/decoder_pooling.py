@@ -31,7 +31,10 @@ def is_decoder(base: nn.Module) -> bool:
 
 
 def pool_states(hidden: torch.Tensor, mask: torch.Tensor | None, kind: str) -> torch.Tensor:
-    """`[B, H]`: each record's `last` real state or `mean` state over `mask` (`[B, T]`, right padding), L2-normalised."""
+    """`[B, H]`: each record's `last` real state or `mean` state over `mask` (`[B, T]`, right padding).
+
+    L2-normalised. A missing mask counts every position.
+    """
     if mask is None:
         mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
     mask = mask[:, : hidden.shape[1]].to(hidden.device)

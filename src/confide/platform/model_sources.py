@@ -101,7 +101,8 @@ def locate(source: str) -> ModelLocation:
         return ModelLocation(bundled_directory(model), model.gguf_file)
     if ":" in source.split("/")[0] and not Path(source).exists():
         known = ", ".join([*BUNDLED, *RANDOM_SOURCES])
-        raise ModelLoadError(f"model.source {source!r} is not a known source", f"use one of {known} or a local directory")
+        raise ModelLoadError(f"model.source {source!r} is not a known source",
+                             f"use one of {known} or a local directory")
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model.source {source!r}: no Hugging Face model directory (config.json) there",

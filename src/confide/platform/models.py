@@ -27,6 +27,7 @@ to attend to later tokens is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import warnings
@@ -55,8 +56,9 @@ from transformers.utils import logging as hf_logging
 
 from confide.platform.decoder_pooling import is_decoder, use_decoder_pooling
 from confide.platform.head_init import resolved_head_init, set_label_name_head
+from confide.platform.model_sources import BUNDLED_MINILM as _MINILM
+from confide.platform.model_sources import BUNDLED_SMOLLM2 as _SMOLLM2
 from confide.platform.model_sources import (
-    BUNDLED,
     RANDOM_SOURCES,
     RANDOM_TINY_BERT,
     RANDOM_TINY_GPT2,
@@ -65,8 +67,6 @@ from confide.platform.model_sources import (
     bundled_directory,
     locate,
 )
-from confide.platform.model_sources import BUNDLED_MINILM as _MINILM
-from confide.platform.model_sources import BUNDLED_SMOLLM2 as _SMOLLM2
 from confide.platform.prefix_cache import FrozenPrefixCache, install_prefix_cache
 from confide.policies.federation import FederationPolicy, ModelSettings
 from confide.privacy.trainable import lora_matrix, parameters_digest, trainable_parameters
@@ -202,13 +202,24 @@ def _tiny_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, see
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """Silence transformers' loading chatter (progress bar, load report) for one load, then restore it."""
+    """Silence transformers' loading chatter (progress bars, load report) for one load, then restore it.
+
+    The GGUF reader draws its own tqdm bar, outside transformers' switch: it is swapped for a
+    silent one for the load (a live display of the federation would be torn by it).
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
     verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    bar = getattr(gguf_utils, "tqdm", None)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()

@@ -12,8 +12,9 @@ memoises its output per record, keyed by the record's token ids (and token types
 segment makes them other than 0; a batch with positions of its own runs uncached). The key is the
 content, not a position in some dataset, so a refreshed dataset, a test set and a training set that
 share a record all stay correct. In a decoder a position's state depends on the positions before it
-only, so a right-padded record's states are the same whatever the batch's width. The memo is bounded in bytes (least recently used first out) and
-lives in this process only; it holds activations of local records and never leaves the member.
+only, so a right-padded record's states are the same whatever the batch's width. The memo is
+bounded in bytes (least recently used first out) and lives in this process only; it holds
+activations of local records and never leaves the member.
 
 Gradients are unaffected: nothing below the lowest adapted layer has a trainable weight, so
 backpropagation stopped there already; Opacus' per-record gradients are those of the same loss.
