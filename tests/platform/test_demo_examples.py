@@ -1,8 +1,9 @@
 """`confide demo --example smollm2`: the causal-LM example's path end to end, on a tiny random Llama.
 
-The real example (SmolLM2-135M) runs in the integration tier and in the README's measurements;
-here the same policy files, with the model swapped for `random:tiny-llama` and the schedule cut
-to one round, go through the whole demo in this process: zero-shot score, federation, each alone.
+The real example (SmolLM2-135M, about 15 minutes) is `make demo-smollm2`, measured in the README;
+the real model itself is tested in tests/privacy/test_smollm2_integration.py. Here the same policy
+files, with the model swapped for `random:tiny-llama` and the schedule cut to one round, go through
+the whole demo in this process: zero-shot score, federation, each alone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from confide.cli import app
+from confide.errors import BadInput
 from confide.platform.demo import EXAMPLES, default_examples_dir, demo_example, run_demo
 from confide.platform.display import causal_demo_table
 from confide.platform.split import split_to_files
@@ -61,6 +65,10 @@ def test_causal_example_scores_the_base_each_institution_alone_and_the_federatio
     assert all(cell != "-" for cell in rows[1])  # every perplexity is there
 
 
-def test_an_unknown_example_names_the_ones_there_are():
-    with pytest.raises(Exception, match="bbc, smollm2"):
+def test_an_unknown_example_is_one_line_naming_the_ones_there_are_and_exit_2(tmp_path):
+    with pytest.raises(BadInput, match="bbc, smollm2"):
         demo_example("gpt5")
+    result = CliRunner().invoke(app, ["demo", "--example", "gpt5", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "use one of bbc, smollm2" in result.output
+    assert not (tmp_path / "out").exists()
