@@ -6,7 +6,8 @@ record. `model.pooling` chooses between that and the masked mean of the token st
 
 - `last`: the last real token's final state (what the model's own classifier reads);
 - `mean`: the mean of the final states over the attention mask (every position, each of which has
-  read only what came before it).
+  read only what came before it): the default (`pooling: auto`), which a linear probe of SmolLM2's
+  states found far better at telling BBC News topics apart (0.935 against 0.805).
 
 Either vector is L2-normalised, as the sentence encoder's mean is (`models.MaskedMeanPooler`):
 the head then reads features of norm 1 (SmolLM2's final states have norms in the hundreds), so a

@@ -338,8 +338,10 @@ def _check_causal(model: nn.Module, settings: ModelSettings, tokenizer: PreTrain
             "or task sequence_classification")
 
 
-DECODER_POOLING = "last"
-"""What `pooling: auto` means on a decoder. Measured on SmolLM2-135M (README, "A real foundation model")."""
+DECODER_POOLING = "mean"
+"""What `pooling: auto` means on a decoder. On SmolLM2-135M a linear probe of the normalised states of
+BBC News articles (48 tokens, 400 to train, 200 held out) scored 0.935 with the mean and 0.805 with the
+last token (README, "Classification on SmolLM2")."""
 
 
 def resolved_pooling(settings: ModelSettings, decoder: bool = False) -> str:
@@ -511,6 +513,10 @@ def build_adapter_model(federation: FederationPolicy, device: torch.device | Non
             f"{settings.source}: {exc}",
             "BERT models use query/value, GPT-2 uses c_attn, Llama (SmolLM2) q_proj/v_proj; layers count from 0",
         ) from None
+    if not (Path(str(model.peft_config["default"].base_model_name_or_path or "")) / "config.json").exists():
+        # A GGUF directory has no config.json: peft's save would then try the path as a hub id and
+        # warn. The saved card names the base by its public name (platform.model_card.write_card).
+        model.peft_config["default"].base_model_name_or_path = None
     _seed_lora(model, generator)
     prefix_cache = install_prefix_cache(base, federation.adapter.layers) if memoise_prefix else None
     if federation.adapter.freeze_a:

@@ -49,8 +49,8 @@ class ModelSettings(StrictModel):
         "states over the attention mask, L2-normalised (what sentence-embedding models such as all-MiniLM-L6-v2 "
         "are trained for); `cls`, an encoder's own pooler over the first token; `last` (decoders such as "
         "bundled:smollm2-135m), the last real token's state, L2-normalised; `auto`, `mean` for "
-        "bundled:minilm-l6 and sentence-transformers directories (a modules.json with a Pooling module), `last` "
-        "for decoders, `cls` for anything else.",
+        "bundled:minilm-l6, sentence-transformers directories (a modules.json with a Pooling module) and "
+        "decoders, `cls` for anything else.",
     )
 
     @model_validator(mode="after")
