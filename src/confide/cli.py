@@ -464,40 +464,54 @@ def simulate(
 @handles_bad_input
 def demo(
     fast: bool = typer.Option(False, "--fast", help="A 1-2 minute version for a first look."),
-    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where results, ledgers, adapters and the plot go."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where results, ledgers, adapters and the plot go "
+                                           "(default: demo-out, or demo-out/EXAMPLE for another example)."),
     workers: Optional[int] = typer.Option(None, "--workers",
                                           help="Worker processes for the federated run (default: one per member)."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="Directory of the example policies."),
+    example: str = typer.Option("bbc", "--example", help="bbc: classification on MiniLM-L6 (about 6 minutes); "
+                                "smollm2: a causal LM, SmolLM2-135M, scored by perplexity (about 15)."),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
-    """A real federation on the bundled MiniLM and BBC News, against each institution alone."""
-    from confide.platform.demo import DEMO_INSTITUTIONS, default_examples_dir, demo_policies, run_demo
-    from confide.platform.display import FederationDisplay, budgets_table, demo_table, rounds_table
+    """A real federation on a bundled model and BBC News, against each institution alone."""
+    from confide.platform.demo import DEMO_INSTITUTIONS, default_examples_dir, demo_example, demo_policies, run_demo
+    from confide.platform.display import (
+        FederationDisplay,
+        budgets_table,
+        causal_demo_table,
+        demo_table,
+        rounds_table,
+    )
 
+    demo_example(example)
+    out_dir = out_dir or (Path("demo-out") if example == "bbc" else Path("demo-out") / example)
     if examples is not None and not examples.is_dir():
         fail([f"{examples}: no such directory (give the folder holding the example policies)"])
     make_out_dir(out_dir)
     if tensorboard is not None:
         make_out_dir(tensorboard, "--tensorboard")
-    federation, _ = demo_policies(examples or default_examples_dir(), fast)
+    federation, _ = demo_policies(examples or default_examples_dir(), fast, example)
     displays: dict[str, FederationDisplay] = {}
 
     def on_event(stage: str, event: dict) -> None:
         if stage not in displays:
             for d in displays.values():
                 d.__exit__(None)
-            ids = DEMO_INSTITUTIONS if stage == "federated" else [stage]
-            title = "federated" if stage == "federated" else f"{stage} alone"
-            displays[stage] = FederationDisplay(out, federation.rounds, ids, title).__enter__()
+            ids = {"federated": DEMO_INSTITUTIONS, "zero-shot": []}.get(stage, [stage])
+            title = stage if stage in ("federated", "zero-shot") else f"{stage} alone"
+            displays[stage] = FederationDisplay(out, 1 if stage == "zero-shot" else federation.rounds, ids,
+                                                title).__enter__()
         displays[stage](event)
 
     try:
-        result = run_demo(out_dir, examples, fast, workers, on_event)
+        result = run_demo(out_dir, examples, fast, workers, on_event, example)
     finally:
         for d in displays.values():
             d.__exit__(None)
-    out.print(rounds_table(result.federated), "", budgets_table(result.federated), "", demo_table(result), "")
-    out.print(f"finished in {result.seconds:.0f} s; plot: {out_dir / 'accuracy.png'}; details: {out_dir / 'demo.json'}")
+    table = demo_table(result) if result.zero_shot is None else causal_demo_table(result)
+    out.print(rounds_table(result.federated), "", budgets_table(result.federated), "", table, "")
+    plot = out_dir / ("accuracy.png" if result.zero_shot is None else "perplexity.png")
+    out.print(f"finished in {result.seconds:.0f} s; plot: {plot}; details: {out_dir / 'demo.json'}", soft_wrap=True)
     if tensorboard is not None:
         from confide.platform.tracking import log_runs
 

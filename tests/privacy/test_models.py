@@ -38,7 +38,7 @@ def test_local_hugging_face_directory_loads_and_seeds_the_new_head(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"model": {"source": "/no/such/model"}}, "no Hugging Face model directory"),
-    ({"model": {"source": "random:tiny-llama"}}, "unknown model.source"),
+    ({"model": {"source": "random:tiny-t5"}}, "unknown model.source"),
     ({"model": {"source": "hub:bert-base"}}, "not a known source"),
     ({"adapter": {"target_modules": ["c_attn"]}}, "do not fit"),
     ({"model": {"source": "random:tiny-bert", "task": "causal_lm", "labels": []}}, "sequence_classification only"),

@@ -131,5 +131,32 @@ def demo_table(result) -> Table:
     return table
 
 
+def causal_demo_table(result) -> Table:
+    """Causal LM: the zero-shot base, each institution alone and the federation, on the same held-out records."""
+    from confide.platform.demo import final_accuracy, final_perplexity
+
+    table = _compact("zero-shot vs alone vs federated (same held-out records; lower perplexity is better)")
+    table.add_column("model", no_wrap=True)
+    for column in ("perplexity", "next-token acc", "epsilon", "budget", "vs base"):
+        table.add_column(column, justify="right")
+    base = result.zero_shot["perplexity"]
+
+    def row(name: str, perplexity: float | None, accuracy: float | None, epsilon: str, budget: str) -> None:
+        change = "-" if perplexity is None else f"{100 * (perplexity / base - 1):+.1f}%"
+        table.add_row(name, "-" if perplexity is None else f"{perplexity:.2f}", _score(accuracy), epsilon, budget,
+                      change)
+
+    table.add_row("zero-shot base", f"{base:.2f}", _score(result.zero_shot["accuracy"]), "0", "-", "-")
+    for name, summary in result.local.items():
+        status = summary["institutions"][name]
+        row(f"{name} alone", final_perplexity(summary), final_accuracy(summary), f"{status['epsilon']:.2f}",
+            f"{status['budget_epsilon']:g}")
+    statuses = result.federated["institutions"]
+    row("federated", final_perplexity(result.federated), final_accuracy(result.federated),
+        " / ".join(f"{s['epsilon']:.2f}" for s in statuses.values()),
+        " / ".join(f"{s['budget_epsilon']:g}" for s in statuses.values()))
+    return table
+
+
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"

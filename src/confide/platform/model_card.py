@@ -11,9 +11,12 @@ member, then completes each card with every institution's (`complete_cards`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from confide.formats import write_atomically
+from confide.platform.model_sources import gguf_file, public_name
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.card_readme import CARD_README, base_model_path, render_card
 from confide.privacy.guarantee import (
@@ -53,6 +56,8 @@ def member_card(adapter_dir: Path, federation: FederationPolicy, policy: Institu
         weights_sha256=weights_digest(adapter_dir),
         guarantees=[own],
         key_fingerprint=_key_fingerprint(ledger, federation.federation_id),
+        base_model_id=public_name(federation.model.source),
+        base_model_file=gguf_file(federation.model.source),
     )
 
 
@@ -62,10 +67,28 @@ def _key_fingerprint(ledger: Any, federation_id: str) -> str | None:
 
 
 def write_card(adapter_dir: Path, card: AdapterGuarantee) -> None:
-    """Write privacy.json and the README.md rendered from it (replacing peft's empty template)."""
+    """Write privacy.json and the README.md rendered from it (replacing peft's empty template).
+
+    peft records the base model's local directory in adapter_config.json (a bundled model's is
+    inside this machine's site-packages); it is replaced by the card's `base_model_id`, the name
+    anyone can resolve. (Set before saving instead, peft would look the name up on the hub.)
+    """
     adapter_dir = Path(adapter_dir)
+    if card.base_model_id is not None:
+        _name_base_model(adapter_dir, card.base_model_id)
     write_guarantee(adapter_dir, card)
     (adapter_dir / CARD_README).write_text(render_card(card, base_model_path(adapter_dir)), encoding="utf-8")
+
+
+def _name_base_model(adapter_dir: Path, base_model_id: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no peft config (a card written on its own): nothing to name
+    if config.get("base_model_name_or_path") != base_model_id:
+        config["base_model_name_or_path"] = base_model_id
+        write_atomically(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def complete_cards(adapter_dirs: Sequence[Path]) -> None:

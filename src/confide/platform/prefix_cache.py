@@ -1,17 +1,20 @@
-"""The frozen prefix of a BERT-family model, run once per record instead of once per step.
+"""The frozen prefix of a BERT-family or Llama-family model, run once per record instead of once per step.
 
 With LoRA on the top layers only (`adapter.layers`), the embeddings and every layer below the lowest
 adapted one are frozen. Their output for a record depends on nothing but the record's tokens, so
 recomputing it at every DP step (and at every evaluation) is wasted work: on MiniLM-L6 with
-adapters on layers 4-5 it is two thirds of the forward pass.
+adapters on layers 4-5 it is two thirds of the forward pass, on SmolLM2-135M with adapters on the top
+layers of 30 most of what remains besides the 49,152-token output head.
 
 `install_prefix_cache` makes that prefix run in inference mode (no dropout: a frozen layer's dropout
 only adds noise that no weight can adapt to, and it would make the output depend on the draw) and
 memoises its output per record, keyed by the record's token ids (and token types, where a second
 segment makes them other than 0; a batch with positions of its own runs uncached). The key is the
 content, not a position in some dataset, so a refreshed dataset, a test set and a training set that
-share a record all stay correct. The memo is bounded in bytes (least recently used first out) and
-lives in this process only; it holds activations of local records and never leaves the member.
+share a record all stay correct. In a decoder a position's state depends on the positions before it
+only, so a right-padded record's states are the same whatever the batch's width. The memo is
+bounded in bytes (least recently used first out) and lives in this process only; it holds
+activations of local records and never leaves the member.
 
 Gradients are unaffected: nothing below the lowest adapted layer has a trainable weight, so
 backpropagation stopped there already; Opacus' per-record gradients are those of the same loss.
@@ -34,12 +37,33 @@ DEFAULT_MAX_BYTES = 512 * 2**20
 """Memory for memoised activations per model (MiniLM, 32 tokens: about 49 KB a record)."""
 
 
-class FrozenPrefixCache:
-    """Serves the output of `encoder.layer[:first_adapted]` for each record of a batch from a memo."""
+@dataclass(frozen=True)
+class PrefixLayout:
+    """Where a model family keeps what the memo needs, and how its layers are called."""
 
-    def __init__(self, encoder_model: nn.Module, first_adapted: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.embeddings = encoder_model.embeddings
-        self.layers = list(encoder_model.encoder.layer[:first_adapted])
+    batch_args: tuple[str, ...]
+    """The model's forward arguments that decide the prefix's output, in positional order."""
+    row_kwargs: tuple[str, ...] | None
+    """Layer arguments that hold one row per record (None: any tensor whose first dimension is the batch)."""
+    decoder: bool
+    """Llama family: `embed_tokens` and `layers` on the model; else BERT's `embeddings` and `encoder.layer`."""
+
+
+BERT_LAYOUT = PrefixLayout(("input_ids", "attention_mask", "token_type_ids", "position_ids"), None, False)
+# Llama's layers also take the positions' cos/sin (one row for the whole batch) and the cache
+# position (a vector as long as the sequence, which may equal the batch size): not per record.
+LLAMA_LAYOUT = PrefixLayout(("input_ids", "attention_mask", "position_ids"), ("attention_mask",), True)
+
+
+class FrozenPrefixCache:
+    """Serves the output of the first `first_adapted` layers for each record of a batch from a memo."""
+
+    def __init__(self, encoder_model: nn.Module, first_adapted: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                 layout: PrefixLayout = BERT_LAYOUT) -> None:
+        self.layout = layout
+        self.embeddings = encoder_model.embed_tokens if layout.decoder else encoder_model.embeddings
+        stack = encoder_model.layers if layout.decoder else encoder_model.encoder.layer
+        self.layers = list(stack[:first_adapted])
         self.originals = [layer.forward for layer in self.layers]
         self.max_bytes = max_bytes
         self.entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
@@ -54,15 +78,19 @@ class FrozenPrefixCache:
         # copy whose hooks and layers use the copy's own memo and layers.
         encoder_model.register_forward_pre_hook(self._take_batch, with_kwargs=True)
         encoder_model.register_forward_hook(self._drop_batch, with_kwargs=True)
-        encoder_model.encoder.register_forward_pre_hook(self._new_call, with_kwargs=True)
+        if not self.layout.decoder:
+            encoder_model.encoder.register_forward_pre_hook(self._new_call, with_kwargs=True)
         self.layers[0].forward = self._first
         for index in range(1, len(self.layers)):
             self.layers[index].forward = functools.partial(self._passed_on, index)
 
     def _take_batch(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        # BertModel.forward(input_ids, attention_mask, token_type_ids, position_ids, ...)
-        given = [kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(_BATCH_ARGS)]
-        self._batch = _Batch(*given)
+        # BertModel.forward(input_ids, attention_mask, token_type_ids, position_ids, ...);
+        # LlamaModel.forward(input_ids, attention_mask, position_ids, ...)
+        names = self.layout.batch_args
+        given = {name: kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(names)}
+        self._batch = _Batch(**given)
+        self._served = False
 
     def _drop_batch(self, _module: nn.Module, _args: tuple, _kwargs: dict, _output: object) -> None:
         self._batch = _Batch()
@@ -108,8 +136,9 @@ class FrozenPrefixCache:
         """The prefix's output for `rows` of the batch, in inference mode, without a graph."""
         batch = hidden_states.shape[0]
         index = torch.tensor(rows, device=hidden_states.device)
-        args = tuple(_rows(a, index, batch) for a in args)
-        kwargs = {k: _rows(v, index, batch) for k, v in kwargs.items()}
+        per_row = self.layout.row_kwargs
+        args = tuple(_rows(a, index, batch) for a in args) if per_row is None else args
+        kwargs = {k: _rows(v, index, batch) if per_row is None or k in per_row else v for k, v in kwargs.items()}
         modules = [self.embeddings, *self.layers]
         modes = [m.training for m in modules]
         try:
@@ -117,9 +146,14 @@ class FrozenPrefixCache:
                 module.train(False)
             with torch.no_grad():
                 # Recomputed so that the embeddings' dropout (train mode) does not reach the prefix.
-                h = hidden_states[index] if ids is None else self.embeddings(
-                    input_ids=ids[index], token_type_ids=_rows(self._batch.token_type_ids, index, batch),
-                    position_ids=_rows(self._batch.position_ids, index, batch))
+                if ids is None:
+                    h = hidden_states[index]
+                elif self.layout.decoder:
+                    h = self.embeddings(ids[index])
+                else:
+                    h = self.embeddings(input_ids=ids[index],
+                                        token_type_ids=_rows(self._batch.token_type_ids, index, batch),
+                                        position_ids=_rows(self._batch.position_ids, index, batch))
                 for original in self.originals:
                     h = original(h, *args, **kwargs)
         finally:
@@ -136,9 +170,6 @@ class FrozenPrefixCache:
         while self.bytes > self.max_bytes:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
-
-
-_BATCH_ARGS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 @dataclass(frozen=True)
@@ -188,25 +219,31 @@ def _right_padded_lengths(ids: torch.Tensor | None, mask: torch.Tensor | None,
 
 def install_prefix_cache(base: nn.Module, adapted_layers: list[int] | None,
                          max_bytes: int = DEFAULT_MAX_BYTES) -> FrozenPrefixCache | None:
-    """Memoise the frozen prefix of `base` (a BERT-family model) below its lowest adapted layer.
+    """Memoise the frozen prefix of `base` (a BERT-family or Llama-family model) below its lowest adapted layer.
 
     Returns the cache, or None where there is nothing to memoise: adapters on every layer (or on
-    layer 0), or a model that is not an encoder with `embeddings` and `encoder.layer` (GPT-2, say).
+    layer 0), or a model that is neither an encoder with `embeddings` and `encoder.layer` nor a
+    decoder with `embed_tokens` and `layers` (GPT-2, say).
     """
     encoder_model = getattr(base, "base_model", None)
-    layers = getattr(getattr(encoder_model, "encoder", None), "layer", None)
-    if adapted_layers is None or not adapted_layers or not hasattr(encoder_model, "embeddings") \
-            or not isinstance(layers, nn.ModuleList):
+    if hasattr(encoder_model, "embed_tokens") and isinstance(getattr(encoder_model, "layers", None), nn.ModuleList):
+        layout, layers = LLAMA_LAYOUT, encoder_model.layers
+    elif hasattr(encoder_model, "embeddings") and isinstance(
+            getattr(getattr(encoder_model, "encoder", None), "layer", None), nn.ModuleList):
+        layout, layers = BERT_LAYOUT, encoder_model.encoder.layer
+    else:
+        return None
+    if adapted_layers is None or not adapted_layers:
         return None
     first = min(adapted_layers)
-    if first < 1 or first > len(layers) or not _layers_return_tensors(layers[0], encoder_model):
+    if first < 1 or first > len(layers) or not _layers_return_tensors(layers[0], encoder_model, layout):
         return None
-    cache = FrozenPrefixCache(encoder_model, first, max_bytes)
+    cache = FrozenPrefixCache(encoder_model, first, max_bytes, layout)
     cache.install(encoder_model)
     return cache
 
 
-def _layers_return_tensors(layer: nn.Module, encoder_model: nn.Module) -> bool:
+def _layers_return_tensors(layer: nn.Module, encoder_model: nn.Module, layout: PrefixLayout) -> bool:
     """Whether a layer returns its hidden states as a bare tensor (transformers 5), not a tuple (4.x)."""
     width = encoder_model.config.hidden_size
     parameter = next(layer.parameters())
@@ -214,7 +251,12 @@ def _layers_return_tensors(layer: nn.Module, encoder_model: nn.Module) -> bool:
     try:
         layer.train(False)
         with torch.no_grad():
-            out = layer(torch.zeros(1, 1, width, dtype=parameter.dtype, device=parameter.device))
+            h = torch.zeros(1, 1, width, dtype=parameter.dtype, device=parameter.device)
+            if layout.decoder:  # a decoder layer needs its positions' rotary cos/sin
+                positions = torch.zeros(1, 1, dtype=torch.long, device=parameter.device)
+                out = layer(h, position_embeddings=encoder_model.rotary_emb(h, position_ids=positions))
+            else:
+                out = layer(h)
     finally:
         layer.train(mode)
     return isinstance(out, torch.Tensor)

@@ -32,7 +32,8 @@ class ModelSettings(StrictModel):
     """The foundation model everyone fine-tunes, and the task."""
 
     source: str = Field(
-        description="`bundled:minilm-l6`, `random:tiny-bert`, `random:tiny-gpt2`, or a local Hugging Face directory.",
+        description="`bundled:minilm-l6` (a sentence encoder), `bundled:smollm2-135m` (a pretrained causal LM), "
+        "`random:tiny-bert`, `random:tiny-gpt2`, `random:tiny-llama`, or a local Hugging Face directory.",
         min_length=1,
     )
     task: Literal["sequence_classification", "causal_lm"] = Field(
@@ -43,13 +44,14 @@ class ModelSettings(StrictModel):
         description="Class names for sequence classification, in output order; records' labels must be among them.",
     )
     max_length_tokens: int = Field(128, ge=8, le=4096, description="Inputs are truncated to this many tokens.")
-    pooling: Literal["auto", "mean", "cls"] = Field(
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
         "auto",
         description="What the classifier reads (sequence classification): `mean`, the average of the token "
         "states over the attention mask, L2-normalised (what sentence-embedding models such as all-MiniLM-L6-v2 "
-        "are trained for); `cls`, the model's own pooler over the first token; `auto`, `mean` for "
-        "bundled:minilm-l6 and sentence-transformers directories (a modules.json with a Pooling module), `cls` "
-        "for anything else.",
+        "are trained for); `cls`, an encoder's own pooler over the first token; `last` (decoders such as "
+        "bundled:smollm2-135m), the last real token's state, L2-normalised; `auto`, `mean` for "
+        "bundled:minilm-l6, sentence-transformers directories (a modules.json with a Pooling module) and "
+        "decoders, `cls` for anything else.",
     )
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> str:
     """The README.md: YAML front matter for the Hugging Face hub, then the guarantee in words and a table."""
-    base = base_model_path or card.base_model
+    base = card.base_model_id or base_model_path or card.base_model
     front = ["---", f"base_model: {json.dumps(base)}", "library_name: peft", "tags:",
              "- lora", "- differential-privacy", "- federated-learning", "- confide", "---", ""]
     private = [g for g in card.guarantees if g.private]
@@ -47,6 +47,9 @@ def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> s
         f"{', '.join(card.adapter.get('target_modules', []))}; "
         + ("A frozen, B trained (FFA-LoRA)." if card.adapter.get("freeze_a") else "A and B trained."),
     ]
+    if card.base_model_file:
+        lines += ["", f"Base weights: `{base}` as the GGUF file `{card.base_model_file}`, dequantized to float32 "
+                  "(the adapter was trained on exactly those weights; another quantization scores differently)."]
     if card.labels:
         lines += ["", "Labels, in output order: " + ", ".join(f"`{label}`" for label in card.labels) + "."]
     if card.key_fingerprint:
@@ -91,10 +94,20 @@ def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> s
         "",
         "## Loading",
         "",
-        "```python",
-        "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)",
-        "```",
+        *_loading(card, base),
         "",
     ]
     return "\n".join(front + lines)
+
+
+def _loading(card: AdapterGuarantee, base: str) -> list[str]:
+    """The code that loads the adapter onto its base, with plain transformers and peft."""
+    auto = "AutoModelForCausalLM" if card.task == "causal_lm" else "AutoModelForSequenceClassification"
+    labels = f", num_labels={len(card.labels)}" if card.labels else ""
+    if card.base_model_file:
+        load = (f'base_model = {auto}.from_pretrained(DIR, gguf_file={json.dumps(card.base_model_file)}, '
+                f'dtype=torch.float32{labels})  # DIR: the folder holding that file')
+    else:
+        load = f"base_model = {auto}.from_pretrained({json.dumps(base)}{labels})"
+    return ["```python", "import torch", f"from transformers import {auto}", "from peft import PeftModel", load,
+            "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)", "```"]

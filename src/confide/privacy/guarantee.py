@@ -88,6 +88,11 @@ class AdapterGuarantee:
     key_fingerprint: str | None = None
     """The federation key's fingerprint (`confide.formats.KeyCertificate.fingerprint`) as the member's
     ledger records it: every member of one federation holds the same; None for a card without it."""
+    base_model_id: str | None = None
+    """What anyone can resolve the base model by: a bundled model's Hugging Face hub id, else the source as
+    given (`base_model` is the federation file's `model.source`, which an auditor compares). None: an older card."""
+    base_model_file: str | None = None
+    """The file the base weights were read from when the hub id alone does not say (a GGUF quantization)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
