@@ -93,7 +93,8 @@ def poisson_batches(records: int, rate: float, steps: int, seed: int) -> list[to
     return [(torch.rand(records, generator=generator) < rate).nonzero().reshape(-1) for _ in range(steps)]
 
 
-def nonprivate_round(model, data: TensorDataset, batches: list[torch.Tensor], max_physical: int, optimizer) -> int:
+def nonprivate_round(model, data: TensorDataset, batches: list[torch.Tensor], max_physical: int, optimizer,
+                     task: str = "sequence_classification") -> int:
     """Plain LoRA steps on the given logical batches, split into physical batches exactly as
     Opacus' BatchMemoryManager splits them, gradients accumulated; returns the examples used."""
     device = next(model.parameters()).device
@@ -103,8 +104,8 @@ def nonprivate_round(model, data: TensorDataset, batches: list[torch.Tensor], ma
         optimizer.zero_grad(set_to_none=True)
         chunks = torch.tensor_split(batch, max(1, math.ceil(len(batch) / max_physical))) if len(batch) else []
         for chunk in chunks:
-            picked = trim_padding(tuple(t[chunk] for t in data.tensors), "sequence_classification")
-            loss = batch_loss(model, tuple(t.to(device) for t in picked), "sequence_classification")
+            picked = trim_padding(tuple(t[chunk] for t in data.tensors), task)
+            loss = batch_loss(model, tuple(t.to(device) for t in picked), task)
             (loss * len(chunk) / len(batch)).backward()
         optimizer.step()
         used += len(batch)

@@ -39,13 +39,13 @@ import time
 from pathlib import Path
 
 import torch
-from dp import PeakRss, poisson_batches, rss_mb
+from dp import PeakRss, nonprivate_round, poisson_batches, rss_mb
 from torch.utils.data import TensorDataset
 
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy, load_federation
 from confide.privacy import DPSettings, run_dp_round
-from confide.privacy.objective import IGNORE_INDEX, batch_loss, trim_padding
+from confide.privacy.objective import IGNORE_INDEX
 from confide.privacy.trainable import trainable_parameters
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -83,24 +83,6 @@ def dp_settings(fed: FederationPolicy, batch: int, records: int, steps: int) -> 
                       learning_rate=fed.training.learning_rate, optimizer="adamw")
 
 
-def nonprivate_round(model, data: TensorDataset, batches: list[torch.Tensor], max_physical: int, optimizer) -> int:
-    """Plain LoRA steps on the given logical batches, split into physical batches as Opacus'
-    BatchMemoryManager splits them, gradients accumulated; returns the examples used."""
-    device = next(model.parameters()).device
-    model.train()
-    used = 0
-    for batch in batches:
-        optimizer.zero_grad(set_to_none=True)
-        chunks = torch.tensor_split(batch, max(1, math.ceil(len(batch) / max_physical))) if len(batch) else []
-        for chunk in chunks:
-            picked = trim_padding(tuple(t[chunk] for t in data.tensors), "causal_lm")
-            loss = batch_loss(model, tuple(t.to(device) for t in picked), "causal_lm")
-            (loss * len(chunk) / len(batch)).backward()
-        optimizer.step()
-        used += len(batch)
-    return used
-
-
 def measure_memory(mode: str, seq: int, batch: int, steps: int, device: str, threads: int, queue) -> None:
     """Child process: build everything, then train `steps` steps of `mode`; report peak memory in MB."""
     torch.set_num_threads(threads)
@@ -122,7 +104,7 @@ def measure_memory(mode: str, seq: int, batch: int, steps: int, device: str, thr
             optimizer = torch.optim.AdamW(list(trainable_parameters(built.model).values()),
                                           lr=settings.learning_rate)
             batches = poisson_batches(len(data), settings.sample_rate, steps, seed=0)
-            nonprivate_round(built.model, data, batches, settings.max_physical_batch_size, optimizer)
+            nonprivate_round(built.model, data, batches, settings.max_physical_batch_size, optimizer, "causal_lm")
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else sampler.peak_mb
     queue.put({"peak_mb": peak, "before_training_mb": before})
 
@@ -195,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             used = run_dp_round(dp_model, data, "causal_lm", settings, seed=seed).examples
         else:
             batches = poisson_batches(len(data), settings.sample_rate, steps, seed)
-            used = nonprivate_round(plain_model, data, batches, settings.max_physical_batch_size, optimizer)
+            used = nonprivate_round(plain_model, data, batches, settings.max_physical_batch_size, optimizer,
+                                    "causal_lm")
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started, used
