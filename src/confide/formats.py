@@ -25,6 +25,8 @@ RoundStatus = Literal["open", "collecting", "unmasking", "summed", "closed", "fa
 FederationStatus = Literal["setup", "running", "finished"]
 ROUND_ACTIVE: tuple[RoundStatus, ...] = ("open", "collecting")
 """A round that still takes uploads and declines."""
+ROUND_PENDING: tuple[RoundStatus, ...] = (*ROUND_ACTIVE, "unmasking")
+"""A round the coordinator has not settled yet: still taking answers, or waiting for the committee."""
 ROUND_SUMMED: tuple[RoundStatus, ...] = ("summed", "closed")
 """A round with an encrypted sum to fetch (`closed`: summed after its deadline with those who answered)."""
 

@@ -149,9 +149,9 @@ def reconstruct(points: Sequence[tuple[int, np.ndarray]], threshold: int) -> Rec
     """The secret from ``(x, share)`` points, correcting wrong points where the others outvote them.
 
     All points on one polynomial of degree ``threshold - 1``: that one. Otherwise the polynomial
-    through some ``threshold`` of them that the most points agree with is taken if it is the only
-    one possible, i.e. at most ``(len(points) - threshold) // 2`` points disagree (Reed-Solomon's
-    unique-decoding radius; the search tries every subset, fine for committees of a few dozen).
+    through some ``threshold`` of them that all but at most ``(len(points) - threshold) // 2`` points
+    agree with, which is then the only one possible (Reed-Solomon's unique-decoding radius; the
+    search tries the subsets in turn, fine for committees of a few dozen).
     Raises :class:`UnmaskError` when fewer than ``threshold`` points are given, an x repeats, or
     more points disagree than can be corrected."""
     xs = [x for x, _ in points]
@@ -165,19 +165,18 @@ def reconstruct(points: Sequence[tuple[int, np.ndarray]], threshold: int) -> Rec
     def disagreeing(basis) -> list[int]:
         return [x for x, ys in points if not np.array_equal(_combine(basis, x), ys.astype(np.uint64))]
 
-    candidates = [list(points[:threshold])]
-    wrong = disagreeing(candidates[0])
+    basis = points[:threshold]
+    wrong = disagreeing(basis)
     if wrong and radius > 0:
-        for subset in itertools.combinations(points, threshold):
-            wrong = disagreeing(subset)
+        for basis in itertools.combinations(points, threshold):
+            wrong = disagreeing(basis)
             if len(wrong) <= radius:
-                candidates = [list(subset)]
                 break
     if len(wrong) > radius:
         raise UnmaskError(f"the revealed share sums do not lie on one polynomial (seats {sorted(wrong)} or others "
                           "disagree, more than can be corrected)",
                           "a committee member revealed a wrong sum, or an upload shared an inconsistent mask")
-    value = _combine(candidates[0], 0).astype(np.int64)
+    value = _combine(basis, 0).astype(np.int64)
     return Reconstruction(np.where(value > SHARE_PRIME // 2, value - SHARE_PRIME, value), tuple(sorted(wrong)),
                           len(points) > threshold)
 
@@ -206,9 +205,8 @@ class RingProducts:
         self.q = _seal.last_modulus(context)
         self.n = v.size
         self.evaluator = seal.Evaluator(context)
-        zeros = np.zeros(self.n, dtype=np.uint64)
-        self._zeros = zeros
-        self._v = _seal.ciphertext_from_polys(scratch, context, zeros,
+        self._zeros = np.zeros(self.n, dtype=np.uint64)
+        self._v = _seal.ciphertext_from_polys(scratch, context, self._zeros,
                                               (np.asarray(v, dtype=np.int64) % self.q).astype(np.uint64), 0)
         self.evaluator.transform_to_ntt_inplace(self._v)
 

@@ -43,7 +43,7 @@ from confide.formats import (
 from confide.identity import Identity, b64, roster_identities
 from confide.platform import faults, protocol
 from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
-from confide.platform.secure_sum import bundle_problem, share_digests
+from confide.platform.secure_sum import bundle_problem, fewest_unmasked, share_digests
 from confide.policies.federation import FederationPolicy
 from confide.privacy.declared import declared_spend_problems
 
@@ -388,8 +388,7 @@ class Coordinator:
         r = next((x for x in self.state.rounds if x.index == round_index), None)
         if r is None or r.sum_sha256 is None:
             raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
-        return [ContributionStatement.model_validate_json(self.get_blob(f"upload-r{round_index}-{i}.statement.json"))
-                for i in r.contributors]
+        return [self._statement_of(round_index, i) for i in r.contributors]
 
     def unmask_request(self, round_index: int, member: str) -> tuple[list[ContributionStatement], dict[str, bytes]]:
         """What committee member `member` needs to reveal for round `round_index`: the contributors'
@@ -403,12 +402,10 @@ class Coordinator:
         return statements, shares
 
     def record_reveal(self, member: str, round_index: int, reveal: RevealStatement) -> None:
-        """Keep a committee member's reveal: signed by it, for this round's key and contributor set."""
-        r = next((x for x in self.state.rounds if x.index == round_index), None)
-        if r is None or r.sum_sha256 is None:
-            raise ProtocolViolation(f"round {round_index} has no sum to unmask", 409 if r else 404)
-        expected = (self.state.federation_id, round_index, member, self.state.key_setup.key_id,
-                    contributors_sha256(self.contributions(round_index)))
+        """Keep a committee member's reveal: signed by it, for this round's key and contributor set
+        (a round without a sum has none: `contributions` refuses it)."""
+        contributors = contributors_sha256(self.contributions(round_index))
+        expected = (self.state.federation_id, round_index, member, self.state.key_setup.key_id, contributors)
         if (reveal.federation, reveal.round, reveal.institution, reveal.key_id, reveal.contributors_sha256) != expected:
             raise ProtocolViolation("the reveal is for another federation, round, member, key or contributor set", 422)
         if not self._signed_by(member, reveal):
@@ -418,10 +415,10 @@ class Coordinator:
                               self.federation.ckks.poly_modulus_degree, "the share sum")
         except (binascii.Error, ValueError):
             raise ProtocolViolation("the reveal's share sum is not base64", 422) from None
-        digest = sha256(reveal.model_dump_json().encode())
-        new = protocol.record_reveal(self.state, member, round_index, digest)
+        document = reveal.model_dump_json().encode()
+        new = protocol.record_reveal(self.state, member, round_index, sha256(document))
         if new is not self.state:
-            self._put_blob(f"reveal-r{round_index}-{member}.json", reveal.model_dump_json().encode())
+            self._put_blob(f"reveal-r{round_index}-{member}.json", document)
             self.store.save(new, "reveal", {"round": round_index, "institution": member})
             self.state = new
 
@@ -475,7 +472,7 @@ class Coordinator:
                 reason = (f"{len(contributors)} upload(s) once excluded members' are left out, "
                           f"min_institutions is {reviewed.min_institutions}")
                 return self._fail(current.index, reason, reviewed)
-            needed = self._committee_minimum(current.index, contributors)
+            needed = fewest_unmasked(self.federation, [self._statement_of(current.index, i) for i in contributors])
             if len(contributors) < needed:
                 reason = (f"{len(contributors)} upload(s): the committee unmasks no sum of fewer than {needed} "
                           f"(the contributors' min_cohort plus {self.federation.colluders} possible colluder(s))")
@@ -504,11 +501,10 @@ class Coordinator:
         self.state = new
         return "fail"
 
-    def _committee_minimum(self, round_index: int, contributors: list[str]) -> int:
-        """The fewest contributions the committee unmasks for these contributors (`secure_sum.Reveals`)."""
-        cohorts = [ContributionStatement.model_validate_json(
-            self.get_blob(f"upload-r{round_index}-{i}.statement.json")).min_cohort for i in contributors]
-        return max(cohorts, default=1) + self.federation.colluders
+    def _statement_of(self, round_index: int, institution: str) -> ContributionStatement:
+        """The signed statement kept with `institution`'s upload of round `round_index`."""
+        return ContributionStatement.model_validate_json(
+            self.get_blob(f"upload-r{round_index}-{institution}.statement.json"))
 
     def report_undecryptable(self, institution: str, round_index: int, sum_sha256: str, reason: str) -> None:
         """Record a member's report that a round's sum does not decrypt (see `faults`)."""

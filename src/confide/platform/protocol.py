@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from confide.errors import BadInput
-from confide.formats import ROUND_ACTIVE, FederationStatus, RoundStatus
+from confide.formats import ROUND_ACTIVE, ROUND_PENDING, FederationStatus, RoundStatus
 
 
 class ProtocolViolation(BadInput):
@@ -159,7 +159,7 @@ def open_next_round(state: FederationState, now: float) -> FederationState:
     if state.status == "finished":
         raise ProtocolViolation("the federation has finished")
     current = state.current
-    if current is not None and current.status in (*ROUND_ACTIVE, "unmasking"):
+    if current is not None and current.status in ROUND_PENDING:
         raise ProtocolViolation(f"round {current.index} is still {current.status}")
     new = copy.deepcopy(state)
     if new.current is not None and new.current.status == "summed":
@@ -276,8 +276,8 @@ def record_sum(state: FederationState, round_index: int, sum_sha256: str, contri
 
 def record_reveal(state: FederationState, institution: str, round_index: int, reveal_sha256: str) -> FederationState:
     """A committee member's signed reveal for the round's contributor set (checked by the caller).
-    Once per member; the round is summed when `unmask_threshold` are in. Later ones are kept too:
-    members check every reveal they get against the others."""
+    Once per member; the round is summed when `unmask_quorum` of the committee members not excluded
+    are in. Later ones are kept too: members check every reveal they get against the others."""
     _require_member(state, institution)
     if institution not in state.committee:
         raise ProtocolViolation(f"{institution} is not on the committee", 403)
@@ -359,7 +359,7 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
 def fail_round(state: FederationState, round_index: int, reason: str) -> FederationState:
     """Mark the current round failed (no sum is published; members keep their adapters)."""
     current = state.current
-    if current is None or current.index != round_index or current.status not in (*ROUND_ACTIVE, "unmasking"):
+    if current is None or current.index != round_index or current.status not in ROUND_PENDING:
         raise ProtocolViolation(f"round {round_index} cannot fail now")
     new = copy.deepcopy(state)
     new.current.status = "failed"

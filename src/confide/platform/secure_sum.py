@@ -119,6 +119,12 @@ def _statement_problem(federation: FederationPolicy, roster: dict[str, PublicIde
     return None
 
 
+def fewest_unmasked(federation: FederationPolicy, statements: list[ContributionStatement]) -> int:
+    """The fewest uploads the committee unmasks with these contributors: the largest `min_cohort` they
+    signed, plus the colluders the federation file allows for (so that many honest uploads remain)."""
+    return max((s.min_cohort for s in statements), default=1) + federation.colluders
+
+
 class Reveals:
     """A committee member's reveals, one file per round under `directory`: written before it is sent,
     so after any kill the member reveals the same set again and never a second one."""
@@ -153,7 +159,7 @@ class Reveals:
                                     "(one set per round, or single uploads could be read by subtraction)")
             return earlier
         problem = _statement_problem(fed, self.roster, key_id, round_index, statements)
-        needed = max((s.min_cohort for s in statements), default=1) + fed.colluders
+        needed = fewest_unmasked(fed, statements)
         if problem is None and len(statements) < needed:
             problem = (f"{len(statements)} contribution(s): the contributors' min_cohort with {fed.colluders} "
                        f"possible colluder(s) needs {needed}")

@@ -31,6 +31,7 @@ from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.formats import (
     ROUND_ACTIVE,
+    ROUND_PENDING,
     AppliedStatement,
     ContributionStatement,
     DeclaredSpend,
@@ -521,7 +522,7 @@ def _drive(drivers: dict[str, RoundDriver], hub: CoordinatorHub, clock: Simulate
         alive = {m for m, t in zip(drivers, threads) if t.is_alive()}
         # Every live driver waits and nothing changed for a while: only a deadline can move things.
         if alive and alive <= idle.snapshot() and state.status == "running" and current is not None \
-                and current.status in (*ROUND_ACTIVE, "unmasking"):
+                and current.status in ROUND_PENDING:
             if quiet_since is None or quiet_since[0] != hub.revision:
                 quiet_since = (hub.revision, time.monotonic())
             elif time.monotonic() - quiet_since[1] > 1.0:

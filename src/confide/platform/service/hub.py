@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from confide.formats import (
-    ROUND_ACTIVE,
+    ROUND_PENDING,
     AppliedStatement,
     DeclaredSpend,
     Receipt,
@@ -235,7 +235,7 @@ class CoordinatorHub:
             if state.status != "running":
                 return False
             current = state.current
-            if current is not None and current.status in (*ROUND_ACTIVE, "unmasking"):
+            if current is not None and current.status in ROUND_PENDING:
                 outcome = self.coordinator.advance(now)
                 if outcome != "wait":
                     log.info("round %d: %s", current.index, outcome)
