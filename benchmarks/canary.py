@@ -76,7 +76,7 @@ def policies(tmp: Path, budget: float) -> tuple[FederationPolicy, InstitutionPol
         "adapter": {"rank": 8, "alpha": 16, "target_modules": ["query", "value"]},
         "training": {"steps_per_round": STEPS_PER_ROUND, "expected_batch_size": EXPECTED_BATCH,
                      "max_physical_batch_size": 64, "learning_rate": 0.05, "optimizer": "sgd"},
-        "privacy": {"delta": 1e-5, "accountant": "prv", "min_noise_multiplier": 0.1},
+        "privacy": {"delta": 1e-5, "accountant": "pld", "min_noise_multiplier": 0.1},
     })
     data = tmp / "records.jsonl"
     if not data.exists():

@@ -46,7 +46,7 @@ from torch.utils.data import TensorDataset
 from confide.identity import Identity
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy
-from confide.privacy import DPSettings, run_dp_round
+from confide.privacy.training import DPSettings, run_dp_round
 from confide.privacy.objective import batch_loss, trim_padding
 from confide.privacy.trainable import trainable_parameters
 

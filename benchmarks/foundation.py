@@ -44,7 +44,7 @@ from torch.utils.data import TensorDataset
 
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy, load_federation
-from confide.privacy import DPSettings, run_dp_round
+from confide.privacy.training import DPSettings, run_dp_round
 from confide.privacy.objective import IGNORE_INDEX
 from confide.privacy.trainable import trainable_parameters
 

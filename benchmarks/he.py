@@ -252,7 +252,7 @@ def dp_noise_in_update(seed: int) -> float:
     from confide.identity import Identity
     from confide.platform.models import build_adapter_model
     from confide.policies import FederationPolicy
-    from confide.privacy import DPSettings, run_dp_round
+    from confide.privacy.training import DPSettings, run_dp_round
 
     roster = [Identity.generate(i).public.to_roster_entry(i) for i in ("a", "b")]
     federation = FederationPolicy.model_validate({

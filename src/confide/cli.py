@@ -157,8 +157,13 @@ def path_problem(exc: OSError, fix: str = "check the path and its permissions") 
     return f"{name}: {exc.strerror or type(exc).__name__} ({fix})"
 
 
+# What only the institutions' side needs (the `training` extra): the coordinator and the auditor
+# run without it.
+TRAINING_PACKAGES = ("torch", "transformers", "peft", "opacus")
+
+
 def handles_bad_input(command: F) -> F:
-    """Turn BadInput, and OSErrors on paths the user gave, into one line per problem and exit 2."""
+    """Turn BadInput, OSErrors on paths the user gave, and a missing training extra into one line, exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -166,6 +171,11 @@ def handles_bad_input(command: F) -> F:
             return command(*args, **kwargs)
         except BadInput as exc:
             fail(exc.lines())
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
+                raise
+            fail([f"this command trains or evaluates a model and needs {exc.name}, which is not installed "
+                  "(install the training extra: pip install 'confide[training]')"])
         except OSError as exc:
             if not _on_user_path(exc, _user_paths([*args, *kwargs.values()])):
                 raise
@@ -390,7 +400,7 @@ def calibrate(
     delta: float = typer.Option(..., "--delta", help="Target delta."),
     sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q (expected batch / records)."),
     steps: int = typer.Option(..., "--steps", help="Number of DP-SGD steps."),
-    accountant: str = typer.Option("prv", "--accountant", help="prv (default) or rdp."),
+    accountant: str = typer.Option("pld", "--accountant", help="pld (default) or rdp."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the noise multiplier that spends exactly the given budget."""

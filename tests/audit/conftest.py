@@ -28,7 +28,7 @@ def _prototype(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("audit-world")
     institution, other = Identity.generate("hospital-a"), Identity.generate("hospital-b")
     coordinator = Identity.generate("coordinator")
-    ledger = write_ledger(root / "state", institution, [dict(SPEND, accountant="prv")] * ROUNDS,
+    ledger = write_ledger(root / "state", institution, [dict(SPEND, accountant="pld")] * ROUNDS,
                           coordinator=coordinator)
     receipts = root / "receipts.json"
     receipts.write_text(json.dumps(sign_receipts(coordinator, "hospital-a", ROUNDS)))
@@ -45,7 +45,7 @@ def world(_prototype, tmp_path) -> World:
     w = World(root=tmp_path, institution=_prototype["institution"], other=_prototype["other"],
               coordinator=_prototype["coordinator"], ledger=ledger, federation=tmp_path / "federation.yaml",
               policy=tmp_path / "policy.yaml", receipts=receipts)
-    w.federation.write_text(federation_yaml(w.institution, w.other, 0.5, "prv", 1e-5))
+    w.federation.write_text(federation_yaml(w.institution, w.other, 0.5, "pld", 1e-5))
     w.policy.write_text(institution_yaml(5.0, 2.5, 1.0))
     return w
 
@@ -58,7 +58,7 @@ def tiny_policies(tmp_path_factory):
     a, b = Identity.generate("hospital-a"), Identity.generate("hospital-b")
     training = ("training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
                 "  learning_rate: 0.05\n  optimizer: sgd\n")
-    federation = load_federation(_write(tmp / "federation.yaml", federation_yaml(a, b, 0.5, "prv", 1e-5, training) + (
+    federation = load_federation(_write(tmp / "federation.yaml", federation_yaml(a, b, 0.5, "pld", 1e-5, training) + (
         "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n")))
     institution = load_institution(_write(tmp / "policy.yaml", institution_yaml(8.0, None, 1.0).replace(
         "data:\n  path: data.jsonl\n  format: jsonl\n",

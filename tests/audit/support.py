@@ -40,7 +40,7 @@ class World:
         path.write_text(institution_yaml(budget, cap, clipping))
         return path
 
-    def federation_file(self, min_noise: float = 0.5, accountant: str = "prv", delta: float = 1e-5) -> Path:
+    def federation_file(self, min_noise: float = 0.5, accountant: str = "pld", delta: float = 1e-5) -> Path:
         path = self.root / f"federation-{min_noise}-{accountant}-{delta}.yaml"
         path.write_text(federation_yaml(self.institution, self.other, min_noise, accountant, delta))
         return path

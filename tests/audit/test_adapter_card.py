@@ -23,7 +23,7 @@ from .support import ROUNDS, SPEND, write_ledger
 def adapter(world):
     """hospital-a's saved adapter after 3 applied rounds, with the card a member writes."""
     policy = load_institution(world.policy)
-    path = write_ledger(world.root / "state", world.institution, [dict(SPEND, accountant="prv")] * ROUNDS,
+    path = write_ledger(world.root / "state", world.institution, [dict(SPEND, accountant="pld")] * ROUNDS,
                         dataset=policy.dataset_id, coordinator=world.coordinator, applied=True)
     directory = world.root / "adapter"
     directory.mkdir()

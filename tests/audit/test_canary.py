@@ -14,7 +14,8 @@ import torch
 from scipy.special import ndtr, ndtri
 from typer.testing import CliRunner
 
-from confide.privacy import RoundSpend, calibrate_noise_multiplier, training
+from confide.privacy import RoundSpend, calibrate_noise_multiplier
+from confide.privacy import training
 from confide.privacy.audit.canary_bound import epsilon_lower_bound, guess_membership, p_value
 from confide.privacy.audit.canary_curve import mechanism_curve, most_consistent
 from confide.privacy.audit.canary_gradients import (
@@ -118,7 +119,7 @@ def test_simulated_honest_runs_rarely_fail_and_broken_noise_always_fails(epsilon
     def audit(sigma_run):
         observations, included = _simulated(q, steps, sigma_run, m, rng)
         scores = likelihood_ratio_scores(observations, epsilon_3_sigma, q).numpy()
-        return judge(scores, included, history, 1e-5, "prv")
+        return judge(scores, included, history, 1e-5, "pld")
 
     honest = [audit(epsilon_3_sigma) for _ in range(10)]
     assert sum(not a.passed for a in honest) <= 2  # 5% level: 0.5 of 10 expected
@@ -150,7 +151,7 @@ def _audit(**changes) -> CanaryAudit:
     fields = dict(canaries=1000, runs=1, included=500,
                   choices=[GuessChoice(100, 0, 100, 93), GuessChoice(250, 250, 470, 455)],
                   level=0.025, confidence=0.95, epsilon_lower_bound=4.4, reachable_epsilon=5.4,
-                  noiseless_would_fail=True, accounted_epsilon=3.0, accountant="prv", delta=1e-5,
+                  noiseless_would_fail=True, accounted_epsilon=3.0, accountant="pld", delta=1e-5,
                   noise_multiplier=2.5, sample_rate=0.5, steps=10, rounds=1, clipping_norm=1.0, canary_draws=2500)
     return CanaryAudit(**(fields | changes))
 
@@ -318,7 +319,7 @@ def policy_files(tmp_path):
     training_yaml = ("training:\n  steps_per_round: 10\n  expected_batch_size: 32\n  max_physical_batch_size: 64\n"
                      "  learning_rate: 0.05\n  optimizer: sgd\n")
     federation = tmp_path / "federation.yaml"
-    federation.write_text(federation_yaml(a, b, 0.5, "prv", 1e-5, training_yaml).replace("rounds: 5", "rounds: 1")
+    federation.write_text(federation_yaml(a, b, 0.5, "pld", 1e-5, training_yaml).replace("rounds: 5", "rounds: 1")
                           + "adapter:\n  rank: 8\n  alpha: 16\n  target_modules: [query, value]\n")
     institution = tmp_path / "policy.yaml"
     institution.write_text(institution_yaml(3.0, None, 1.0).replace(

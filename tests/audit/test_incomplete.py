@@ -64,7 +64,7 @@ def _ledger_with_data_version(world, train_records: int) -> list[dict]:
                   previous_fingerprint=None, epsilon_inherited=0.0)
     for round_index in (1, 2, 3):
         ledger.append("spend", FEDERATION_ID, round_index, **dict(SPEND, sample_rate=128 / train_records,
-                                                                   accountant="prv"))
+                                                                   accountant="pld"))
     world.ledger.write_bytes(ledger.path.read_bytes())
     return read_entries(world.ledger)
 
@@ -82,7 +82,7 @@ def test_a_data_version_claiming_ten_times_the_records_is_incomplete_without_rec
     for e in forged[1:]:
         e["sample_rate"] = e["sample_rate"] / 10
         history.append((e["noise_multiplier"], e["sample_rate"], e["steps"]))
-        e["epsilon"] = epsilon(history, e["delta"], "prv")
+        e["epsilon"] = epsilon(history, e["delta"], "pld")
     write_entries(world.ledger, reseal(forged, world.institution))
     assert forged[-1]["epsilon"] < honest[-1]["epsilon"] / 3  # the claim the forgery buys
     without = full_audit(world, receipts=(), coordinator_keys=())
@@ -96,13 +96,13 @@ def _two_federations(world) -> tuple[Identity, object, object]:
     """hospital-a's dataset ledger: three rounds of fed-1, then two of fed-2 (another coordinator), with
     each federation's file and receipts export."""
     second = Identity.generate("coordinator-2")
-    write_ledger(world.root / "two", world.institution, [dict(SPEND, accountant="prv")] * 3,
+    write_ledger(world.root / "two", world.institution, [dict(SPEND, accountant="pld")] * 3,
                  coordinator=world.coordinator)
-    path = write_ledger(world.root / "two", world.institution, [dict(SPEND, accountant="prv")] * 2,
+    path = write_ledger(world.root / "two", world.institution, [dict(SPEND, accountant="pld")] * 2,
                         coordinator=second, federation=OTHER_FEDERATION)
     world.ledger.write_bytes(path.read_bytes())
     federation_2 = world.root / "federation-2.yaml"
-    federation_2.write_text(federation_yaml(world.institution, world.other, 0.5, "prv", 1e-5,
+    federation_2.write_text(federation_yaml(world.institution, world.other, 0.5, "pld", 1e-5,
                                             federation=OTHER_FEDERATION))
     receipts_2 = world.root / "receipts-2.json"
     receipts_2.write_text(json.dumps(sign_receipts(second, "hospital-a", 2, OTHER_FEDERATION)))
@@ -142,8 +142,8 @@ def test_a_federation_file_whose_federation_id_was_edited_fails(world):
 
 
 def test_members_that_applied_different_sums_for_one_round_fail_as_a_split_federation(world):
-    a = write_ledger(world.root / "a", world.institution, [dict(SPEND, accountant="prv")] * 3, applied=True)
-    b = write_ledger(world.root / "b", world.other, [dict(SPEND, accountant="prv")] * 3, applied=True)
+    a = write_ledger(world.root / "a", world.institution, [dict(SPEND, accountant="pld")] * 3, applied=True)
+    b = write_ledger(world.root / "b", world.other, [dict(SPEND, accountant="pld")] * 3, applied=True)
     args = dict(federations=[world.federation])
     agreed = audit_ledgers([a, b], **args)
     assert [c.passed for c in agreed.checks if c.name == "applied_sums"] == [True]

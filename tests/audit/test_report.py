@@ -44,7 +44,7 @@ def _console_messages(stderr: str) -> list[str]:
 
 @pytest.fixture
 def federation_result(world):
-    """hospital-a (honest, PRV) and hospital-b (RDP, 4 rounds) of one federation, with policies and keys."""
+    """hospital-a (honest, PLD) and hospital-b (RDP, 4 rounds) of one federation, with policies and keys."""
     other = write_ledger(world.root / "b", world.other, [dict(SPEND, accountant="rdp", noise_multiplier=1.2)] * 4)
     result = audit_ledgers([world.ledger, other], policies=[world.policy], federations=[world.federation],
                            receipts=[world.receipts], coordinator_keys=[world.coordinator_key])
@@ -104,7 +104,7 @@ def test_markdown_report_writes_its_charts_beside_it(federation_result, tmp_path
     text = out.read_text()
     assert all(f"]({p.name})" in text for p in images)
     a = federation_result.ledgers[0]
-    assert f"| hospital-a | ds-1 | 5 | {number(a.spent_epsilon)} | {number(5 - a.spent_epsilon)} | prv | 3 |" in text
+    assert f"| hospital-a | ds-1 | 5 | {number(a.spent_epsilon)} | {number(5 - a.spent_epsilon)} | pld | 3 |" in text
 
 
 def test_report_shows_failed_verification_with_the_entry(world, tmp_path):

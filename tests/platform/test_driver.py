@@ -269,7 +269,7 @@ def test_a_member_killed_after_deciding_to_decline_tells_the_coordinator_once_an
     members["c"].plan()
     # Another federation spends most of c's budget after c planned this one: c must decline round 1.
     members["c"].ledger.append("spend", "other-federation", 1, noise_multiplier=1.5, sample_rate=0.2, steps=10,
-                               clipping_norm=1.0, delta=1e-5, accountant="prv")
+                               clipping_norm=1.0, delta=1e-5, accountant="pld")
     drivers = _drivers_in_process(hub, members, federation, tmp_path / "agents", clock, idle)
     fired: list = []
     monkeypatch.setattr(Member, "_commit", _crash_after(Member._commit, fired,

@@ -140,7 +140,7 @@ def test_institution_declines_a_round_that_would_exceed_its_budget(tmp_path):
     c.plan()
     # Another federation spends most of c's budget on the same dataset after c planned this one.
     c.ledger.append("spend", "other-federation", 1, noise_multiplier=1.5, sample_rate=0.2, steps=10,
-                    clipping_norm=1.0, delta=1e-5, accountant="prv")
+                    clipping_norm=1.0, delta=1e-5, accountant="pld")
     assert 2.0 < c.ledger.epsilon_spent() < 3.0
     for name, member in members.items():
         contribution = member.take_part(1)

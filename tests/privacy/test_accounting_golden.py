@@ -1,7 +1,7 @@
 """The accountants pinned to reference values (delta 1e-5), measured before the project started.
 
-Opacus RDP and PRV (what institutions account with) and dp_accounting's PLD (what the auditor
-recomputes with) must keep giving these numbers: a library upgrade or a change in how confide
+dp_accounting's PLD and RDP (what institutions account with and the auditor recomputes with) must
+keep giving these numbers, the same PLD values Opacus' PRV gave to within 0.011 (1.838, 5.065): a library upgrade or a change in how confide
 calls them that moves an epsilon fails here, not silently in someone's budget. The reference
 values are given to three decimals, so the tolerance is half a unit in the last one plus margin.
 """
@@ -13,38 +13,39 @@ import math
 import pytest
 
 from confide.privacy.accounting import epsilon
-from confide.privacy.audit.recompute import pld_epsilon
 
 DELTA = 1e-5
 TOLERANCE = 1e-3
 
 GOLDEN = [
-    # (sample rate q, noise multiplier sigma, steps): RDP, PRV, PLD
-    pytest.param(0.01, 1.0, 1000, 2.101, 1.838, 1.828, id="q=0.01 sigma=1.0 1000 steps"),
-    pytest.param(0.1, 1.5, 200, 5.549, 5.065, 5.054, id="q=0.1 sigma=1.5 200 steps"),
+    # (sample rate q, noise multiplier sigma, steps): RDP, PLD
+    pytest.param(0.01, 1.0, 1000, 2.101, 1.828, id="q=0.01 sigma=1.0 1000 steps"),
+    pytest.param(0.1, 1.5, 200, 5.549, 5.054, id="q=0.1 sigma=1.5 200 steps"),
 ]
 
 
-@pytest.mark.parametrize("q, sigma, steps, rdp, prv, pld", GOLDEN)
-def test_accountants_give_the_reference_epsilons(q, sigma, steps, rdp, prv, pld):
+def pld_epsilon(history, delta, replace_one=False):
+    return epsilon(history, delta, "pld", replace_one=replace_one)
+
+
+@pytest.mark.parametrize("q, sigma, steps, rdp, pld", GOLDEN)
+def test_accountants_give_the_reference_epsilons(q, sigma, steps, rdp, pld):
     history = [(sigma, q, steps)]
     assert epsilon(history, DELTA, "rdp") == pytest.approx(rdp, abs=TOLERANCE)
-    assert epsilon(history, DELTA, "prv") == pytest.approx(prv, abs=TOLERANCE)
     assert pld_epsilon(history, DELTA) == pytest.approx(pld, abs=TOLERANCE)
 
 
-@pytest.mark.parametrize("q, sigma, steps, rdp, prv, pld", GOLDEN)
-def test_prv_bounds_the_independent_pld_from_above_and_rdp_is_looser(q, sigma, steps, rdp, prv, pld):
+@pytest.mark.parametrize("q, sigma, steps, rdp, pld", GOLDEN)
+def test_rdp_is_looser_than_pld(q, sigma, steps, rdp, pld):
     history = [(sigma, q, steps)]
-    by_prv, by_pld, by_rdp = epsilon(history, DELTA, "prv"), pld_epsilon(history, DELTA), epsilon(history, DELTA, "rdp")
-    assert by_pld <= by_prv <= by_pld + 0.02
-    assert by_rdp > 1.05 * by_prv
+    assert epsilon(history, DELTA, "rdp") > 1.05 * pld_epsilon(history, DELTA)
 
 
 def test_history_split_into_rounds_composes_to_the_same_epsilon():
     # 1000 steps as 10 rounds of 100 (how the ledger records them) is the same mechanism.
-    whole = epsilon([(1.0, 0.01, 1000)], DELTA, "prv")
-    assert epsilon([(1.0, 0.01, 100)] * 10, DELTA, "prv") == pytest.approx(whole, rel=1e-9)
+    for accountant in ("pld", "rdp"):
+        whole = epsilon([(1.0, 0.01, 1000)], DELTA, accountant)
+        assert epsilon([(1.0, 0.01, 100)] * 10, DELTA, accountant) == pytest.approx(whole, rel=1e-9)
 
 
 def test_replace_one_without_sampling_is_the_gaussian_at_twice_the_sensitivity():

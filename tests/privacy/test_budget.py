@@ -38,10 +38,10 @@ def test_composition_is_order_free_and_merges_equal_rounds():
     assert epsilon([], 1e-5) == 0.0
     assert math.isinf(epsilon([(0.0, 0.1, 1)], 1e-5))
     # RDP is the looser bound.
-    assert epsilon([a, b], 1e-5, "rdp") > epsilon([a, b], 1e-5, "prv")
+    assert epsilon([a, b], 1e-5, "rdp") > epsilon([a, b], 1e-5, "pld")
 
 
-@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
 def test_calibration_spends_the_target_to_within_a_tenth_of_a_percent(accountant):
     result = calibrate(2.0, 1e-5, 0.02, 300, accountant)
     assert 2.0 * 0.999 <= result.epsilon <= 2.0
@@ -172,11 +172,11 @@ def test_kill_between_spend_and_outcome_leaves_the_spend_counted(tmp_path, ident
 
 
 def test_a_full_batch_sample_rate_accounts_as_the_plain_gaussian_without_numpy_warnings(recwarn):
-    # An expected batch as large as the dataset gives q = 1; PRV then takes log(1 - q) = -inf.
+    # An expected batch as large as the dataset gives q = 1: the subsampled Gaussian is the plain one.
     from dp_accounting import dp_event
     from dp_accounting.pld import pld_privacy_accountant
 
-    full = epsilon([(2.0, 1.0, 10)], 1e-5, "prv")
+    full = epsilon([(2.0, 1.0, 10)], 1e-5, "pld")
     pld = pld_privacy_accountant.PLDAccountant()
     pld.compose(dp_event.GaussianDpEvent(2.0), 10)
     assert full == pytest.approx(pld.get_epsilon(1e-5), rel=0.02)

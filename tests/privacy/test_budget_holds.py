@@ -88,7 +88,7 @@ def test_racing_processes_of_different_federations_never_spend_past_the_budget(t
     epsilons = []
     for k in range(1, 6):
         one.append("spend", f"f{k}", 1, noise_multiplier=1.0, sample_rate=0.2, steps=10, clipping_norm=1.0,
-                   delta=1e-5, accountant="prv")
+                   delta=1e-5, accountant="pld")
         epsilons.append(one.epsilon_spent())
     budget = (epsilons[2] + epsilons[3]) / 2
     institution = tmp_path / "a-tight.yaml"
@@ -174,7 +174,7 @@ def test_a_witness_directory_elsewhere_catches_a_restored_state_directory(tmp_pa
     backup = tmp_path / "backup"
     shutil.copytree(tmp_path / "state", backup)
     opened.ledger.append("spend", "f", 1, noise_multiplier=1.0, sample_rate=0.1, steps=5, clipping_norm=1.0,
-                         delta=1e-5, accountant="prv")
+                         delta=1e-5, accountant="pld")
     shutil.rmtree(tmp_path / "state")
     shutil.copytree(backup, tmp_path / "state")
     with pytest.raises(LedgerRollbackError, match="usb"):
@@ -241,7 +241,7 @@ def test_legacy_per_fingerprint_ledgers_are_migrated_with_every_spend(tmp_path):
     legacy = PrivacyLedger.open(tmp_path / "state", "a", fingerprint, identity)
     for k in (1, 2):
         legacy.append("spend", "old-fed", k, noise_multiplier=1.2, sample_rate=0.1, steps=5, clipping_norm=1.0,
-                      delta=1e-5, accountant="prv")
+                      delta=1e-5, accountant="pld")
     spent = legacy.epsilon_spent()
     opened = open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18))
     assert opened.migrated == (legacy.path.name,)
@@ -260,7 +260,7 @@ def test_a_damaged_legacy_ledger_is_refused_not_migrated(tmp_path):
     identity = Identity.generate("a")
     legacy = PrivacyLedger.open(tmp_path / "state", "a", "cd" * 32, identity)
     legacy.append("spend", "old-fed", 1, noise_multiplier=1.2, sample_rate=0.1, steps=5, clipping_norm=1.0,
-                  delta=1e-5, accountant="prv")
+                  delta=1e-5, accountant="pld")
     legacy.path.write_text(legacy.path.read_text().replace('"steps":5', '"steps":1'))
     with pytest.raises(LedgerError, match="broken"):
         open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18))

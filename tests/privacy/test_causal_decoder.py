@@ -15,7 +15,7 @@ from transformers import BertConfig, BertModel, GPT2LMHeadModel, RobertaConfig, 
 
 from confide.platform.data import Record, split_records, tokenize
 from confide.platform.models import ModelLoadError, build_adapter_model, load_base_model, load_tokenizer
-from confide.privacy import parameters_digest, trainable_state
+from confide.privacy.trainable import parameters_digest, trainable_state
 from confide.privacy.objective import evaluate
 from confide.privacy.training import DPSettings, run_dp_round
 

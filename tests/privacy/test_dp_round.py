@@ -11,22 +11,19 @@ from torch.utils.data import TensorDataset
 
 from confide.platform.data import load_institution_data
 from confide.platform.models import build_adapter_model
-from confide.privacy import (
-    DPSettings,
-    RoundSpend,
-    TrainingError,
+from confide.privacy import RoundSpend, TrainingError
+from confide.privacy.objective import per_example_loss, trim_padding
+from confide.privacy.trainable import (
     apply_delta,
-    evaluate,
     load_trainable_state,
+    lora_matrix,
     parameters_digest,
-    run_dp_round,
     state_to_vector,
-    train_round,
+    trainable_parameters,
     trainable_state,
     vector_to_state,
 )
-from confide.privacy.objective import per_example_loss, trim_padding
-from confide.privacy.trainable import lora_matrix, trainable_parameters
+from confide.privacy.training import DPSettings, evaluate, run_dp_round, train_round
 
 from .helpers import make_federation, make_institution, write_jsonl
 

@@ -18,7 +18,7 @@ from confide.privacy.ledger import canonical_json, entry_hash, signed_message
 DATASET = "ab" * 32
 
 
-def spend(sigma: float = 1.0, rate: float = 0.05, steps: int = 10, accountant: str = "prv") -> dict:
+def spend(sigma: float = 1.0, rate: float = 0.05, steps: int = 10, accountant: str = "pld") -> dict:
     return dict(noise_multiplier=sigma, sample_rate=rate, steps=steps, clipping_norm=1.0, delta=1e-5,
                 accountant=accountant)
 

@@ -8,7 +8,9 @@ import pytest
 
 from confide.platform.data import load_institution_data
 from confide.platform.models import build_adapter_model
-from confide.privacy import RoundSpend, evaluate, parameters_digest, train_round, trainable_state
+from confide.privacy import RoundSpend
+from confide.privacy.trainable import parameters_digest, trainable_state
+from confide.privacy.training import evaluate, train_round
 
 from .helpers import BBC_LABELS, bbc_articles, make_federation, make_institution
 

@@ -16,7 +16,7 @@ from confide.platform.models import (
     load_tokenizer,
     resolved_pooling,
 )
-from confide.privacy import parameters_digest, trainable_state
+from confide.privacy.trainable import parameters_digest, trainable_state
 
 from .helpers import make_federation
 

@@ -162,7 +162,7 @@ class PrivacyRequirements(StrictModel):
     """What every member's DP-SGD must satisfy."""
 
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta every member accounts with.")
-    accountant: Literal["prv", "rdp"] = Field("prv", description="Accountant used to compute epsilon.")
+    accountant: Literal["pld", "rdp"] = Field("pld", description="Accountant used to compute epsilon (dp_accounting).")
     min_noise_multiplier: float = Field(0.0, ge=0, description="Smallest noise multiplier a member may use.")
     max_round_epsilon: float | None = Field(
         None, gt=0, description="Most epsilon any member may spend in one round (None: no federation-wide cap)."

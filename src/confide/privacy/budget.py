@@ -60,7 +60,7 @@ def would_exceed(
     budget: float,
     cap: float | None,
     delta: float,
-    accountant: str = "prv",
+    accountant: str = "pld",
 ) -> BudgetCheck:
     """Check whether training `next_round` after `history` would overspend.
 

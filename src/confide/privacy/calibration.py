@@ -19,7 +19,7 @@ from confide.privacy.errors import AccountingError, CalibrationError
 # then at most ~0.1% larger than strictly needed.
 DEFAULT_RELATIVE_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 1e4
-# The accountants' numerical domain: past these, PRV and RDP overflow, lose all precision or take
+# The accountants' numerical domain: past these, PLD and RDP overflow, lose all precision or take
 # minutes (a sample rate of 1e-12 or a delta of 1e-300 is no real training).
 MIN_DELTA = 1e-15
 MIN_SAMPLE_RATE = 1e-7
@@ -78,7 +78,7 @@ def calibrate_noise_multiplier(
     delta: float,
     sample_rate: float,
     steps: int,
-    accountant: str = "prv",
+    accountant: str = "pld",
     prior_history: Iterable[tuple[float, float, int]] = (),
     repeats: int = 1,
     relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE,
@@ -169,7 +169,7 @@ def _refine(eps_at, target: float, low: float, eps_low: float, high: float, eps_
 
 
 def calibrate(
-    epsilon_target: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
+    epsilon_target: float, delta: float, sample_rate: float, steps: int, accountant: str = "pld"
 ) -> Calibration:
     """What `confide calibrate --epsilon E --delta D --sample-rate Q --steps N [--accountant A]` computes.
 

@@ -155,9 +155,7 @@ def guarantee_from_entries(
 
 def replace_one_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
     """Epsilon at `delta` of `history` for replace-one neighbours, by dp_accounting's PLD accountant."""
-    from confide.privacy.audit.recompute import pld_epsilon
-
-    return pld_epsilon(history, delta, replace_one=True)
+    return epsilon(history, delta, "pld", replace_one=True)
 
 
 def weights_digest(adapter_dir: Path) -> str:

@@ -248,7 +248,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         steps: int | None = Query(None, ge=1, le=10**9, description="The round's DP-SGD steps."),
         clipping_norm: float | None = Query(None, gt=0, le=1e6, description="The per-sample clipping norm."),
         delta: float | None = Query(None, gt=0, lt=1, description="The delta the round is accounted at."),
-        accountant: str | None = Query(None, pattern=r"^[a-z]{1,16}$", description="The accountant (prv, rdp)."),
+        accountant: str | None = Query(None, pattern=r"^[a-z]{1,16}$", description="The accountant (pld, rdp)."),
         entry_hash: str | None = Query(None, pattern=HEX64, description="Hash of the ledger entry of the spend."),
         tags: str | None = Query(None, pattern=r"^[0-9]{1,40}(,[0-9]{1,40}){0,7}$",
                                  description="The upload's integrity tags (decimal, comma-separated)."),

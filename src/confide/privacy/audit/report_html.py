@@ -113,8 +113,8 @@ def render_html(
         "<title>confide privacy budget report</title>"
         f"<style>{_STYLE}</style></head><body>"
         "<h1>Privacy budget report</h1>"
-        f'<p class="meta">generated {escape(generated)} by confide; epsilons recomputed independently with '
-        "dp_accounting's PLD accountant and the recorded Opacus accountant</p>"
+        f'<p class="meta">generated {escape(generated)} by confide; epsilons recomputed from the recorded spends with '
+        "dp_accounting's PLD accountant and the recorded accountant</p>"
         f'{verdict}{overall_html}<div class="scroll">{_overview_table(summaries)}</div>{overview_html}'
         f'<div class="grid">{sections}</div></body></html>\n'
     )

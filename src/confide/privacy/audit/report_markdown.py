@@ -58,8 +58,8 @@ def render_markdown(
 ) -> str:
     """The whole document. `charts` are image file names aligned with `summaries`."""
     lines = ["# Privacy budget report", "",
-             f"Generated {generated} by confide; epsilons recomputed independently with dp_accounting's PLD "
-             "accountant and the recorded Opacus accountant.", "",
+             f"Generated {generated} by confide; epsilons recomputed from the recorded spends with dp_accounting's PLD "
+             "accountant and the recorded accountant.", "",
              f"**Verdict: {cell(verdict)}.**", ""]
     lines += [f"- {cell(o)}" for o in overall] + ([""] if overall else [])
     lines += _overview(summaries) + [""]

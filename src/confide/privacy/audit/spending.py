@@ -3,7 +3,7 @@
 Checks over the spend entries of one ledger:
 - `spend_fields`: every spend carries its DP-SGD parameters as valid numbers;
 - `epsilon_pld`: no recorded cumulative epsilon is below dp_accounting's PLD value (independent);
-- `epsilon_accountant`: nor below the recorded accountant (Opacus RDP/PRV) recomputed from scratch;
+- `epsilon_accountant`: nor below the recorded accountant (PLD or RDP) recomputed from scratch;
 - `budget`, `budget_delta`, `round_cap`, `clipping`: the institution policy's limits;
 - `federation_delta`, `federation_accountant`, `federation_noise`: the federation's requirements;
 - `federation_steps`, `sample_rate`, `nonprivate`: each spend matches the federation's schedule
@@ -19,6 +19,7 @@ from typing import Sequence
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.policies.decision import EPSILON_SLACK
 from confide.policies.federation import MAX_STEPS_PER_ROUND
+from confide.privacy.accounting import ACCOUNTANTS
 from confide.privacy.audit.recompute import (
     DEFAULT_TOLERANCE,
     SpendParameters,
@@ -98,16 +99,13 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation],
                              f"(round {r.round} of {r.federation}; "
                              f"tolerance {tolerance.allowed_shortfall(r.pld_epsilon):.3g})",
                              r.seq))
-        if r.accountant not in ("prv", "rdp"):
+        if r.accountant_epsilon is None:
             acct.append(Check("epsilon_accountant", False,
-                              f"unknown accountant {r.accountant!r} (expected 'prv' or 'rdp')", r.seq))
-        elif r.accountant_epsilon is None:
-            # PLD still checks this entry; an epsilon this large fails any budget on its own.
-            acct.append(Check("epsilon_accountant", None,
-                              f"Opacus {r.accountant.upper()} not rerun: PLD gives {r.pld_epsilon:.4g}", r.seq))
+                              f"unknown accountant {r.accountant!r} (expected one of {', '.join(ACCOUNTANTS)})",
+                              r.seq))
         elif tolerance.is_below(r.recorded_epsilon, r.accountant_epsilon):
             acct.append(Check("epsilon_accountant", False,
-                              f"recorded epsilon {r.recorded_epsilon:.4f} < {r.accountant_epsilon:.4f} by Opacus "
+                              f"recorded epsilon {r.recorded_epsilon:.4f} < {r.accountant_epsilon:.4f} by "
                               f"{r.accountant.upper()} recomputed from the spends", r.seq))
     n = len(recomputed)
     last = (f"; last {recomputed[-1].recorded_epsilon:.4f} recorded, {recomputed[-1].pld_epsilon:.4f} by PLD"
