@@ -46,9 +46,9 @@ from torch.utils.data import TensorDataset
 from confide.identity import Identity
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy
-from confide.privacy.training import DPSettings, run_dp_round
 from confide.privacy.objective import batch_loss, trim_padding
 from confide.privacy.trainable import trainable_parameters
+from confide.privacy.training import DPSettings, run_dp_round
 
 BBC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 RECORDS_PER_BATCH = 10  # records = 10 x batch, so the sample rate is 0.1

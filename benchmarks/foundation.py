@@ -44,9 +44,9 @@ from torch.utils.data import TensorDataset
 
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy, load_federation
-from confide.privacy.training import DPSettings, run_dp_round
 from confide.privacy.objective import IGNORE_INDEX
 from confide.privacy.trainable import trainable_parameters
+from confide.privacy.training import DPSettings, run_dp_round
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RECORDS_PER_BATCH = 8  # records = 8 x batch: sample rate 0.125, about the example's

@@ -31,8 +31,8 @@ from dp import BBC_LABELS, dataset  # benchmarks/dp.py: the same data
 from confide.identity import Identity
 from confide.platform.models import build_adapter_model
 from confide.policies import FederationPolicy
-from confide.privacy.training import DPSettings, run_dp_round
 from confide.privacy.objective import evaluate
+from confide.privacy.training import DPSettings, run_dp_round
 
 
 def federation(seq: int) -> FederationPolicy:

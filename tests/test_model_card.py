@@ -15,7 +15,6 @@ from confide.cli import app
 from confide.platform.model_card import render_card
 from confide.privacy.accounting import epsilon
 from confide.privacy.audit.adapter_card import AdapterAudit, card_checks
-from confide.privacy.accounting import epsilon
 from confide.privacy.guarantee import (
     AdapterGuarantee,
     GuaranteeError,

@@ -14,8 +14,7 @@ import torch
 from scipy.special import ndtr, ndtri
 from typer.testing import CliRunner
 
-from confide.privacy import RoundSpend, calibrate_noise_multiplier
-from confide.privacy import training
+from confide.privacy import RoundSpend, calibrate_noise_multiplier, training
 from confide.privacy.audit.canary_bound import epsilon_lower_bound, guess_membership, p_value
 from confide.privacy.audit.canary_curve import mechanism_curve, most_consistent
 from confide.privacy.audit.canary_gradients import (

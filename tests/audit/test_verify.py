@@ -10,8 +10,8 @@ from confide.errors import BadInput
 from confide.identity import Identity, b64
 from confide.policies import load_federation
 from confide.privacy.audit import audit_ledgers
-from confide.privacy.audit.recompute import DEFAULT_TOLERANCE
 from confide.privacy.audit.integrity import integrity_checks
+from confide.privacy.audit.recompute import DEFAULT_TOLERANCE
 from confide.privacy.ledger import canonical_json, signed_message
 
 from .support import (
@@ -301,8 +301,8 @@ def test_console_rendering_shows_each_failure_with_its_seq(world):
 def test_the_audit_states_the_replace_one_epsilon_that_holds_against_the_coordinator(world, tmp_path):
     from rich.console import Console
 
-    from confide.privacy.audit import audit_renderables, write_report
     from confide.privacy.accounting import epsilon
+    from confide.privacy.audit import audit_renderables, write_report
 
     result = full_audit(world)
     audit = result.ledgers[0]

@@ -1,8 +1,9 @@
 """The accountants pinned to reference values (delta 1e-5), measured before the project started.
 
 dp_accounting's PLD and RDP (what institutions account with and the auditor recomputes with) must
-keep giving these numbers, the same PLD values Opacus' PRV gave to within 0.011 (1.838, 5.065): a library upgrade or a change in how confide
-calls them that moves an epsilon fails here, not silently in someone's budget. The reference
+keep giving these numbers (Opacus' PRV gave 1.838 and 5.065, within 0.011 of PLD): a library upgrade
+or a change in how confide calls them that moves an epsilon fails here, not silently in someone's
+budget. The reference
 values are given to three decimals, so the tolerance is half a unit in the last one plus margin.
 """
 

@@ -15,8 +15,8 @@ from transformers import BertConfig, BertModel, GPT2LMHeadModel, RobertaConfig, 
 
 from confide.platform.data import Record, split_records, tokenize
 from confide.platform.models import ModelLoadError, build_adapter_model, load_base_model, load_tokenizer
-from confide.privacy.trainable import parameters_digest, trainable_state
 from confide.privacy.objective import evaluate
+from confide.privacy.trainable import parameters_digest, trainable_state
 from confide.privacy.training import DPSettings, run_dp_round
 
 from .helpers import bbc_articles, make_federation

@@ -29,7 +29,8 @@ class Tolerance:
 
     Members and the auditor run the same accountants on the same numbers, so a recorded epsilon
     matches to floating-point noise; the slack (1e-4, relative above epsilon 1) only absorbs the
-    PLD grid's rounding should a library release move it. A recorded value is flagged when `recorded < recomputed - max(absolute, relative * recomputed)`.
+    PLD grid's rounding should a library release move it. A recorded value is flagged when
+    `recorded < recomputed - max(absolute, relative * recomputed)`.
     """
 
     absolute: float = 1e-4
