@@ -40,7 +40,7 @@ demo: $(STAMP)
 demo-fast: $(STAMP)
 	$(BIN)/confide demo --fast
 
-# The causal-LM example on the pretrained SmolLM2-135M: zero-shot, each hospital alone, federated (README).
+# The causal-LM example on the pretrained SmolLM2-135M: zero-shot, each hospital alone, federated (docs/foundation-model.md).
 demo-smollm2: $(STAMP)
 	$(BIN)/confide demo --example smollm2
 

@@ -1,4 +1,4 @@
-"""Benchmark: the canary audit's power and false-failure rate, and the README's table from them.
+"""Benchmark: the canary audit's power and false-failure rate, and the table in docs/auditing.md from them.
 
 Trains exactly what `confide audit canaries` trains (`run_canary_audit`, through `train_round`,
 the function the agent's real rounds call) on `random:tiny-bert` with FFA-LoRA r=8 on
@@ -24,7 +24,7 @@ rewrites the table between `<!-- canary-table -->` and `<!-- /canary-table -->` 
 Machine load (`os.getloadavg`) is recorded at the start and end of every audit.
 
 Usage: PYTHONPATH=src python benchmarks/canary.py [--budgets 3 5 8 10] [--seeds 20]
-       [--broken-seeds 20] [--canaries 6000] [--out canary-grid.jsonl] [--readme README.md]
+       [--broken-seeds 20] [--canaries 6000] [--out canary-grid.jsonl] [--readme docs/auditing.md]
        [--policies FEDERATION INSTITUTION] [--table-only]
 """
 

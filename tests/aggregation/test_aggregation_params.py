@@ -20,7 +20,7 @@ def _seal_accepts(degree: int, bits: list[int]) -> bool:
 
 
 def test_the_documented_128_bit_limits_are_seals_own():
-    # README and DESIGN quote these; SEAL's table is the authority the key holder meets.
+    # docs/policies.md and DESIGN quote these; SEAL's table is the authority the key holder meets.
     assert {d: max_log_q_128(d) for d in SUPPORTED_DEGREES} == {4096: 109, 8192: 218, 16384: 438, 32768: 881}
     for degree in SUPPORTED_DEGREES:
         assert max_log_q_128(degree) == seal.CoeffModulus.MaxBitCount(degree, seal.SEC_LEVEL_TYPE.TC128)

@@ -7,7 +7,7 @@ body streamed to disk (the coordinator's peak memory grows by a small fraction o
 and is closed when it stalls; that connections which never finish their headers are closed by the
 coordinator; and that a member is served while hundreds of idle connections are open, more than
 the coordinator's descriptor limit. Every loop is bounded in count and time. The figures it prints
-(run with -s) are the ones quoted in the README; nothing here asserts on time.
+(run with -s) are the ones quoted in docs/network.md; nothing here asserts on time.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`confide demo --example smollm2`: the causal-LM example's path end to end, on a tiny random Llama.
 
-The real example (SmolLM2-135M, about 15 minutes) is `make demo-smollm2`, measured in the README;
+The real example (SmolLM2-135M, about 15 minutes) is `make demo-smollm2`, measured in docs/foundation-model.md;
 the real model itself is tested in tests/privacy/test_smollm2_integration.py. Here the same policy
 files, with the model swapped for `random:tiny-llama` and the schedule cut to one round, go through
 the whole demo in this process: zero-shot score, federation, each alone.

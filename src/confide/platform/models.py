@@ -341,7 +341,7 @@ def _check_causal(model: nn.Module, settings: ModelSettings, tokenizer: PreTrain
 DECODER_POOLING = "mean"
 """What `pooling: auto` means on a decoder. On SmolLM2-135M a linear probe of the normalised states of
 BBC News articles (48 tokens, 400 to train, 200 held out) scored 0.935 with the mean and 0.805 with the
-last token (README, "Classification on SmolLM2")."""
+last token (docs/foundation-model.md, "Classification on SmolLM2")."""
 
 
 def resolved_pooling(settings: ModelSettings, decoder: bool = False) -> str:
