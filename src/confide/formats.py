@@ -30,7 +30,7 @@ ROUND_PENDING: tuple[RoundStatus, ...] = (*ROUND_ACTIVE, "unmasking")
 ROUND_SUMMED: tuple[RoundStatus, ...] = ("summed", "closed")
 """A round with an encrypted sum to fetch (`closed`: summed after its deadline with those who answered)."""
 
-# A member's own view of one round (confide.platform.member_round): its answer, then how it settled.
+# A member's own view of one round (confide.platform.member.engine): its answer, then how it settled.
 MemberRoundState = Literal["declining", "declined", "reserved", "trained", "receipted", "missed",
                            "applied", "failed", "aborted"]
 MEMBER_ROUND_ANSWERED: tuple[MemberRoundState, ...] = ("declined", "receipted", "missed")

@@ -280,7 +280,7 @@ def colluding_a(hub, round_index, statements, members):
     """Committee member a, working with the coordinator, reveals a second set in round 1 (its honest
     driver already revealed the first): what the threshold alone cannot stop when one member colludes."""
     a = members["a"]
-    return Reveals(a.dir / "colluding-reveals", a.federation, a.roster, a.identity).reveal(
+    return Reveals(a.store.dir / "colluding-reveals", a.federation, a.roster, a.identity).reveal(
         round_index, a.key_id(), statements, shares_for(hub, round_index, statements, "a"))
 
 

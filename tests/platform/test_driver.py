@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from confide.aggregation.codec import flatten
-from confide.platform import member as member_module
+from confide.platform.member import account as account_module
+from confide.platform.member import store as store_module
+from confide.platform.member.learner import LocalModel
 from confide.platform.member import Member
 from confide.platform.service.driver import RoundDriver
 from confide.platform.service.hub import CoordinatorHub
@@ -127,7 +129,7 @@ def test_real_members_keep_equivalent_ledgers_whichever_transport_drives_them(tm
             hub = CoordinatorHub(federation, root / "coordinator")
             _run_threads(_drivers_in_process(hub, members, federation, root / "agents"))
             hub.close()
-        adapters = [flatten(trainable_state(m.model))[0] for m in members.values()]
+        adapters = [flatten(trainable_state(m.learner.model))[0] for m in members.values()]
         assert np.array_equal(adapters[0], adapters[1])  # within a run every member applied the same sums
         runs[way] = {name: [_comparable(e) for e in m.ledger.entries() if e["federation"] == "tiny"]
                      for name, m in members.items()}
@@ -161,7 +163,7 @@ def test_the_simulation_refuses_an_institution_whose_policy_refuses_the_federati
 KILL_POINTS = {
     "spend reserved, not recorded": ("reserve_round", None),
     "state reserved": ("commit", "reserved"),
-    "trained, envelope not written": ("_train", None),
+    "trained, envelope not written": ("train", None),
     "envelope written": ("write_atomically", "r1.envelope"),
     "upload in the ledger, not recorded": ("ledger_append", "outcome"),
     "state trained": ("commit", "trained"),
@@ -188,12 +190,12 @@ def _arm(monkeypatch, point: str, fired: list) -> None:
         return wrapped
 
     if what == "reserve_round":
-        monkeypatch.setattr(member_module, "reserve_round", after(member_module.reserve_round))
-    elif what == "_train":
-        monkeypatch.setattr(Member, "_train", after(Member._train))
+        monkeypatch.setattr(account_module, "reserve_round", after(account_module.reserve_round))
+    elif what == "train":
+        monkeypatch.setattr(LocalModel, "train", after(LocalModel.train))
     elif what == "write_atomically":
-        monkeypatch.setattr(member_module, "write_atomically",
-                            after(member_module.write_atomically, lambda path, *a, **k: Path(path).name == detail))
+        monkeypatch.setattr(store_module, "write_atomically",
+                            after(store_module.write_atomically, lambda path, *a, **k: Path(path).name == detail))
     elif what == "ledger_append":
         from confide.privacy.ledger import PrivacyLedger
         monkeypatch.setattr(PrivacyLedger, "append",
@@ -206,7 +208,7 @@ def _arm(monkeypatch, point: str, fired: list) -> None:
 
 
 def test_every_state_of_the_members_round_has_a_kill_point():
-    from confide.platform.member_round import TRANSITIONS
+    from confide.platform.member.engine import TRANSITIONS
 
     upload_path = {"reserved", "trained", "receipted", "applied"}
     assert upload_path <= set(TRANSITIONS)
@@ -240,7 +242,7 @@ def test_a_member_killed_at_any_step_resumes_without_training_spending_or_applyi
     finals = {}
     for name in ("a", "b"):
         member = restarted if name == "a" else members["b"]
-        finals[name] = flatten(trainable_state(member.model))[0]
+        finals[name] = flatten(trainable_state(member.learner.model))[0]
         entries = member.ledger.entries()
         for round_index in (1, 2):
             of_round = [e for e in entries if e["round"] == round_index and e["federation"] == "tiny"]
@@ -291,7 +293,7 @@ def test_a_member_killed_after_deciding_to_decline_tells_the_coordinator_once_an
     assert restarted.round_state(1) == "applied"
     kinds = [e["kind"] for e in restarted.ledger.entries() if e["federation"] == "tiny"]
     assert kinds.count("decline") == 1 and "spend" not in kinds  # decided once, nothing spent
-    finals = [flatten(trainable_state(m.model))[0] for m in (members["a"], members["b"], restarted)]
+    finals = [flatten(trainable_state(m.learner.model))[0] for m in (members["a"], members["b"], restarted)]
     assert all(np.array_equal(finals[0], other) for other in finals[1:])
     hub.close()
 
@@ -340,6 +342,7 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_
     with pytest.raises(MemberError, match="signature"):
         a.record_receipt(1, forged, contribution.envelope, key)
     assert [e["kind"] for e in a.ledger.entries()].count("receipt") == 1
-    # Read back at start (no envelope passed), a receipt signed before receipts carried spends is kept
-    # evidence of the head, not refused, even though our envelope file is still on disk.
-    assert a.record_receipt(1, signed(spend=None), None, key)["ledger_seq"] == seq
+    # Read back at start (no envelope passed), the receipt is checked against the stored envelope.
+    assert a.record_receipt(1, signed(), None, key)["ledger_seq"] == seq
+    with pytest.raises(MemberError, match="signs no spend"):
+        a.record_receipt(1, signed(spend=None), None, key)

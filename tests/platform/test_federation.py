@@ -50,7 +50,7 @@ def adapters(members):
     from confide.aggregation.codec import flatten
     from confide.privacy.trainable import trainable_state
 
-    return {name: flatten(trainable_state(m.model))[0] for name, m in members.items()}
+    return {name: flatten(trainable_state(m.learner.model))[0] for name, m in members.items()}
 
 
 def whole_committee_reads(coordinator, members: dict, round_index: int, name: str) -> UploadMask:
@@ -125,7 +125,7 @@ def test_kill_between_spend_and_upload_counts_the_spend_and_skips_the_round(tmp_
     from confide.privacy.reservation import reserve_round
 
     # What a crash right after the write-ahead spend leaves: a spend entry and no envelope.
-    reserve_round(member.ledger, federation, member.policy, 1, member._plan.spend)
+    reserve_round(member.ledger, federation, member.policy, 1, member.account.plan(member.rounds_left()).spend)
     spent = member.ledger.epsilon_spent()
     restarted = Member(federation, member.policy)
     contribution = restarted.take_part(1)
@@ -217,7 +217,7 @@ def test_a_sum_below_a_contributors_min_cohort_is_never_opened(tmp_path):
 def test_a_member_leaves_once_refused_sums_outlast_what_the_search_for_their_culprit_needs(tmp_path, monkeypatch):
     federation, members, coordinator = start(tmp_path, rounds=6)
     # The sums below are made by hand; what unmasks them is not what this test is about.
-    from confide.platform import member as member_module
+    from confide.platform.member import member as member_module
 
     monkeypatch.setattr(member_module, "unmask", lambda *args: Unmasking(
         None, UploadMask(b"\0" * 32, np.zeros(federation.ckks.poly_modulus_degree, dtype=np.int64)), True))

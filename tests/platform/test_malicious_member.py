@@ -43,8 +43,10 @@ class UploadsUnderAnotherKey(Member):
 class ScalesItsUpdate(Member):
     """Uploads 100 times its honest update: an attempt to steer the average."""
 
-    def _train(self, round_index: int, epsilon: float) -> dict:
-        return {name: 100 * delta for name, delta in super()._train(round_index, epsilon).items()}
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self.learner.train
+        self.learner.train = lambda spend, on_step: 100 * honest(spend, on_step)
 
 
 class ClaimsMoreWeight(Member):

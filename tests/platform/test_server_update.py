@@ -99,8 +99,8 @@ def test_a_restarted_member_keeps_the_velocity_and_stays_identical_to_the_others
         federation, a.roster, a.secret.key_id, index, list(evidence.statements), list(evidence.reveals))[1]).average
         for index, (total, evidence) in ((1, first), (2, second)))
     expected = (start + average_1) + (0.5 * average_1 + average_2)
-    saved = [np.load(m.dir / "adapter-r2.npy") for m in (a, b)]
+    saved = [np.load(m.store.dir / "adapter-r2.npy") for m in (a, b)]
     assert saved[0].shape == (2, start.size)
     assert np.array_equal(saved[0], saved[1])
     np.testing.assert_array_equal(saved[0][0], expected)
-    assert not (a.dir / "adapter-r1.npy").exists()  # the round-1 state is dropped once round 2 is recorded
+    assert not (a.store.dir / "adapter-r1.npy").exists()  # the round-1 state is dropped once round 2 is recorded

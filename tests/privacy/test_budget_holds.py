@@ -19,7 +19,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from confide.aggregation.envelope import decrypt_sum
 from confide.identity import Identity
 from confide.platform.member import Member
-from confide.platform.member_round import settle
+from confide.platform.member.engine import settle
 from confide.platform.secure_sum import unmask
 from confide.policies import load_federation, load_institution
 from confide.privacy import LedgerError, PrivacyLedger, RoundSpend, reserve_round
@@ -125,7 +125,7 @@ def test_a_restored_older_ledger_is_refused_and_nothing_is_spent(tmp_path):
     assert "\n" not in message and "restore the newest copy" in message and "witness" in message
     assert PrivacyLedger(a.ledger.path).epsilon_spent() < spent  # the file really is the older one
     with pytest.raises(LedgerRollbackError):
-        reserve_round(a.ledger, federation, institutions[0], 3, a._plan.spend)
+        reserve_round(a.ledger, federation, institutions[0], 3, a.account.plan(a.rounds_left()).spend)
     assert len(PrivacyLedger(a.ledger.path).spend_entries()) == 1  # nothing was spent on the old copy
 
 
@@ -203,7 +203,7 @@ def test_members_learn_no_record_count_and_the_ledger_is_true_under_add_remove(t
     write_data(institutions[1].data.path, 120, seed=9)
     members["b"] = Member(federation, institutions[1])
     a, b = members["a"], members["b"]
-    assert a.data.train_size != b.data.train_size
+    assert a.learner.data.train_size != b.learner.data.train_size
     envelope, evidence = summed(_public_context(a), [a.take_part(1), b.take_part(1)], members)
     mask = unmask(federation, a.roster, a.secret.key_id, 1, list(evidence.statements), list(evidence.reveals))[1]
     total = decrypt_sum(a.secret, envelope, a.layout.hash, unmask=mask)
@@ -273,7 +273,7 @@ def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_pa
     a, b = members["a"], members["b"]
     total = summed(_public_context(a), [a.take_part(1), b.take_part(1)], members)
     assert b.apply_sum(1, *total).kind == "applied"
-    expected = np.load(b.dir / "adapter-r1.npy")
+    expected = np.load(b.store.dir / "adapter-r1.npy")
     # What a SIGKILL between writing the round's adapter and recording it leaves behind.
     a._commit = lambda record: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
     with pytest.raises(KeyboardInterrupt):
@@ -281,9 +281,9 @@ def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_pa
     restarted = Member(federation, institutions[0])
     assert restarted.last_applied_round == 0
     assert restarted.apply_sum(1, *total).kind == "applied"
-    assert np.array_equal(np.load(restarted.dir / "adapter-r1.npy"), expected)
+    assert np.array_equal(np.load(restarted.store.dir / "adapter-r1.npy"), expected)
     again = Member(federation, institutions[0])
     assert again.apply_sum(1, *total).kind == "applied"  # idempotent: settled once
-    assert np.array_equal(np.load(again.dir / "adapter-r1.npy"), expected)
+    assert np.array_equal(np.load(again.store.dir / "adapter-r1.npy"), expected)
     assert [e["kind"] for e in again.ledger.entries()].count("applied") == 1
-    assert (again.dir / "adapter-r1.npy").stat().st_mode & 0o077 == 0  # a raw decryption: owner only
+    assert (again.store.dir / "adapter-r1.npy").stat().st_mode & 0o077 == 0  # a raw decryption: owner only

@@ -6,7 +6,7 @@ clock. It only ever asks the coordinator: each pass it fetches the federation (l
 there is nothing to do) and does the next thing its own policy allows. Its member keeps key,
 adapter and ledger under the state directory and is idempotent per round, so a killed driver
 restarts where it was and never trains twice. What was answered, receipted and settled is the
-member's round record (`confide.platform.member_round`), so an upload whose reply was lost is sent
+member's round record (`confide.platform.member.engine`), so an upload whose reply was lost is sent
 again (the coordinator answers a repeat with the same receipt); the driver's own journal
 (`agent.json`) only pins the coordinator's receipt-signing key.
 """
@@ -108,7 +108,7 @@ class AgentReport:
 class Journal:
     """The agent's own small durable record: the coordinator's receipt-signing key, pinned on first contact.
 
-    Everything about rounds lives in the member's record (`confide.platform.member_round`), one
+    Everything about rounds lives in the member's record (`confide.platform.member.engine`), one
     place for what was answered, receipted and settled. Journals of format 2 also listed receipts
     and answered and settled rounds; those keys are left as they were and not read.
     """

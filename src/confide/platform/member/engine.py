@@ -1,4 +1,8 @@
-"""A member's rounds as one durable record: explicit states, pure transitions, one file.
+"""The member's round engine: one durable record of every round, explicit states, pure decisions.
+
+Nothing here reads a file, a ledger or a model: each function takes the record and what the member
+found (a `RoundFacts` view of its ledger and files) and returns the new record or the step to take.
+`confide.platform.member.member` performs the steps; the rules live here, tested without a model.
 
 Each round a member takes part in moves through these states (`confide.formats.MemberRoundState`):
 
@@ -17,20 +21,20 @@ Each round a member takes part in moves through these states (`confide.formats.M
 A member does the work of a transition first (ledger entry, envelope, adapter file, each written
 atomically) and then records the new state, so after a kill the record names the last state whose
 work is complete, and the member redoes or adopts the rest without training, spending or applying
-twice (`confide.platform.member` says how for each state). The record is `member.json`, written
-whole and atomically on every transition; files of format 2 (outcomes only) read as settled rounds.
+twice (`resume` says how for each state). The record is `member.json`, written whole and atomically
+on every transition (`confide.platform.member.store`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from confide.errors import BadInput
-from confide.formats import MEMBER_ROUND_SETTLED, MemberRoundState
+from confide.formats import MEMBER_ROUND_SETTLED, MemberRoundState, Receipt
+from confide.platform.member.errors import MemberError
 
-MEMBER_RECORD_VERSION = 3
+MEMBER_RECORD_VERSION = 1
 
 _SETTLE = set(MEMBER_ROUND_SETTLED)
 TRANSITIONS: dict[MemberRoundState | None, set[MemberRoundState]] = {
@@ -47,7 +51,7 @@ TRANSITIONS: dict[MemberRoundState | None, set[MemberRoundState]] = {
 }
 
 
-class MemberRecordError(BadInput):
+class MemberRecordError(MemberError):
     """The member's record is unreadable, from a newer confide, or asked for a transition it does not allow."""
 
 
@@ -105,17 +109,14 @@ class MemberRecord:
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "MemberRecord":
-        """Read a record (formats 1-3; 1 and 2 kept only settled outcomes). MemberRecordError if unusable."""
+        """Read a record of this format. MemberRecordError if it is of another format or unusable."""
         try:
-            version = int(data.get("version", 1))
-            if version > MEMBER_RECORD_VERSION:
-                raise MemberRecordError(f"{where} was written by a newer confide (format {version})",
-                                        "run that version, or restore the record it replaced")
+            version = data.get("version")
+            if version != MEMBER_RECORD_VERSION:
+                raise MemberRecordError(f"{where} has format {version!r}, this confide reads format "
+                                        f"{MEMBER_RECORD_VERSION}", "run the confide that wrote it (see CHANGELOG.md)")
             rounds = {}
             for key, entry in (data.get("rounds") or {}).items():
-                if version < 3:  # an outcome {kind, count, detail, undecryptable}
-                    entry = {"round": int(key), "state": entry["kind"], "reason": entry.get("detail", ""),
-                             "count": entry.get("count", 0), "undecryptable": entry.get("undecryptable", False)}
                 r = RoundRecord(**entry)
                 if r.state not in TRANSITIONS or r.round != int(key):
                     raise ValueError(f"round {key}: state {r.state!r}")
@@ -168,3 +169,104 @@ def settle(record: MemberRecord, index: int, state: MemberRoundState, count: int
 def leave_federation(record: MemberRecord, reason: str) -> MemberRecord:
     """`record` of a member that leaves the federation for `reason` (the first reason stays). Pure."""
     return dataclasses.replace(record, aborted=record.aborted or reason)
+
+
+# ------------------------------------------------------------------------------------ resuming
+@dataclass(frozen=True)
+class RoundFacts:
+    """What the member's files and ledger say about one round, besides the record (a kill may have
+    left work done that the record does not name yet)."""
+
+    envelope_written: bool
+    """Our encrypted update for the round is on disk (trained once: never retrained)."""
+    spend_recorded: bool
+    """The ledger has the round's spend (or its non-private record)."""
+
+
+Action = Literal["start", "decline", "upload", "refuse"]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What to do when asked to take part in a round: the record to commit first, then the action.
+
+    `start`: nothing is done yet, go ahead (decide, reserve, train); `decline`: answer with a decline
+    (`reason`; `record_decline`: write a decline entry first, for a round spent but never trained);
+    `upload`: answer with the written envelope (`adopt`: record its upload in the ledger first);
+    `refuse`: the round is past answering.
+    """
+
+    action: Action
+    record: MemberRecord
+    reason: str = ""
+    adopt: bool = False
+    record_decline: bool = False
+
+
+INTERRUPTED = "interrupted after its spend was recorded; the spend counts, the round is not retrained"
+
+
+def resume(record: MemberRecord, index: int, facts: RoundFacts) -> Resume:
+    """How a member answers round `index` again, from its record and the facts on disk. Pure.
+
+    A written envelope is adopted (trained once, so it is uploaded, not retrained); a spend in the
+    ledger without an envelope means the member was killed while training: the spend counts and the
+    round is declined, never retrained with a fresh noise draw; a decline is returned again.
+    """
+    r = record.round(index)
+    if (r is None or r.state == "reserved") and facts.envelope_written:
+        if r is None:  # killed between reserving and recording it
+            record = advance(record, index, "reserved")
+        return Resume("upload", record, adopt=True)
+    if r is None and facts.spend_recorded:
+        record, r = advance(record, index, "reserved"), RoundRecord(index, "reserved")
+    if r is None:
+        return Resume("start", record)
+    if r.state in ("declining", "declined"):
+        return Resume("decline", record, r.reason)
+    if r.state in ("trained", "receipted"):
+        return Resume("upload", record)
+    if r.state == "reserved":
+        return Resume("decline", record, INTERRUPTED, record_decline=True)
+    return Resume("refuse", record, f"round {index} is already {r.state}; there is nothing to answer")
+
+
+# ------------------------------------------------------------------------------------ receipts
+def receipt_problem(receipt: Receipt, expected: tuple[str, int, str], envelope_sha256: str | None,
+                    head: tuple[int, str] | None, spend_differences: list[str] | None) -> str | None:
+    """What is wrong with the coordinator's receipt for our upload (signature aside), or None. Pure.
+
+    It must name our federation, round and institution (`expected`) and our envelope (when we hold
+    it), carry the ledger head we recorded with the upload (when we recorded one), and sign the spend
+    our ledger holds: `spend_differences` lists how they differ (None: our ledger has no spend).
+    """
+    if (receipt.federation, receipt.round, receipt.institution) != expected or (
+            envelope_sha256 is not None and receipt.envelope_sha256 != envelope_sha256):
+        return "the receipt does not describe our upload"
+    if head is not None and (receipt.ledger_seq, receipt.ledger_head) != head:
+        return (f"the receipt names ledger head {receipt.ledger_seq}, not the head {head[0]} we recorded "
+                "with the upload")
+    found = "our ledger has no spend" if spend_differences is None else "; ".join(spend_differences)
+    return f"the receipt's spend does not match our ledger ({found})" if found else None
+
+
+# ------------------------------------------------------------------------------------ settling
+def fail(record: MemberRecord, index: int, reason: str, undecryptable: bool, patience: int) -> MemberRecord:
+    """`record` with round `index` settled as failed. Pure.
+
+    A member leaves once `patience` sums in a row were refused (`faults.patience`: long enough for
+    the fault search to find a culprit, so honest members never give up first); the reason says so.
+    """
+    failures = failures_after(record, "failed", undecryptable)
+    leave = None
+    if undecryptable and failures >= patience and record.aborted is None:
+        leave = f"{failures} rounds in a row whose sums did not decrypt: leaving the federation (last: {reason})"
+    return settle(record, index, "failed", 0, leave or reason, undecryptable, leave=leave)
+
+
+def too_small(index: int, count: int, min_cohort: int) -> str | None:
+    """Why a sum of `count` contributions must not be opened (below our min_cohort), or None. Pure."""
+    if count >= min_cohort:
+        return None
+    return (f"round {index} sum has {count} contribution(s), below min_cohort {min_cohort}: "
+            "leaving the federation")
