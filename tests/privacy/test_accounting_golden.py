@@ -14,6 +14,7 @@ import math
 import pytest
 
 from confide.privacy.accounting import epsilon
+from confide.privacy.audit import recompute
 
 DELTA = 1e-5
 TOLERANCE = 1e-3
@@ -34,6 +35,17 @@ def test_accountants_give_the_reference_epsilons(q, sigma, steps, rdp, pld):
     history = [(sigma, q, steps)]
     assert epsilon(history, DELTA, "rdp") == pytest.approx(rdp, abs=TOLERANCE)
     assert pld_epsilon(history, DELTA) == pytest.approx(pld, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("history", [[(1.0, 0.01, 1000)], [(1.5, 0.1, 100)] * 2 + [(0.8, 0.3, 7)],
+                                     [(2.0, 1.0, 10)], [(3.0, 0.02, 50), (0.7, 0.5, 3)]])
+def test_the_auditors_own_recomputation_agrees_with_the_agents_accountant(history):
+    # Two codes over one library: the agent's (confide.privacy.accounting) and the auditor's
+    # (privacy.audit.recompute), which merge, order and compose the history each their own way.
+    assert recompute.pld_epsilon(history, DELTA) == pytest.approx(pld_epsilon(history, DELTA), rel=1e-9)
+    assert recompute.pld_epsilon(history, DELTA, replace_one=True) == pytest.approx(
+        pld_epsilon(history, DELTA, replace_one=True), rel=1e-9)
+    assert recompute.rdp_epsilon(history, DELTA) == pytest.approx(epsilon(history, DELTA, "rdp"), rel=1e-9)
 
 
 @pytest.mark.parametrize("q, sigma, steps, rdp, pld", GOLDEN)

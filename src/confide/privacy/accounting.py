@@ -5,9 +5,10 @@ steps)` tuples, one per stretch of identical DP-SGD steps. The ledger stores exa
 so anyone can recompute the epsilon it claims.
 
 Both accountants come from Google's dp_accounting, which needs neither torch nor Opacus, so the
-coordinator (checking a declared spend) and the auditor (recomputing a ledger) run without the
-training stack. PLD (default: privacy loss distributions, pessimistic rounding, numerically
-tight) and RDP (Renyi DP, looser by 8-17%, kept because some auditors only trust it).
+coordinator (checking a declared spend) runs without the training stack: PLD (default: privacy loss
+distributions, pessimistic rounding, numerically tight) and RDP (Renyi DP, looser by 8-17%, kept
+because some auditors only trust it). The auditor recomputes with its own calls to dp_accounting
+(`privacy.audit.recompute`), not with this module.
 """
 
 from __future__ import annotations

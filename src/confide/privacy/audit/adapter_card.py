@@ -34,7 +34,7 @@ from confide.privacy.audit.console import _checks_table, audit_renderables
 from confide.privacy.audit.inputs import load_policies, public_key
 from confide.privacy.audit.integrity import ledger_owner
 from confide.privacy.audit.receipts import UploadReceipt, load_federation_receipts
-from confide.privacy.audit.recompute import DEFAULT_TOLERANCE, Tolerance
+from confide.privacy.audit.recompute import DEFAULT_TOLERANCE, Tolerance, pld_epsilon
 from confide.privacy.audit.result import EXIT_CHECK_FAILED, EXIT_INCOMPLETE, EXIT_VERIFIED, AuditResult, Check
 from confide.privacy.audit.verify import _entries, audit_ledgers
 from confide.privacy.card_readme import CARD_README, base_model_path, render_card
@@ -146,7 +146,7 @@ def _epsilon_checks(g: InstitutionGuarantee, federation: str, history: list, tol
         composed = epsilon(history, g.delta, g.accountant)
     except (AccountingError, ValueError) as exc:
         return [Check("card_epsilon", False, f"{who}: the card's accountant cannot compose the spends ({exc})")]
-    independent = epsilon(history, g.delta, "pld")
+    independent = pld_epsilon(history, g.delta)
     stated = g.epsilon if g.epsilon is not None else math.inf
     exact, above = _same(stated, composed), not tolerance.is_below(stated, independent)
     checks = [Check("card_epsilon", exact and above,
@@ -155,7 +155,7 @@ def _epsilon_checks(g: InstitutionGuarantee, federation: str, history: list, tol
                     + ("" if exact else ": the card's epsilon is not its accountant's composition")
                     + ("" if above else ": below the independent recomputation"))]
     if g.replace_one_epsilon is not None:  # version 1 cards do not state it
-        swapped = epsilon(history, g.delta, "pld", replace_one=True)
+        swapped = pld_epsilon(history, g.delta, replace_one=True)
         checks.append(Check("card_replace_one", _same(g.replace_one_epsilon, swapped),
                             f"{who}: card replace-one epsilon {g.replace_one_epsilon:.6g}, PLD recomputation "
                             f"{swapped:.6g}"))

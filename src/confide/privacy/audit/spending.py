@@ -19,9 +19,9 @@ from typing import Sequence
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.policies.decision import EPSILON_SLACK
 from confide.policies.federation import MAX_STEPS_PER_ROUND
-from confide.privacy.accounting import ACCOUNTANTS
 from confide.privacy.audit.recompute import (
     DEFAULT_TOLERANCE,
+    RECOMPUTED,
     SpendParameters,
     SpendRecomputation,
     Tolerance,
@@ -101,7 +101,7 @@ def accounting_checks(recomputed: Sequence[SpendRecomputation],
                              r.seq))
         if r.accountant_epsilon is None:
             acct.append(Check("epsilon_accountant", False,
-                              f"unknown accountant {r.accountant!r} (expected one of {', '.join(ACCOUNTANTS)})",
+                              f"unknown accountant {r.accountant!r} (expected one of {', '.join(RECOMPUTED)})",
                               r.seq))
         elif tolerance.is_below(r.recorded_epsilon, r.accountant_epsilon):
             acct.append(Check("epsilon_accountant", False,

@@ -13,7 +13,6 @@ from typing import Collection, Sequence
 
 from confide.identity import PublicIdentity
 from confide.policies import FederationPolicy, InstitutionPolicy
-from confide.privacy.accounting import epsilon
 from confide.privacy.audit.inputs import AuditInputError, load_policies, public_key, read_ledger_bytes, roster_key
 from confide.privacy.audit.integrity import integrity_checks, ledger_owner
 from confide.privacy.audit.members import split_sum_checks
@@ -28,6 +27,7 @@ from confide.privacy.audit.recompute import (
     DEFAULT_TOLERANCE,
     SpendParameters,
     Tolerance,
+    pld_epsilon,
     recompute_spends,
 )
 from confide.privacy.audit.result import AuditResult, Check, LedgerAudit
@@ -38,7 +38,6 @@ from confide.privacy.audit.spending import (
     parse_spends,
     schedule_checks,
 )
-from confide.privacy.errors import AccountingError
 from confide.privacy.ledger import parse_ledger
 
 
@@ -108,8 +107,8 @@ def _replace_one_epsilon(spends: Sequence[SpendParameters]) -> float | None:
     if not spends:
         return None
     try:
-        return epsilon([s.step for s in spends], spends[-1].delta, "pld", replace_one=True)
-    except AccountingError:
+        return pld_epsilon([s.step for s in spends], spends[-1].delta, replace_one=True)
+    except ValueError:
         return None  # invalid steps: the field checks already report them
 
 
