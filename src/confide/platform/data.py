@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
 from confide.errors import BadInput
+from confide.formats import canonical_json
 from confide.policies.federation import FederationPolicy, ModelSettings
 from confide.policies.institution import DataSource, InstitutionPolicy
 from confide.privacy.objective import IGNORE_INDEX
@@ -268,8 +269,7 @@ def read_source(source: DataSource, settings: ModelSettings) -> list[Record]:
 
 
 def _record_digest(record: Record) -> bytes:
-    content = json.dumps([record.text, record.label], ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(b"confide-record-v1\0" + content.encode("ascii")).digest()
+    return hashlib.sha256(b"confide-record-v1\0" + canonical_json([record.text, record.label])).digest()
 
 
 def record_digests(records: list[Record]) -> tuple[bytes, ...]:

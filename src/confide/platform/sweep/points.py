@@ -8,12 +8,11 @@ edited base policy or dataset runs everything again.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 
+from confide.formats import canonical_json, sha256
 from confide.policies import FederationPolicy, InstitutionPolicy
 
 AXES = ("epsilon", "clipping_norm", "lora_rank", "freeze_a", "local_steps", "expected_batch_size", "learning_rate",
@@ -60,8 +59,7 @@ def from_plain(axis: str, value: object) -> object:
 
 
 def _digest(value: object) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256(canonical_json(value))
 
 
 def base_settings(federation: FederationPolicy, template: InstitutionPolicy) -> dict:

@@ -13,7 +13,6 @@ sweep resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from confide.formats import canonical_json, sha256
 from confide.platform.split import split_to_files
 from confide.platform.sweep.executors import EXECUTORS, SweepError, run_local, run_ray, threads_per_point
 from confide.platform.sweep.job import PointJob, point_policies
@@ -65,7 +65,7 @@ def split_data(loaded: LoadedSweep, out_dir: Path) -> tuple[dict[str, list[dict]
     names = [f"site-{k + 1}" for k in range(split.institutions)]
     parts = split_to_files([{"text": r["text"], "label": r["label"]} for r in records], out_dir / "data", names,
                            split.alpha, split.test_fraction, split.seed)
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    digest = sha256(canonical_json(parts))
     return parts, digest
 
 
