@@ -86,7 +86,7 @@ class MemberRecord:
     """Everything a member must remember about one federation, besides its ledger and its files."""
 
     dataset_id: str
-    synced_round: int = 0
+    last_applied_round: int = 0
     """The last round whose outcome our adapter includes (applied, or failed and carried forward)."""
     aborted: str | None = None
     """Why we left the federation, if we did."""
@@ -103,7 +103,8 @@ class MemberRecord:
         return r.state if r is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": MEMBER_RECORD_VERSION, "dataset_id": self.dataset_id, "synced_round": self.synced_round,
+        return {"version": MEMBER_RECORD_VERSION, "dataset_id": self.dataset_id,
+                "last_applied_round": self.last_applied_round,
                 "aborted": self.aborted, "consecutive_failures": self.consecutive_failures,
                 "rounds": {str(i): dataclasses.asdict(r) for i, r in sorted(self.rounds.items())}}
 
@@ -122,7 +123,7 @@ class MemberRecord:
                     raise ValueError(f"round {key}: state {r.state!r}")
                 rounds[r.round] = r
             return cls(str(data["dataset_id"]) if data.get("dataset_id") is not None else "",
-                       int(data.get("synced_round", 0)), data.get("aborted"),
+                       int(data.get("last_applied_round", 0)), data.get("aborted"),
                        int(data.get("consecutive_failures", 0)), rounds)
         except MemberRecordError:
             raise
@@ -154,15 +155,17 @@ def settle(record: MemberRecord, index: int, state: MemberRoundState, count: int
            undecryptable: bool = False, leave: str | None = None) -> MemberRecord:
     """`record` with round `index` settled as `state`. Pure.
 
-    `applied` and `failed` move `synced_round` to `index` when it is the next round (a failed
+    `applied` and `failed` move `last_applied_round` to `index` when it is the next round (a failed
     round's adapter is the previous one, carried forward). `applied` resets the run of
     undecryptable sums, an undecryptable failure extends it. `leave` records why the member
     leaves the federation. Raises MemberRecordError for a transition the round's state forbids.
     """
     new = advance(record, index, state, count=count, reason=reason, undecryptable=undecryptable)
-    synced = index if state in ("applied", "failed") and index == record.synced_round + 1 else record.synced_round
+    latest = record.last_applied_round
+    if state in ("applied", "failed") and index == latest + 1:
+        latest = index
     failures = failures_after(record, state, undecryptable)
-    return dataclasses.replace(new, synced_round=synced, consecutive_failures=failures,
+    return dataclasses.replace(new, last_applied_round=latest, consecutive_failures=failures,
                                aborted=record.aborted or leave)
 
 

@@ -134,7 +134,7 @@ class Member:
 
     @property
     def last_applied_round(self) -> int:
-        return self.record.synced_round
+        return self.record.last_applied_round
 
     @property
     def aborted(self) -> str | None:
