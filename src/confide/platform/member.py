@@ -140,9 +140,6 @@ class Member:
         self._plan = None
 
     def _announce(self, opened) -> None:
-        if opened.migrated:
-            self._emit(type="member", text=f"ledger: migrated {len(opened.migrated)} older ledger(s) into "
-                       f"dataset {self.dataset_id}")
         if opened.new_version is not None and opened.previous_fingerprint is not None:
             self._emit(type="member", text=f"dataset {self.dataset_id}: new data version "
                        f"{opened.new_version.fingerprint[:12]} ({opened.new_version.records} records) recorded; "
@@ -516,7 +513,6 @@ class Member:
             parsed = Receipt.from_dict(receipt)
         except (KeyError, TypeError, ValueError) as exc:
             raise MemberError(f"round {round_index}: malformed receipt ({exc})") from None
-        just_uploaded = envelope is not None
         if envelope is None:
             stored = self.dir / "rounds" / f"r{round_index}.envelope"
             envelope = stored.read_bytes() if stored.exists() else None
@@ -528,18 +524,11 @@ class Member:
         if head is not None and (parsed.ledger_seq, parsed.ledger_head) != head:
             raise MemberError(f"round {round_index}: the receipt names ledger head {parsed.ledger_seq}, not the "
                               f"head {head[0]} we recorded with the upload")
-        # A receipt for an upload made now must sign the spend we declared; one the coordinator kept
-        # from before receipts carried spends (read back at start, envelope None) may lack it.
-        if parsed.spend is not None or just_uploaded:
-            spent = self._spend_entry(round_index)
-            if parsed.spend is None:
-                found = "it signs no spend"
-            elif spent is None:
-                found = "our ledger has no spend"
-            else:
-                found = "; ".join(parsed.spend.differences(spent))
-            if found:
-                raise MemberError(f"round {round_index}: the receipt's spend does not match our ledger ({found})")
+        # The receipt must sign the spend we declared (every receipt carries one).
+        spent = self._spend_entry(round_index)
+        found = "our ledger has no spend" if spent is None else "; ".join(parsed.spend.differences(spent))
+        if found:
+            raise MemberError(f"round {round_index}: the receipt's spend does not match our ledger ({found})")
         try:
             signature = unb64(parsed.signature, "receipt signature", 64)
         except BadInput:
@@ -560,7 +549,7 @@ class Member:
         ledger without that entry was restored from an older copy, replaced or lost. Raises
         LedgerRollbackError then (nothing may be spent until an operator restores the newest copy).
         """
-        if receipt is None or receipt.get("ledger_seq") is None:
+        if receipt is None:
             return
         parsed = Receipt.from_dict(receipt)
         self.ledger.witness(parsed.ledger_seq, parsed.ledger_head,
