@@ -90,7 +90,6 @@ def policy_sha256(policy: Any) -> str:
 
 
 RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
-RECEIPT_LEDGER_FIELDS = ("ledger_seq", "ledger_head")
 DECLARED_SPEND_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clipping_norm", "delta", "accountant")
 
 

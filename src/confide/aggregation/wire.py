@@ -76,10 +76,6 @@ class EnvelopeHeader:
         bulk = packed_size(n, self.bits)
         return (bulk,) * (self.n_ciphertexts - 1) + (packed_size(n, self.last_bits),)
 
-    def bits_of(self, position: int) -> int:
-        """Coefficient width of ciphertext ``position``."""
-        return self.last_bits if position == self.n_ciphertexts - 1 else self.bits
-
     @property
     def seeds_offset(self) -> int:
         return _FIXED.size

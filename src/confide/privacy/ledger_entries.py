@@ -163,10 +163,3 @@ def entry_problem(entry: dict) -> str | None:
         return f"{kind} entry: {where}: {first['msg'].lower()}"
     return None
 
-
-def parse_entry(entry: dict) -> BaseModel:
-    """The typed form of a valid entry (e.g. a `SpendEntry`). Raises ValueError naming the problem."""
-    problem = entry_problem(entry)
-    if problem is not None:
-        raise ValueError(problem)
-    return _ADAPTER.validate_python(entry)
