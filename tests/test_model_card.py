@@ -45,8 +45,8 @@ def test_guarantee_composes_only_this_federations_spends():
 
 
 def test_card_readme_states_each_institution_and_no_guarantee_for_a_noiseless_run():
-    rows = [InstitutionGuarantee("a", "ra", True, 2.5, 1e-5, "pld", 3, 2.5, 4.0, 7, "ab" * 32),
-            InstitutionGuarantee("b", "rb", False, None, 1e-5, "pld", 0, 0.0, 4.0, 5, "cd" * 32)]
+    rows = [InstitutionGuarantee("a", "ra", True, 2.5, 1e-5, "pld", 3, 2.5, 4.0, 7, "ab" * 32, 4.75),
+            InstitutionGuarantee("b", "rb", False, None, 1e-5, "pld", 0, 0.0, 4.0, 5, "cd" * 32, None)]
     card = AdapterGuarantee("fed", "random:tiny-bert", "sequence_classification", ["x", "y"], 3, 3, 2,
                             {"rank": 2, "alpha": 16.0, "target_modules": ["query"], "freeze_a": True}, "00" * 32, rows)
     text = render_card(card)
@@ -59,20 +59,22 @@ def test_card_readme_states_each_institution_and_no_guarantee_for_a_noiseless_ru
     assert AdapterGuarantee.from_dict(json.loads(json.dumps(card.to_dict()))) == card
 
 
-def test_a_version_1_card_reads_without_a_replace_one_epsilon_and_an_unknown_version_is_refused():
+def test_a_card_of_another_version_or_without_a_replace_one_epsilon_is_refused_naming_the_file():
     rows = [InstitutionGuarantee("a", "ra", True, 2.5, 1e-5, "pld", 3, 2.5, 4.0, 7, "ab" * 32, 4.75)]
     card = AdapterGuarantee("fed", "random:tiny-bert", "sequence_classification", ["x", "y"], 3, 3, 1,
                             {"rank": 2, "alpha": 16.0, "target_modules": ["query"], "freeze_a": True}, "00" * 32, rows)
     row = next(line for line in render_card(card).splitlines() if line.startswith("| a |"))
     assert row.split(" | ")[2:4] == ["2.500", "4.750"]
-    old = card.to_dict()
-    old["version"] = 1
-    del old["guarantees"][0]["replace_one_epsilon"]
-    read = AdapterGuarantee.from_dict(old)
-    assert read.guarantees[0].replace_one_epsilon is None and read.guarantees[0].epsilon == 2.5
-    assert next(line for line in render_card(read).splitlines() if line.startswith("| a |")).split(" | ")[3] == "-"
-    with pytest.raises(GuaranteeError, match="version 3 is not one of 1, 2"):
-        AdapterGuarantee.from_dict({**card.to_dict(), "version": 3}, "x/privacy.json")
+    assert card.to_dict()["version"] == 1
+    for version in (0, 2):
+        with pytest.raises(GuaranteeError, match=f"x/privacy.json: card format {version}; this confide reads "
+                           "format 1") as err:
+            AdapterGuarantee.from_dict({**card.to_dict(), "version": version}, "x/privacy.json")
+        assert len(err.value.lines()) == 1
+    without = card.to_dict()
+    del without["guarantees"][0]["replace_one_epsilon"]
+    with pytest.raises(GuaranteeError, match="x/privacy.json: malformed card"):
+        AdapterGuarantee.from_dict(without, "x/privacy.json")
 
 
 @pytest.mark.integration

@@ -90,7 +90,6 @@ def policy_sha256(policy: Any) -> str:
 
 
 RECEIPT_FIELDS = ("federation", "round", "institution", "envelope_sha256")
-RECEIPT_LEDGER_FIELDS = ("ledger_seq", "ledger_head")
 DECLARED_SPEND_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clipping_norm", "delta", "accountant")
 
 
@@ -152,27 +151,22 @@ class Receipt:
     when it uploaded: a witness, kept by another party, of how far that ledger had got. A ledger
     later found without that entry was rolled back or replaced. `spend` is the round's DP-SGD
     parameters as the member declared them and the coordinator checked them against the
-    federation file. Receipts from before these fields existed have them as None, and their
-    signature covers only the fields present.
+    federation file. The signature covers every field but itself.
     """
 
     federation: str
     round: int
     institution: str
     envelope_sha256: str
+    ledger_seq: int
+    ledger_head: str
+    spend: DeclaredSpend
     signature: str = ""
-    ledger_seq: int | None = None
-    ledger_head: str | None = None
-    spend: DeclaredSpend | None = None
 
     def body(self) -> dict:
-        """The signed fields (ledger head and spend only when present)."""
-        body: dict[str, Any] = {f: getattr(self, f) for f in RECEIPT_FIELDS}
-        if self.ledger_seq is not None or self.ledger_head is not None:
-            body.update(ledger_seq=self.ledger_seq, ledger_head=self.ledger_head)
-        if self.spend is not None:
-            body["spend"] = self.spend.to_dict()
-        return body
+        """The signed fields."""
+        return {**{f: getattr(self, f) for f in RECEIPT_FIELDS}, "ledger_seq": self.ledger_seq,
+                "ledger_head": self.ledger_head, "spend": self.spend.to_dict()}
 
     def message(self) -> bytes:
         """The exact bytes the coordinator signs."""
@@ -183,12 +177,11 @@ class Receipt:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Receipt":
-        """A receipt from its dict form. Raises KeyError/TypeError/ValueError for a malformed one."""
-        seq, spend = data.get("ledger_seq"), data.get("spend")
+        """A receipt from its dict form. Raises KeyError/TypeError/ValueError for a malformed one
+        (a missing ledger head or spend included)."""
         return cls(str(data["federation"]), int(data["round"]), str(data["institution"]),
-                   str(data["envelope_sha256"]), str(data.get("signature", "")),
-                   None if seq is None else int(seq), data.get("ledger_head"),
-                   None if spend is None else DeclaredSpend.from_dict(spend))
+                   str(data["envelope_sha256"]), int(data["ledger_seq"]), str(data["ledger_head"]),
+                   DeclaredSpend.from_dict(data["spend"]), str(data.get("signature", "")))
 
 
 # --------------------------------------------------------------------------------------------------

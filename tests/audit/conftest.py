@@ -31,7 +31,7 @@ def _prototype(tmp_path_factory) -> dict:
     ledger = write_ledger(root / "state", institution, [dict(SPEND, accountant="pld")] * ROUNDS,
                           coordinator=coordinator)
     receipts = root / "receipts.json"
-    receipts.write_text(json.dumps(sign_receipts(coordinator, "hospital-a", ROUNDS)))
+    receipts.write_text(json.dumps(sign_receipts(coordinator, "hospital-a", ROUNDS, ledger=ledger)))
     return dict(root=root, institution=institution, other=other, coordinator=coordinator, ledger=ledger,
                 receipts=receipts)
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from confide.formats import DeclaredSpend, Receipt
 from confide.identity import Identity, b64
-from confide.privacy.ledger import PrivacyLedger, canonical_json, entry_hash, signed_message
+from confide.privacy.ledger import PrivacyLedger, entry_hash, signed_message
 
 FEDERATION_ID = "fed-1"
 ROUNDS = 3
@@ -121,20 +122,30 @@ def write_ledger(state: Path, identity: Identity, spends: list[dict], dataset: s
         ledger.append("outcome", federation, round_index, result="uploaded",
                       envelope_sha256=envelope_hash(round_index), weight=64.0)
         if coordinator is not None:
-            receipt = sign_receipts(coordinator, identity.institution_id, round_index, federation)[-1]
+            receipt = sign_receipts(coordinator, identity.institution_id, round_index, federation,
+                                    ledger.entries())[-1]
             ledger.append("receipt", federation, round_index, receipt=receipt)
         if applied:
             ledger.append("applied", federation, round_index, count=2, sum_sha256=sum_hash(round_index, federation))
     return ledger.path
 
 
-def sign_receipts(coordinator: Identity, institution: str, rounds: int, federation: str = FEDERATION_ID) -> list[dict]:
-    """The coordinator's receipts for rounds 1..`rounds`, as `confide.platform.coordinator` signs them."""
+def sign_receipts(coordinator: Identity, institution: str, rounds: int, federation: str = FEDERATION_ID,
+                  ledger: Path | list[dict] | None = None) -> list[dict]:
+    """The coordinator's receipts for rounds 1..`rounds`, as `confide.platform.coordinator` signs them:
+    each names the institution's ledger head at upload (the round's `outcome` entry) and the round's
+    declared spend, read from `ledger` (a path or its entries); rounds it lacks (or without a ledger)
+    get a head and a spend that no ledger has."""
+    entries = read_entries(ledger) if isinstance(ledger, Path) else list(ledger or [])
     receipts = []
     for r in range(1, rounds + 1):
-        body = {"federation": federation, "round": r, "institution": institution,
-                "envelope_sha256": envelope_hash(r)}
-        receipts.append({**body, "signature": b64(coordinator.sign(canonical_json(body)))})
+        mine = [e for e in entries if e.get("federation") == federation and e.get("round") == r]
+        outcome = next((e for e in mine if e["kind"] == "outcome"), {"seq": 10**6, "hash": "ee" * 32})
+        spend = next((e for e in mine if e["kind"] == "spend"), None)
+        declared = (DeclaredSpend.of_entry(spend) if spend is not None
+                    else DeclaredSpend.from_dict({**SPEND, "accountant": "pld", "entry_hash": "ee" * 32}))
+        body = Receipt(federation, r, institution, envelope_hash(r), outcome["seq"], outcome["hash"], declared)
+        receipts.append({**body.to_dict(), "signature": b64(coordinator.sign(body.message()))})
     return receipts
 
 

@@ -16,7 +16,7 @@ from confide.privacy.audit.result import EXIT_CHECK_FAILED, EXIT_VERIFIED
 from confide.privacy.guarantee import read_guarantee
 from confide.privacy.ledger import PrivacyLedger
 
-from .support import ROUNDS, SPEND, write_ledger
+from .support import ROUNDS, SPEND, sign_receipts, write_ledger
 
 
 @pytest.fixture
@@ -25,6 +25,8 @@ def adapter(world):
     policy = load_institution(world.policy)
     path = write_ledger(world.root / "state", world.institution, [dict(SPEND, accountant="pld")] * ROUNDS,
                         dataset=policy.dataset_id, coordinator=world.coordinator, applied=True)
+    # The coordinator's export names this ledger's heads (4 entries a round here, with the applied sums).
+    world.receipts.write_text(json.dumps(sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=path)))
     directory = world.root / "adapter"
     directory.mkdir()
     (directory / "adapter_model.safetensors").write_bytes(b"weights of the final adapter")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from confide.errors import BadInput
+from confide.formats import Receipt
 from confide.identity import Identity, b64
 from confide.policies import load_federation
 from confide.privacy.audit import audit_ledgers
 from confide.privacy.audit.integrity import integrity_checks
 from confide.privacy.audit.recompute import DEFAULT_TOLERANCE
-from confide.privacy.ledger import canonical_json, signed_message
+from confide.privacy.ledger import signed_message
 
 from .support import (
     ENTRIES_PER_ROUND,
@@ -20,6 +22,7 @@ from .support import (
     SPEND,
     SPEND_SEQS,
     altered,
+    envelope_hash,
     read_entries,
     reseal,
     sign_receipts,
@@ -119,6 +122,7 @@ def test_recorded_epsilon_below_independent_recomputation_is_caught(world):
     entries = read_entries(world.ledger)
     entries[3]["epsilon"] *= 0.9  # the institution itself under-reports round 2 and re-signs everything
     write_entries(world.ledger, reseal(entries, world.institution))
+    _receipts_for_the_ledger_as_it_is(world)  # so that only the recomputation can catch it
     result = full_audit(world)
     assert [c.seq for c in failed(result, "epsilon_pld")] == [4]
     assert [c.seq for c in failed(result, "epsilon_accountant")] == [4]
@@ -179,15 +183,32 @@ def test_deleting_trailing_entries_is_caught_given_receipts(world):
     without_receipts = full_audit(world, receipts=(), coordinator_keys=())
     assert without_receipts.passed  # a shorter chain is still a valid chain
     result = full_audit(world)
-    missing = failed(result, "receipts")
+    missing = [c for c in failed(result, "receipts") if "has no spend entry" in c.detail]
     assert len(missing) == 1 and "round 3 of fed-1" in missing[0].detail and "ends at seq 4" in missing[0].detail
+    # Rounds 2 and 3's receipts name ledger heads (their outcome entries) the cut ledger no longer has.
+    behind = [c for c in failed(result, "receipts") if "has no such entry" in c.detail]
+    assert [c.seq for c in behind] == [5, 8]
+
+
+def _receipts_for_the_ledger_as_it_is(world) -> None:
+    """The coordinator's export as it would be had the ledger been this one at each upload."""
+    world.receipts.write_text(json.dumps(sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=world.ledger)))
+
+
+@pytest.mark.parametrize("field", ["ledger_seq", "ledger_head", "spend"])
+def test_a_receipt_without_its_ledger_head_or_spend_is_refused_as_malformed(world, field):
+    receipts = json.loads(world.receipts.read_text())
+    del receipts[1][field]
+    world.receipts.write_text(json.dumps(receipts))
+    with pytest.raises(BadInput, match=f"receipts.json: receipt 2: malformed \\('{field}'\\)") as err:
+        full_audit(world)
+    assert err.value.lines() == [str(err.value)]
 
 
 def test_receipt_for_another_envelope_than_the_ledger_records_is_caught(world):
-    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS)
-    receipts[1] = sign_receipts(world.coordinator, "hospital-a", 4)[3] | {"round": 2}
-    body = {k: receipts[1][k] for k in ("federation", "round", "institution", "envelope_sha256")}
-    receipts[1]["signature"] = b64(world.coordinator.sign(canonical_json(body)))
+    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=world.ledger)
+    other = dataclasses.replace(Receipt.from_dict(receipts[1]), envelope_sha256=envelope_hash(4))
+    receipts[1] = {**other.to_dict(), "signature": b64(world.coordinator.sign(other.message()))}
     world.receipts.write_text(json.dumps(receipts))
     result = full_audit(world)
     assert [(c.name, c.seq) for c in failures(result)] == [("receipts", 5)]  # round 2's outcome entry
@@ -198,14 +219,14 @@ def test_kept_receipt_not_signed_by_the_coordinator_is_caught(world):
     entries = read_entries(world.ledger)
     entries[5]["receipt"]["signature"] = entries[2]["receipt"]["signature"]  # round 2 keeps round 1's signature
     write_entries(world.ledger, reseal(entries, world.institution))
+    _receipts_for_the_ledger_as_it_is(world)  # the export alone would also catch the re-sealed chain
     result = full_audit(world)
     assert [(c.name, c.seq) for c in failures(result)] == [("ledger_receipts", 6)]
 
 
 def test_receipt_not_signed_by_the_coordinator_fails_and_is_not_held_against_the_ledger(world):
     receipts = json.loads(world.receipts.read_text())
-    receipts.append({"federation": "fed-1", "round": 4, "institution": "hospital-a",
-                     "envelope_sha256": "ab" * 32, "signature": receipts[0]["signature"]})
+    receipts.append({**receipts[0], "round": 4, "envelope_sha256": "ab" * 32})  # round 1's signature
     world.receipts.write_text(json.dumps(receipts))
     result = full_audit(world)
     assert [c.name for c in failures(result)] == ["receipt_signature"]
@@ -355,7 +376,7 @@ def test_resigned_sample_rate_that_disagrees_with_the_recorded_training_size_fai
 
 
 def test_an_institution_in_the_receipts_whose_ledger_is_not_handed_in_fails(world):
-    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS) + \
+    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=world.ledger) + \
         sign_receipts(world.coordinator, "hospital-b", 1)
     world.receipts.write_text(json.dumps(receipts))
     result = full_audit(world)
@@ -373,14 +394,11 @@ def test_a_noiseless_round_in_a_real_federation_fails(world):
 
 
 def test_a_ledger_rewritten_after_the_upload_contradicts_the_receipt_that_names_its_head(world):
-    from confide.formats import Receipt
 
     entries = read_entries(world.ledger)
     outcome = next(e for e in entries if e["kind"] == "outcome" and e["round"] == 1)
-    body = Receipt("fed-1", 1, "hospital-a", outcome["envelope_sha256"], ledger_seq=outcome["seq"],
-                   ledger_head=outcome["hash"])
-    signed = {**body.to_dict(), "signature": b64(world.coordinator.sign(body.message()))}
-    receipts = [signed] + sign_receipts(world.coordinator, "hospital-a", ROUNDS)[1:]
+    receipts = sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=world.ledger)
+    assert receipts[0]["ledger_seq"] == outcome["seq"] and receipts[0]["ledger_head"] == outcome["hash"]
     world.receipts.write_text(json.dumps(receipts))
     assert failures(full_audit(world)) == []
     # The institution raises round 1's noise after the fact and re-signs everything with its own key.
@@ -388,7 +406,9 @@ def test_a_ledger_rewritten_after_the_upload_contradicts_the_receipt_that_names_
     write_entries(world.ledger, reseal(entries, world.institution))
     result = full_audit(world)
     rewritten = [c for c in failed(result, "receipts") if "rewritten or rolled back" in c.detail]
-    assert len(rewritten) == 1 and rewritten[0].seq == outcome["seq"]
+    # Every receipt's head moved with the re-sealed chain: round 1's outcome entry first.
+    assert [c.seq for c in rewritten] == [outcome["seq"], outcome["seq"] + ENTRIES_PER_ROUND,
+                                          outcome["seq"] + 2 * ENTRIES_PER_ROUND]
 
 
 def test_an_audit_that_could_not_evaluate_the_budget_is_incomplete_not_a_pass(world, tmp_path):
@@ -406,19 +426,9 @@ def test_an_audit_that_could_not_evaluate_the_budget_is_incomplete_not_a_pass(wo
 
 
 def _receipts_signing_the_spends(world) -> list[dict]:
-    """Receipts as the coordinator now signs them: each names the round's declared spend (no ledger head,
-    so that only the spend binds the ledger here)."""
-    from confide.formats import DeclaredSpend, Receipt
-
-    entries = read_entries(world.ledger)
-    receipts = []
-    for e in entries:
-        if e["kind"] == "spend":
-            body = Receipt("fed-1", e["round"], "hospital-a", sign_receipts(world.coordinator, "hospital-a",
-                                                                            e["round"])[-1]["envelope_sha256"],
-                           spend=DeclaredSpend.of_entry(e))
-            receipts.append({**body.to_dict(), "signature": b64(world.coordinator.sign(body.message()))})
-    return receipts
+    """Receipts as the coordinator signs them: each names the ledger head at upload and the round's
+    declared spend."""
+    return sign_receipts(world.coordinator, "hospital-a", ROUNDS, ledger=world.ledger)
 
 
 @pytest.mark.integration  # three full audits with PLD recomputation: kept out of make test-fast

@@ -32,7 +32,7 @@ from confide.platform.member_api import KeyBundle as Bundle
 from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
 from confide.platform.sum_evidence import SumEvidence, certificate_problem, sum_problem
 
-from .conftest import LAYOUT, declared_spend
+from .conftest import LAYOUT, LEDGER_HEAD, declared_spend
 
 SIZE = 16
 
@@ -117,7 +117,8 @@ class FakeMember:
 
     def _upload(self, round_index: int, envelope: bytes) -> Contribution:
         shares = (self.dir / f"r{round_index}.shares").read_bytes()
-        return Contribution("upload", envelope=envelope, declared=declared_spend(self.federation),
+        return Contribution("upload", envelope=envelope, ledger_head=LEDGER_HEAD,
+                            declared=declared_spend(self.federation),
                             statement=self._statement(round_index, envelope, shares), shares=shares)
 
     def reveal(self, round_index: int, statements: list[ContributionStatement],

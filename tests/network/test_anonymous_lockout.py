@@ -24,7 +24,7 @@ from confide.platform.secure_sum import share_digests
 from confide.platform.service.client import Backoff, CoordinatorClient
 from confide.platform.service.server import CoordinatorSettings, build_server
 
-from .conftest import Keys, contribution_statement, declared_spend, mask_shares
+from .conftest import LEDGER_HEAD, Keys, contribution_statement, declared_spend, mask_shares
 from .test_coordinator_limits import connect, forged_headers, tls_context
 from .test_tls_client import free_port, serve
 
@@ -135,7 +135,7 @@ def test_a_member_is_served_while_forged_slow_uploads_overfill_the_connection_ca
     for _ in range(WAVES):
         attack.open_wave(PER_WAVE)
         views += [member.federation() for _ in range(3)]
-        receipts.append(member.upload(1, envelope, None, declared_spend(federation.policy), statement, shares))
+        receipts.append(member.upload(1, envelope, LEDGER_HEAD, declared_spend(federation.policy), statement, shares))
     ended = attack.outcomes()
     unverified = running.server.unverified
     print(f"\n[lockout] {WAVES * PER_WAVE} forged slow uploads against a cap of {MAX_CONNECTIONS} connections: "

@@ -19,7 +19,7 @@ from confide.platform.service.app import Changes
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
 
-from .conftest import LAYOUT, Keys, declared_spend, snapshot, upload_request
+from .conftest import LAYOUT, LEDGER_HEAD, Keys, declared_spend, snapshot, upload_request
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> None:
@@ -193,7 +193,7 @@ def test_restarted_hub_resumes_the_round_without_double_counting(tmp_path, serve
     try:
         assert again.state.current.index == 1 and list(again.state.current.uploads) == ["a"]
         params, body = upload_request(fed.policy, fed.identities["a"], envelope)
-        receipt = again.upload("a", 1, envelope, time.time(), declared=declared_spend(fed.policy),
+        receipt = again.upload("a", 1, envelope, time.time(), LEDGER_HEAD, declared=declared_spend(fed.policy),
                                signed=StatementClaims(tuple(params["tags"].split(",")), 1,
                                                       params["statement_signature"]), shares=body[len(envelope):])
         assert receipt.model_dump() == first and len(again.state.current.uploads) == 1

@@ -336,13 +336,16 @@ def test_a_member_refuses_a_receipt_that_is_forged_or_names_another_ledger_head_
     noisier = dataclasses.replace(contribution.declared, noise_multiplier=contribution.declared.noise_multiplier * 2)
     with pytest.raises(MemberError, match="spend does not match.*noise_multiplier"):
         a.record_receipt(1, signed(spend=noisier), contribution.envelope, key)
-    with pytest.raises(MemberError, match="signs no spend"):
-        a.record_receipt(1, signed(spend=None), contribution.envelope, key)
+    unspent = {k: v for k, v in signed().items() if k != "spend"}
+    with pytest.raises(MemberError, match="malformed receipt"):
+        a.record_receipt(1, unspent, contribution.envelope, key)
     forged = {**signed(), "signature": signed(round=2)["signature"]}
     with pytest.raises(MemberError, match="signature"):
         a.record_receipt(1, forged, contribution.envelope, key)
     assert [e["kind"] for e in a.ledger.entries()].count("receipt") == 1
-    # Read back at start (no envelope passed), the receipt is checked against the stored envelope.
+    # Read back at start (no envelope passed), the receipt is checked again, its spend included.
     assert a.record_receipt(1, signed(), None, key)["ledger_seq"] == seq
-    with pytest.raises(MemberError, match="signs no spend"):
-        a.record_receipt(1, signed(spend=None), None, key)
+    with pytest.raises(MemberError, match="malformed receipt"):
+        a.record_receipt(1, unspent, None, key)
+    with pytest.raises(MemberError, match="spend does not match"):
+        a.record_receipt(1, signed(spend=noisier), None, key)

@@ -154,7 +154,8 @@ def test_a_whole_state_directory_restore_is_caught_by_the_coordinators_receipt(t
     shutil.copytree(registry, tmp_path / "registry-backup")
     contribution = a.take_part(1)
     receipt = {"federation": "tiny", "round": 1, "institution": "a", "ledger_seq": contribution.ledger_head[0],
-               "ledger_head": contribution.ledger_head[1], "envelope_sha256": "0" * 64, "signature": ""}
+               "ledger_head": contribution.ledger_head[1], "envelope_sha256": "0" * 64,
+               "spend": contribution.declared.to_dict(), "signature": ""}
     a.check_anchor(receipt)  # the current ledger holds what the coordinator saw
     shutil.rmtree(state)
     shutil.copytree(tmp_path / "state-backup", state)  # ledger and its local witness both rolled back
@@ -235,36 +236,16 @@ def test_a_restarted_member_plans_only_the_rounds_left(tmp_path):
     assert again["epsilon_after_plan"] <= institutions[0].budget.epsilon + 1e-6
 
 
-def test_legacy_per_fingerprint_ledgers_are_migrated_with_every_spend(tmp_path):
+def test_a_second_spend_of_a_round_is_refused_whatever_fields_it_carries(tmp_path):
+    # Spends copied by the removed per-fingerprint migration (`migrated_from`) once skipped this rule.
     identity = Identity.generate("a")
-    fingerprint = "cd" * 32
-    legacy = PrivacyLedger.open(tmp_path / "state", "a", fingerprint, identity)
-    for k in (1, 2):
-        legacy.append("spend", "old-fed", k, noise_multiplier=1.2, sample_rate=0.1, steps=5, clipping_norm=1.0,
-                      delta=1e-5, accountant="pld")
-    spent = legacy.epsilon_spent()
-    opened = open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18))
-    assert opened.migrated == (legacy.path.name,)
-    assert not legacy.path.exists() and legacy.path.with_name(legacy.path.name + ".migrated").exists()
-    ledger = opened.ledger
-    assert ledger.epsilon_spent() == pytest.approx(spent, rel=1e-6)
-    assert ledger.has_spend("old-fed", 2)
-    assert ledger.verify(identity.public, recompute_epsilon=True) == []
-    kinds = [e["kind"] for e in ledger.entries()]
-    assert kinds == ["migrated", "spend", "spend", "data_version"]
-    # Opening again migrates nothing twice.
-    assert open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18)).migrated == ()
-
-
-def test_a_damaged_legacy_ledger_is_refused_not_migrated(tmp_path):
-    identity = Identity.generate("a")
-    legacy = PrivacyLedger.open(tmp_path / "state", "a", "cd" * 32, identity)
-    legacy.append("spend", "old-fed", 1, noise_multiplier=1.2, sample_rate=0.1, steps=5, clipping_norm=1.0,
-                  delta=1e-5, accountant="pld")
-    legacy.path.write_text(legacy.path.read_text().replace('"steps":5', '"steps":1'))
-    with pytest.raises(LedgerError, match="broken"):
-        open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18))
-    assert legacy.path.exists()
+    ledger = open_dataset_ledger(tmp_path / "state", "a", "a", identity, DataVersion("ef" * 32, 20, 18)).ledger
+    spend = dict(noise_multiplier=1.2, sample_rate=0.1, steps=5, clipping_norm=1.0, delta=1e-5, accountant="pld")
+    ledger.append("spend", "fed", 1, **spend)
+    spent = ledger.epsilon_spent()
+    with pytest.raises(LedgerError, match="already has a spend entry"):
+        ledger.append("spend", "fed", 1, **spend, migrated_from="a." + "cd" * 32 + ".jsonl")
+    assert ledger.epsilon_spent() == spent and len(ledger.spend_entries()) == 1
 
 
 def test_a_kill_after_the_adapter_is_written_applies_the_sum_exactly_once(tmp_path):

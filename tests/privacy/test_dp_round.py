@@ -14,14 +14,10 @@ from confide.platform.models import build_adapter_model
 from confide.privacy import RoundSpend, TrainingError
 from confide.privacy.objective import per_example_loss, trim_padding
 from confide.privacy.trainable import (
-    apply_delta,
-    load_trainable_state,
     lora_matrix,
     parameters_digest,
-    state_to_vector,
     trainable_parameters,
     trainable_state,
-    vector_to_state,
 )
 from confide.privacy.training import DPSettings, evaluate, run_dp_round, train_round
 
@@ -209,22 +205,6 @@ def test_invalid_settings_are_refused_before_training(tiny_bert):
     _, built, data = tiny_bert
     with pytest.raises(TrainingError, match="sample_rate"):
         run_dp_round(copy.deepcopy(built.model), data.train, "sequence_classification", settings(sample_rate=0.0))
-
-
-def test_trainable_state_round_trips_through_a_vector(tiny_bert):
-    _, built, _ = tiny_bert
-    model = copy.deepcopy(built.model)
-    state = trainable_state(model)
-    vector = state_to_vector(state)
-    assert vector.numel() == sum(t.numel() for t in state.values())
-    shifted = vector_to_state(vector + 1.0, state)
-    load_trainable_state(model, shifted)
-    apply_delta(model, {n: -torch.ones_like(t) for n, t in state.items()})
-    restored = trainable_state(model)
-    for name in state:
-        torch.testing.assert_close(restored[name], state[name])
-    with pytest.raises(TrainingError):
-        vector_to_state(vector[:-1], state)
 
 
 def test_causal_lm_loss_of_an_example_does_not_depend_on_its_batch(tmp_path):

@@ -1,14 +1,13 @@
 """Work split across processes: TenSEAL holds the GIL, so threads would not help; and the
 coordinator's summation, in numpy, as a streaming pass over the envelopes.
 
-Always the ``spawn`` start method: forking a process after a TenSEAL context exists deadlocked
-in our measurements, and a spawned worker inherits nothing but what it is sent. Tasks are
-module-level functions over plain bytes and numpy arrays so they pickle across processes.
+Processes come from `confide.processes` (always ``spawn``: forking after a TenSEAL context exists
+deadlocked in our measurements). Tasks are module-level functions over plain bytes and numpy arrays
+so they pickle across processes.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from confide.aggregation import _seal, bitpack, compact
 from confide.aggregation.wire import EnvelopeHeader, EnvelopeSource, read_ciphertext
+from confide.processes import process_pool
 
 #: Ciphertext positions a summation reads from each envelope at once (64 x 4096 coefficients:
 #: a few MB for the running block and one envelope's block).
@@ -35,7 +35,7 @@ class WorkerPool:
         if processes < 1:
             raise ValueError("a worker pool needs at least one process")
         self.processes = processes
-        self._pool = multiprocessing.get_context("spawn").Pool(processes=processes)
+        self._pool = process_pool(processes)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -44,11 +44,10 @@ class WorkerPool:
         self.close()
 
     def close(self) -> None:
-        self._pool.close()
-        self._pool.join()
+        self._pool.shutdown(wait=True)
 
     def map(self, task: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-        return self._pool.map(task, jobs)
+        return list(self._pool.map(task, jobs))
 
 
 def worker_count(workers: int | WorkerPool) -> int:

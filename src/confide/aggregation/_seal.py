@@ -202,29 +202,6 @@ class SealScratch:
         return key
 
 
-def load_update_ciphertext(
-    scratch: SealScratch,
-    context: seal.SEALContext,
-    blob: bytes | memoryview,
-    scale_bits: int,
-    what: str,
-) -> seal.Ciphertext:
-    """Load one ciphertext and check it is what this protocol produces: two polynomials in NTT
-    form at the last level with the federation's scale. Raises EnvelopeError otherwise."""
-    ct = scratch.load_ciphertext(context, blob)
-    if (
-        ct.size() != 2
-        or not ct.is_ntt_form()
-        or list(ct.parms_id()) != list(context.last_parms_id())
-        or ct.scale != 2.0**scale_bits
-    ):
-        raise EnvelopeError(
-            f"{what} is not a fresh-size ciphertext at the last level with scale 2**{scale_bits}",
-            "the envelope was not made by confide with these parameters",
-        )
-    return ct
-
-
 def encrypt_rows(
     context: seal.SEALContext,
     secret_key: seal.SecretKey,

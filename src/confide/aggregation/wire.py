@@ -1,6 +1,6 @@
 """The binary envelope that carries encrypted updates and sums (never pickled).
 
-Layout, version 2, big endian::
+Layout, version 1, big endian::
 
     magic "CFHE" (4) | version (1) | kind (1: update, 2: sum) | reserved (2, zero)
     key id (16) | layout hash (32, SHA-256) | SHA-256 digest (32) | n_values (8)
@@ -15,10 +15,7 @@ them, and the ciphertext count must equal ``ceil((n_values + 2) / (2 * slots))``
 from the header alone, so every declared count is checked against the actual byte count before
 anything is parsed. The digest covers the whole envelope (with the digest field zeroed) and
 catches corruption in transit or storage. It is a checksum, not a signature: the platform signs
-uploads.
-
-Version 1 (SEAL-serialized ciphertexts, about 8 bytes per parameter) is refused with a message
-that says so: its uploads only ever lived for one round.
+uploads. An envelope of any other version is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from confide.aggregation.bitpack import packed_size
 from confide.aggregation.errors import EnvelopeError, LayoutMismatch, WrongKey
 
 MAGIC = b"CFHE"
-VERSION = 2
+VERSION = 1
 KIND_UPDATE = 1
 KIND_SUM = 2
 _KIND_NAMES = {KIND_UPDATE: "update", KIND_SUM: "sum"}
@@ -78,10 +75,6 @@ class EnvelopeHeader:
         n = 2 * self.slots
         bulk = packed_size(n, self.bits)
         return (bulk,) * (self.n_ciphertexts - 1) + (packed_size(n, self.last_bits),)
-
-    def bits_of(self, position: int) -> int:
-        """Coefficient width of ciphertext ``position``."""
-        return self.last_bits if position == self.n_ciphertexts - 1 else self.bits
 
     @property
     def seeds_offset(self) -> int:
@@ -166,12 +159,6 @@ def _parse_header(
             "raise max_bytes only if the adapter really is that large",
         )
     if len(prefix) >= 5 and prefix[:4] == MAGIC and prefix[4] != VERSION:
-        if prefix[4] == 1:
-            raise EnvelopeError(
-                "envelope format version 1 (SEAL-serialized, from confide before compact uploads) "
-                "is no longer read; this build reads version 2",
-                "re-encrypt the update with this confide version",
-            )
         raise EnvelopeError(
             f"envelope format version {prefix[4]} is not supported (this build reads {VERSION})",
             "encrypt with the same confide version as the federation",

@@ -27,6 +27,7 @@ from confide.aggregation.keys import PublicContext
 from confide.aggregation.sealing import read_sealed_header
 from confide.aggregation.secagg import shares_from_bytes, unpack_bundle
 from confide.aggregation.wire import read_seeds
+from confide.errors import BadInput
 from confide.formats import (
     AppliedStatement,
     ContributionStatement,
@@ -48,10 +49,11 @@ from confide.policies.federation import FederationPolicy
 from confide.privacy.declared import declared_spend_problems
 
 MAX_ENVELOPE_BYTES = 256 * 1024 * 1024
-STATE_FORMAT_VERSION = 3
-"""`PRAGMA user_version` of state.sqlite. 1: no version recorded (receipts without ledger heads)."""
+STATE_FORMAT_VERSION = 1
+"""`PRAGMA user_version` of state.sqlite; a file of another version is refused (CHANGELOG.md: how formats change)."""
 
-__all__ = ["Coordinator", "Receipt", "StateStore", "remove_leftover_temporaries", "sha256", "write_atomically"]
+__all__ = ["Coordinator", "Receipt", "StateFormatError", "StateStore", "remove_leftover_temporaries", "sha256",
+           "write_atomically"]
 
 log = logging.getLogger("confide.coordinator")
 
@@ -84,6 +86,10 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
+class StateFormatError(BadInput):
+    """The --state directory holds a state file this confide does not read (another format, or not SQLite)."""
+
+
 class StateStore:
     """Coordinator state in SQLite: the federation state as one JSON snapshot, plus an event log.
 
@@ -94,35 +100,38 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._open(path)
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open(self, path: Path) -> None:
+        """Create the schema in a new file, or check that an existing one is of STATE_FORMAT_VERSION."""
+        try:
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StateFormatError(f"{path}: not a coordinator state file ({exc})",
+                                   "give --state a fresh directory, or restore the state file from a backup") from None
+        if tables and version != STATE_FORMAT_VERSION:
+            raise StateFormatError(f"{path} has state format {version}; this confide reads format "
+                                   f"{STATE_FORMAT_VERSION}", "run the confide that wrote it, or give --state a "
+                                   "fresh directory to start the federation anew")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS federation (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS events "
-            "(seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, kind TEXT, detail TEXT)"
-        )
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, "
-            "signature TEXT, PRIMARY KEY (round, institution))"
-        )
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring an older state file to STATE_FORMAT_VERSION; refuse one written by a newer confide."""
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if version > STATE_FORMAT_VERSION:
-            raise ProtocolViolation(f"state.sqlite has format {version}, this confide reads up to "
-                                    f"{STATE_FORMAT_VERSION}", 500)
-        if version < STATE_FORMAT_VERSION:
-            # 2 added the ledger head to receipts, 3 the declared spend (JSON); older rows keep NULLs.
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(receipts)")}
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                for column, kind in (("ledger_seq", "INTEGER"), ("ledger_head", "TEXT"), ("spend", "TEXT")):
-                    if column not in columns:
-                        self.db.execute(f"ALTER TABLE receipts ADD COLUMN {column} {kind}")
-                self.db.execute(f"PRAGMA user_version = {STATE_FORMAT_VERSION}")
+        if tables:
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("CREATE TABLE federation (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)")
+            self.db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, kind TEXT, "
+                            "detail TEXT)")
+            self.db.execute(
+                "CREATE TABLE receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, signature TEXT, "
+                "ledger_seq INTEGER NOT NULL, ledger_head TEXT NOT NULL, spend TEXT NOT NULL, "
+                "PRIMARY KEY (round, institution))")
+            self.db.execute(f"PRAGMA user_version = {STATE_FORMAT_VERSION}")
 
     def load(self, federation_id: str) -> FederationState | None:
         row = self.db.execute("SELECT state FROM federation WHERE id = ?", (federation_id,)).fetchone()
@@ -143,12 +152,10 @@ class StateStore:
                     "INSERT OR REPLACE INTO receipts (round, institution, envelope_sha256, signature, ledger_seq, "
                     "ledger_head, spend) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature,
-                     receipt.ledger_seq, receipt.ledger_head,
-                     None if receipt.spend is None else json.dumps(receipt.spend.to_dict())),
+                     receipt.ledger_seq, receipt.ledger_head, json.dumps(receipt.spend.to_dict())),
                 )
 
     _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_seq", "ledger_head", "spend")
-    _OPTIONAL_COLUMNS = ("ledger_seq", "ledger_head", "spend")
 
     def receipts(self, institution: str | None = None) -> list[dict]:
         """Every stored receipt (of `institution` only, if given), oldest round first, without `federation`."""
@@ -159,10 +166,8 @@ class StateStore:
         rows = self.db.execute(query + " ORDER BY round", args)
         receipts = []
         for row in rows:
-            receipt = {k: v for k, v in zip(self._RECEIPT_COLUMNS, row)
-                       if v is not None or k not in self._OPTIONAL_COLUMNS}
-            if receipt.get("spend") is not None:
-                receipt["spend"] = json.loads(receipt["spend"])
+            receipt = dict(zip(self._RECEIPT_COLUMNS, row))
+            receipt["spend"] = json.loads(receipt["spend"])
             receipts.append(receipt)
         return receipts
 
@@ -291,7 +296,7 @@ class Coordinator:
         `shares` is the upload's mask shares, one sealed to each committee member (`secure_sum`):
         required, checked for one blob per seat with this upload's label, named in the statement.
 
-        `ledger_head` is the member's ledger head `(seq, hash)` as it uploads; the receipt signs it,
+        `ledger_head` is the member's ledger head `(seq, hash)` as it uploads: required; the receipt signs it,
         so the member's ledger is anchored outside the member's disk. `declared` is the round's
         DP-SGD spend as the member recorded it: required, checked against the federation file
         (accountant, delta, steps, noise floor, per-round cap) and signed too. `signed` is the
@@ -319,6 +324,8 @@ class Coordinator:
             # Caught now, not when summing: a wrong count would otherwise fail the round for everyone.
             raise ProtocolViolation(f"envelope holds {header.n_values} values; the federation's adapter has "
                                     f"{setup.n_values} (check that this member runs the federation's model)", 422)
+        if ledger_head is None:
+            raise ProtocolViolation("the upload does not name the member's ledger head (ledger_seq, ledger_head)", 422)
         if declared is None:
             raise ProtocolViolation("the upload does not declare its round's DP-SGD spend (noise_multiplier, "
                                     "sample_rate, steps, clipping_norm, delta, accountant, spend_hash)", 422)
@@ -335,12 +342,11 @@ class Coordinator:
         if new is self.state:
             stored = self.receipt_for(institution, round_index)
             if stored is not None and stored.envelope_sha256 == digest:
-                if stored.spend is not None and stored.spend != declared:
+                if stored.spend != declared:
                     raise ProtocolViolation("this envelope was accepted with another declared spend", 409)
                 return stored
-        seq, head = ledger_head if ledger_head is not None else (None, None)
         receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest,
-                                     ledger_seq=seq, ledger_head=head, spend=declared))
+                                     ledger_seq=ledger_head[0], ledger_head=ledger_head[1], spend=declared))
         if new is not self.state:
             check_envelope(self.public_context, envelope)  # what summing it would check, without a sum
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)

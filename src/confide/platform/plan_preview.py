@@ -9,7 +9,7 @@ plan, and the rounds are walked forward to name the rule that would first refuse
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from confide.platform.data import read_source, record_digests, split_records
@@ -17,7 +17,6 @@ from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.policies.decision import Decision, LedgerState, RoundFacts, decide_participation
 from confide.privacy.accounting import History, epsilon, history_with
 from confide.privacy.budget import ParticipationPlan, plan_participation, sample_rate_for
-from confide.privacy.dataset_ledger import legacy_ledgers
 from confide.privacy.errors import PlanError, RecordsChargedElsewhereError
 from confide.privacy.ledger import PrivacyLedger, ledger_path
 from confide.privacy.ledger_registry import LedgerRegistry, registry_dir
@@ -33,8 +32,6 @@ class LedgerSoFar:
     epsilon_spent: float
     rounds_taken: int
     """Rounds of this federation already trained."""
-    legacy: list[str] = field(default_factory=list)
-    """Older per-fingerprint ledgers the member will migrate into this one (their spends count)."""
     charged_elsewhere: str | None = None
     """Why joining is refused: the records are charged under another ledger (the institution's registry)."""
 
@@ -75,8 +72,8 @@ class PlanPreview:
 
 def read_ledger_so_far(federation: FederationPolicy, institution: InstitutionPolicy,
                        records: tuple[bytes, ...] = ()) -> LedgerSoFar:
-    """The dataset's ledger under the institution's state_dir, plus legacy ledgers it would migrate, and
-    (given the data's `records` digests) another ledger of the institution's registry that spent on them.
+    """The dataset's ledger under the institution's state_dir and (given the data's `records` digests)
+    another ledger of the institution's registry that spent on them.
 
     Raises RegistryError for a corrupt registry.
     """
@@ -89,15 +86,8 @@ def read_ledger_so_far(federation: FederationPolicy, institution: InstitutionPol
         elsewhere = str(exc)
     history = list(ledger.spend_history())
     rounds = ledger.rounds_taken(federation.federation_id)
-    legacy: list[str] = []
-    if not ledger.entries():
-        for path in legacy_ledgers(state_dir, who, dataset):
-            old = PrivacyLedger(path)
-            history += old.spend_history()
-            rounds += old.rounds_taken(federation.federation_id)
-            legacy.append(str(path))
     spent = epsilon(history, federation.privacy.delta, federation.privacy.accountant) if history else 0.0
-    return LedgerSoFar(str(ledger.path), ledger.path.exists(), history, spent, rounds, legacy, elsewhere)
+    return LedgerSoFar(str(ledger.path), ledger.path.exists(), history, spent, rounds, elsewhere)
 
 
 def _first_stop(federation: FederationPolicy, institution: InstitutionPolicy, ledger: LedgerSoFar,
@@ -175,13 +165,11 @@ def plan_rows(preview: PlanPreview) -> list[tuple[str, str]]:
                    f"{p.rounds_planned * p.steps_per_round} steps"),
     ]
     ledger = f"epsilon {p.ledger.epsilon_spent:.3f} spent, {p.ledger.rounds_taken} rounds of this federation"
-    if not p.ledger.exists and not p.ledger.legacy:
+    if not p.ledger.exists:
         ledger = "no ledger yet: nothing spent"
     if p.ledger.charged_elsewhere is not None:
         mine = ledger if p.ledger.exists else "no ledger of this dataset id yet"
         ledger = f"{mine}; but its records are already charged under another ledger (see plan)"
-    if p.ledger.legacy:
-        ledger += f" (with {len(p.ledger.legacy)} older ledger(s) to migrate)"
     rows.append(("ledger", ledger))
     if p.plan is None:
         rows.append(("plan", f"none fits: {p.problem}"))

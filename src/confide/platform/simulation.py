@@ -146,14 +146,14 @@ class _Events:
     def __init__(self, workers: int, executor: str = "local") -> None:
         self.started_ray = False
         if executor == "ray":
-            from confide.platform.workers import RayMemberPool, ray_progress_queue
+            from confide.platform.workers import ray_progress_queue, start_ray
 
-            self.started_ray = RayMemberPool.start_ray(workers)
+            self.started_ray = start_ray(workers)
             self.queue = ray_progress_queue()
         elif workers > 0:
-            import multiprocessing as mp
+            from confide.processes import SPAWN
 
-            self.queue = mp.get_context("spawn").Queue()
+            self.queue = SPAWN.Queue()
         else:
             self.queue = queue.SimpleQueue()
 

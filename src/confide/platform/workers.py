@@ -1,7 +1,8 @@
 """Hosting institutions in worker processes, so their local rounds train in parallel.
 
 TenSEAL and torch's CPU kernels hold the GIL for long stretches, so parallelism needs processes.
-They are started with `spawn`: a fork after a TenSEAL context exists deadlocked. Each worker hosts
+They are started from `confide.processes.SPAWN`: a fork after a TenSEAL context exists deadlocked.
+Unlike a task pool (`confide.processes.process_pool`), each worker hosts
 one or more members for the whole simulation (models stay loaded between rounds); the main process
 sends it calls and gets plain results back. A call names the function to run on the member (e.g.
 `Member.take_part`, pickled by reference), never a method name as a string: a renamed method then fails
@@ -10,18 +11,19 @@ where it is referenced, not at run time in a worker. Progress events travel on a
 With `workers=0` the same members run in the calling process through the same interface, which is
 what tests and debugging use. `RayMemberPool` hosts the members in Ray actors instead (a local Ray
 instance, or the cluster `RAY_ADDRESS` names): each actor runs the very call handler a worker
-process runs, so the two executors differ only in how calls travel.
+process runs, so the two executors differ only in how calls travel. `start_ray` is the one way
+confide starts or joins Ray (the sweep's Ray tasks use it too).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import threading
 import traceback
 from typing import Any, Callable
 
 from confide.errors import BadInput
+from confide.processes import SPAWN
 
 Factory = Callable[..., Any]
 MemberFunction = Callable[..., Any]
@@ -110,7 +112,9 @@ class MemberPool:
             return
         workers = min(workers, len(specs))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        context = mp.get_context("spawn")
+        # Processes of our own, not a pool: a member stays loaded in one process and every call to it
+        # must reach that process, which a task pool's scheduling cannot promise.
+        context = SPAWN
         ids = list(specs)
         for w in range(workers):
             mine = {i: specs[i] for i in ids[w::workers]}
@@ -196,10 +200,47 @@ class _RayHost:
 
 
 def ray_progress_queue():
-    """A progress queue Ray actors can put events on (start Ray first: `RayMemberPool.start_ray`)."""
+    """A progress queue Ray actors can put events on (start Ray first: `start_ray`)."""
     from ray.util.queue import Queue
 
     return Queue()
+
+
+def import_ray():
+    """The `ray` module; raises ExecutorUnavailable saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorUnavailable("--executor ray needs Ray, which is not installed",
+                                  "pip install 'confide[ray]' (or use --executor local)") from None
+    return ray
+
+
+def start_ray(workers: int, address: str | None = None) -> bool:
+    """Connect this process to Ray unless it already is; True if this call did (the caller then shuts
+    Ray down when done).
+
+    Connects to `address` (e.g. `auto`, `ray://head:10001`), else to the cluster `RAY_ADDRESS` names,
+    else starts a local instance with at least `workers` CPUs, so that `workers` one-CPU actors or
+    tasks run at once. No dashboard; workers' output stays off the driver's console. Raises
+    ExecutorUnavailable when Ray is not installed or the cluster cannot be reached.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address is None:
+        options.update(address="local", num_cpus=max(workers, os.cpu_count() or 1))
+    else:
+        options["address"] = address
+    try:
+        ray.init(**options)
+    except ConnectionError as exc:
+        raise ExecutorUnavailable(f"cannot connect to the Ray cluster at {address}: {exc}",
+                                  "check --ray-address or RAY_ADDRESS, or leave both out to start Ray "
+                                  "locally") from None
+    return True
 
 
 class RayMemberPool:
@@ -214,7 +255,7 @@ class RayMemberPool:
     def __init__(self, factory: Factory, specs: dict[str, tuple], workers: int, progress=None) -> None:
         import ray
 
-        self.start_ray(workers)
+        start_ray(workers)
         workers = max(1, min(workers, len(specs)))
         threads = max(1, (os.cpu_count() or 1) // workers)
         host = ray.remote(num_cpus=1)(_RayHost)
@@ -227,23 +268,6 @@ class RayMemberPool:
             self.actors.append(actor)
             for i in mine:
                 self.route[i] = actor
-
-    @staticmethod
-    def start_ray(workers: int) -> bool:
-        """Connect to Ray unless already connected; True if this call did. Raises ExecutorUnavailable."""
-        try:
-            import ray
-        except ImportError:
-            raise ExecutorUnavailable("--executor ray needs Ray, which is not installed: "
-                                      "pip install 'confide[ray]'") from None
-
-        if ray.is_initialized():
-            return False
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-        return True
 
     def call_many(self, calls: list[tuple[str, MemberFunction, tuple, dict]],
                   on_wait: Callable[[], None] | None = None) -> dict:

@@ -127,11 +127,6 @@ class CkksParameters(StrictModel):
         return self.poly_modulus_degree // 2
 
     @property
-    def values_per_ciphertext(self) -> int:
-        """Real values per ciphertext (two per complex slot)."""
-        return self.poly_modulus_degree
-
-    @property
     def max_abs_sum(self) -> float:
         """Largest magnitude a decrypted sum may reach without wrapping around ``q0``.
 

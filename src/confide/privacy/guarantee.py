@@ -14,7 +14,7 @@ That epsilon is for one record added or removed. The coordinator learns each mem
 (every spend it signs declares a sample rate, expected batch / records), so against it, with a
 member who decrypts, only the replace-one guarantee holds: one record swapped for another, the
 count unchanged. The card states that epsilon too, composed by dp_accounting's PLD accountant
-(the only one here that models replace-one neighbours). Cards of version 1 predate it.
+(the only one here that models replace-one neighbours).
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from confide.privacy.accounting import epsilon, spend_history
 
 CARD_FILE = "privacy.json"
 CARD_FORMAT = "confide-adapter-guarantee"
-CARD_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Version 1 cards lack `replace_one_epsilon`; they are read with it as None."""
+CARD_VERSION = 1
+"""The card's format; a card of another version is refused (CHANGELOG.md: how formats change)."""
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
@@ -64,8 +63,8 @@ class InstitutionGuarantee:
     ledger_seq: int | None
     ledger_head: str | None
     """Hash of the ledger's newest entry when the guarantee was read from it."""
-    replace_one_epsilon: float | None = None
-    """Epsilon of the same spends for one record swapped for another (PLD; None: no DP, or a version 1 card)."""
+    replace_one_epsilon: float | None
+    """Epsilon of the same spends for one record swapped for another (PLD; None: no DP)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class AdapterGuarantee:
     ledger records it: every member of one federation holds the same; None for a card without it."""
     base_model_id: str | None = None
     """What anyone can resolve the base model by: a bundled model's Hugging Face hub id, else the source as
-    given (`base_model` is the federation file's `model.source`, which an auditor compares). None: an older card."""
+    given (`base_model` is the federation file's `model.source`, which an auditor compares)."""
     base_model_file: str | None = None
     """The file the base weights were read from when the hub id alone does not say (a GGUF quantization)."""
 
@@ -103,10 +102,9 @@ class AdapterGuarantee:
         """Parse a card; raises GuaranteeError naming the field for anything malformed."""
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             raise GuaranteeError(f"{where}: not a confide adapter card (format is not {CARD_FORMAT!r})")
-        if data.get("version") not in READABLE_VERSIONS:
-            raise GuaranteeError(f"{where}: version {data.get('version')!r} is not one of "
-                                 f"{', '.join(map(str, READABLE_VERSIONS))}",
-                                 "audit it with the confide version that wrote it")
+        if data.get("version") != CARD_VERSION:
+            raise GuaranteeError(f"{where}: card format {data.get('version')!r}; this confide reads format "
+                                 f"{CARD_VERSION}", "audit it with the confide that wrote it")
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
             rows = [InstitutionGuarantee(**g) for g in body.pop("guarantees")]

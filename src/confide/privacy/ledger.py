@@ -399,8 +399,7 @@ class LedgerTransaction(LedgerView):
 
     def _spend_fields(self, federation: str, round_index: int, fields: dict) -> dict:
         spends = self.spend_entries()
-        # Spends copied from older ledgers (a migration) may repeat a round; a new spend may not.
-        if "migrated_from" not in fields and self.has_spend(federation, round_index):
+        if self.has_spend(federation, round_index):
             raise DoubleSpendError(
                 f"{self.ledger.path}: round {round_index} of {federation} already has a spend entry",
                 "its privacy is already counted; record an abort and do not train the round again",

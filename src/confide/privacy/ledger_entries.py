@@ -5,7 +5,7 @@ Every entry is checked against its kind's model when it is appended and when a l
 field has the wrong type, is refused at the line it is on rather than misread later. The models
 check shapes (which fields, of which JSON types); the rules over values (a budget, the federation's
 noise floor, what an accountant accepts) stay with the budget checks and the auditor, which name
-them. Fields a writer records for context (the data version trained on, a migration's source) are
+them. Fields a writer records for context (the data version trained on) are
 kept as they are: every model allows extra fields.
 
 Entries stay plain dicts everywhere else; this module only says which dicts are entries.
@@ -131,17 +131,6 @@ class DataVersionEntry(_Entry):
     epsilon_inherited: Finite
 
 
-class MigratedEntry(_Entry):
-    """An older per-fingerprint ledger was copied in (its spends follow, marked `migrated_from`)."""
-
-    kind: Literal["migrated"]
-    source: str
-    source_sha256: Hex64
-    source_entries: int
-    source_head: Hex64 | None
-    fingerprint: str
-
-
 class RepairEntry(_Entry):
     """An interrupted last line was cut off and kept in a side file."""
 
@@ -153,11 +142,11 @@ class RepairEntry(_Entry):
 
 LedgerEntry = Annotated[
     Union[SpendEntry, NonprivateEntry, DeclineEntry, OutcomeEntry, ReceiptEntry, AppliedEntry, RoundFailedEntry,
-          AbortEntry, KeyEntry, DataVersionEntry, MigratedEntry, RepairEntry],
+          AbortEntry, KeyEntry, DataVersionEntry, RepairEntry],
     Field(discriminator="kind"),
 ]
 KINDS = ("spend", "nonprivate", "decline", "outcome", "receipt", "applied", "round_failed", "abort", "key",
-         "data_version", "migrated", "repair")
+         "data_version", "repair")
 _ADAPTER: TypeAdapter = TypeAdapter(LedgerEntry)
 
 
@@ -174,10 +163,3 @@ def entry_problem(entry: dict) -> str | None:
         return f"{kind} entry: {where}: {first['msg'].lower()}"
     return None
 
-
-def parse_entry(entry: dict) -> BaseModel:
-    """The typed form of a valid entry (e.g. a `SpendEntry`). Raises ValueError naming the problem."""
-    problem = entry_problem(entry)
-    if problem is not None:
-        raise ValueError(problem)
-    return _ADAPTER.validate_python(entry)

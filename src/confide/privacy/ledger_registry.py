@@ -60,10 +60,6 @@ class RegisteredLedger:
     def records_file(self) -> Path:
         return self.entry_file.with_suffix(".records")
 
-    @property
-    def witness_dir(self) -> Path:
-        return self.entry_file.with_suffix("")
-
     def has_spent(self) -> bool:
         return self.spent or bool(PrivacyLedger(self.ledger).spend_entries())
 

@@ -60,40 +60,10 @@ def load_trainable_state(model: nn.Module, state: State) -> None:
             param.copy_(state[name].to(param.device, param.dtype))
 
 
-def apply_delta(model: nn.Module, delta: State, scale: float = 1.0) -> None:
-    """Add `scale * delta` to the trainable parameters (e.g. an averaged federated update)."""
-    params = trainable_parameters(model)
-    _check_same_layout(dict(sorted(delta.items())), params, "delta")
-    with torch.no_grad():
-        for name, param in params.items():
-            param.add_(delta[name].to(param.device, param.dtype), alpha=scale)
-
-
 def state_difference(after: State, before: State) -> State:
     """`after - before`, name by name."""
     _check_same_layout(after, before, "state")
     return {name: after[name] - before[name] for name in after}
-
-
-def state_to_vector(state: State) -> torch.Tensor:
-    """Concatenate the tensors of `state` (sorted by name, row-major) into one float32 vector."""
-    return torch.cat([state[name].reshape(-1).to(torch.float32) for name in sorted(state)]) if state else torch.zeros(0)
-
-
-def vector_to_state(vector: torch.Tensor, like: State) -> State:
-    """Inverse of `state_to_vector`: cut `vector` into tensors shaped as in `like`.
-
-    Raises TrainingError on a length mismatch.
-    """
-    total = sum(t.numel() for t in like.values())
-    if vector.numel() != total:
-        raise TrainingError(f"vector has {vector.numel()} values, the adapter has {total}")
-    out, offset = {}, 0
-    for name in sorted(like):
-        size = like[name].numel()
-        out[name] = vector[offset: offset + size].reshape(like[name].shape).to(torch.float32).clone()
-        offset += size
-    return out
 
 
 def parameters_digest(model: nn.Module, trainable: bool) -> str:

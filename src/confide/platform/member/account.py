@@ -144,7 +144,7 @@ class PrivacyAccount:
         entry = self._spend_entry(round_index)
         if entry is None:
             return None
-        return ["it signs no spend"] if receipt.spend is None else receipt.spend.differences(entry)
+        return receipt.spend.differences(entry)
 
     def keep_receipt(self, round_index: int, receipt: Receipt) -> None:
         if self.ledger.last_of("receipt", self.fed, round_index) is None:

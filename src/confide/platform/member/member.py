@@ -323,7 +323,7 @@ class Member:
         ledger without that entry was restored from an older copy, replaced or lost. Raises
         LedgerRollbackError then (nothing may be spent until an operator restores the newest copy).
         """
-        if receipt is not None and receipt.get("ledger_seq") is not None:
+        if receipt is not None:
             self.account.check_anchor(Receipt.from_dict(receipt))
 
     # ------------------------------------------------------------------------------- sums

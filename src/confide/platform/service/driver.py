@@ -42,7 +42,8 @@ from confide.platform.service.messages import FederationView, ReceiptReply, Roun
 from confide.platform.sum_evidence import SumEvidence
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
-JOURNAL_VERSION = 3
+JOURNAL_VERSION = 1
+"""The journal's format; a journal of another version is refused (see CHANGELOG.md for how formats change)."""
 
 
 class AgentError(ServiceError):
@@ -109,19 +110,23 @@ class Journal:
     """The agent's own small durable record: the coordinator's receipt-signing key, pinned on first contact.
 
     Everything about rounds lives in the member's record (`confide.platform.member.engine`), one
-    place for what was answered, receipted and settled. Journals of format 2 also listed receipts
-    and answered and settled rounds; those keys are left as they were and not read.
+    place for what was answered, receipted and settled.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.data: dict[str, Any] = {"version": JOURNAL_VERSION, "coordinator_signing_key": None}
         if path.exists():
-            stored = json.loads(path.read_text())
-            if int(stored.get("version", 1)) > JOURNAL_VERSION:
-                raise AgentError(f"{path} was written by a newer confide (format {stored['version']})",
-                                 "run that version, or restore the journal it replaced")
-            self.data.update(stored, version=JOURNAL_VERSION)
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise AgentError(f"{path}: unreadable journal ({exc})",
+                                 "restore it from a backup, or remove it to pin the coordinator's key again") from None
+            version = stored.get("version") if isinstance(stored, dict) else None
+            if version != JOURNAL_VERSION:
+                raise AgentError(f"{path} has journal format {version!r}; this confide reads format {JOURNAL_VERSION}",
+                                 "run the confide that wrote it, or restore the journal it replaced")
+            self.data.update(stored)
 
     def save(self) -> None:
         write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())

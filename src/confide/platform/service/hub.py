@@ -258,7 +258,7 @@ def _receipt_reply(receipt: Receipt, size_bytes: int) -> ReceiptReply:
     return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
                         envelope_sha256=receipt.envelope_sha256, size_bytes=size_bytes, signature=receipt.signature,
                         ledger_seq=receipt.ledger_seq, ledger_head=receipt.ledger_head,
-                        spend=None if receipt.spend is None else receipt.spend.to_dict())
+                        spend=receipt.spend.to_dict())
 
 
 def _check_same_federation(state_dir: Path, digest: str) -> str:

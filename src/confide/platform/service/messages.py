@@ -208,8 +208,7 @@ class ReceiptReply(WireModel):
     """The coordinator's signed receipt for an accepted upload; the member keeps it in its ledger.
 
     The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution,
-    envelope_sha256 and, when present, ledger_seq, ledger_head and spend (see
-    `confide.formats.Receipt.message`).
+    envelope_sha256, ledger_seq, ledger_head and spend (see `confide.formats.Receipt.message`).
     """
 
     federation: str
@@ -218,13 +217,13 @@ class ReceiptReply(WireModel):
     envelope_sha256: str = Field(pattern=HEX64)
     size_bytes: int
     signature: str
-    ledger_seq: int | None = Field(None, description="The member's ledger head at upload: entry seq.")
-    ledger_head: str | None = Field(None, pattern=HEX64, description="The member's ledger head at upload: hash.")
-    spend: DeclaredSpendReply | None = Field(None, description="The round's declared DP-SGD spend, as signed.")
+    ledger_seq: int = Field(description="The member's ledger head at upload: entry seq.")
+    ledger_head: str = Field(pattern=HEX64, description="The member's ledger head at upload: hash.")
+    spend: DeclaredSpendReply = Field(description="The round's declared DP-SGD spend, as signed.")
 
     def to_receipt(self) -> Receipt:
         """The signed receipt this reply carries (`size_bytes` is not part of it)."""
-        return Receipt.from_dict(self.model_dump(exclude={"version", "size_bytes"}, exclude_none=True))
+        return Receipt.from_dict(self.model_dump(exclude={"version", "size_bytes"}))
 
 
 FederationView.model_rebuild()

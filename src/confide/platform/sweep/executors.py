@@ -11,13 +11,14 @@ is inherited).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Callable
 
 from confide.errors import BadInput
 from confide.platform.sweep.job import PointJob, run_point
+from confide.platform.workers import start_ray
+from confide.processes import process_pool
 
 OnDone = Callable[[PointJob, "dict | None", "str | None"], None]
 EXECUTORS = ("local", "ray")
@@ -50,7 +51,7 @@ def run_local(jobs: list[PointJob], workers: int, on_done: OnDone, on_tick: Call
                 on_done(job, row, None)
             on_tick()
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = process_pool(workers)
     try:
         futures = {pool.submit(run_point, job): job for job in jobs}
         pending = set(futures)
@@ -64,38 +65,17 @@ def run_local(jobs: list[PointJob], workers: int, on_done: OnDone, on_tick: Call
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def import_ray():
-    """The `ray` module, or SweepError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise SweepError("--executor ray needs Ray, which is not installed",
-                         "pip install 'confide[ray]' (or use --executor local)") from None
-    return ray
-
-
 def run_ray(jobs: list[PointJob], workers: int | None, address: str | None, on_done: OnDone,
             on_tick: Callable[[], None] = lambda: None) -> None:
     """Run `jobs` as Ray tasks, at most `workers` at a time (None: as many as the cluster has CPUs).
 
-    Uses the Ray instance this process is already connected to; otherwise connects to `address`
-    (an existing cluster, e.g. `ray://head:10001` or `auto`) or, without one, starts a local
-    instance, which is shut down at the end. Each task asks Ray for one CPU.
+    Ray is started by `confide.platform.workers.start_ray` (the simulation's start-up too): the
+    instance this process is already connected to, else the cluster at `address` (e.g.
+    `ray://head:10001` or `auto`) or `RAY_ADDRESS`, else a local instance, which is shut down at the
+    end. Each task asks Ray for one CPU. Raises ExecutorUnavailable (Ray missing or unreachable).
     """
-    ray = import_ray()
-    started_here = False
-    if not ray.is_initialized():
-        options: dict = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            options["address"] = "local"
-        else:
-            options["address"] = address
-        try:
-            ray.init(**options)
-        except ConnectionError as exc:
-            raise SweepError(f"cannot connect to the Ray cluster at {address}: {exc}",
-                             "check --ray-address, or leave it out to start Ray locally") from None
-        started_here = True
+    started_here = start_ray(workers or 1, address)
+    import ray
     try:
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(run_point)

@@ -125,7 +125,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path, executor: str = "loca
     if workers is not None and workers < 0:
         raise SweepError(f"--workers must be >= 0, got {workers}")
     if executor == "ray":
-        from confide.platform.sweep.executors import import_ray
+        from confide.platform.workers import import_ray
 
         import_ray()  # fail before any work if Ray is missing
     loaded = load_sweep(sweep_path)

@@ -128,8 +128,7 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
                                       "card's head: the card understates" if later else
                                       "no spend of this federation after the card's head")))
     if receipts is not None:
-        mine = [r for r in receipts if r.institution == g.institution and r.federation == federation
-                and r.ledger_seq is not None]
+        mine = [r for r in receipts if r.institution == g.institution and r.federation == federation]
         if mine:
             newest = max(mine, key=lambda r: r.ledger_seq)
             checks.append(Check("card_receipts", newest.ledger_seq <= (g.ledger_seq or 0),
@@ -140,7 +139,7 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
 
 def _epsilon_checks(g: InstitutionGuarantee, federation: str, history: list, tolerance: Tolerance) -> list[Check]:
     """The card's epsilon is its accountant's composition of `history` (exactly) and not below PLD's;
-    its replace-one epsilon, where stated (version 2 cards), is PLD's for replace-one neighbours."""
+    its replace-one epsilon is PLD's for replace-one neighbours."""
     who = g.institution
     try:
         composed = epsilon(history, g.delta, g.accountant)
@@ -154,11 +153,10 @@ def _epsilon_checks(g: InstitutionGuarantee, federation: str, history: list, tol
                     f"{len(history)} spends of {federation} {composed:.6g}, PLD {independent:.6g} (delta {g.delta:g})"
                     + ("" if exact else ": the card's epsilon is not its accountant's composition")
                     + ("" if above else ": below the independent recomputation"))]
-    if g.replace_one_epsilon is not None:  # version 1 cards do not state it
-        swapped = pld_epsilon(history, g.delta, replace_one=True)
-        checks.append(Check("card_replace_one", _same(g.replace_one_epsilon, swapped),
-                            f"{who}: card replace-one epsilon {g.replace_one_epsilon:.6g}, PLD recomputation "
-                            f"{swapped:.6g}"))
+    swapped = pld_epsilon(history, g.delta, replace_one=True)
+    stated_swap = g.replace_one_epsilon if g.replace_one_epsilon is not None else math.inf
+    checks.append(Check("card_replace_one", _same(stated_swap, swapped),
+                        f"{who}: card replace-one epsilon {stated_swap:.6g}, PLD recomputation {swapped:.6g}"))
     return checks
 
 

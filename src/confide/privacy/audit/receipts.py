@@ -6,17 +6,17 @@ receipt of an institution must have a spend entry for its (federation, round) in
 institution's ledger.
 
 Receipt file format: a JSON list, or JSON Lines, of objects
-    {"federation": str, "round": int, "institution": str, "envelope_sha256": hex, "signature": base64}
+    {"federation": str, "round": int, "institution": str, "envelope_sha256": hex,
+     "ledger_seq": int, "ledger_head": hex, "spend": {...}, "signature": base64}
 or an object {"federation": str, "receipts": [...]} whose `federation` fills in receipts without one.
-Newer receipts also carry `ledger_seq` and `ledger_head`: the institution's ledger head when it
-uploaded. `signature` is the coordinator's Ed25519 signature over the canonical JSON (keys sorted,
-separators `,` and `:`, ASCII) of the other fields, exactly `confide.formats.Receipt.message()`.
-A ledger whose entry `ledger_seq` does not have hash `ledger_head` was rewritten or rolled back
-after the upload, whoever re-signed it. Receipts since format 3 of the coordinator's state also
-carry `spend`: the round's DP-SGD parameters (noise_multiplier, sample_rate, steps, clipping_norm,
-delta, accountant) and the hash of the ledger entry recording them, as the member declared them
-with the upload and the coordinator checked them against the federation file; the ledger's entry
-for that round must say the same.
+`ledger_seq` and `ledger_head` are the institution's ledger head when it uploaded; `spend` is the
+round's DP-SGD parameters (noise_multiplier, sample_rate, steps, clipping_norm, delta, accountant)
+and the hash of the ledger entry recording them, as the member declared them with the upload and
+the coordinator checked them against the federation file. `signature` is the coordinator's Ed25519
+signature over the canonical JSON (keys sorted, separators `,` and `:`, ASCII) of the other fields,
+exactly `confide.formats.Receipt.message()`. A receipt without any of these fields is malformed. A
+ledger whose entry `ledger_seq` does not have hash `ledger_head` was rewritten or rolled back after
+the upload, whoever re-signed it; the ledger's entry for the round must declare the same spend.
 
 One coordinator runs one federation, so an export holds one federation's receipts, and the key
 that verifies them is that coordinator's: an auditor hands in one export and one key per
@@ -250,15 +250,14 @@ def federation_completeness_checks(institution: str | None, entries: list[dict],
                 "receipts", False,
                 f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
                 f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written"))
-        if r.ledger_seq is not None:
-            at = by_seq.get(r.ledger_seq)
-            if at is None or at.get("hash") != r.ledger_head:
-                failures.append(Check(
-                    "receipts", False,
-                    f"receipt {r.index}: when uploading round {r.round} of {r.federation} the ledger's entry "
-                    f"{r.ledger_seq} had hash {str(r.ledger_head)[:12]}, this ledger "
-                    + ("has no such entry" if at is None else f"has {str(at.get('hash'))[:12]}")
-                    + ": it was rewritten or rolled back after the upload", r.ledger_seq))
+        at = by_seq.get(r.ledger_seq)
+        if at is None or at.get("hash") != r.ledger_head:
+            failures.append(Check(
+                "receipts", False,
+                f"receipt {r.index}: when uploading round {r.round} of {r.federation} the ledger's entry "
+                f"{r.ledger_seq} had hash {r.ledger_head[:12]}, this ledger "
+                + ("has no such entry" if at is None else f"has {str(at.get('hash'))[:12]}")
+                + ": it was rewritten or rolled back after the upload", r.ledger_seq))
         failures += _spend_matches(r, accounting.get((r.federation, r.round)))
         recorded = uploads.get((r.federation, r.round))
         if recorded is not None and recorded[0] != r.envelope_sha256:
@@ -266,10 +265,8 @@ def federation_completeness_checks(institution: str | None, entries: list[dict],
                 "receipts", False,
                 f"receipt {r.index}: the coordinator accepted envelope {r.envelope_sha256[:12]} for round {r.round} "
                 f"of {r.federation}, the ledger records {recorded[0][:12]}", recorded[1]))
-    signed = sum(r.spend is not None for r in mine)
     return failures or [Check("receipts", True, f"all {len(mine)} accepted uploads to {federation} have a spend "
-                              "entry" + (f", {signed} match the spend the coordinator signed" if signed else ""),
-                              federation=federation)]
+                              f"entry, {len(mine)} match the spend the coordinator signed", federation=federation)]
 
 
 def _spend_matches(receipt: UploadReceipt, entry: dict | None) -> list[Check]:
@@ -278,10 +275,9 @@ def _spend_matches(receipt: UploadReceipt, entry: dict | None) -> list[Check]:
     The member declared its round's DP-SGD parameters and that entry's hash with the upload, and
     the coordinator signed them: a ledger re-signed afterwards with other parameters (more noise,
     fewer steps, a smaller sample rate) or another entry in that place contradicts the receipt.
-    Receipts from before spends were signed, and rounds accounted in another audited ledger of
-    the institution (entry None), give no check here.
+    Rounds accounted in another audited ledger of the institution (entry None) give no check here.
     """
-    if receipt.spend is None or entry is None:
+    if entry is None:
         return []
     differences = receipt.spend.differences(entry)
     if not differences:

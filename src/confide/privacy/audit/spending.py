@@ -219,8 +219,7 @@ def schedule_checks(entries: list[dict], spends: Sequence[SpendParameters],
 
     A re-signed ledger can claim any parameters, but not ones that disagree with the federation
     file (steps per round) or with its own recorded training-set size and the federation's expected
-    batch (the sample rate q = min(1, expected_batch_size / n)). Spends copied from an older ledger
-    (`migrated_from`) are checked like any other.
+    batch (the sample rate q = min(1, expected_batch_size / n)).
     """
     checks: list[Check] = []
     sizes = _train_records_at(entries)
