@@ -55,7 +55,7 @@ def test_with_three_members_the_last_in_roster_order_is_found_after_three_broken
     assert state.rounds[3].left_out == ["c"]  # accepted before it was excluded, kept out of the sum
     with pytest.raises(p.ProtocolViolation, match="excluded") as refused:
         p.accept_upload(state, "c", state.current.index, "k1", "L", "h-c-late", 100, now=1.0)
-    assert refused.value.status == 403
+    assert refused.value.refusal is p.Refusal.FORBIDDEN
 
 
 def test_one_member_reporting_alone_cannot_get_anyone_excluded():

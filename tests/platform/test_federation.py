@@ -262,7 +262,7 @@ def test_member_refuses_a_roster_key_that_is_not_its_identity(tmp_path):
 def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federation(tmp_path, change, problem):
     import dataclasses
 
-    from confide.platform.protocol import ProtocolViolation
+    from confide.platform.protocol import ProtocolViolation, Refusal
 
     federation, members, coordinator = start(tmp_path)
     federation = federation.model_copy(update={"privacy": federation.privacy.model_copy(
@@ -274,7 +274,7 @@ def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federatio
     with pytest.raises(ProtocolViolation, match=problem) as refused:
         coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
                            declared=broken, signed=StatementClaims.of(contribution.statement))
-    assert refused.value.status == 422
+    assert refused.value.refusal is Refusal.INVALID
     with pytest.raises(ProtocolViolation, match="does not declare"):
         coordinator.upload("a", 1, contribution.envelope, now=1.0, ledger_head=contribution.ledger_head,
                            signed=StatementClaims.of(contribution.statement))

@@ -86,21 +86,21 @@ def test_retried_upload_is_idempotent_but_a_second_update_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message", "status"),
+    ("kwargs", "message", "refusal"),
     [
-        ({"who": "mallory"}, "not a member", 403),
-        ({"key": "k2"}, "under key k2", 422),
-        ({"layout": "other"}, "layout differs", 422),
-        ({"now": 61.0}, "deadline", 409),
+        ({"who": "mallory"}, "not a member", p.Refusal.FORBIDDEN),
+        ({"key": "k2"}, "under key k2", p.Refusal.INVALID),
+        ({"layout": "other"}, "layout differs", p.Refusal.INVALID),
+        ({"now": 61.0}, "deadline", p.Refusal.CONFLICT),
     ],
 )
-def test_uploads_that_break_the_protocol_are_refused_and_change_nothing(kwargs, message, status):
+def test_uploads_that_break_the_protocol_are_refused_and_change_nothing(kwargs, message, refusal):
     state = running()
     before = state.to_dict()
     who = kwargs.pop("who", "a")
     with pytest.raises(p.ProtocolViolation, match=message) as info:
         upload(state, who, **kwargs)
-    assert info.value.status == status
+    assert info.value.refusal is refusal
     assert state.to_dict() == before
 
 

@@ -43,7 +43,7 @@ from confide.formats import (
 )
 from confide.identity import Identity, b64, roster_identities
 from confide.platform import faults, protocol
-from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation
+from confide.platform.protocol import FederationState, KeySetup, ProtocolViolation, Refusal
 from confide.platform.secure_sum import bundle_problem, fewest_unmasked, share_digests
 from confide.policies.federation import FederationPolicy
 from confide.privacy.declared import declared_spend_problems
@@ -209,7 +209,7 @@ class Coordinator:
     def get_blob(self, name: str) -> bytes:
         path = self.blob_path(name)
         if not path.exists():
-            raise ProtocolViolation(f"no such blob {name}", 404)
+            raise ProtocolViolation(f"no such blob {name}", Refusal.UNKNOWN)
         return path.read_bytes()
 
     @property
@@ -234,22 +234,23 @@ class Coordinator:
         key did not sign.
         """
         if by != self.state.key_holder:
-            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", 403)
+            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", Refusal.FORBIDDEN)
         members = set(self.state.members)
         if set(sealed) != members:  # also keeps caller-chosen names out of blob file names
             raise ProtocolViolation("sealed keys must be given for exactly the roster: "
                                     f"missing {sorted(members - set(sealed))}, unknown {sorted(set(sealed) - members)}",
-                                    400)
+                                    Refusal.MALFORMED)
         context = PublicContext.from_bytes(public_context)  # refuses secret key material
         if context.key_id != key_id:
-            raise ProtocolViolation(f"public context is for key {context.key_id}, not {key_id}", 422)
+            raise ProtocolViolation(f"public context is for key {context.key_id}, not {key_id}", Refusal.INVALID)
         for member, blob in sealed.items():
             header = read_sealed_header(blob)
             if header.recipient_id != member or header.key_id != key_id:
                 raise ProtocolViolation(
-                    f"sealed[{member}] is sealed to {header.recipient_id!r} under key {header.key_id!r}", 422)
+                    f"sealed[{member}] is sealed to {header.recipient_id!r} under key {header.key_id!r}",
+                    Refusal.INVALID)
         if n_values is not None and not (isinstance(n_values, int) and n_values >= 1):
-            raise ProtocolViolation(f"n_values must be a positive whole number, not {n_values!r}", 422)
+            raise ProtocolViolation(f"n_values must be a positive whole number, not {n_values!r}", Refusal.INVALID)
         certificate = KeyCertificate(
             federation=self.state.federation_id, federation_sha256=policy_sha256(self.federation), key_holder=by,
             key_id=key_id,
@@ -257,7 +258,8 @@ class Coordinator:
             layout_hash=layout_hash, n_values=n_values,
             sealed_sha256={m: sha256(blob) for m, blob in sorted(sealed.items())}, signature=certificate_signature)
         if not self._signed_by(by, certificate):
-            raise ProtocolViolation("the key certificate does not verify under the key holder's roster key", 422)
+            raise ProtocolViolation("the key certificate does not verify under the key holder's roster key",
+                                    Refusal.INVALID)
         setup = KeySetup(key_id, sha256(public_context), layout_hash, sorted(sealed), n_values)
         new = protocol.publish_keys(self.state, by, setup)
         if new is self.state:
@@ -272,14 +274,14 @@ class Coordinator:
     def key_certificate(self) -> KeyCertificate:
         """The key holder's signed certificate of the federation key (409 before keys are set up)."""
         if self.state.key_setup is None:
-            raise ProtocolViolation("keys are not set up yet", 409)
+            raise ProtocolViolation("keys are not set up yet")
         return KeyCertificate.model_validate_json(self.get_blob("key-certificate.json"))
 
     def sealed_key_for(self, member: str) -> bytes:
         if member not in self.state.members:
-            raise ProtocolViolation(f"{member!r} is not a member", 403)
+            raise ProtocolViolation(f"{member!r} is not a member", Refusal.FORBIDDEN)
         if self.state.key_setup is None:
-            raise ProtocolViolation("keys are not set up yet", 409)
+            raise ProtocolViolation("keys are not set up yet")
         return self.get_blob(f"sealed-{member}.bin")
 
     def open_next_round(self, now: float) -> None:
@@ -312,30 +314,35 @@ class Coordinator:
         aggregation error (4xx); in every refused case the state is unchanged.
         """
         if len(envelope) > self.max_upload_bytes:
-            raise ProtocolViolation(f"upload of {len(envelope)} bytes exceeds {self.max_upload_bytes}", 413)
+            raise ProtocolViolation(f"upload of {len(envelope)} bytes exceeds {self.max_upload_bytes}",
+                                    Refusal.TOO_LARGE)
         setup = self.state.key_setup
         if setup is None:
-            raise ProtocolViolation("keys are not set up yet", 409)
+            raise ProtocolViolation("keys are not set up yet")
         header = read_header(envelope, expected_key_id=setup.key_id, expected_layout_hash=setup.layout_hash,
                              expected_slots=self.public_context.params.slots, max_bytes=self.max_upload_bytes)
         if header.kind != "update" or header.n_summed != 1:
-            raise ProtocolViolation("only single update envelopes may be uploaded", 422)
+            raise ProtocolViolation("only single update envelopes may be uploaded", Refusal.INVALID)
         if setup.n_values is not None and header.n_values != setup.n_values:
             # Caught now, not when summing: a wrong count would otherwise fail the round for everyone.
             raise ProtocolViolation(f"envelope holds {header.n_values} values; the federation's adapter has "
-                                    f"{setup.n_values} (check that this member runs the federation's model)", 422)
+                                    f"{setup.n_values} (check that this member runs the federation's model)",
+                                    Refusal.INVALID)
         if ledger_head is None:
-            raise ProtocolViolation("the upload does not name the member's ledger head (ledger_seq, ledger_head)", 422)
+            raise ProtocolViolation("the upload does not name the member's ledger head (ledger_seq, ledger_head)",
+                                    Refusal.INVALID)
         if declared is None:
             raise ProtocolViolation("the upload does not declare its round's DP-SGD spend (noise_multiplier, "
-                                    "sample_rate, steps, clipping_norm, delta, accountant, spend_hash)", 422)
+                                    "sample_rate, steps, clipping_norm, delta, accountant, spend_hash)",
+                                    Refusal.INVALID)
         problems = declared_spend_problems(self.federation, declared)
         if problems:
-            raise ProtocolViolation("the declared spend breaks the federation file: " + "; ".join(problems), 422)
+            raise ProtocolViolation("the declared spend breaks the federation file: " + "; ".join(problems),
+                                    Refusal.INVALID)
         digest = sha256(envelope)
         problem = bundle_problem(self.federation, header.key_id, round_index, institution, shares)
         if problem is not None:
-            raise ProtocolViolation(f"the upload's mask shares: {problem}", 422)
+            raise ProtocolViolation(f"the upload's mask shares: {problem}", Refusal.INVALID)
         statement = self._statement(signed, institution, round_index, envelope, header, digest, shares)
         new = protocol.accept_upload(self.state, institution, round_index, header.key_id, header.layout_hash, digest,
                                      len(envelope) + len(shares), now)
@@ -343,7 +350,7 @@ class Coordinator:
             stored = self.receipt_for(institution, round_index)
             if stored is not None and stored.envelope_sha256 == digest:
                 if stored.spend != declared:
-                    raise ProtocolViolation("this envelope was accepted with another declared spend", 409)
+                    raise ProtocolViolation("this envelope was accepted with another declared spend")
                 return stored
         receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest,
                                      ledger_seq=ledger_head[0], ledger_head=ledger_head[1], spend=declared))
@@ -362,7 +369,7 @@ class Coordinator:
         """The member's contribution statement of this upload; refused if missing or not signed by the member."""
         if signed is None:
             raise ProtocolViolation("the upload comes without its signed contribution statement (tags, "
-                                    "min_cohort, statement_signature)", 422)
+                                    "min_cohort, statement_signature)", Refusal.INVALID)
         try:
             statement = ContributionStatement(
                 federation=self.state.federation_id, round=round_index, institution=institution, key_id=header.key_id,
@@ -370,37 +377,39 @@ class Coordinator:
                 min_cohort=signed.min_cohort, shares=share_digests(self.federation, shares),
                 previous_sum=signed.previous_sum, signature=signed.signature)
         except ValueError as exc:
-            raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}", 422) from None
+            raise ProtocolViolation(f"malformed contribution statement: {exc.errors()[0]['msg']}",
+                                    Refusal.INVALID) from None
         if statement.min_cohort > self.federation.min_institutions:
             # No admitted member asks this (`policy explain`), and a sum it would veto could not leave anyone out.
             raise ProtocolViolation(f"min_cohort {statement.min_cohort} exceeds the federation's min_institutions "
-                                    f"{self.federation.min_institutions}: this member's policy does not admit it", 422)
+                                    f"{self.federation.min_institutions}: this member's policy does not admit it",
+                                    Refusal.INVALID)
         problem = tag_problem(statement.tags, self.public_context)
         if problem is not None:  # every member would refuse every sum holding it: refused now, at the door
-            raise ProtocolViolation(f"the contribution statement: {problem}", 422)
+            raise ProtocolViolation(f"the contribution statement: {problem}", Refusal.INVALID)
         if not self._signed_by(institution, statement):
             raise ProtocolViolation(f"the contribution statement does not verify under {institution}'s roster key",
-                                    422)
+                                    Refusal.INVALID)
         return statement
 
     def _signed_by(self, institution: str, document) -> bool:
         identity = self.roster.get(institution)
         if identity is None:
-            raise ProtocolViolation(f"{institution!r} is not a member of {self.state.federation_id}", 403)
+            raise ProtocolViolation(f"{institution!r} is not a member of {self.state.federation_id}", Refusal.FORBIDDEN)
         return identity.signed(document)
 
     def contributions(self, round_index: int) -> list[ContributionStatement]:
         """The signed statements of the uploads in round `round_index`'s sum, in the sum's order."""
         r = next((x for x in self.state.rounds if x.index == round_index), None)
         if r is None or r.sum_sha256 is None:
-            raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
+            raise ProtocolViolation(f"round {round_index} has no sum", Refusal.CONFLICT if r else Refusal.UNKNOWN)
         return [self._statement_of(round_index, i) for i in r.contributors]
 
     def unmask_request(self, round_index: int, member: str) -> tuple[list[ContributionStatement], dict[str, bytes]]:
         """What committee member `member` needs to reveal for round `round_index`: the contributors'
         statements and the share each sealed to it."""
         if member not in self.state.committee:
-            raise ProtocolViolation(f"{member} is not on the committee", 403)
+            raise ProtocolViolation(f"{member} is not on the committee", Refusal.FORBIDDEN)
         statements = self.contributions(round_index)
         seat = self.state.committee.index(member)
         shares = {s.institution: unpack_bundle(self.get_blob(f"upload-r{round_index}-{s.institution}.shares"))[seat]
@@ -413,14 +422,15 @@ class Coordinator:
         contributors = contributors_sha256(self.contributions(round_index))
         expected = (self.state.federation_id, round_index, member, self.state.key_setup.key_id, contributors)
         if (reveal.federation, reveal.round, reveal.institution, reveal.key_id, reveal.contributors_sha256) != expected:
-            raise ProtocolViolation("the reveal is for another federation, round, member, key or contributor set", 422)
+            raise ProtocolViolation("the reveal is for another federation, round, member, key or contributor set",
+                                    Refusal.INVALID)
         if not self._signed_by(member, reveal):
-            raise ProtocolViolation(f"the reveal does not verify under {member}'s roster key", 422)
+            raise ProtocolViolation(f"the reveal does not verify under {member}'s roster key", Refusal.INVALID)
         try:  # every member would leave a malformed share sum out: refused at the door
             shares_from_bytes(base64.b64decode(reveal.share_sum, validate=True),
                               self.federation.ckks.poly_modulus_degree, "the share sum")
         except (binascii.Error, ValueError):
-            raise ProtocolViolation("the reveal's share sum is not base64", 422) from None
+            raise ProtocolViolation("the reveal's share sum is not base64", Refusal.INVALID) from None
         document = reveal.model_dump_json().encode()
         new = protocol.record_reveal(self.state, member, round_index, sha256(document))
         if new is not self.state:
@@ -432,7 +442,7 @@ class Coordinator:
         """The committee's reveals kept for round `round_index`, in seat order."""
         r = next((x for x in self.state.rounds if x.index == round_index), None)
         if r is None:
-            raise ProtocolViolation(f"no round {round_index}", 404)
+            raise ProtocolViolation(f"no round {round_index}", Refusal.UNKNOWN)
         return [RevealStatement.model_validate_json(self.get_blob(f"reveal-r{round_index}-{m}.json"))
                 for m in self.state.committee if m in r.reveals]
 
@@ -441,7 +451,8 @@ class Coordinator:
         statement = AppliedStatement(federation=self.state.federation_id, round=round_index, institution=institution,
                                      sum_sha256=sum_sha256, signature=signature)
         if not self._signed_by(institution, statement):
-            raise ProtocolViolation(f"the applied statement does not verify under {institution}'s roster key", 422)
+            raise ProtocolViolation(f"the applied statement does not verify under {institution}'s roster key",
+                                    Refusal.INVALID)
         new = protocol.record_applied(self.state, institution, round_index, sum_sha256, signature)
         if new is not self.state:
             self.store.save(new, "applied", {"round": round_index, "institution": institution, "sum": sum_sha256})
@@ -524,7 +535,7 @@ class Coordinator:
         rounds = {r.index: r for r in self.state.rounds}
         r = rounds.get(round_index)
         if r is None or r.sum_sha256 is None:
-            raise ProtocolViolation(f"round {round_index} has no sum", 409 if r else 404)
+            raise ProtocolViolation(f"round {round_index} has no sum", Refusal.CONFLICT if r else Refusal.UNKNOWN)
         return self.get_blob(f"sum-r{round_index}.bin")
 
     def _receipts_of(self, institution: str) -> list[Receipt]:

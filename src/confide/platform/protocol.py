@@ -18,18 +18,38 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Literal
 
 from confide.errors import BadInput
 from confide.formats import ROUND_ACTIVE, ROUND_PENDING, FederationStatus, RoundStatus
 
 
-class ProtocolViolation(BadInput):
-    """A message that the protocol does not allow now. `status` is the HTTP status it maps to."""
+class Refusal(Enum):
+    """Why the protocol refuses a message. Transports say it their way (`service.messages.HTTP_STATUS`)."""
 
-    def __init__(self, message: str, status: int = 409) -> None:
+    MALFORMED = "malformed"
+    """The message cannot be read (bad encoding, fields that do not go together)."""
+    FORBIDDEN = "forbidden"
+    """The sender may not do this (excluded, not the key holder, not on the committee)."""
+    UNKNOWN = "unknown"
+    """No such round or document."""
+    CONFLICT = "conflict"
+    """Not now: the federation's or the round's state does not allow it."""
+    TOO_LARGE = "too_large"
+    """More bytes than the federation allows."""
+    INVALID = "invalid"
+    """Well-formed, but against the federation's rules (another key, layout, spend)."""
+    BROKEN = "broken"
+    """The coordinator's own logic is at fault (a bug), not the sender."""
+
+
+class ProtocolViolation(BadInput):
+    """A message that the protocol does not allow now, and why (`refusal`)."""
+
+    def __init__(self, message: str, refusal: Refusal = Refusal.CONFLICT) -> None:
         super().__init__(message)
-        self.status = status
+        self.refusal = refusal
 
 
 @dataclass
@@ -122,30 +142,30 @@ def new_federation(
 ) -> FederationState:
     """The state of a federation that has been created but whose keys are not set up yet."""
     if key_holder not in members:
-        raise ProtocolViolation(f"key holder {key_holder!r} is not a member", 400)
+        raise ProtocolViolation(f"key holder {key_holder!r} is not a member", Refusal.MALFORMED)
     if not committee or not set(committee) <= set(members) or not 1 <= unmask_threshold <= len(committee):
-        raise ProtocolViolation("the committee must be members, with a threshold it can reach", 400)
+        raise ProtocolViolation("the committee must be members, with a threshold it can reach", Refusal.MALFORMED)
     return FederationState(federation_id, list(members), key_holder, min_institutions, total_rounds, round_deadline_s,
                            list(committee), unmask_threshold)
 
 
 def _require_member(state: FederationState, institution: str) -> None:
     if institution not in state.members:
-        raise ProtocolViolation(f"{institution!r} is not a member of {state.federation_id}", 403)
+        raise ProtocolViolation(f"{institution!r} is not a member of {state.federation_id}", Refusal.FORBIDDEN)
 
 
 def publish_keys(state: FederationState, by: str, setup: KeySetup) -> FederationState:
     """The key holder publishes the key set-up. Only once, only by the key holder, sealed for every member."""
     _require_member(state, by)
     if by != state.key_holder:
-        raise ProtocolViolation(f"only the key holder ({state.key_holder}) publishes keys", 403)
+        raise ProtocolViolation(f"only the key holder ({state.key_holder}) publishes keys", Refusal.FORBIDDEN)
     if state.key_setup is not None:
         if state.key_setup == setup:
             return state  # an idempotent retry after a lost reply
         raise ProtocolViolation("keys are already published for this federation")
     missing = sorted(set(state.members) - set(setup.sealed_for))
     if missing:
-        raise ProtocolViolation(f"no sealed key for {', '.join(missing)}", 400)
+        raise ProtocolViolation(f"no sealed key for {', '.join(missing)}", Refusal.MALFORMED)
     new = copy.deepcopy(state)
     new.key_setup = setup
     new.status = "running"
@@ -175,11 +195,11 @@ def open_next_round(state: FederationState, now: float) -> FederationState:
 def _open_round(state: FederationState, round_index: int, now: float) -> Round:
     current = state.current
     if current is None or current.index != round_index:
-        raise ProtocolViolation(f"round {round_index} is not the current round", 409)
+        raise ProtocolViolation(f"round {round_index} is not the current round")
     if current.status not in ROUND_ACTIVE:
-        raise ProtocolViolation(f"round {round_index} is {current.status}, not accepting contributions", 409)
+        raise ProtocolViolation(f"round {round_index} is {current.status}, not accepting contributions")
     if now > current.deadline_at:
-        raise ProtocolViolation(f"round {round_index} passed its deadline", 409)
+        raise ProtocolViolation(f"round {round_index} passed its deadline")
     return current
 
 
@@ -195,23 +215,23 @@ def accept_upload(
     """
     _require_member(state, institution)
     if state.key_setup is None:
-        raise ProtocolViolation("keys are not set up yet", 409)
+        raise ProtocolViolation("keys are not set up yet")
     current = _open_round(state, round_index, now)
     if key_id != state.key_setup.key_id:
         raise ProtocolViolation(
-            f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", 422)
+            f"envelope is under key {key_id}, the federation's key is {state.key_setup.key_id}", Refusal.INVALID)
     if layout_hash != state.key_setup.layout_hash:
-        raise ProtocolViolation("envelope adapter layout differs from the federation's", 422)
+        raise ProtocolViolation("envelope adapter layout differs from the federation's", Refusal.INVALID)
     if institution in state.excluded:
         raise ProtocolViolation(f"{institution} is excluded from {state.federation_id}: "
-                                f"{state.excluded[institution]}", 403)
+                                f"{state.excluded[institution]}", Refusal.FORBIDDEN)
     previous = current.uploads.get(institution)
     if previous is not None:
         if previous.envelope_sha256 == envelope_sha256:
             return state
-        raise ProtocolViolation(f"{institution} already uploaded a different update for round {round_index}", 409)
+        raise ProtocolViolation(f"{institution} already uploaded a different update for round {round_index}")
     if institution in current.declined:
-        raise ProtocolViolation(f"{institution} declined round {round_index}", 409)
+        raise ProtocolViolation(f"{institution} declined round {round_index}")
     new = copy.deepcopy(state)
     new.current.uploads[institution] = Upload(institution, envelope_sha256, size_bytes, now)
     new.current.status = "collecting"
@@ -225,7 +245,7 @@ def record_decline(
     _require_member(state, institution)
     current = _open_round(state, round_index, now)
     if institution in current.uploads:
-        raise ProtocolViolation(f"{institution} already uploaded for round {round_index}", 409)
+        raise ProtocolViolation(f"{institution} already uploaded for round {round_index}")
     if current.declined.get(institution) == reason:
         return state
     new = copy.deepcopy(state)
@@ -262,7 +282,7 @@ def record_sum(state: FederationState, round_index: int, sum_sha256: str, contri
     if current is None or current.index != round_index or current.status not in ROUND_ACTIVE:
         raise ProtocolViolation(f"round {round_index} cannot be summed now")
     if sorted(list(contributors) + list(left_out)) != sorted(current.uploads) or set(contributors) & set(left_out):
-        raise ProtocolViolation("the sum must cover exactly the accepted uploads not left out", 500)
+        raise ProtocolViolation("the sum must cover exactly the accepted uploads not left out", Refusal.BROKEN)
     if len(contributors) < state.min_institutions:
         raise ProtocolViolation(f"only {len(contributors)} uploads, min_institutions is {state.min_institutions}")
     new = copy.deepcopy(state)
@@ -280,14 +300,14 @@ def record_reveal(state: FederationState, institution: str, round_index: int, re
     are in. Later ones are kept too: members check every reveal they get against the others."""
     _require_member(state, institution)
     if institution not in state.committee:
-        raise ProtocolViolation(f"{institution} is not on the committee", 403)
+        raise ProtocolViolation(f"{institution} is not on the committee", Refusal.FORBIDDEN)
     r = next((x for x in state.rounds if x.index == round_index), None)
     if r is None or r.sum_sha256 is None:
-        raise ProtocolViolation(f"round {round_index} has no sum to unmask", 409 if r else 404)
+        raise ProtocolViolation(f"round {round_index} has no sum to unmask", Refusal.CONFLICT if r else Refusal.UNKNOWN)
     if institution in r.reveals:
         if r.reveals[institution] == reveal_sha256:
             return state
-        raise ProtocolViolation(f"{institution} already revealed for round {round_index}", 409)
+        raise ProtocolViolation(f"{institution} already revealed for round {round_index}")
     new = copy.deepcopy(state)
     target = next(x for x in new.rounds if x.index == round_index)
     target.reveals[institution] = reveal_sha256
@@ -327,9 +347,10 @@ def record_undecryptable(state: FederationState, institution: str, round_index: 
     rounds = {r.index: r for r in state.rounds}
     r = rounds.get(round_index)
     if r is None or r.sum_sha256 is None:
-        raise ProtocolViolation(f"round {round_index} has no sum to report on", 409 if r else 404)
+        raise ProtocolViolation(f"round {round_index} has no sum to report on",
+                                Refusal.CONFLICT if r else Refusal.UNKNOWN)
     if sum_sha256 != r.sum_sha256:
-        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one reported", 409)
+        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one reported")
     if institution in r.undecryptable:
         return state
     new = copy.deepcopy(state)
@@ -344,13 +365,14 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
     _require_member(state, institution)
     r = next((x for x in state.rounds if x.index == round_index), None)
     if r is None or r.sum_sha256 is None:
-        raise ProtocolViolation(f"round {round_index} has no sum to have applied", 409 if r else 404)
+        raise ProtocolViolation(f"round {round_index} has no sum to have applied",
+                                Refusal.CONFLICT if r else Refusal.UNKNOWN)
     if sum_sha256 != r.sum_sha256:
-        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one stated", 409)
+        raise ProtocolViolation(f"round {round_index}'s sum is {r.sum_sha256[:12]}..., not the one stated")
     if institution in r.applied:
         if r.applied[institution] == [sum_sha256, signature]:
             return state
-        raise ProtocolViolation(f"{institution} already stated the sum it applied in round {round_index}", 409)
+        raise ProtocolViolation(f"{institution} already stated the sum it applied in round {round_index}")
     new = copy.deepcopy(state)
     next(x for x in new.rounds if x.index == round_index).applied[institution] = [sum_sha256, signature]
     return new

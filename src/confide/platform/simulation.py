@@ -44,7 +44,7 @@ from confide.platform.evaluation import add_matrices, scores
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
 from confide.platform.model_card import complete_cards
-from confide.platform.protocol import ProtocolViolation
+from confide.platform.protocol import ProtocolViolation, Refusal
 from confide.platform.service.client import CoordinatorRefused, key_setup_request
 from confide.platform.service.driver import AgentError, RoundDriver, admit
 from confide.platform.service.hub import CoordinatorHub
@@ -189,9 +189,9 @@ class InProcessTransport:
         try:
             return method(*args)
         except ProtocolViolation as exc:
-            raise CoordinatorRefused(exc.status, str(exc)) from None
+            raise CoordinatorRefused(exc.refusal, str(exc)) from None
         except (AggregationError, BadInput) as exc:
-            raise CoordinatorRefused(422, str(exc)) from None
+            raise CoordinatorRefused(Refusal.INVALID, str(exc)) from None
 
     def _changed(self) -> None:
         self.hub.tick(self.clock())

@@ -23,12 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.formats import DeclaredSpend, RevealStatement, StatementClaims
-from confide.platform.protocol import ProtocolViolation
+from confide.platform.protocol import ProtocolViolation, Refusal
 from confide.platform.secure_sum import split_upload
 from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
 from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.messages import (
     HEX64,
+    HTTP_STATUS,
     INSTITUTION,
     AppliedReply,
     AppliedReport,
@@ -147,7 +148,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
 
     @app.exception_handler(ProtocolViolation)
     async def _violation(_request: Request, exc: ProtocolViolation) -> JSONResponse:
-        return _error(exc.status, str(exc))
+        return _error(HTTP_STATUS[exc.refusal], str(exc))
 
     @app.exception_handler(AggregationError)
     async def _aggregation(_request: Request, exc: AggregationError) -> JSONResponse:
@@ -188,7 +189,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
 
     def same(who: str, institution: str) -> None:
         if who != institution:
-            raise ProtocolViolation(f"{who} cannot act for {institution}", 403)
+            raise ProtocolViolation(f"{who} cannot act for {institution}", Refusal.FORBIDDEN)
 
     # -- routes -------------------------------------------------------------------------------
     @app.get("/health", response_model=Health, tags=["service"])
@@ -271,18 +272,18 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         """
         same(who, institution)
         if (ledger_seq is None) != (ledger_head is None):
-            raise ProtocolViolation("ledger_seq and ledger_head go together", 400)
+            raise ProtocolViolation("ledger_seq and ledger_head go together", Refusal.MALFORMED)
         head = (ledger_seq, ledger_head) if ledger_seq is not None else None
         spend = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
                      clipping_norm=clipping_norm, delta=delta, accountant=accountant, entry_hash=entry_hash)
         missing = [name for name, value in spend.items() if value is None]
         if len(missing) not in (0, len(spend)):
-            raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", 422)
+            raise ProtocolViolation(f"the declared spend lacks {', '.join(missing)}", Refusal.INVALID)
         declared = DeclaredSpend.from_dict(spend) if not missing else None
         try:
             envelope, shares = split_upload(await request.body(), shares_bytes)
         except ValueError as exc:
-            raise ProtocolViolation(str(exc), 400) from None
+            raise ProtocolViolation(str(exc), Refusal.MALFORMED) from None
         signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature, previous_sum)
                   if tags and statement_signature else None)
         receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,

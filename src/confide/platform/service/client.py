@@ -22,8 +22,11 @@ from pydantic import BaseModel, ValidationError
 from confide.errors import BadInput
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, RevealStatement
 from confide.identity import Identity, unb64
+from confide.platform.protocol import Refusal
 from confide.platform.service.errors import ServiceError
 from confide.platform.service.messages import (
+    HTTP_STATUS,
+    REFUSAL_OF_STATUS,
     AppliedReply,
     AppliedReport,
     DeclineReply,
@@ -53,12 +56,15 @@ from confide.platform.service.tls import (
 
 
 class CoordinatorRefused(BadInput):
-    """The coordinator answered 4xx: the request is wrong or not allowed now (`status`, `detail`)."""
+    """The coordinator refused the request: it is wrong or not allowed now (`refusal`, `detail`).
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"coordinator refused ({status}): {detail}")
-        self.status = status
-        self.detail = detail
+    `status` is the HTTP status that says it (`messages.HTTP_STATUS`), also for a refusal in process.
+    """
+
+    def __init__(self, refusal: Refusal, detail: str, status: int | None = None) -> None:
+        self.refusal, self.detail = refusal, detail
+        self.status = status if status is not None else HTTP_STATUS[refusal]
+        super().__init__(f"coordinator refused ({self.status}): {detail}")
 
 
 class CoordinatorUnreachable(ServiceError):
@@ -197,7 +203,8 @@ class CoordinatorClient:
                 detail = ErrorReply.model_validate_json(response.content).detail
             except ValidationError:
                 detail = response.text[:300]
-            raise CoordinatorRefused(response.status_code, detail)
+            raise CoordinatorRefused(REFUSAL_OF_STATUS.get(response.status_code, Refusal.INVALID), detail,
+                                     response.status_code)
         return response
 
     @staticmethod

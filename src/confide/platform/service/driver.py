@@ -35,6 +35,7 @@ from confide.formats import (
 )
 from confide.identity import unb64
 from confide.platform.member_api import Outcome, RoundMember
+from confide.platform.protocol import Refusal
 from confide.platform.secure_sum import RevealRefused
 from confide.platform.service.client import CoordinatorRefused
 from confide.platform.service.errors import ServiceError
@@ -313,7 +314,7 @@ class RoundDriver:
                 self.report.declined.append(r.index)
                 self.say(f"round {r.index}: declined ({contribution.reason})")
         except CoordinatorRefused as exc:
-            if exc.status != 409:
+            if exc.refusal is not Refusal.CONFLICT:
                 raise
             # The round closed (deadline or quorum) while we trained: our answer no longer counts.
             self.member.note_missed(r.index)

@@ -27,7 +27,7 @@ from confide.formats import (
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
-from confide.platform.protocol import ProtocolViolation
+from confide.platform.protocol import ProtocolViolation, Refusal
 from confide.platform.service.messages import (
     FederationView,
     KeyCertificateReply,
@@ -60,7 +60,7 @@ def _decode(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolViolation(f"{what} is not valid base64", 400) from None
+        raise ProtocolViolation(f"{what} is not valid base64", Refusal.MALFORMED) from None
 
 
 class CoordinatorHub:
@@ -141,7 +141,7 @@ class CoordinatorHub:
 
     def public_context(self) -> bytes:
         if self.state.key_setup is None:
-            raise ProtocolViolation("keys are not set up yet", 409)
+            raise ProtocolViolation("keys are not set up yet")
         return self.coordinator.get_blob("public_context.bin")
 
     def sealed_key(self, institution: str) -> bytes:
