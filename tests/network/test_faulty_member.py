@@ -6,7 +6,6 @@ count is refused on arrival (422), before it can fail a round that honest member
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -14,19 +13,16 @@ import time
 import numpy as np
 import pytest
 
-from confide.aggregation.envelope import encrypt_update
-from confide.aggregation.errors import DecryptionCheckFailed
-from confide.aggregation.params import CkksParameters
-from confide.identity import roster_identities
+from confide.platform import faults
+from confide.platform.member import Member
 from confide.platform.protocol import FederationState
-from confide.platform.secure_sum import mask_upload
 from confide.platform.service.agent import Agent
 from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
-from tests.aggregation.aggregation_helpers import update_under_another_key
+from tests.platform.test_malicious_member import UploadsUnderAnotherKey
 
-from .conftest import LAYOUT, Keys, declared_spend, make_federation, snapshot
-from .fake_member import SIZE, Contribution, FakeMember
+from .conftest import Keys, make_federation, snapshot
 from .test_tls_client import free_port, serve
+from .vector_learner import NOISE, SIZE, STEP, vector_member
 
 FAST = Backoff(first_s=0.05, max_s=0.3, give_up_after_s=30)
 
@@ -78,70 +74,58 @@ def test_a_key_set_up_with_a_nonsense_value_count_is_refused(served):
     assert hub.state.key_setup is None
 
 
-class WrongSize(FakeMember):
-    """A member whose adapter has one value too many (another model, a bug): every upload is refused."""
+class WrongSize(Member):
+    """A member whose adapter update has one value too many (another model, a bug): every upload is refused."""
 
-    def take_part(self, round_index: int) -> Contribution:
-        blob = encrypt_update(self._secret(), np.ones(SIZE + 1), 1.0, LAYOUT)
-        return Contribution("upload", envelope=blob, declared=declared_spend(self.federation))
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self.learner.train
+        self.learner.train = lambda spend, on_step: np.append(honest(spend, on_step), 0.0)
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_the_federation_finishes_with_the_honest_members_when_one_uploads_the_wrong_size(tmp_path):
     federation = make_federation(tmp_path, rounds=2, min_institutions=2, deadline_s=4)
-    agents, outcomes, state, _ = _run_federation(tmp_path, federation, {"a": FakeMember, "b": FakeMember,
-                                                                         "c": WrongSize}, join_s=90)
+    agents, outcomes, state, _ = _run_federation(tmp_path, federation, {"a": Member, "b": Member, "c": WrongSize},
+                                                 join_s=90)
 
     refused = outcomes["c"]
     assert isinstance(refused, CoordinatorRefused) and refused.status == 422 and "values" in refused.detail
     assert state.status == "finished" and [r.contributors for r in state.rounds] == [["a", "b"], ["a", "b"]]
+    adapters = [agents[who].member.server_state.adapter for who in ("a", "b")]
+    assert np.array_equal(adapters[0], adapters[1])
     for who in ("a", "b"):
         assert outcomes[who].finished and outcomes[who].applied == [1, 2]
-        # deltas 1 and 2 times the round: averages 1.5 then 3
-        assert np.allclose(agents[who].member.adapter, np.full(SIZE, 4.5))
-
-
-class ToleratesBadSums(FakeMember):
-    """A member that settles a round as failed when its sum does not decrypt, marking the outcome
-    undecryptable as the real Member does; the agent then reports it to the coordinator."""
-
-    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence):
-        try:
-            return super().apply_sum(round_index, sum_envelope, evidence)
-        except DecryptionCheckFailed as exc:
-            failed = self.note_failed_round(round_index, f"the sum does not decrypt: {exc}")
-            return dataclasses.replace(failed, undecryptable=True)
-
-
-class Undecryptable(ToleratesBadSums):
-    """Uploads well-formed envelopes under the federation's key id whose ciphertexts were made with
-    another secret key: nothing short of decrypting tells them from good ones."""
-
-    def take_part(self, round_index: int) -> Contribution:
-        key_id = self._secret().key_id
-        envelope = update_under_another_key(CkksParameters(**self.federation.ckks.model_dump()), key_id, LAYOUT,
-                                            np.ones(SIZE))
-        shares = mask_upload(self.federation, roster_identities(self.federation.roster), key_id, round_index,
-                             self.institution_id)[1]  # well-formed shares: only decrypting shows the fault
-        (self.dir / f"r{round_index}.shares").write_bytes(shares)
-        return self._upload(round_index, envelope)
+        assert agents[who].member.learner.trainings == ["1", "2"]
+    # updates 1 and 2 (x STEP x the training's ordinal): averages 1.5 then 3 (x STEP)
+    assert np.allclose(adapters[0], np.full(SIZE, 4.5 * STEP), rtol=0, atol=NOISE)
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_others_finish(tmp_path):
     federation = make_federation(tmp_path, rounds=6, min_institutions=2, deadline_s=20)
+    # The honest members are the product's: they give up after `patience` refused sums in a row, one
+    # round more than the search needs, so they must still be there when c is found.
+    policy = federation.policy
+    cap = faults.leave_out_cap(len(policy.roster), policy.min_institutions, policy.colluders)
+    assert faults.rounds_to_find(3, cap) == 3 < faults.patience(3, cap)
+    # c uploads well-formed envelopes under the federation's key id made with another secret key (honest
+    # integrity tags and mask shares): nothing short of decrypting tells them from good ones.
     agents, outcomes, state, view = _run_federation(
-        tmp_path, federation, {"a": ToleratesBadSums, "b": ToleratesBadSums, "c": Undecryptable}, join_s=150)
+        tmp_path, federation, {"a": Member, "b": Member, "c": UploadsUnderAnotherKey}, join_s=150)
 
-    # c is refused (403) if it uploads while a round is open, or too late (409) once the others'
-    # uploads are enough to sum without waiting for it.
+    # c is refused (403) if it uploads once it is excluded. Otherwise it took part until it left: its
+    # own key is wrong too, so it refuses every sum, round 4's (without it) included, and after
+    # `patience` refused sums in a row it leaves and declines the rest.
     faulty = outcomes["c"]
     if isinstance(faulty, CoordinatorRefused):
         assert faulty.status == 403 and "excluded" in faulty.detail
     else:
-        assert faulty.uploaded == [1, 2, 3, 4] and faulty.missed == [5, 6]
+        assert (faulty.uploaded, faulty.failed, faulty.declined) == ([1, 2, 3, 4], [1, 2, 3, 4], [5, 6]), faulty
+        assert f"{faults.patience(3, cap)} rounds in a row whose sums did not decrypt" in \
+            agents["c"].member.record.aborted
     assert list(state.excluded) == ["c"] and view.excluded == state.excluded
     assert state.status == "finished"
     # Rounds 1-3 held c's upload (round 2 left a out, round 3 b) and did not decrypt; from round 4
@@ -149,10 +133,18 @@ def test_a_member_whose_uploads_do_not_decrypt_is_found_and_excluded_and_the_oth
     assert [r.contributors for r in state.rounds] == [["a", "b", "c"], ["b", "c"], ["a", "c"],
                                                       ["a", "b"], ["a", "b"], ["a", "b"]]
     assert [len(r.undecryptable) >= 2 for r in state.rounds] == [True, True, True, False, False, False]
+    adapters = [agents[who].member.server_state.adapter for who in ("a", "b")]
+    assert np.array_equal(adapters[0], adapters[1])
     for who in ("a", "b"):
         assert outcomes[who].finished and outcomes[who].failed == [1, 2, 3] and outcomes[who].applied == [4, 5, 6]
-        # deltas 1 and 2 times the round, averaged over rounds 4-6: 1.5 * (4 + 5 + 6)
-        assert np.allclose(agents[who].member.adapter, np.full(SIZE, 22.5))
+        member = agents[who].member
+        assert member.record.aborted is None  # stayed: never gave up before c was found
+        refused = [e["reason"] for e in member.ledger.entries() if e["kind"] == "round_failed"]
+        assert len(refused) == 3 and all("refused the sum" in r for r in refused), refused
+        assert member.learner.trainings == [str(k) for k in range(1, 7)]
+    # Each trains every round (k-th training in round k): a's update is k, b's 2k (x STEP); the
+    # refused rounds apply nothing, so the adapter is the averages of rounds 4-6: 1.5 * (4 + 5 + 6).
+    assert np.allclose(adapters[0], np.full(SIZE, 22.5 * STEP), rtol=0, atol=NOISE)
 
 
 def _run_federation(tmp_path, federation, member_classes: dict, join_s: float):
@@ -167,7 +159,8 @@ def _run_federation(tmp_path, federation, member_classes: dict, join_s: float):
     agents, outcomes = {}, {}
     try:
         for who, member_class in member_classes.items():
-            member = member_class(federation.policy, federation.identities[who], tmp_path / "members" / who)
+            member = vector_member(federation.policy, who, tmp_path / "identities" / who, tmp_path / "members" / who,
+                                   member_class)
             client = CoordinatorClient(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
             agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
                                 say=lambda _line: None, wait_s=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from confide.platform.simulation import (
 )
 from confide.privacy.trainable import trainable_state
 from tests.network.conftest import make_federation
-from tests.network.fake_member import FakeMember
-from tests.network.test_agent import agent_for, run_all
+from tests.network.test_agent import agent_for, receipts, run_all
 from tests.network.test_tls_client import free_port, serve
+from tests.network.vector_learner import NOISE, SIZE, STEP, vector_member
 from tests.platform.federation_kit import load_files, make_federation_files
 
 
@@ -76,18 +75,18 @@ def test_the_network_agent_and_the_in_process_transport_run_the_same_driver(tmp_
         net_reports = run_all(agents)
     finally:
         running.stop()
-    # ...and in process, over the same hub class the service runs, with the same members.
+    # ...and in process, over the same hub class the service runs, with members built the same way.
     hub = CoordinatorHub(federation.policy, tmp_path / "local" / "coordinator")
-    members = {who: FakeMember(federation.policy, federation.identities[who], tmp_path / "local" / who)
-               for who in ("a", "b", "c")}
+    members = {who: vector_member(federation.policy, who, tmp_path / "net" / "identities" / who,
+                                  tmp_path / "local" / who) for who in ("a", "b", "c")}
     local_reports = _run_threads(_drivers_in_process(hub, members, federation.policy, tmp_path / "local"))
     hub.close()
     for who, net in zip(("a", "b", "c"), net_reports):
         local = local_reports[who]
         assert (net.uploaded, net.applied, net.declined, net.failed) == \
                (local.uploaded, local.applied, local.declined, local.failed) == ([1, 2], [1, 2], [], [])
-    net_adapters = [a.member.adapter for a in agents]
-    local_adapters = [members[w].adapter for w in ("a", "b", "c")]
+    net_adapters = [a.member.server_state.adapter for a in agents]
+    local_adapters = [members[w].server_state.adapter for w in ("a", "b", "c")]
     # Within each run the members hold bit-identical adapters; across the two runs they agree up
     # to the CKKS noise of two independent encryptions.
     assert all(np.array_equal(net_adapters[0], x) for x in net_adapters)
@@ -95,10 +94,12 @@ def test_the_network_agent_and_the_in_process_transport_run_the_same_driver(tmp_
     # (uploads are rounded to the federation's upload precision, so the two runs differ by that
     # rounding, far below the 1e-4 the encryption promises on an update).
     assert np.abs(net_adapters[0] - local_adapters[0]).max() < 1e-4
-    # Both ways the coordinator's receipts were checked and kept with the same rounds.
-    for who in ("a", "b", "c"):
-        assert sorted(json.loads((tmp_path / "local" / who / "receipts.json").read_text())) == ["1", "2"]
+    assert np.allclose(local_adapters[0], np.full(SIZE, 6 * STEP), rtol=0, atol=NOISE)  # averages 2 then 4 (x STEP)
+    # Both ways the coordinator's receipts were checked and kept in the ledger with the same rounds.
+    for who, agent in zip(("a", "b", "c"), agents):
+        assert sorted(receipts(agent.member)) == sorted(receipts(members[who])) == [1, 2]
         assert [members[who].round_state(r) for r in (1, 2)] == ["applied", "applied"]
+        assert members[who].learner.trainings == agent.member.learner.trainings == ["1", "2"]
 
 
 @pytest.mark.integration
