@@ -128,10 +128,9 @@ class DeclaredSpend:
 
     @classmethod
     def of_entry(cls, entry: dict) -> "DeclaredSpend":
-        """The declaration for a ledger entry (`spend` or `nonprivate`). Raises KeyError if it lacks a field."""
-        noise = entry.get("noise_multiplier", 0.0 if entry.get("kind") == "nonprivate" else None)
-        return cls.from_dict({**{f: entry.get(f) for f in DECLARED_SPEND_FIELDS}, "noise_multiplier": noise,
-                              "entry_hash": entry["hash"]})
+        """The declaration for a ledger entry (`spend`, or `nonprivate` with its noise multiplier 0). Raises
+        KeyError if it lacks a field."""
+        return cls.from_dict({**{f: entry.get(f) for f in DECLARED_SPEND_FIELDS}, "entry_hash": entry["hash"]})
 
     def differences(self, entry: dict) -> list[str]:
         """The fields in which ledger entry `entry` disagrees with this declaration (empty: it matches)."""

@@ -388,7 +388,8 @@ def test_a_noiseless_round_in_a_real_federation_fails(world):
     from confide.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(world.ledger, "hospital-a", "ds-1", world.institution)
-    ledger.append("nonprivate", "fed-1", ROUNDS + 1, sample_rate=0.05, steps=SPEND["steps"], clipping_norm=1.0)
+    ledger.append("nonprivate", "fed-1", ROUNDS + 1, noise_multiplier=0.0, sample_rate=0.05, steps=SPEND["steps"],
+                  clipping_norm=1.0)
     result = full_audit(world)
     assert [c.name for c in failures(result)] == ["nonprivate"]
 

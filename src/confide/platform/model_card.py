@@ -27,6 +27,7 @@ from confide.privacy.guarantee import (
     weights_digest,
     write_guarantee,
 )
+from confide.privacy.ledger_entries import Kind
 
 __all__ = ["CARD_README", "complete_cards", "member_card", "render_card", "write_card"]
 
@@ -62,7 +63,7 @@ def member_card(adapter_dir: Path, federation: FederationPolicy, policy: Institu
 
 
 def _key_fingerprint(ledger: Any, federation_id: str) -> str | None:
-    entry = ledger.last_of("key", federation_id)
+    entry = ledger.last_of(Kind.KEY, federation=federation_id)
     return entry["fingerprint"] if entry is not None else None
 
 

@@ -25,6 +25,7 @@ from typing import Iterable
 import yaml
 
 from confide.errors import BadInput
+from confide.privacy.ledger_entries import Kind, entries_of
 
 ROUND_METRICS = ("accuracy", "loss", "macro_f1", "upload_bytes", "seconds")
 
@@ -51,8 +52,8 @@ def _ledger_epsilons(ledger: Path, federation: str) -> list[tuple[int, float]]:
             entry = json.loads(line)
         except ValueError:
             continue  # a torn last line: the ledger's own reader passes over it too
-        if isinstance(entry, dict) and entry.get("kind") == "spend" and entry.get("federation") == federation:
-            found.append((int(entry["round"]), float(entry["epsilon"])))
+        for spend in entries_of([entry], Kind.SPEND, federation=federation):
+            found.append((int(spend["round"]), float(spend["epsilon"])))
     return found
 
 

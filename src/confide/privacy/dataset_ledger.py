@@ -17,6 +17,7 @@ from typing import Sequence
 
 from confide.identity import Identity
 from confide.privacy.ledger import PrivacyLedger
+from confide.privacy.ledger_entries import Kind
 from confide.privacy.ledger_registry import LedgerRegistry
 
 
@@ -71,11 +72,11 @@ def _open(state_dir: Path, institution: str, dataset_id: str, identity: Identity
           witness_dirs: Sequence[Path]) -> OpenedLedger:
     ledger = PrivacyLedger.open(state_dir, institution, dataset_id, identity, witness_dirs=witness_dirs)
     with ledger.transaction() as tx:
-        last = tx.last_of("data_version")
+        last = tx.last_of(Kind.DATA_VERSION)
         previous = last.get("fingerprint") if last else None
         recorded = None
         if previous != version.fingerprint:
-            tx.append("data_version", "-", 0, fingerprint=version.fingerprint, records=version.records,
+            tx.append(Kind.DATA_VERSION, "-", 0, fingerprint=version.fingerprint, records=version.records,
                       train_records=version.train_records, previous_fingerprint=previous,
                       epsilon_inherited=tx.epsilon_spent())
             recorded = version

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from confide.errors import BadInput
 from confide.formats import sha256, write_atomically
 from confide.privacy.accounting import epsilon, spend_history
+from confide.privacy.ledger_entries import Kind, entries_of
 
 CARD_FILE = "privacy.json"
 CARD_FORMAT = "confide-adapter-guarantee"
@@ -120,7 +121,7 @@ class AdapterGuarantee:
 
 def federation_spends(entries: Sequence[dict], federation: str) -> list[dict]:
     """The ledger's spend entries for `federation`, in ledger order."""
-    return [e for e in entries if e.get("kind") == "spend" and e.get("federation") == federation]
+    return entries_of(entries, Kind.SPEND, federation=federation)
 
 
 def guarantee_from_entries(
@@ -133,7 +134,7 @@ def guarantee_from_entries(
     """
     spends = federation_spends(entries, federation)
     history = spend_history(spends)
-    all_spends = [e for e in entries if e.get("kind") == "spend"]
+    all_spends = entries_of(entries, Kind.SPEND)
     head = entries[-1] if entries else None
     return InstitutionGuarantee(
         institution=institution,

@@ -42,7 +42,7 @@ from confide.formats import fsync_directory, write_atomically
 from confide.identity import Identity, PublicIdentity
 from confide.privacy.accounting import ACCOUNTANTS, History, epsilon, spend_history
 from confide.privacy.errors import DoubleSpendError, LedgerBrokenError, LedgerError, LedgerRollbackError
-from confide.privacy.ledger_entries import entry_problem
+from confide.privacy.ledger_entries import Kind, entries_of, entry_problem
 from confide.privacy.ledger_format import (  # re-exported: the format is part of the ledger's API
     BASE_FIELDS,
     GENESIS_HASH,
@@ -110,7 +110,7 @@ class LedgerView:
         raise NotImplementedError
 
     def spend_entries(self) -> list[dict]:
-        return [e for e in self.entries() if e.get("kind") == "spend"]
+        return entries_of(self.entries(), Kind.SPEND)
 
     def spend_history(self) -> History:
         """Accountant history `[(noise_multiplier, sample_rate, steps), ...]` of every spend entry."""
@@ -136,22 +136,15 @@ class LedgerView:
         """Number of rounds of `federation` this dataset has spent privacy on."""
         return sum(1 for e in self.spend_entries() if e.get("federation") == federation)
 
-    def last_of(self, kind: str, federation: str | None = None, round_index: int | None = None) -> dict | None:
-        """The newest entry of `kind` (of that federation and round, if given), or None."""
-        for entry in reversed(self.entries()):
-            if entry.get("kind") != kind:
-                continue
-            if federation is not None and entry.get("federation") != federation:
-                continue
-            if round_index is not None and entry.get("round") != round_index:
-                continue
-            return entry
-        return None
+    def last_of(self, *kinds: Kind, federation: str | None = None, round_index: int | None = None) -> dict | None:
+        """The newest entry of any of `kinds` (of that federation and round, if given), or None."""
+        found = entries_of(self.entries(), *kinds, federation=federation, round_index=round_index)
+        return found[-1] if found else None
 
     def applied_sums(self, federation: str) -> dict[int, str]:
         """Round -> SHA-256 of the sum applied in it, for every round of `federation` whose sum we applied."""
-        return {int(e["round"]): str(e["sum_sha256"]) for e in self.entries()
-                if e.get("kind") == "applied" and e.get("federation") == federation}
+        return {int(e["round"]): str(e["sum_sha256"])
+                for e in entries_of(self.entries(), Kind.APPLIED, federation=federation)}
 
     def head(self) -> tuple[int, str] | None:
         """`(seq, hash)` of the newest entry, or None for an empty ledger."""
@@ -392,7 +385,7 @@ class LedgerTransaction(LedgerView):
         reserved = sorted(set(fields) & set(BASE_FIELDS + SEALED_FIELDS))
         if reserved:
             raise LedgerError(f"fields {', '.join(reserved)} are set by the ledger itself")
-        if kind == "spend":
+        if kind == Kind.SPEND:
             _check_spend_fields(fields)
             fields = self._spend_fields(federation, round_index, fields)
         return self._write(kind, federation, round_index, fields)
@@ -419,7 +412,7 @@ class LedgerTransaction(LedgerView):
         log.warning("%s: removed an interrupted last line (%d bytes), kept in %s", path, len(parsed.torn), side)
         detail = {"torn_bytes": len(parsed.torn), "torn_sha256": hashlib.sha256(parsed.torn).hexdigest(),
                   "kept_in": side.name}
-        self._write("repair", "-", 0, detail)
+        self._write(Kind.REPAIR, "-", 0, detail)
 
     def _write(self, kind: str, federation: str, round_index: int, fields: dict) -> dict:
         ledger, entries = self.ledger, self._entries

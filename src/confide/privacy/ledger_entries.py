@@ -8,12 +8,14 @@ noise floor, what an accountant accepts) stay with the budget checks and the aud
 them. Fields a writer records for context (the data version trained on) are
 kept as they are: every model allows extra fields.
 
-Entries stay plain dicts everywhere else; this module only says which dicts are entries.
+Entries stay plain dicts (an auditor reads damaged ledgers too); code outside the ledger names their
+kinds by `Kind` and selects them with `entries_of`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from enum import Enum
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -55,6 +57,7 @@ class NonprivateEntry(_Entry):
     """A round trained without noise (experiments only): clipped, no epsilon bounds it."""
 
     kind: Literal["nonprivate"]
+    noise_multiplier: Literal[0.0]
     sample_rate: Finite
     steps: int
     clipping_norm: Finite
@@ -145,9 +148,35 @@ LedgerEntry = Annotated[
           AbortEntry, KeyEntry, DataVersionEntry, RepairEntry],
     Field(discriminator="kind"),
 ]
-KINDS = ("spend", "nonprivate", "decline", "outcome", "receipt", "applied", "round_failed", "abort", "key",
-         "data_version", "repair")
+class Kind(str, Enum):
+    """The kind of a ledger entry: what code outside the ledger names entries by (never a bare string)."""
+
+    SPEND = "spend"
+    NONPRIVATE = "nonprivate"
+    DECLINE = "decline"
+    OUTCOME = "outcome"
+    RECEIPT = "receipt"
+    APPLIED = "applied"
+    ROUND_FAILED = "round_failed"
+    ABORT = "abort"
+    KEY = "key"
+    DATA_VERSION = "data_version"
+    REPAIR = "repair"
+
+
+KINDS = tuple(kind.value for kind in Kind)
+ACCOUNTED = (Kind.SPEND, Kind.NONPRIVATE)
+"""The kinds that account for a round's training: a spend, or a no-noise experiment's record."""
 _ADAPTER: TypeAdapter = TypeAdapter(LedgerEntry)
+
+
+def entries_of(entries: Iterable[Any], *kinds: Kind, federation: str | None = None,
+               round_index: int | None = None) -> list[dict]:
+    """The entries (dicts) of any of `kinds`, of `federation` and `round_index` when given, in ledger
+    order. Anything that is not a dict, as an unparsed ledger line may be, is skipped."""
+    return [e for e in entries if isinstance(e, dict) and e.get("kind") in kinds
+            and (federation is None or e.get("federation") == federation)
+            and (round_index is None or e.get("round") == round_index)]
 
 
 def entry_problem(entry: dict) -> str | None:

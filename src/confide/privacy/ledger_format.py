@@ -17,7 +17,7 @@ from typing import Any
 from confide.formats import GENESIS_HASH, canonical_json
 from confide.identity import PublicIdentity
 from confide.privacy.accounting import epsilon
-from confide.privacy.ledger_entries import entry_problem
+from confide.privacy.ledger_entries import Kind, entry_problem
 
 SIGNATURE_CONTEXT = b"confide-ledger-v1:"
 BASE_FIELDS = ("seq", "time", "institution", "dataset", "federation", "round", "kind", "prev_hash")
@@ -130,7 +130,7 @@ def check_epsilons(entries: list[dict]) -> list[LedgerProblem]:
     """Recompute each spend entry's cumulative epsilon from the recorded spends before and at it."""
     problems, history = [], []
     for index, entry in enumerate(entries):
-        if entry.get("kind") != "spend":
+        if entry.get("kind") != Kind.SPEND:
             continue
         try:
             history.append((entry["noise_multiplier"], entry["sample_rate"], entry["steps"]))

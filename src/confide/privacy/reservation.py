@@ -21,6 +21,7 @@ from confide.privacy.accounting import RoundSpend
 from confide.privacy.budget import BudgetCheck, strictest_cap, would_exceed
 from confide.privacy.errors import DoubleSpendError
 from confide.privacy.ledger import PrivacyLedger
+from confide.privacy.ledger_entries import Kind
 from confide.privacy.ledger_registry import LedgerRegistry
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,14 @@ def _reserve(ledger: PrivacyLedger, federation: FederationPolicy, institution: I
             log.info("%s declines round %d of %s: %s", institution.institution_id, round_index, fed_id,
                      "; ".join(reasons))
             entry = tx.append(
-                "decline", fed_id, round_index, reasons=reasons, epsilon_spent=_finite(check.epsilon_before),
+                Kind.DECLINE, fed_id, round_index, reasons=reasons, epsilon_spent=_finite(check.epsilon_before),
                 epsilon_after_round=_finite(check.epsilon_after), round_epsilon=_finite(check.round_epsilon),
                 noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
                 **recorded,
             )
             return Reservation(False, entry, check, decision, reasons)
         entry = tx.append(
-            "spend", fed_id, round_index,
+            Kind.SPEND, fed_id, round_index,
             noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate, steps=spend.steps,
             clipping_norm=institution.clipping_norm, delta=delta, accountant=accountant, **recorded,
         )

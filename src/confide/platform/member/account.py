@@ -24,6 +24,7 @@ from confide.privacy.dataset_ledger import DataVersion, open_dataset_ledger
 from confide.privacy.errors import LedgerRollbackError
 from confide.privacy.guarantee import replace_one_epsilon
 from confide.privacy.ledger import PrivacyLedger, ledger_path
+from confide.privacy.ledger_entries import ACCOUNTED, Kind, entries_of
 from confide.privacy.ledger_registry import LedgerRegistry
 from confide.privacy.reservation import reserve_round
 
@@ -95,7 +96,8 @@ class PrivacyAccount:
             # Training without noise has no finite epsilon, and the ledger rightly refuses infinite
             # ones: the round is recorded as what it is, not as a spend.
             privacy = self.federation.privacy
-            self.ledger.append("nonprivate", self.fed, round_index, sample_rate=spend.sample_rate, steps=spend.steps,
+            self.ledger.append(Kind.NONPRIVATE, self.fed, round_index, noise_multiplier=0.0,
+                               sample_rate=spend.sample_rate, steps=spend.steps,
                                clipping_norm=self.policy.clipping_norm, delta=privacy.delta,
                                accountant=privacy.accountant, **trained_on)
             return Reserved(True, math.inf)
@@ -110,8 +112,7 @@ class PrivacyAccount:
         return self._spend_entry(round_index) is not None
 
     def _spend_entry(self, round_index: int) -> dict | None:
-        return (self.ledger.last_of("spend", self.fed, round_index)
-                or self.ledger.last_of("nonprivate", self.fed, round_index))
+        return self.ledger.last_of(*ACCOUNTED, federation=self.fed, round_index=round_index)
 
     def declared(self, round_index: int) -> DeclaredSpend | None:
         """The round's spend as our ledger records it: declared with the upload, signed into the receipt."""
@@ -119,23 +120,23 @@ class PrivacyAccount:
         return None if entry is None else DeclaredSpend.of_entry(entry)
 
     def record_decline(self, round_index: int, reason: str) -> None:
-        self.ledger.append("decline", self.fed, round_index, reasons=[reason])
+        self.ledger.append(Kind.DECLINE, self.fed, round_index, reasons=[reason])
 
     def record_upload(self, round_index: int, envelope: bytes, weight: float) -> tuple[int, str]:
         """Record the upload of `envelope` (once); return the ledger head `(seq, hash)` it made."""
         head = self.upload_head(round_index, envelope)
         if head is not None:
             return head
-        entry = self.ledger.append("outcome", self.fed, round_index, result="uploaded",
+        entry = self.ledger.append(Kind.OUTCOME, self.fed, round_index, result="uploaded",
                                    envelope_sha256=sha256(envelope), weight=weight)
         return entry["seq"], entry["hash"]
 
     def upload_head(self, round_index: int, envelope: bytes) -> tuple[int, str] | None:
         """The ledger head recorded with our upload of `envelope` (None: not recorded)."""
         digest = sha256(envelope)
-        for entry in reversed(self.ledger.entries()):
-            if (entry.get("kind") == "outcome" and entry.get("federation") == self.fed
-                    and entry.get("round") == round_index and entry.get("envelope_sha256") == digest):
+        for entry in reversed(entries_of(self.ledger.entries(), Kind.OUTCOME, federation=self.fed,
+                                         round_index=round_index)):
+            if entry.get("envelope_sha256") == digest:
                 return entry["seq"], entry["hash"]
         return None
 
@@ -147,13 +148,17 @@ class PrivacyAccount:
         return receipt.spend.differences(entry)
 
     def keep_receipt(self, round_index: int, receipt: Receipt) -> None:
-        if self.ledger.last_of("receipt", self.fed, round_index) is None:
-            self.ledger.append("receipt", self.fed, round_index, receipt=receipt.to_dict())
+        if self._first(Kind.RECEIPT, round_index):
+            self.ledger.append(Kind.RECEIPT, self.fed, round_index, receipt=receipt.to_dict())
 
     def check_anchor(self, receipt: Receipt) -> None:
         """Refuse a ledger behind the head the coordinator's receipt names (LedgerRollbackError)."""
         self.ledger.witness(receipt.ledger_seq, receipt.ledger_head,
                             f"the coordinator's receipt for round {receipt.round} of {receipt.federation}")
+
+    def _first(self, kind: Kind, round_index: int) -> bool:
+        """No entry of `kind` for the round yet: each is written once, whatever a restart repeats."""
+        return self.ledger.last_of(kind, federation=self.fed, round_index=round_index) is None
 
     # -------------------------------------------------------------------------------- sums
     def applied_sums(self) -> dict[int, str]:
@@ -161,22 +166,22 @@ class PrivacyAccount:
         return self.ledger.applied_sums(self.fed)
 
     def record_applied(self, round_index: int, count: int, sum_sha256: str) -> None:
-        if self.ledger.last_of("applied", self.fed, round_index) is None:
-            self.ledger.append("applied", self.fed, round_index, count=count, sum_sha256=sum_sha256)
+        if self._first(Kind.APPLIED, round_index):
+            self.ledger.append(Kind.APPLIED, self.fed, round_index, count=count, sum_sha256=sum_sha256)
 
     def record_failed(self, round_index: int, reason: str, sum_sha256: str | None) -> None:
-        if self.ledger.last_of("round_failed", self.fed, round_index) is None:
+        if self._first(Kind.ROUND_FAILED, round_index):
             extra = {"sum_sha256": sum_sha256} if sum_sha256 is not None else {}
-            self.ledger.append("round_failed", self.fed, round_index, reason=reason, **extra)
+            self.ledger.append(Kind.ROUND_FAILED, self.fed, round_index, reason=reason, **extra)
 
     def record_abort(self, round_index: int, reason: str, count: int = 0) -> None:
-        if self.ledger.last_of("abort", self.fed, round_index) is None:
-            self.ledger.append("abort", self.fed, round_index, reason=reason, count=count)
+        if self._first(Kind.ABORT, round_index):
+            self.ledger.append(Kind.ABORT, self.fed, round_index, reason=reason, count=count)
 
     def record_key(self, certificate: KeyCertificate) -> None:
         """The federation key's fingerprint, once: what the adapter card and the auditor check."""
-        if self.ledger.last_of("key", self.fed) is None:
-            self.ledger.append("key", self.fed, 0, key_id=certificate.key_id, key_holder=certificate.key_holder,
+        if self.ledger.last_of(Kind.KEY, federation=self.fed) is None:
+            self.ledger.append(Kind.KEY, self.fed, 0, key_id=certificate.key_id, key_holder=certificate.key_holder,
                                fingerprint=certificate.fingerprint)
 
     # -------------------------------------------------------------------------------- status

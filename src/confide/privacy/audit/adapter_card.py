@@ -46,6 +46,7 @@ from confide.privacy.guarantee import (
     read_guarantee,
     weights_digest,
 )
+from confide.privacy.ledger_entries import Kind, entries_of
 
 RECOMPUTED_REL_TOL = 1e-9
 """A number the card states and the auditor recomputes with the same function must agree to this
@@ -114,8 +115,7 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
                                                                                           federation)
     checks += _budget_checks(g, entries[: index + 1], policy)
     if not g.private:
-        noiseless = [e for e in entries[: index + 1] if e.get("kind") == "nonprivate" and e.get("federation") ==
-                     federation]
+        noiseless = entries_of(entries[: index + 1], Kind.NONPRIVATE, federation=federation)
         checks.append(Check("card_epsilon", True if noiseless and not upto else False,
                             f"{who}: the card claims no guarantee; the ledger records {len(noiseless)} noiseless "
                             f"and {len(upto)} private rounds of {federation}"))
@@ -162,7 +162,7 @@ def _epsilon_checks(g: InstitutionGuarantee, federation: str, history: list, tol
 
 def _budget_checks(g: InstitutionGuarantee, upto: list[dict], policy: InstitutionPolicy | None) -> list[Check]:
     """The dataset's epsilon is the one the ledger records at the head; the budget is the policy's."""
-    spends = [e for e in upto if e.get("kind") == "spend"]
+    spends = entries_of(upto, Kind.SPEND)
     recorded = float(spends[-1]["epsilon"]) if spends and isinstance(spends[-1].get("epsilon"), (int, float)) \
         else 0.0
     checks = [Check("card_dataset_epsilon", _same(g.dataset_epsilon, recorded),
@@ -181,8 +181,8 @@ def _budget_checks(g: InstitutionGuarantee, upto: list[dict], policy: Institutio
 def _rounds_applied_check(card: AdapterGuarantee, heads: list[list[dict]]) -> Check:
     """The card's rounds applied is the last round of the federation whose sum one of its
     institutions' ledgers records applying (up to the card's head)."""
-    applied = sorted({max((e["round"] for e in entries if e.get("kind") == "applied"
-                           and e.get("federation") == card.federation and isinstance(e.get("round"), int)), default=0)
+    applied = sorted({max((e["round"] for e in entries_of(entries, Kind.APPLIED, federation=card.federation)
+                           if isinstance(e.get("round"), int)), default=0)
                       for entries in heads})
     return Check("card_rounds_applied", card.rounds_applied in applied and card.rounds_applied <= card.rounds_planned,
                  f"card says {card.rounds_applied} of {card.rounds_planned} rounds applied; the ledgers of its "
@@ -237,8 +237,8 @@ def _listed_checks(card: AdapterGuarantee) -> list[Check]:
 
 def _key_check(card: AdapterGuarantee, heads: list[list[dict]]) -> Check:
     """The card's federation key is the one the ledgers recorded installing (all of them, the same one)."""
-    recorded = {e.get("fingerprint") for entries in heads for e in entries
-                if e.get("kind") == "key" and e.get("federation") == card.federation}
+    recorded = {e.get("fingerprint") for entries in heads
+                for e in entries_of(entries, Kind.KEY, federation=card.federation)}
     if not recorded:
         return Check("card_key", card.key_fingerprint is None,
                      "neither the card nor the ledgers name a federation key" if card.key_fingerprint is None

@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from confide.privacy.audit.result import Check
+from confide.privacy.ledger_entries import Kind, entries_of
 
 
 def split_sum_checks(ledgers: Sequence[tuple[str | None, list[dict]]]) -> list[Check]:
@@ -24,8 +25,8 @@ def split_sum_checks(ledgers: Sequence[tuple[str | None, list[dict]]]) -> list[C
     """
     sums: dict[tuple[str, int], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for institution, entries in ledgers:
-        for e in entries:
-            if (e.get("kind") == "applied" and isinstance(e.get("sum_sha256"), str)
+        for e in entries_of(entries, Kind.APPLIED):
+            if (isinstance(e.get("sum_sha256"), str)
                     and isinstance(e.get("federation"), str) and isinstance(e.get("round"), int)):
                 sums[(e["federation"], e["round"])][e["sum_sha256"]].add(str(institution))
     compared = {key: by_sum for key, by_sum in sums.items() if len(set().union(*by_sum.values())) > 1}

@@ -38,6 +38,7 @@ from confide.formats import RECEIPT_FIELDS, Receipt
 from confide.identity import PublicIdentity
 from confide.privacy.audit.inputs import AuditInputError
 from confide.privacy.audit.result import Check
+from confide.privacy.ledger_entries import ACCOUNTED, Kind, entries_of
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,12 @@ def receipt_signature_checks(exports: Sequence[FederationReceipts]) -> list[Chec
 def _uploaded_envelopes(entries: list[dict]) -> dict[tuple[str, int], tuple[str, int]]:
     """(federation, round) -> (envelope_sha256, seq) of the ledger's `outcome` entries that record an upload."""
     return {(e.get("federation"), e.get("round")): (e["envelope_sha256"], e.get("seq"))
-            for e in entries if e.get("kind") == "outcome" and isinstance(e.get("envelope_sha256"), str)}
+            for e in entries_of(entries, Kind.OUTCOME) if isinstance(e.get("envelope_sha256"), str)}
 
 
 def participated(entries: list[dict]) -> set[str]:
     """The federations a ledger spent privacy in (spend and nonprivate entries)."""
-    return {e["federation"] for e in entries
-            if e.get("kind") in ("spend", "nonprivate") and isinstance(e.get("federation"), str)}
+    return {e["federation"] for e in entries_of(entries, *ACCOUNTED) if isinstance(e.get("federation"), str)}
 
 
 def completeness_checks(institution: str | None, entries: list[dict], exports: dict[str, FederationReceipts],
@@ -238,11 +238,11 @@ def federation_completeness_checks(institution: str | None, entries: list[dict],
         return [Check("receipts", None, f"no receipts for {institution!r}" + (f" in {federation}" if federation
                       else "") + ": deleted trailing entries cannot be detected", federation=federation)]
     federation = mine[0].federation
-    spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"} | other_spends
+    spends = {(e.get("federation"), e.get("round")) for e in entries_of(entries, Kind.SPEND)} | other_spends
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
     by_seq = {e.get("seq"): e for e in entries if isinstance(e.get("seq"), int)}
-    accounting = {(e.get("federation"), e.get("round")): e for e in entries if e.get("kind") in ("spend", "nonprivate")}
+    accounting = {(e.get("federation"), e.get("round")): e for e in entries_of(entries, *ACCOUNTED)}
     failures = []
     for r in mine:
         if (r.federation, r.round) not in spends:
@@ -295,8 +295,8 @@ def ledger_receipt_checks(entries: list[dict], coordinators: dict[str, PublicIde
 
     Returns no check for a ledger without receipt entries.
     """
-    spends = {(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"}
-    kept = [e for e in entries if e.get("kind") == "receipt"]
+    spends = {(e.get("federation"), e.get("round")) for e in entries_of(entries, Kind.SPEND)}
+    kept = entries_of(entries, Kind.RECEIPT)
     failures = []
     for entry in kept:
         seq, body = entry.get("seq"), entry.get("receipt")

@@ -27,6 +27,7 @@ from confide.privacy.audit.recompute import (
     Tolerance,
 )
 from confide.privacy.audit.result import Check
+from confide.privacy.ledger_entries import Kind, entries_of
 
 
 def _number(value: object) -> bool:
@@ -62,7 +63,7 @@ def parse_spends(entries: list[dict]) -> tuple[list[SpendParameters], list[Check
     spends: list[SpendParameters] = []
     checks: list[Check] = []
     for line, entry in enumerate(entries, start=1):
-        if entry.get("kind") != "spend":
+        if not entries_of([entry], Kind.SPEND):
             continue
         problem = _spend_problem(entry)
         seq = entry.get("seq") if isinstance(entry.get("seq"), int) else line
@@ -203,9 +204,9 @@ def _train_records_at(entries: list[dict]) -> dict[int, int]:
     """seq of each spend -> the training-set size in force (its own record, else the last data version)."""
     sizes, current = {}, None
     for entry in entries:
-        if entry.get("kind") == "data_version" and isinstance(entry.get("train_records"), int):
+        if entries_of([entry], Kind.DATA_VERSION) and isinstance(entry.get("train_records"), int):
             current = entry["train_records"]
-        if entry.get("kind") == "spend" and isinstance(entry.get("seq"), int):
+        if entries_of([entry], Kind.SPEND) and isinstance(entry.get("seq"), int):
             own = entry.get("train_records")
             size = own if isinstance(own, int) and not isinstance(own, bool) else current
             if size is not None:
@@ -250,7 +251,7 @@ def schedule_checks(entries: list[dict], spends: Sequence[SpendParameters],
                            f"{rated} sample rates match expected batch / recorded training records")
     elif evaluated:
         checks.append(Check("sample_rate", None, "no training-set size recorded: sample rates not checked"))
-    noiseless = [e for e in entries if e.get("kind") == "nonprivate" and e.get("federation") in federations]
+    noiseless = [e for e in entries_of(entries, Kind.NONPRIVATE) if e.get("federation") in federations]
     checks += [Check("nonprivate", False, f"round {e.get('round')} of {e.get('federation')} trained without noise "
                      "(a nonprivate entry): no epsilon bounds it", e.get("seq")) for e in noiseless]
     return checks

@@ -39,6 +39,7 @@ from confide.privacy.audit.spending import (
     schedule_checks,
 )
 from confide.privacy.ledger import parse_ledger
+from confide.privacy.ledger_entries import Kind, entries_of
 
 
 def named_federations(entries: list[dict]) -> set[str]:
@@ -150,7 +151,7 @@ def audit_ledgers(
     top += _unaudited_uploaders(exports, {o for o in owners if o}, required)
     top += _federation_file_checks(federation_policies, set().union(*(named_federations(e) for _, e in parsed)))
     top += split_sum_checks([(owners[i], entries) for i, (_, entries) in enumerate(parsed)])
-    spent = [{(e.get("federation"), e.get("round")) for e in entries if e.get("kind") == "spend"}
+    spent = [{(e.get("federation"), e.get("round")) for e in entries_of(entries, Kind.SPEND)}
              for _, entries in parsed]
     audits = []
     for index, (path, entries) in enumerate(parsed):
