@@ -38,7 +38,7 @@ from confide.aggregation.params import DEFAULT_PARAMETERS
 from confide.aggregation.wire import KIND_UPDATE, SEED_BYTES, build_envelope, read_header, read_seeds
 from confide.formats import AppliedStatement, ContributionStatement, sha256
 from confide.identity import Identity
-from confide.platform.service.messages import RoundContributions
+from confide.platform.messages import RoundContributions
 from confide.platform.sum_evidence import SumEvidence, sum_problem
 
 LAYOUT = sha256(b"integrity benchmark layout")

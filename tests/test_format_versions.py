@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from confide import cli
 from confide.platform.coordinator import STATE_FORMAT_VERSION, StateFormatError, StateStore
-from confide.platform.service.driver import JOURNAL_VERSION, AgentError, Journal
+from confide.platform.driver import JOURNAL_VERSION, AgentError, Journal
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

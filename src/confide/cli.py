@@ -162,6 +162,20 @@ def path_problem(exc: OSError, fix: str = "check the path and its permissions") 
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "opacus")
 
 
+def _missing_training(name: str) -> str:
+    return (f"this command trains or evaluates a model and needs {name}, which is not installed "
+            "(install the training extra: pip install 'confide[training]')")
+
+
+def need_training() -> None:
+    """Refuse, before any work, a command that trains where the training extra is not installed."""
+    import importlib.util
+
+    missing = [name for name in TRAINING_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        fail([_missing_training(missing[0])])
+
+
 def handles_bad_input(command: F) -> F:
     """Turn BadInput, OSErrors on paths the user gave, and a missing training extra into one line, exit 2."""
 
@@ -174,8 +188,7 @@ def handles_bad_input(command: F) -> F:
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
                 raise
-            fail([f"this command trains or evaluates a model and needs {exc.name}, which is not installed "
-                  "(install the training extra: pip install 'confide[training]')"])
+            fail([_missing_training(exc.name)])
         except OSError as exc:
             if not _on_user_path(exc, _user_paths([*args, *kwargs.values()])):
                 raise
@@ -441,6 +454,7 @@ def simulate(
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """Run a whole federation on this machine: real DP training, real CKKS, real ledgers."""
+    need_training()
     from confide.platform.display import FederationDisplay, budgets_table, rounds_table
     from confide.platform.setup import simulation_from_files
 
@@ -484,6 +498,7 @@ def demo(
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """A real federation on a bundled model and BBC News, against each institution alone."""
+    need_training()
     from confide.platform.demo import DEMO_INSTITUTIONS, default_examples_dir, demo_example, demo_policies, run_demo
     from confide.platform.display import (
         FederationDisplay,
@@ -544,6 +559,7 @@ def sweep(
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help=_TENSORBOARD_HELP),
 ) -> None:
     """Privacy-utility sweep: a simulated federation per grid point, plus each-alone and central baselines."""
+    need_training()
     from confide.platform.sweep import sweep_command
 
     need_files(sweep_file)
@@ -673,6 +689,7 @@ def audit_canaries(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    need_training()
     from confide.platform.data import load_institution_data
     from confide.platform.models import build_adapter_model
     from confide.policies import load_federation, load_institution
@@ -790,6 +807,7 @@ def join(
     once: bool = typer.Option(False, "--once", help="Take part in the next round, then exit."),
 ) -> None:
     """Join a federation as this institution: outbound HTTPS only, following this institution's policy."""
+    need_training()
     from confide.platform.service import run_agent
 
     need_files(institution, federation, ca)

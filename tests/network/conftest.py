@@ -22,10 +22,10 @@ from confide.aggregation.params import CkksParameters
 from confide.aggregation.wire import read_header, read_seeds
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, policy_sha256, sha256
 from confide.identity import Identity, roster_identities
+from confide.platform.hub import CoordinatorHub
 from confide.platform.secure_sum import Reveals, mask_upload, share_digests
 from confide.platform.service.app import create_app
 from confide.platform.service.client import spend_query
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import sign_request
 from confide.policies import load_federation
 

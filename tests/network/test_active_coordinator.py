@@ -21,10 +21,10 @@ from confide.aggregation.keys import create_key_material, seal_secret
 from confide.aggregation.secagg import unpack_bundle
 from confide.aggregation.wire import KIND_SUM, build_envelope, read_header, read_seeds
 from confide.formats import ContributionStatement, sha256
+from confide.platform.driver import RoundDriver
+from confide.platform.hub import CoordinatorHub
 from confide.platform.member import Member, MemberError
 from confide.platform.secure_sum import Reveals
-from confide.platform.service.driver import RoundDriver
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.simulation import InProcessTransport, SimulatedClock, _Idle
 from tests.platform.federation_kit import drive, load_files, make_federation_files
 

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from confide.platform.driver import AgentError, RoundDriver
 from confide.platform.member import Member
-from confide.platform.service.agent import Agent, AgentError, run_agent
+from confide.platform.service.agent import run_agent
 from confide.platform.service.client import Backoff, CoordinatorClient
 
 from .conftest import make_federation
@@ -40,18 +41,18 @@ class DeclinesRounds(Member):
         return super()._start(round_index)
 
 
-def agent_for(network, who: str, client_class=CoordinatorClient, decline_rounds=()) -> Agent:
+def agent_for(network, who: str, client_class=CoordinatorClient, decline_rounds=()) -> RoundDriver:
     federation, _, url, pin, root = network
     member = vector_member(federation.policy, who, root / "identities" / who, root / "members" / who,
                            DeclinesRounds if decline_rounds else Member)
     if decline_rounds:
         member.decline_rounds = frozenset(decline_rounds)
     client = client_class(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
-    return Agent(member, client, federation.policy, root / "members" / who / "agent.json", say=lambda _l: None,
+    return RoundDriver(member, client, federation.policy, root / "members" / who / "agent.json", say=lambda _l: None,
                  wait_s=2)
 
 
-def run_all(agents: list[Agent], once: bool = False) -> list:
+def run_all(agents: list[RoundDriver], once: bool = False) -> list:
     reports, errors = [None] * len(agents), []
 
     def run(index: int) -> None:
@@ -72,7 +73,7 @@ def run_all(agents: list[Agent], once: bool = False) -> list:
     return reports
 
 
-def adapter(agent: Agent) -> np.ndarray:
+def adapter(agent: RoundDriver) -> np.ndarray:
     return agent.member.server_state.adapter
 
 
@@ -153,7 +154,7 @@ def test_agent_refuses_a_coordinator_running_another_federation_file(network, tm
     (tmp_path / "changed.yaml").write_text(changed)
     from confide.policies import load_federation
 
-    agent = Agent(member, CoordinatorClient(url, federation.identities["a"], "net-test", pin=pin, backoff=FAST),
+    agent = RoundDriver(member, CoordinatorClient(url, federation.identities["a"], "net-test", pin=pin, backoff=FAST),
                   load_federation(tmp_path / "changed.yaml"), root / "x.json", say=lambda _l: None)
     with pytest.raises(AgentError, match="differs from ours"):
         agent.run()

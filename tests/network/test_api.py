@@ -15,8 +15,8 @@ from confide.aggregation.envelope import decrypt_sum, sum_envelopes
 from confide.formats import StatementClaims
 from confide.identity import Identity, PublicIdentity, unb64
 from confide.platform.coordinator import Receipt, sha256
+from confide.platform.hub import CoordinatorHub
 from confide.platform.service.app import Changes
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import HEADER_SIGNATURE, sign_request
 
 from .conftest import LAYOUT, LEDGER_HEAD, Keys, declared_spend, snapshot, upload_request

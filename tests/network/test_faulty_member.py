@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from confide.platform import faults
+from confide.platform.driver import CoordinatorRefused, RoundDriver
 from confide.platform.member import Member
 from confide.platform.protocol import FederationState
-from confide.platform.service.agent import Agent
-from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused
+from confide.platform.service.client import Backoff, CoordinatorClient
 from tests.platform.test_malicious_member import UploadsUnderAnotherKey
 
 from .conftest import Keys, make_federation, snapshot
@@ -162,7 +162,7 @@ def _run_federation(tmp_path, federation, member_classes: dict, join_s: float):
             member = vector_member(federation.policy, who, tmp_path / "identities" / who, tmp_path / "members" / who,
                                    member_class)
             client = CoordinatorClient(url, federation.identities[who], "net-test", pin=pin, backoff=FAST)
-            agents[who] = Agent(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
+            agents[who] = RoundDriver(member, client, federation.policy, tmp_path / "members" / who / "agent.json",
                                 say=lambda _line: None, wait_s=1)
 
         def run(who: str) -> None:

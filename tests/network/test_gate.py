@@ -14,9 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from confide.identity import Identity
+from confide.platform.hub import CoordinatorHub
 from confide.platform.service.app import create_app
 from confide.platform.service.gate import BodyRefused, BodyTimeouts, RequestGate, UnverifiedBodies, UnverifiedBody
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.service.signing import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,

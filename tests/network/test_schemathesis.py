@@ -15,9 +15,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
+from confide.platform.hub import CoordinatorHub
+from confide.platform.messages import KeySetupRequest
 from confide.platform.service.app import create_app
-from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.messages import KeySetupRequest
 from confide.platform.service.signing import sign_request
 
 from .conftest import Keys, make_federation, snapshot

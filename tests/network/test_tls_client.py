@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorRefused, CoordinatorUnreachable
+from confide.platform.driver import CoordinatorRefused
+from confide.platform.service.client import Backoff, CoordinatorClient, CoordinatorUnreachable
 from confide.platform.service.server import CoordinatorSettings, ServerThread, build_server
 from confide.platform.service.tls import TlsError, fingerprint_of, normalize_fingerprint, server_certificate
 

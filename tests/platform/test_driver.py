@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from confide.aggregation.codec import flatten
+from confide.platform.driver import RoundDriver
+from confide.platform.hub import CoordinatorHub
 from confide.platform.member import Member
 from confide.platform.member import account as account_module
 from confide.platform.member import store as store_module
 from confide.platform.member.learner import LocalModel
-from confide.platform.service.driver import RoundDriver
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.simulation import (
     InProcessTransport,
     SimulatedClock,

@@ -19,9 +19,9 @@ import pytest
 from confide.aggregation.keys import SecretKeyMaterial, create_key_material
 from confide.formats import AppliedStatement
 from confide.platform import faults
+from confide.platform.driver import RoundDriver
+from confide.platform.hub import CoordinatorHub
 from confide.platform.member import Member
-from confide.platform.service.driver import RoundDriver
-from confide.platform.service.hub import CoordinatorHub
 from confide.platform.simulation import InProcessTransport, SimulatedClock, _Idle
 from confide.policies.federation import SecureAggregation
 from tests.platform.federation_kit import load_files, make_federation_files

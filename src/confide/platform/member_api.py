@@ -1,7 +1,7 @@
 """What a round driver needs from a member, as types: the member's side of the round, seen from outside.
 
 The real `confide.platform.member.Member` satisfies `RoundMember`, and so does any test double;
-the driver (`confide.platform.service.agent.Agent`) is written against this protocol only.
+the round driver (`confide.platform.driver.RoundDriver`) is written against this protocol only.
 """
 
 from __future__ import annotations

@@ -40,15 +40,15 @@ from confide.formats import (
     StatementClaims,
 )
 from confide.identity import Identity, unb64
+from confide.platform.driver import AgentError, CoordinatorRefused, RoundDriver, admit
 from confide.platform.evaluation import add_matrices, scores
+from confide.platform.hub import CoordinatorHub
 from confide.platform.member import Member
 from confide.platform.member_api import Outcome
+from confide.platform.messages import FederationView, ReceiptReply, RoundContributions
 from confide.platform.model_card import complete_cards
 from confide.platform.protocol import ProtocolViolation, Refusal
-from confide.platform.service.client import CoordinatorRefused, key_setup_request
-from confide.platform.service.driver import AgentError, RoundDriver, admit
-from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.messages import FederationView, ReceiptReply, RoundContributions
+from confide.platform.service.client import key_setup_request
 from confide.platform.sum_evidence import SumEvidence
 from confide.platform.workers import MemberPool, RayMemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy

@@ -44,10 +44,10 @@ from confide.platform.member.engine import MemberRecord, RoundFacts, advance, le
 from confide.platform.member.errors import MemberError
 from confide.platform.member.keyring import KeyRing
 from confide.platform.member.learner import Learner
+from confide.platform.member.server_step import ServerState, apply_average, load_state, state_array
 from confide.platform.member.store import MemberStore
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
 from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
-from confide.platform.server_update import ServerState, apply_average, load_state, state_array
 from confide.platform.sum_evidence import SumEvidence, influence_problem, split_problem, sum_problem, weight_problem
 from confide.platform.update_bound import max_update
 from confide.policies import FederationPolicy, InstitutionPolicy
@@ -329,7 +329,7 @@ class Member:
     # ------------------------------------------------------------------------------- sums
     def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> Outcome:
         """Check the round's encrypted sum against its evidence, decrypt it, check its count against
-        min_cohort, and apply the average with the federation's server step (`server_update`: FedAvgM).
+        min_cohort, and apply the average with the federation's server step (`server_step`: FedAvgM).
 
         The sum must be exactly the contributions whose signed statements come with it, nothing
         added (`sum_evidence.sum_problem`, `aggregation.integrity.verify_sum`), decrypt cleanly,

@@ -4,7 +4,7 @@
     <state_dir>/federations/<fed>/rounds/rN.envelope  our encrypted update for round N
     <state_dir>/federations/<fed>/rounds/rN.shares    its mask shares, sealed to the committee
     <state_dir>/federations/<fed>/adapter-rN.npy      the shared adapter after round N, with the server
-                                                      velocity (`server_update`; float64, 0600)
+                                                      velocity (`server_step`; float64, 0600)
     <state_dir>/federations/<fed>/reveals/            the committee's once-per-round reveals (`secure_sum`)
 
 The key ring (`keyring`) keeps its own two files beside them, and the ledger lives under

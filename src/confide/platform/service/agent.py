@@ -1,7 +1,7 @@
 """The institution agent: `confide join INSTITUTION --federation F --coordinator URL [--pin FP]`.
 
 It only ever connects out, over TLS with a pinned certificate, and drives its member with the same
-`RoundDriver` that `confide simulate` uses; see `confide.platform.service.driver`.
+`RoundDriver` that `confide simulate` uses (`confide.platform.driver`), over the HTTPS client.
 """
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from confide.identity import Identity
+from confide.platform.driver import AgentReport, RoundDriver, admit
 from confide.platform.service.client import Backoff, CoordinatorClient
-from confide.platform.service.driver import AgentError, AgentReport, Journal, RoundDriver, admit
 from confide.policies import load_federation, load_institution
 
-Agent = RoundDriver
-"""The agent is the round driver over HTTP."""
-
-__all__ = ["Agent", "AgentError", "AgentReport", "Journal", "run_agent"]
+__all__ = ["run_agent"]
 
 
 def run_agent(
@@ -49,6 +46,6 @@ def run_agent(
     try:
         member = member_factory(federation, policy)
         journal = Path(policy.state_dir) / "federations" / federation.federation_id / "agent.json"
-        return Agent(member, client, federation, journal, say=say, wait_s=wait_s).run(once=once)
+        return RoundDriver(member, client, federation, journal, say=say, wait_s=wait_s).run(once=once)
     finally:
         client.close()

@@ -23,13 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from confide.aggregation.errors import AggregationError
 from confide.errors import BadInput
 from confide.formats import DeclaredSpend, RevealStatement, StatementClaims
-from confide.platform.protocol import ProtocolViolation, Refusal
-from confide.platform.secure_sum import split_upload
-from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
-from confide.platform.service.hub import CoordinatorHub
-from confide.platform.service.messages import (
+from confide.identity import roster_identities
+from confide.platform.hub import CoordinatorHub
+from confide.platform.messages import (
     HEX64,
-    HTTP_STATUS,
     INSTITUTION,
     AppliedReply,
     AppliedReport,
@@ -48,7 +45,11 @@ from confide.platform.service.messages import (
     UndecryptableReport,
     UnmaskRequest,
 )
-from confide.platform.service.signing import Unauthorized
+from confide.platform.protocol import ProtocolViolation, Refusal
+from confide.platform.secure_sum import split_upload
+from confide.platform.service.errors import HTTP_STATUS
+from confide.platform.service.gate import SCOPE_KEY, BodyTimeouts, RequestGate, UnverifiedBodies
+from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, Unauthorized
 
 log = logging.getLogger("confide.service.app")
 
@@ -93,14 +94,18 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 64 * 1024 * 1024,
                max_wait_s: float = MAX_WAIT_S, body_timeouts: BodyTimeouts = BodyTimeouts(),
-               unverified: UnverifiedBodies | None = None) -> FastAPI:
+               unverified: UnverifiedBodies | None = None, window_s: float = DEFAULT_WINDOW_S) -> FastAPI:
     """The ASGI app serving `hub`.
 
     `tick_s`: how often the protocol is advanced without a poke; `max_json_bytes`: limit of the key
     set-up's body (uploads have the hub's limit, declines and reports `SMALL_BODY_BYTES`, any other
     path `NO_BODY_BYTES`); `max_wait_s`: longest long-poll; `body_timeouts`: how slowly a body may arrive;
-    `unverified`: the bodies read before authentication, shared with the server's connection cap.
+    `unverified`: the bodies read before authentication, shared with the server's connection cap;
+    `window_s`: how old a signed request may be (its nonce is remembered, in the state directory, twice
+    that long).
     """
+    nonces = NonceStore(hub.state_dir / "nonces.sqlite", keep_s=2 * window_s)
+    verifier = RequestVerifier(hub.policy.federation_id, roster_identities(hub.policy.roster), nonces, window_s)
     changes: dict[str, Changes] = {}
 
     def current() -> Changes:
@@ -131,6 +136,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             yield
         finally:
             task.cancel()
+            nonces.close()
 
     app = FastAPI(title="confide coordinator", version="1", lifespan=lifespan,
                   description="Coordinates a confide federation: key set-up, rounds, encrypted uploads and sums.")
@@ -382,6 +388,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             return REVEAL_BODY_BYTES
         return NO_BODY_BYTES
 
-    app.add_middleware(RequestGate, limit_for=limit_for, verifier=hub.verifier, spool_dir=hub.spool_dir,
+    # Request bodies in flight wait in unnamed temporary files under the state directory.
+    app.add_middleware(RequestGate, limit_for=limit_for, verifier=verifier, spool_dir=hub.state_dir / "incoming",
                        timeouts=body_timeouts, unverified=unverified)
     return app

@@ -22,11 +22,8 @@ from pydantic import BaseModel, ValidationError
 from confide.errors import BadInput
 from confide.formats import ContributionStatement, DeclaredSpend, KeyCertificate, RevealStatement
 from confide.identity import Identity, unb64
-from confide.platform.protocol import Refusal
-from confide.platform.service.errors import ServiceError
-from confide.platform.service.messages import (
-    HTTP_STATUS,
-    REFUSAL_OF_STATUS,
+from confide.platform.driver import CoordinatorRefused
+from confide.platform.messages import (
     AppliedReply,
     AppliedReport,
     DeclineReply,
@@ -44,6 +41,8 @@ from confide.platform.service.messages import (
     UndecryptableReport,
     UnmaskRequest,
 )
+from confide.platform.protocol import Refusal
+from confide.platform.service.errors import REFUSAL_OF_STATUS, ServiceError
 from confide.platform.service.signing import sign_request
 from confide.platform.service.tls import (
     TlsError,
@@ -53,18 +52,6 @@ from confide.platform.service.tls import (
     pinned_context,
     scheme_mismatch,
 )
-
-
-class CoordinatorRefused(BadInput):
-    """The coordinator refused the request: it is wrong or not allowed now (`refusal`, `detail`).
-
-    `status` is the HTTP status that says it (`messages.HTTP_STATUS`), also for a refusal in process.
-    """
-
-    def __init__(self, refusal: Refusal, detail: str, status: int | None = None) -> None:
-        self.refusal, self.detail = refusal, detail
-        self.status = status if status is not None else HTTP_STATUS[refusal]
-        super().__init__(f"coordinator refused ({self.status}): {detail}")
 
 
 class CoordinatorUnreachable(ServiceError):

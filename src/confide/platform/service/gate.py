@@ -41,7 +41,7 @@ from typing import Callable
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from confide.platform.service.messages import ErrorReply
+from confide.platform.messages import ErrorReply
 from confide.platform.service.signing import RequestVerifier, Unauthorized
 
 log = logging.getLogger("confide.service.gate")

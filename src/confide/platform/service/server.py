@@ -26,10 +26,10 @@ from typing import Callable
 import uvicorn
 
 from confide.errors import BadInput
+from confide.platform.hub import DEFAULT_MAX_UPLOAD_BYTES, CoordinatorHub
 from confide.platform.service.app import create_app
 from confide.platform.service.connections import ThrottledLog, attach, detach, guarded_h11
 from confide.platform.service.gate import BodyTimeouts, UnverifiedBodies
-from confide.platform.service.hub import DEFAULT_MAX_UPLOAD_BYTES, CoordinatorHub
 from confide.platform.service.tls import TlsError, is_loopback, server_certificate
 from confide.policies import load_federation
 

@@ -35,11 +35,9 @@ from confide.formats import (
 )
 from confide.identity import unb64
 from confide.platform.member_api import Outcome, RoundMember
+from confide.platform.messages import FederationView, ReceiptReply, RoundContributions, RoundView
 from confide.platform.protocol import Refusal
 from confide.platform.secure_sum import RevealRefused
-from confide.platform.service.client import CoordinatorRefused
-from confide.platform.service.errors import ServiceError
-from confide.platform.service.messages import FederationView, ReceiptReply, RoundContributions, RoundView
 from confide.platform.sum_evidence import SumEvidence
 from confide.policies import FederationPolicy, InstitutionPolicy, decide_participation
 
@@ -47,14 +45,25 @@ JOURNAL_VERSION = 1
 """The journal's format; a journal of another version is refused (see CHANGELOG.md for how formats change)."""
 
 
-class AgentError(ServiceError):
+class AgentError(BadInput):
     """The agent cannot go on: wrong federation, policy refuses it, or the coordinator misbehaves."""
+
+
+class CoordinatorRefused(BadInput):
+    """The coordinator refused a request: it is wrong or not allowed now (`refusal`, `detail`).
+
+    `status` is the HTTP status it came with, when it came over HTTP (None in process).
+    """
+
+    def __init__(self, refusal: Refusal, detail: str, status: int | None = None) -> None:
+        self.refusal, self.detail, self.status = refusal, detail, status
+        super().__init__(f"coordinator refused ({status if status is not None else refusal.value}): {detail}")
 
 
 class CoordinatorTransport(Protocol):
     """How a driver reaches the coordinator: HTTP (`CoordinatorClient`) or in-process calls (the simulation).
 
-    Refusals are raised as `CoordinatorRefused` with the HTTP status the service would answer.
+    Refusals are raised as `CoordinatorRefused`; network failures as the transport's own BadInput.
     """
 
     def federation(self, after_revision: int | None = None, wait_s: float = 0.0) -> FederationView: ...

@@ -21,16 +21,9 @@ from confide.formats import (
     RevealStatement,
     RoundStatus,
 )
-from confide.platform.protocol import Refusal
 
 WIRE_VERSION = 1
 
-HTTP_STATUS: dict[Refusal, int] = {
-    Refusal.MALFORMED: 400, Refusal.FORBIDDEN: 403, Refusal.UNKNOWN: 404, Refusal.CONFLICT: 409,
-    Refusal.TOO_LARGE: 413, Refusal.INVALID: 422, Refusal.BROKEN: 500,
-}
-"""How the HTTP service says each protocol refusal (`platform.protocol.Refusal`)."""
-REFUSAL_OF_STATUS: dict[int, Refusal] = {status: refusal for refusal, status in HTTP_STATUS.items()}
 HEX64 = r"^[0-9a-f]{64}$"
 HEX32 = r"^[0-9a-f]{32}$"
 INSTITUTION = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

@@ -1,14 +1,15 @@
-"""The server step every member applies to a round's decrypted average (FedAvgM).
+"""The server step, which every member applies to a round's decrypted average (FedAvgM).
 
-The coordinator never sees an average, so there is no server to run a server optimizer: each member
-runs it on its own copy, on the sum every key holder decrypts identically. The arithmetic is plain
-float64 numpy, element by element, so equal inputs give bit-identical adapters on every member.
+Federated learning calls it the server update (the federation file's `server_update`), but the
+coordinator never sees an average, so there is no server to run it: each member runs it on its own
+copy, on the sum every key holder decrypts identically. The arithmetic is plain float64 numpy,
+element by element, so equal inputs give bit-identical adapters on every member.
 
 What a member keeps between rounds is a `ServerState`: the adapter and the velocity. It is saved as
 one `.npy` file per round, written atomically, so a kill can never leave an adapter without the
 velocity that produced it:
 
-    1-D (P,)    the adapter alone: FedAvg (momentum 0), or a file written before server momentum;
+    1-D (P,)    the adapter alone: FedAvg (momentum 0);
     2-D (2, P)  row 0 the adapter, row 1 the velocity.
 """
 
@@ -80,5 +81,6 @@ def load_state(settings: ServerUpdate, saved: np.ndarray, path: Path) -> ServerS
         raise ServerStateError(
             f"{path} holds an adapter without the server velocity, but the federation file sets "
             f"server_update.momentum {settings.momentum}",
-            "this federation began before server momentum: set server_update.momentum: 0 to go on with it")
+            "the federation file's server_update.momentum is not the one this state was written under: "
+            "set it back")
     return ServerState.initial(saved)

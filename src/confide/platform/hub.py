@@ -27,8 +27,7 @@ from confide.formats import (
 from confide.identity import Identity, b64
 from confide.platform import protocol
 from confide.platform.coordinator import Coordinator
-from confide.platform.protocol import ProtocolViolation, Refusal
-from confide.platform.service.messages import (
+from confide.platform.messages import (
     FederationView,
     KeyCertificateReply,
     KeySetupRequest,
@@ -37,7 +36,7 @@ from confide.platform.service.messages import (
     RoundView,
     UnmaskRequest,
 )
-from confide.platform.service.signing import DEFAULT_WINDOW_S, NonceStore, RequestVerifier, roster_identities
+from confide.platform.protocol import ProtocolViolation, Refusal
 from confide.policies import FederationPolicy
 
 log = logging.getLogger("confide.service.coordinator")
@@ -71,13 +70,12 @@ class CoordinatorHub:
         federation: FederationPolicy,
         state_dir: Path,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-        window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.policy = federation
         self.policy_sha256 = _check_same_federation(state_dir, policy_sha256(federation))
         self.max_upload_bytes = max_upload_bytes
-        self.spool_dir = state_dir / "incoming"  # request bodies in flight (unnamed temporary files)
+        self.state_dir = state_dir
         initial = protocol.new_federation(
             federation.federation_id, [m.id for m in federation.roster], federation.key_holder_id,
             federation.min_institutions, federation.rounds, federation.round_deadline_s,
@@ -85,9 +83,6 @@ class CoordinatorHub:
         )
         self.identity = coordinator_identity(state_dir)
         self.coordinator = Coordinator(state_dir, initial, self.identity, federation, max_upload_bytes)
-        self.nonces = NonceStore(state_dir / "nonces.sqlite", keep_s=2 * window_s)
-        self.verifier = RequestVerifier(federation.federation_id, roster_identities(federation.roster),
-                                        self.nonces, window_s)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         """Notified on every state change: in-process drivers long-poll on it (the HTTP app has its own)."""
@@ -251,7 +246,6 @@ class CoordinatorHub:
     def close(self) -> None:
         with self.lock:
             self.coordinator.close()
-            self.nonces.close()
 
 
 def _receipt_reply(receipt: Receipt, size_bytes: int) -> ReceiptReply:
