@@ -146,9 +146,10 @@ class DeclaredSpend:
 class Receipt:
     """The coordinator's signed statement that it accepted one upload.
 
-    `ledger_seq` and `ledger_head` name the uploading member's ledger head (entry seq and hash)
-    when it uploaded: a witness, kept by another party, of how far that ledger had got. A ledger
-    later found without that entry was rolled back or replaced. `spend` is the round's DP-SGD
+    `ledger_head` is the hash of the uploading member's newest ledger entry when it uploaded: a
+    witness, kept by another party, of how far that ledger had got. A ledger later found without
+    that entry was rolled back or replaced. Only the hash travels, not the entry's position: a
+    position would count the dataset's entries and show its rounds in other federations. `spend` is the round's DP-SGD
     parameters as the member declared them and the coordinator checked them against the
     federation file. The signature covers every field but itself.
     """
@@ -157,15 +158,14 @@ class Receipt:
     round: int
     institution: str
     envelope_sha256: str
-    ledger_seq: int
     ledger_head: str
     spend: DeclaredSpend
     signature: str = ""
 
     def body(self) -> dict:
         """The signed fields."""
-        return {**{f: getattr(self, f) for f in RECEIPT_FIELDS}, "ledger_seq": self.ledger_seq,
-                "ledger_head": self.ledger_head, "spend": self.spend.to_dict()}
+        return {**{f: getattr(self, f) for f in RECEIPT_FIELDS}, "ledger_head": self.ledger_head,
+                "spend": self.spend.to_dict()}
 
     def message(self) -> bytes:
         """The exact bytes the coordinator signs."""
@@ -179,7 +179,7 @@ class Receipt:
         """A receipt from its dict form. Raises KeyError/TypeError/ValueError for a malformed one
         (a missing ledger head or spend included)."""
         return cls(str(data["federation"]), int(data["round"]), str(data["institution"]),
-                   str(data["envelope_sha256"]), int(data["ledger_seq"]), str(data["ledger_head"]),
+                   str(data["envelope_sha256"]), str(data["ledger_head"]),
                    DeclaredSpend.from_dict(data["spend"]), str(data.get("signature", "")))
 
 

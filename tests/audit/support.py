@@ -140,11 +140,11 @@ def sign_receipts(coordinator: Identity, institution: str, rounds: int, federati
     receipts = []
     for r in range(1, rounds + 1):
         mine = [e for e in entries if e.get("federation") == federation and e.get("round") == r]
-        outcome = next((e for e in mine if e["kind"] == "outcome"), {"seq": 10**6, "hash": "ee" * 32})
+        outcome = next((e for e in mine if e["kind"] == "outcome"), {"hash": "ee" * 32})
         spend = next((e for e in mine if e["kind"] == "spend"), None)
         declared = (DeclaredSpend.of_entry(spend) if spend is not None
                     else DeclaredSpend.from_dict({**SPEND, "accountant": "pld", "entry_hash": "ee" * 32}))
-        body = Receipt(federation, r, institution, envelope_hash(r), outcome["seq"], outcome["hash"], declared)
+        body = Receipt(federation, r, institution, envelope_hash(r), outcome["hash"], declared)
         receipts.append({**body.to_dict(), "signature": b64(coordinator.sign(body.message()))})
     return receipts
 

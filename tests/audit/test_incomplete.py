@@ -73,7 +73,7 @@ def test_a_data_version_claiming_ten_times_the_records_is_incomplete_without_rec
     honest = _ledger_with_data_version(world, 2560)
     receipts = []
     for e in honest[1:]:  # the coordinator signed each round's spend as the member declared it
-        body = Receipt(FEDERATION_ID, e["round"], "hospital-a", "ab" * 32, e["seq"], e["hash"],
+        body = Receipt(FEDERATION_ID, e["round"], "hospital-a", "ab" * 32, e["hash"],
                        DeclaredSpend.of_entry(e))
         receipts.append({**body.to_dict(), "signature": b64(world.coordinator.sign(body.message()))})
     world.receipts.write_text(json.dumps(receipts))

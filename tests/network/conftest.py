@@ -84,14 +84,14 @@ def declared_spend(policy) -> DeclaredSpend:
                          privacy.delta, privacy.accountant, hashlib.sha256(b"spend entry").hexdigest())
 
 
-LEDGER_HEAD = (1, "ab" * 32)
+LEDGER_HEAD = "ab" * 32
 """A stand-in ledger head `(seq, hash)` for uploads made without a real member's ledger."""
 
 
 def spend_params(policy) -> dict:
     """`declared_spend(policy)` and `LEDGER_HEAD` as the upload's query parameters (what CoordinatorClient.upload
     sends)."""
-    return {"ledger_seq": LEDGER_HEAD[0], "ledger_head": LEDGER_HEAD[1], **spend_query(declared_spend(policy))}
+    return {"ledger_head": LEDGER_HEAD, **spend_query(declared_spend(policy))}
 
 
 class Keys:

@@ -153,8 +153,8 @@ def test_a_whole_state_directory_restore_is_caught_by_the_coordinators_receipt(t
     shutil.copytree(state, tmp_path / "state-backup")
     shutil.copytree(registry, tmp_path / "registry-backup")
     contribution = a.take_part(1)
-    receipt = {"federation": "tiny", "round": 1, "institution": "a", "ledger_seq": contribution.ledger_head[0],
-               "ledger_head": contribution.ledger_head[1], "envelope_sha256": "0" * 64,
+    receipt = {"federation": "tiny", "round": 1, "institution": "a",
+               "ledger_head": contribution.ledger_head, "envelope_sha256": "0" * 64,
                "spend": contribution.declared.to_dict(), "signature": ""}
     a.check_anchor(receipt)  # the current ledger holds what the coordinator saw
     shutil.rmtree(state)

@@ -129,7 +129,7 @@ class StateStore:
                             "detail TEXT)")
             self.db.execute(
                 "CREATE TABLE receipts (round INTEGER, institution TEXT, envelope_sha256 TEXT, signature TEXT, "
-                "ledger_seq INTEGER NOT NULL, ledger_head TEXT NOT NULL, spend TEXT NOT NULL, "
+                "ledger_head TEXT NOT NULL, spend TEXT NOT NULL, "
                 "PRIMARY KEY (round, institution))")
             self.db.execute(f"PRAGMA user_version = {STATE_FORMAT_VERSION}")
 
@@ -149,13 +149,13 @@ class StateStore:
             self.db.execute("INSERT INTO events (time, kind, detail) VALUES (?, ?, ?)", (now, kind, json.dumps(detail)))
             if receipt is not None:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO receipts (round, institution, envelope_sha256, signature, ledger_seq, "
-                    "ledger_head, spend) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO receipts (round, institution, envelope_sha256, signature, "
+                    "ledger_head, spend) VALUES (?, ?, ?, ?, ?, ?)",
                     (receipt.round, receipt.institution, receipt.envelope_sha256, receipt.signature,
-                     receipt.ledger_seq, receipt.ledger_head, json.dumps(receipt.spend.to_dict())),
+                     receipt.ledger_head, json.dumps(receipt.spend.to_dict())),
                 )
 
-    _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_seq", "ledger_head", "spend")
+    _RECEIPT_COLUMNS = ("round", "institution", "envelope_sha256", "signature", "ledger_head", "spend")
 
     def receipts(self, institution: str | None = None) -> list[dict]:
         """Every stored receipt (of `institution` only, if given), oldest round first, without `federation`."""
@@ -291,15 +291,16 @@ class Coordinator:
         self.state = new
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
+               ledger_head: str | None = None, declared: DeclaredSpend | None = None,
                signed: StatementClaims | None = None, shares: bytes = b"") -> Receipt:
         """Validate an upload completely, store it, record it; return a signed receipt.
 
         `shares` is the upload's mask shares, one sealed to each committee member (`secure_sum`):
         required, checked for one blob per seat with this upload's label, named in the statement.
 
-        `ledger_head` is the member's ledger head `(seq, hash)` as it uploads: required; the receipt signs it,
-        so the member's ledger is anchored outside the member's disk. `declared` is the round's
+        `ledger_head` is the hash of the member's newest ledger entry as it uploads: required; the
+        receipt signs it, so the member's ledger is anchored outside the member's disk (its position
+        is not sent: it would count the dataset's entries in other federations). `declared` is the round's
         DP-SGD spend as the member recorded it: required, checked against the federation file
         (accountant, delta, steps, noise floor, per-round cap) and signed too. `signed` is the
         integrity tags, min_cohort and signature of the member's contribution statement of this upload
@@ -329,7 +330,7 @@ class Coordinator:
                                     f"{setup.n_values} (check that this member runs the federation's model)",
                                     Refusal.INVALID)
         if ledger_head is None:
-            raise ProtocolViolation("the upload does not name the member's ledger head (ledger_seq, ledger_head)",
+            raise ProtocolViolation("the upload does not name the member's ledger head (ledger_head)",
                                     Refusal.INVALID)
         if declared is None:
             raise ProtocolViolation("the upload does not declare its round's DP-SGD spend (noise_multiplier, "
@@ -353,7 +354,7 @@ class Coordinator:
                     raise ProtocolViolation("this envelope was accepted with another declared spend")
                 return stored
         receipt = self._sign(Receipt(self.state.federation_id, round_index, institution, digest,
-                                     ledger_seq=ledger_head[0], ledger_head=ledger_head[1], spend=declared))
+                                     ledger_head=ledger_head, spend=declared))
         if new is not self.state:
             check_envelope(self.public_context, envelope)  # what summing it would check, without a sum
             self._put_blob(f"upload-r{round_index}-{institution}.bin", envelope)

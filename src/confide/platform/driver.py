@@ -75,7 +75,7 @@ class CoordinatorTransport(Protocol):
 
     def key_certificate(self) -> KeyCertificate: ...
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+    def upload(self, round_index: int, envelope: bytes, ledger_head: str | None,
                declared: DeclaredSpend | None, statement: ContributionStatement | None,
                shares: bytes = b"") -> ReceiptReply: ...
 

@@ -182,11 +182,11 @@ class CoordinatorHub:
         return sorted(sealed)
 
     def upload(self, institution: str, round_index: int, envelope: bytes, now: float,
-               ledger_head: tuple[int, str] | None = None, declared: DeclaredSpend | None = None,
+               ledger_head: str | None = None, declared: DeclaredSpend | None = None,
                signed: StatementClaims | None = None, shares: bytes = b"") -> ReceiptReply:
         """Validate (in the Coordinator: header, key, layout, every ciphertext) and store an upload.
 
-        `ledger_head` is the member's `(seq, hash)` and `declared` its round's DP-SGD spend, both
+        `ledger_head` is the hash of the member's newest ledger entry and `declared` its round's DP-SGD spend, both
         checked and signed into the receipt, `signed` what it gives of its contribution statement
         and `shares` its mask shares for the committee (`Coordinator.upload`). Raises
         ProtocolViolation or an aggregation error (both 4xx); nothing is stored then.
@@ -251,7 +251,7 @@ class CoordinatorHub:
 def _receipt_reply(receipt: Receipt, size_bytes: int) -> ReceiptReply:
     return ReceiptReply(federation=receipt.federation, round=receipt.round, institution=receipt.institution,
                         envelope_sha256=receipt.envelope_sha256, size_bytes=size_bytes, signature=receipt.signature,
-                        ledger_seq=receipt.ledger_seq, ledger_head=receipt.ledger_head,
+                        ledger_head=receipt.ledger_head,
                         spend=receipt.spend.to_dict())
 
 

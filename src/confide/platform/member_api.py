@@ -42,8 +42,8 @@ class Contribution:
     kind: Literal["upload", "decline"]
     envelope: bytes | None = None
     reason: str | None = None
-    ledger_head: tuple[int, str] | None = None
-    """Our ledger's `(seq, hash)` once the upload was recorded: what the coordinator signs into the receipt."""
+    ledger_head: str | None = None
+    """Our newest ledger entry's hash once the upload was recorded: what the coordinator signs into the receipt."""
     declared: DeclaredSpend | None = None
     """The round's DP-SGD spend as our ledger records it: the coordinator checks it and signs it too."""
     statement: ContributionStatement | None = None

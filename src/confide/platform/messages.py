@@ -209,7 +209,7 @@ class ReceiptReply(WireModel):
     """The coordinator's signed receipt for an accepted upload; the member keeps it in its ledger.
 
     The signature (Ed25519, base64) covers the canonical JSON of federation, round, institution,
-    envelope_sha256, ledger_seq, ledger_head and spend (see `confide.formats.Receipt.message`).
+    envelope_sha256, ledger_head and spend (see `confide.formats.Receipt.message`).
     """
 
     federation: str
@@ -218,8 +218,7 @@ class ReceiptReply(WireModel):
     envelope_sha256: str = Field(pattern=HEX64)
     size_bytes: int
     signature: str
-    ledger_seq: int = Field(description="The member's ledger head at upload: entry seq.")
-    ledger_head: str = Field(pattern=HEX64, description="The member's ledger head at upload: hash.")
+    ledger_head: str = Field(pattern=HEX64, description="The hash of the member's newest ledger entry at upload.")
     spend: DeclaredSpendReply = Field(description="The round's declared DP-SGD spend, as signed.")
 
     def to_receipt(self) -> Receipt:

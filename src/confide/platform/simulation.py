@@ -214,7 +214,7 @@ class InProcessTransport:
     def key_certificate(self) -> KeyCertificate:
         return self._call(self.hub.key_certificate).certificate
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+    def upload(self, round_index: int, envelope: bytes, ledger_head: str | None,
                declared: DeclaredSpend | None, statement: ContributionStatement | None,
                shares: bytes = b"") -> ReceiptReply:
         signed = StatementClaims.of(statement) if statement is not None else None

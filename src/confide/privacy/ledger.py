@@ -288,6 +288,22 @@ class PrivacyLedger(LedgerView):
             "If no such copy exists the spent budget cannot be recovered: retire this dataset_id",
         )
 
+    def witness_hash(self, hash_hex: str, seen_by: str) -> None:
+        """`witness` for a head another party knows by its hash alone (a coordinator's receipt names no
+        position). Raises LedgerRollbackError if no entry of the ledger has that hash."""
+        with self._locked():
+            entries = self._read().entries
+            seq = next((int(e["seq"]) for e in entries if e.get("hash") == hash_hex), None)
+        if seq is None:
+            where = "is missing" if not entries and not self.path.exists() else f"holds {len(entries)} entries"
+            raise LedgerRollbackError(
+                f"{self.path} {where}, none with hash {hash_hex[:16]}... that {seen_by} saw: the ledger was "
+                "restored from an older copy or replaced, and spending on it could reopen spent budget",
+                "restore the newest copy of the ledger (one holding that entry); nothing is spent until then. "
+                "If no such copy exists the spent budget cannot be recovered: retire this dataset_id",
+            )
+        self.witness(seq, hash_hex, seen_by)
+
     def witness(self, seq: int, hash_hex: str, seen_by: str) -> None:
         """Check a head seen by another party (a coordinator's receipt) and remember it locally.
 

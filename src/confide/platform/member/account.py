@@ -152,9 +152,9 @@ class PrivacyAccount:
             self.ledger.append(Kind.RECEIPT, self.fed, round_index, receipt=receipt.to_dict())
 
     def check_anchor(self, receipt: Receipt) -> None:
-        """Refuse a ledger behind the head the coordinator's receipt names (LedgerRollbackError)."""
-        self.ledger.witness(receipt.ledger_seq, receipt.ledger_head,
-                            f"the coordinator's receipt for round {receipt.round} of {receipt.federation}")
+        """Refuse a ledger without the head the coordinator's receipt names (LedgerRollbackError)."""
+        self.ledger.witness_hash(receipt.ledger_head,
+                                 f"the coordinator's receipt for round {receipt.round} of {receipt.federation}")
 
     def _first(self, kind: Kind, round_index: int) -> bool:
         """No entry of `kind` for the round yet: each is written once, whatever a restart repeats."""

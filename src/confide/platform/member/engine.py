@@ -66,15 +66,11 @@ class RoundRecord:
     envelope_sha256: str | None = None
     ledger_seq: int | None = None
     ledger_head: str | None = None
-    """Our ledger's head once the upload was recorded: what the coordinator signs into the receipt."""
+    """Our ledger's head (seq, hash) once the upload was recorded; the coordinator signs the hash into the receipt."""
     receipt: dict | None = None
     count: int = 0
     """Contributions in the sum we settled with."""
     undecryptable: bool = False
-
-    @property
-    def head(self) -> tuple[int, str] | None:
-        return (self.ledger_seq, self.ledger_head) if self.ledger_seq is not None and self.ledger_head else None
 
     @property
     def settled(self) -> bool:
@@ -236,7 +232,7 @@ def resume(record: MemberRecord, index: int, facts: RoundFacts) -> Resume:
 
 # ------------------------------------------------------------------------------------ receipts
 def receipt_problem(receipt: Receipt, expected: tuple[str, int, str], envelope_sha256: str | None,
-                    head: tuple[int, str] | None, spend_differences: list[str] | None) -> str | None:
+                    head: str | None, spend_differences: list[str] | None) -> str | None:
     """What is wrong with the coordinator's receipt for our upload (signature aside), or None. Pure.
 
     It must name our federation, round and institution (`expected`) and our envelope (when we hold
@@ -246,9 +242,9 @@ def receipt_problem(receipt: Receipt, expected: tuple[str, int, str], envelope_s
     if (receipt.federation, receipt.round, receipt.institution) != expected or (
             envelope_sha256 is not None and receipt.envelope_sha256 != envelope_sha256):
         return "the receipt does not describe our upload"
-    if head is not None and (receipt.ledger_seq, receipt.ledger_head) != head:
-        return (f"the receipt names ledger head {receipt.ledger_seq}, not the head {head[0]} we recorded "
-                "with the upload")
+    if head is not None and receipt.ledger_head != head:
+        return (f"the receipt names ledger head {receipt.ledger_head[:12]}..., not the head {head[:12]}... we "
+                "recorded with the upload")
     found = "our ledger has no spend" if spend_differences is None else "; ".join(spend_differences)
     return f"the receipt's spend does not match our ledger ({found})" if found else None
 

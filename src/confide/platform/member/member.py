@@ -247,7 +247,7 @@ class Member:
             raise MemberError(f"round {round_index}: an envelope exists but the ledger has no spend for it",
                               "restore the ledger from the newest backup")
         shares = self.store.shares(round_index)
-        return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).head,
+        return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).ledger_head,
                             declared=declared, statement=self._statement(round_index, envelope, shares),
                             shares=shares)
 
@@ -302,7 +302,8 @@ class Member:
         except (KeyError, TypeError, ValueError) as exc:
             raise MemberError(f"round {round_index}: malformed receipt ({exc})") from None
         envelope = envelope if envelope is not None else self.store.envelope(round_index)
-        head = self.account.upload_head(round_index, envelope) if envelope is not None else None
+        recorded = self.account.upload_head(round_index, envelope) if envelope is not None else None
+        head = recorded[1] if recorded is not None else None
         problem = engine.receipt_problem(parsed, (self.federation.federation_id, round_index, self.institution_id),
                                          sha256(envelope) if envelope is not None else None, head,
                                          self.account.spend_differences(round_index, parsed))

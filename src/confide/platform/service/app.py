@@ -248,8 +248,8 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         request: Request,
         round_index: int = Path(ge=1, le=1_000_000),
         institution: str = Path(pattern=INSTITUTION),
-        ledger_seq: int | None = Query(None, ge=1, le=10**12, description="The member's ledger head: its seq."),
-        ledger_head: str | None = Query(None, pattern=HEX64, description="The member's ledger head: its hash."),
+        ledger_head: str | None = Query(None, pattern=HEX64,
+                                        description="The hash of the member's newest ledger entry."),
         noise_multiplier: float | None = Query(None, ge=0, le=1e6, description="The round's noise multiplier."),
         sample_rate: float | None = Query(None, gt=0, le=1, description="The round's Poisson sample rate."),
         steps: int | None = Query(None, ge=1, le=10**9, description="The round's DP-SGD steps."),
@@ -277,9 +277,6 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
         members check the round's sum against.
         """
         same(who, institution)
-        if (ledger_seq is None) != (ledger_head is None):
-            raise ProtocolViolation("ledger_seq and ledger_head go together", Refusal.MALFORMED)
-        head = (ledger_seq, ledger_head) if ledger_seq is not None else None
         spend = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
                      clipping_norm=clipping_norm, delta=delta, accountant=accountant, entry_hash=entry_hash)
         missing = [name for name, value in spend.items() if value is None]
@@ -292,7 +289,7 @@ def create_app(hub: CoordinatorHub, tick_s: float = 1.0, max_json_bytes: int = 6
             raise ProtocolViolation(str(exc), Refusal.MALFORMED) from None
         signed = (StatementClaims(tuple(tags.split(",")), min_cohort, statement_signature, previous_sum)
                   if tags and statement_signature else None)
-        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), head,
+        receipt = await run_in_threadpool(hub.upload, institution, round_index, envelope, time.time(), ledger_head,
                                           declared, signed, shares)
         changed(poke=True)
         return receipt

@@ -229,7 +229,7 @@ class CoordinatorClient:
     def public_context(self) -> bytes:
         return self.call("GET", "/v1/keys/public-context").content
 
-    def upload(self, round_index: int, envelope: bytes, ledger_head: tuple[int, str] | None,
+    def upload(self, round_index: int, envelope: bytes, ledger_head: str | None,
                declared: DeclaredSpend | None, statement: ContributionStatement | None,
                shares: bytes = b"") -> ReceiptReply:
         """Upload our envelope for the round (a retry of the same envelope gets the same receipt).
@@ -237,14 +237,14 @@ class CoordinatorClient:
         The body is the envelope followed by `shares`, our mask shares sealed to the committee
         (`shares_bytes` says where the envelope ends).
 
-        `ledger_head` `(seq, hash)` is our ledger's head and `declared` the round's DP-SGD spend; the
+        `ledger_head` is our newest ledger entry's hash and `declared` the round's DP-SGD spend; the
         coordinator checks the spend against the federation and signs both into the receipt.
         `statement` is our signed contribution statement: its tags and signature go along (the
         coordinator rebuilds the rest from the envelope). All travel as query parameters, which
         the request signature covers.
         """
         path = f"/v1/rounds/{round_index}/uploads/{self.identity.institution_id}"
-        params: dict = {"ledger_seq": ledger_head[0], "ledger_head": ledger_head[1]} if ledger_head else {}
+        params: dict = {"ledger_head": ledger_head} if ledger_head else {}
         if declared is not None:
             params.update(spend_query(declared))
         if statement is not None:

@@ -130,10 +130,14 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
     if receipts is not None:
         mine = [r for r in receipts if r.institution == g.institution and r.federation == federation]
         if mine:
-            newest = max(mine, key=lambda r: r.ledger_seq)
-            checks.append(Check("card_receipts", newest.ledger_seq <= (g.ledger_seq or 0),
-                                f"{who}: newest receipt (round {newest.round}) names ledger entry "
-                                f"{newest.ledger_seq}; the card's head is {g.ledger_seq}"))
+            # A receipt names its upload's ledger entry by hash: up to the card's head, or later.
+            upto_hashes = {e.get("hash") for e in entries[: index + 1]}
+            later_receipts = [r for r in mine if r.ledger_head not in upto_hashes]
+            checks.append(Check("card_receipts", not later_receipts,
+                                f"{who}: " + (f"a receipt (round {later_receipts[0].round}) names a ledger entry "
+                                              "after the card's head" if later_receipts else
+                                              f"all {len(mine)} receipts name ledger entries up to the card's "
+                                              f"head {g.ledger_seq}")))
     return checks
 
 

@@ -7,15 +7,15 @@ institution's ledger.
 
 Receipt file format: a JSON list, or JSON Lines, of objects
     {"federation": str, "round": int, "institution": str, "envelope_sha256": hex,
-     "ledger_seq": int, "ledger_head": hex, "spend": {...}, "signature": base64}
+     "ledger_head": hex, "spend": {...}, "signature": base64}
 or an object {"federation": str, "receipts": [...]} whose `federation` fills in receipts without one.
-`ledger_seq` and `ledger_head` are the institution's ledger head when it uploaded; `spend` is the
+`ledger_head` is the hash of the institution's newest ledger entry when it uploaded; `spend` is the
 round's DP-SGD parameters (noise_multiplier, sample_rate, steps, clipping_norm, delta, accountant)
 and the hash of the ledger entry recording them, as the member declared them with the upload and
 the coordinator checked them against the federation file. `signature` is the coordinator's Ed25519
 signature over the canonical JSON (keys sorted, separators `,` and `:`, ASCII) of the other fields,
 exactly `confide.formats.Receipt.message()`. A receipt without any of these fields is malformed. A
-ledger whose entry `ledger_seq` does not have hash `ledger_head` was rewritten or rolled back after
+ledger without an entry of hash `ledger_head` was rewritten or rolled back after
 the upload, whoever re-signed it; the ledger's entry for the round must declare the same spend.
 
 One coordinator runs one federation, so an export holds one federation's receipts, and the key
@@ -241,7 +241,7 @@ def federation_completeness_checks(institution: str | None, entries: list[dict],
     spends = {(e.get("federation"), e.get("round")) for e in entries_of(entries, Kind.SPEND)} | other_spends
     uploads = _uploaded_envelopes(entries)
     last_seq = max((e.get("seq") for e in entries if isinstance(e.get("seq"), int)), default=0)
-    by_seq = {e.get("seq"): e for e in entries if isinstance(e.get("seq"), int)}
+    by_hash = {e.get("hash"): e for e in entries if isinstance(e.get("hash"), str)}
     accounting = {(e.get("federation"), e.get("round")): e for e in entries_of(entries, *ACCOUNTED)}
     failures = []
     for r in mine:
@@ -250,14 +250,12 @@ def federation_completeness_checks(institution: str | None, entries: list[dict],
                 "receipts", False,
                 f"receipt {r.index}: upload for round {r.round} of {r.federation} (envelope {r.envelope_sha256[:12]}) "
                 f"has no spend entry; the ledger ends at seq {last_seq}: entries deleted or never written"))
-        at = by_seq.get(r.ledger_seq)
-        if at is None or at.get("hash") != r.ledger_head:
+        if r.ledger_head not in by_hash:
             failures.append(Check(
                 "receipts", False,
-                f"receipt {r.index}: when uploading round {r.round} of {r.federation} the ledger's entry "
-                f"{r.ledger_seq} had hash {r.ledger_head[:12]}, this ledger "
-                + ("has no such entry" if at is None else f"has {str(at.get('hash'))[:12]}")
-                + ": it was rewritten or rolled back after the upload", r.ledger_seq))
+                f"receipt {r.index}: when uploading round {r.round} of {r.federation} the ledger's newest entry "
+                f"had hash {r.ledger_head[:12]}, this ledger has no such entry: it was rewritten or rolled back "
+                "after the upload"))
         failures += _spend_matches(r, accounting.get((r.federation, r.round)))
         recorded = uploads.get((r.federation, r.round))
         if recorded is not None and recorded[0] != r.envelope_sha256:
