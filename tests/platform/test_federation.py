@@ -217,7 +217,7 @@ def test_a_sum_below_a_contributors_min_cohort_is_never_opened(tmp_path):
 def test_a_member_leaves_once_refused_sums_outlast_what_the_search_for_their_culprit_needs(tmp_path, monkeypatch):
     federation, members, coordinator = start(tmp_path, rounds=6)
     # The sums below are made by hand; what unmasks them is not what this test is about.
-    from confide.platform.member import member as member_module
+    from confide.platform.member import ciphertexts as member_module
 
     monkeypatch.setattr(member_module, "unmask", lambda *args: Unmasking(
         None, UploadMask(b"\0" * 32, np.zeros(federation.ckks.poly_modulus_degree, dtype=np.int64)), True))

@@ -6,6 +6,7 @@ A `Member` composes the parts and performs what the round engine decides; each p
     store.py     the member's files: the record, the round's envelope and shares, the adapters
     account.py   the privacy account: the dataset's ledger and every entry a round writes
     keyring.py   the federation key: made, sealed, certified, installed
+    ciphertexts.py  sealing and stating our update; opening and checking the round's sum
     learner.py   the local model and data (the only part that touches torch)
 
 Everything a member knows lives under its state directory, so a new `Member` over the same
@@ -21,11 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from confide.aggregation.envelope import DecryptedSum, decrypt_sum, encrypt_update
-from confide.aggregation.errors import AggregationError
-from confide.aggregation.integrity import Contributor, contribution_tags, verify_sum
-from confide.aggregation.secagg import UploadMask
-from confide.aggregation.wire import read_header, read_seeds
 from confide.errors import BadInput
 from confide.formats import (
     AppliedStatement,
@@ -40,6 +36,7 @@ from confide.identity import Identity, PublicIdentity, roster_identities, unb64
 from confide.platform.faults import leave_out_cap, patience
 from confide.platform.member import engine
 from confide.platform.member.account import PrivacyAccount
+from confide.platform.member.ciphertexts import open_sum, seal_update, state_upload
 from confide.platform.member.engine import MemberRecord, RoundFacts, advance, leave_federation, settle
 from confide.platform.member.errors import MemberError
 from confide.platform.member.keyring import KeyRing
@@ -47,9 +44,8 @@ from confide.platform.member.learner import Learner
 from confide.platform.member.server_step import ServerState, apply_average, load_state, state_array
 from confide.platform.member.store import MemberStore
 from confide.platform.member_api import Contribution, KeyBundle, Outcome
-from confide.platform.secure_sum import Reveals, mask_upload, share_digests, unmask
-from confide.platform.sum_evidence import SumEvidence, influence_problem, split_problem, sum_problem, weight_problem
-from confide.platform.update_bound import max_update
+from confide.platform.secure_sum import Reveals
+from confide.platform.sum_evidence import SumEvidence, split_problem, sum_problem
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.ledger_registry import LedgerRegistry
 from confide.privacy.ledger_registry import registry_dir as registry_dir_of
@@ -223,11 +219,8 @@ class Member:
         # from the federation file, never from the data (a record count here would tell the others
         # our n, which the add/remove-one epsilon we record assumes they cannot learn), and every
         # member checks the sum's total weight against the contributors' weights there.
-        # A one-time mask, shared to the committee, keeps the upload unreadable alone even to members
-        # (`secure_sum`).
-        mask, shares = mask_upload(self.federation, self.roster, self.secret.key_id, round_index, self.institution_id)
-        envelope = encrypt_update(self.secret, vector, self.weight, self.layout.hash, mask=mask)
-        del mask
+        envelope, shares = seal_update(self.federation, self.roster, self.secret, round_index, self.institution_id,
+                                       vector, self.weight, self.layout.hash)
         self.store.write_upload(round_index, envelope, shares)
         self._adopt(round_index, envelope)
         self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, "
@@ -247,22 +240,11 @@ class Member:
             raise MemberError(f"round {round_index}: an envelope exists but the ledger has no spend for it",
                               "restore the ledger from the newest backup")
         shares = self.store.shares(round_index)
+        statement = state_upload(self.identity, self.federation, self.secret, self.keys.integrity_key, round_index,
+                                 envelope, shares, self.policy.min_cohort,
+                                 self.account.applied_sums().get(round_index - 1, ""))
         return Contribution("upload", envelope=envelope, ledger_head=self.record.round(round_index).ledger_head,
-                            declared=declared, statement=self._statement(round_index, envelope, shares),
-                            shares=shares)
-
-    def _statement(self, round_index: int, envelope: bytes, shares: bytes) -> ContributionStatement:
-        """Our signed statement of our upload of `round_index`, with its integrity tags and the digests of
-        its mask shares (deterministic: the same after a restart)."""
-        fed = self.federation.federation_id
-        header = read_header(envelope)
-        tags = contribution_tags(self.secret, self.keys.integrity_key, fed, round_index, self.institution_id,
-                                 envelope)
-        return self.identity.sign_document(ContributionStatement(
-            federation=fed, round=round_index, institution=self.institution_id, key_id=header.key_id,
-            envelope_sha256=sha256(envelope), seed=read_seeds(envelope, header)[0].hex(), tags=tags,
-            min_cohort=self.policy.min_cohort, shares=share_digests(self.federation, shares),
-            previous_sum=self.account.applied_sums().get(round_index - 1, "")))
+                            declared=declared, statement=statement, shares=shares)
 
     def _decline(self, round_index: int, reason: str, in_ledger: bool = True) -> Contribution:
         """Sit the round out. `in_ledger`: write a `decline` entry (a refused reservation has written its own)."""
@@ -360,24 +342,19 @@ class Member:
             self.account.record_abort(round_index, small, count)
             self._commit(settle(self.record, round_index, "aborted", count, small, leave=small))
             return Outcome("aborted", count, small)
-        result = None
-        checked = True
-        if problem is None:
-            unmasked = unmask(self.federation, self.roster, self.secret.key_id, round_index,
-                              list(evidence.statements), list(evidence.reveals))
-            for line in unmasked.left_out:
-                self._emit(type="member", text=f"round {round_index}: reveal left out ({line})")
-            if unmasked.problem is not None:
-                # The committee's reveals, not the uploads, are at fault: not reported as a broken sum.
-                return self._settle_failed(round_index, f"refused the sum: cannot unmask it: {unmasked.problem}")
-            checked = unmasked.checked
-            problem, result = self._open_sum(round_index, sum_envelope, evidence, unmasked.mask)
-        if problem is not None:
+        if problem is not None:  # altered around its ciphertexts: the coordinator's doing, or a replay
+            return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope)
+        opened = open_sum(self.federation, self.roster, self.secret, self.keys.integrity_key, round_index,
+                          sum_envelope, evidence, self.layout.hash, self.layout.size, self.server_state.adapter)
+        for line in opened.left_out:
+            self._emit(type="member", text=f"round {round_index}: reveal left out ({line})")
+        if opened.problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
-            # is applied, the spends stay counted, and the federation goes on. A sum unmasked with
-            # exactly the threshold of reveals is not reported as broken: one wrong reveal would
-            # look like a broken upload, and the search for its culprit would blame a contributor.
-            return self._settle_failed(round_index, f"refused the sum: {problem}", sum_envelope if checked else None)
+            # is applied, the spends stay counted, and the federation goes on (`OpenedSum.broken`
+            # says whether it is reported as a broken sum).
+            return self._settle_failed(round_index, f"refused the sum: {opened.problem}",
+                                       sum_envelope if opened.broken else None)
+        result = opened.result
         updated = apply_average(self.federation.server_update, self.server_state, result.average)
         self.store.save_adapter(round_index, state_array(self.federation.server_update, updated))
         self.learner.load(updated.adapter)
@@ -396,24 +373,6 @@ class Member:
         earlier = {digest for index, digest in self.account.applied_sums().items() if index != round_index}
         return sum_problem(self.federation, self.roster, self.institution_id, round_index, self.secret.key_id,
                            sum_envelope, evidence, mine, earlier)
-
-    def _open_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence, mask: UploadMask
-                  ) -> tuple[str | None, DecryptedSum | None]:
-        """Check the sum's integrity tags, decrypt it unmasked with `mask`, and check its weight and bound:
-        (problem, None) or (None, the decrypted sum). Nothing is decrypted before the tags pass."""
-        try:
-            verify_sum(self.secret, self.keys.integrity_key, self.federation.federation_id, round_index,
-                       sum_envelope, [Contributor(s.institution, s.seed, s.tags) for s in evidence.statements],
-                       self.layout.hash, self.layout.size)
-            result = decrypt_sum(self.secret, sum_envelope, self.layout.hash, unmask=mask)
-        except (AggregationError, ValueError, OverflowError) as exc:
-            # Whatever the coordinator relayed that does not parse is a refusal, never a crash: a
-            # crash would repeat on every restart and the round would never settle.
-            return (exc.message if isinstance(exc, AggregationError) else f"malformed sum ({exc})"), None
-        problem = (weight_problem(self.federation, evidence.statements, result.total_weight)
-                   or influence_problem(result.average, max_update(self.federation, self.server_state.adapter),
-                                        result.error_bound))
-        return problem, (result if problem is None else None)
 
     def _applied_statement(self, round_index: int) -> AppliedStatement | None:
         """Our signed statement of the sum we applied in `round_index` (None if we applied none)."""
