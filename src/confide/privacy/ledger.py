@@ -280,10 +280,13 @@ class PrivacyLedger(LedgerView):
         entries = self._read().entries if entries is None else entries
         if len(entries) >= seq >= 1 and entries[seq - 1].get("hash") == hash_hex:
             return
+        raise self._rolled_back(entries, f"but {seen_by} saw entry {seq} with hash {hash_hex[:16]}...")
+
+    def _rolled_back(self, entries: list[dict], seen: str) -> LedgerRollbackError:
         where = "is missing" if not entries and not self.path.exists() else f"holds {len(entries)} entries"
-        raise LedgerRollbackError(
-            f"{self.path} {where}, but {seen_by} saw entry {seq} with hash {hash_hex[:16]}...: the ledger was "
-            "restored from an older copy or replaced, and spending on it could reopen spent budget",
+        return LedgerRollbackError(
+            f"{self.path} {where}, {seen}: the ledger was restored from an older copy or replaced, and "
+            "spending on it could reopen spent budget",
             "restore the newest copy of the ledger (one holding that entry); nothing is spent until then. "
             "If no such copy exists the spent budget cannot be recovered: retire this dataset_id",
         )
@@ -295,13 +298,7 @@ class PrivacyLedger(LedgerView):
             entries = self._read().entries
             seq = next((int(e["seq"]) for e in entries if e.get("hash") == hash_hex), None)
         if seq is None:
-            where = "is missing" if not entries and not self.path.exists() else f"holds {len(entries)} entries"
-            raise LedgerRollbackError(
-                f"{self.path} {where}, none with hash {hash_hex[:16]}... that {seen_by} saw: the ledger was "
-                "restored from an older copy or replaced, and spending on it could reopen spent budget",
-                "restore the newest copy of the ledger (one holding that entry); nothing is spent until then. "
-                "If no such copy exists the spent budget cannot be recovered: retire this dataset_id",
-            )
+            raise self._rolled_back(entries, f"none with hash {hash_hex[:16]}... that {seen_by} saw")
         self.witness(seq, hash_hex, seen_by)
 
     def witness(self, seq: int, hash_hex: str, seen_by: str) -> None:

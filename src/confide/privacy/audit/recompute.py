@@ -110,19 +110,19 @@ def recorded_accountant_epsilon(history: Iterable[Step], delta: float, accountan
     return None
 
 
-def _events(merged: tuple[Step, ...]):
-    for sigma, rate, steps in merged:
-        yield dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma)), steps)
+def _mechanism(merged: tuple[Step, ...]) -> dp_event.DpEvent:
+    """The whole history as one event (the agent composes stretch by stretch): each stretch a
+    Poisson-subsampled Gaussian, `steps` times over."""
+    return dp_event.ComposedDpEvent([
+        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(rate, dp_event.GaussianDpEvent(sigma)), steps)
+        for sigma, rate, steps in merged])
 
 
 @lru_cache(maxsize=512)
 def _rdp(merged: tuple[Step, ...], delta: float) -> float:
-    accountant = RdpAccountant()
-    for event in _events(merged):
-        accountant.compose(event)
     with warnings.catch_warnings(), np.errstate(divide="ignore", over="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(accountant.get_epsilon(delta))
+        return float(RdpAccountant().compose(_mechanism(merged)).get_epsilon(delta))
 
 
 # A PLD composition takes a fraction of a second; an audit asks for the same prefixes again (every
@@ -139,11 +139,9 @@ def _pld(merged: tuple[Step, ...], delta: float, replace_one: bool) -> float:
         rough = 1.0
     grid = (1e-4 * max(1.0, rough) if math.isfinite(rough) else 1e-2) * (2.0 if replace_one else 1.0)
     relation = NeighboringRelation.REPLACE_ONE if replace_one else NeighboringRelation.ADD_OR_REMOVE_ONE
-    accountant = PLDAccountant(relation, value_discretization_interval=grid)
-    for event in _events(merged):
-        accountant.compose(event)
     with np.errstate(divide="ignore", over="ignore"):
-        return float(accountant.get_epsilon(delta))
+        return float(PLDAccountant(relation, value_discretization_interval=grid).compose(_mechanism(merged))
+                     .get_epsilon(delta))
 
 @dataclass(frozen=True)
 class SpendParameters:
