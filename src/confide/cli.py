@@ -518,7 +518,7 @@ def demo(
     federation, _ = demo_policies(examples or default_examples_dir(), fast, example)
     displays: dict[str, FederationDisplay] = {}
 
-    def on_event(stage: str, event: dict) -> None:
+    def on_event(stage: str, event) -> None:
         if stage not in displays:
             for d in displays.values():
                 d.__exit__(None)

@@ -25,6 +25,7 @@ from typing import Callable
 
 from confide.errors import BadInput
 from confide.platform.corpus import bbc_records
+from confide.platform.events import Phase, ProgressEvent, RoundSettled
 from confide.platform.simulation import Simulation, run_simulation
 from confide.platform.split import split_to_files
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
@@ -151,7 +152,7 @@ def run_demo(
     examples_dir: Path | None = None,
     fast: bool = False,
     workers: int | None = None,
-    on_event: Callable[[str, dict], None] | None = None,
+    on_event: Callable[[str, ProgressEvent], None] | None = None,
     example: str = "bbc",
 ) -> DemoResult:
     """Run the federated demo and the local-only baselines.
@@ -176,9 +177,9 @@ def run_demo(
     emit = on_event or (lambda stage, event: None)
     zero_shot = None
     if federation.model.task == "causal_lm":
-        emit("zero-shot", {"type": "phase", "text": f"scoring the base model on {len(test)} held-out records"})
+        emit("zero-shot", Phase(f"scoring the base model on {len(test)} held-out records"))
         zero_shot = zero_shot_scores(federation, test)
-        emit("zero-shot", {"type": "round_done", "round": 0, "status": f"perplexity {zero_shot['perplexity']:.1f}"})
+        emit("zero-shot", RoundSettled(0, f"perplexity {zero_shot['perplexity']:.1f}"))
     # The examples' data is generated for the demo, which trains on it three times (federated, each alone):
     # its ledgers are registered under OUT, not in the example institutions' registries.
     federated = run_simulation(Simulation(federation, institutions, out_dir / "federated", test, workers,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from confide.platform.events import MemberNote, Phase, ProgressEvent, RoundOpened, RoundSettled, TrainingStep
 
 
 class FederationDisplay:
@@ -34,26 +37,24 @@ class FederationDisplay:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def __call__(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "phase":
-            self.progress.update(self.rounds_task, status=event["text"])
-        elif kind == "round":
-            self.progress.update(self.rounds_task, status=f"round {event['round']}: training")
-        elif kind == "step" and event.get("institution") in self.tasks:
-            eps = event.get("epsilon")
-            status = f"round {event['round']} step {event['step']}/{event['steps']}"
-            if eps is not None:
-                status += f" eps {eps:.2f}"
-            self.progress.update(self.tasks[event["institution"]], completed=event["step"], total=event["steps"],
+    def __call__(self, event: ProgressEvent) -> None:
+        if isinstance(event, Phase):
+            self.progress.update(self.rounds_task, status=event.text)
+        elif isinstance(event, RoundOpened):
+            self.progress.update(self.rounds_task, status=f"round {event.round}: training")
+        elif isinstance(event, TrainingStep) and event.institution in self.tasks:
+            status = f"round {event.round} step {event.step}/{event.steps}"
+            if math.isfinite(event.epsilon):
+                status += f" eps {event.epsilon:.2f}"
+            self.progress.update(self.tasks[event.institution], completed=event.step, total=event.steps,
                                  status=status)
-        elif kind == "member" and event.get("institution") in self.tasks:
-            self.progress.update(self.tasks[event["institution"]], status=event["text"])
-        elif kind == "round_done":
-            acc = event.get("accuracy")
-            text = f"round {event['round']} {event['status']}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+        elif isinstance(event, MemberNote) and event.institution in self.tasks:
+            self.progress.update(self.tasks[event.institution], status=event.text)
+        elif isinstance(event, RoundSettled):
+            acc = event.accuracy
+            text = f"round {event.round} {event.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
             self.progress.update(self.rounds_task, advance=1, status=text)
-            for institution, reason in event.get("declined", {}).items():
+            for institution, reason in event.declined.items():
                 if institution in self.tasks:
                     self.progress.update(self.tasks[institution], status=f"declined: {reason[:30]}")
 

@@ -33,6 +33,7 @@ from confide.formats import (
     sha256,
 )
 from confide.identity import Identity, PublicIdentity, roster_identities, unb64
+from confide.platform.events import MemberNote, ProgressEvent, TrainingStep
 from confide.platform.faults import leave_out_cap, patience
 from confide.platform.member import engine
 from confide.platform.member.account import PrivacyAccount
@@ -103,13 +104,16 @@ class Member:
     def _announce(self) -> None:
         opened = self.account.opened
         if opened.new_version is not None and opened.previous_fingerprint is not None:
-            self._emit(type="member", text=f"dataset {self.policy.dataset_id}: new data version "
+            self._note(f"dataset {self.policy.dataset_id}: new data version "
                        f"{opened.new_version.fingerprint[:12]} ({opened.new_version.records} records) recorded; "
                        f"it inherits epsilon {self.ledger.epsilon_spent():.3f} already spent")
 
-    def _emit(self, **event: Any) -> None:
+    def _emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
-            self.progress.put({"institution": self.institution_id, **event})
+            self.progress.put(event)
+
+    def _note(self, text: str) -> None:
+        self._emit(MemberNote(self.institution_id, text))
 
     def _commit(self, record: MemberRecord) -> None:
         self.store.commit(record)
@@ -212,9 +216,9 @@ class Member:
         if not reserved.granted:
             return self._decline(round_index, "; ".join(reserved.reasons), in_ledger=False)
         self._commit(advance(self.record, round_index, "reserved"))
-        self._emit(type="member", text=f"round {round_index}: training (eps after {reserved.epsilon:.2f})")
+        self._note(f"round {round_index}: training (eps after {reserved.epsilon:.2f})")
         vector = self.learner.train(plan.spend, lambda step, steps: self._emit(
-            type="step", round=round_index, step=step, steps=steps, epsilon=reserved.epsilon))
+            TrainingStep(self.institution_id, round_index, step, steps, reserved.epsilon)))
         # The weight travels inside the sum that every member decrypts, so it is public: it comes
         # from the federation file, never from the data (a record count here would tell the others
         # our n, which the add/remove-one epsilon we record assumes they cannot learn), and every
@@ -223,7 +227,7 @@ class Member:
                                        vector, self.weight, self.layout.hash)
         self.store.write_upload(round_index, envelope, shares)
         self._adopt(round_index, envelope)
-        self._emit(type="member", text=f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, "
+        self._note(f"round {round_index}: uploaded {len(envelope) / 1e6:.2f} MB, "
                    f"eps {reserved.epsilon:.2f}")
         return self._upload(round_index, envelope)
 
@@ -251,7 +255,7 @@ class Member:
         if in_ledger:
             self.account.record_decline(round_index, reason)
         self._commit(advance(self.record, round_index, "declining", reason=reason))
-        self._emit(type="member", text=f"round {round_index}: declined")
+        self._note(f"round {round_index}: declined")
         return Contribution("decline", reason=reason)
 
     def note_declined(self, round_index: int) -> None:
@@ -347,7 +351,7 @@ class Member:
         opened = open_sum(self.federation, self.roster, self.secret, self.keys.integrity_key, round_index,
                           sum_envelope, evidence, self.layout.hash, self.layout.size, self.server_state.adapter)
         for line in opened.left_out:
-            self._emit(type="member", text=f"round {round_index}: reveal left out ({line})")
+            self._note(f"round {round_index}: reveal left out ({line})")
         if opened.problem is not None:
             # A faulty member's upload, or a coordinator that altered the sum: nothing of this round
             # is applied, the spends stay counted, and the federation goes on (`OpenedSum.broken`
