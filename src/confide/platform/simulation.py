@@ -32,7 +32,6 @@ from confide.errors import BadInput
 from confide.formats import (
     ROUND_ACTIVE,
     ROUND_PENDING,
-    AppliedStatement,
     ContributionStatement,
     DeclaredSpend,
     KeyCertificate,
@@ -45,12 +44,11 @@ from confide.platform.evaluation import add_matrices, scores
 from confide.platform.events import MemberNote, Phase, Plans, ProgressEvent, RoundOpened, RoundSettled
 from confide.platform.hub import CoordinatorHub
 from confide.platform.member import Member
-from confide.platform.member_api import Outcome
+from confide.platform.member_api import Outcome, RoundMember
 from confide.platform.messages import FederationView, ReceiptReply, RoundContributions
 from confide.platform.model_card import complete_cards
 from confide.platform.protocol import ProtocolViolation, Refusal
 from confide.platform.service.client import key_setup_request
-from confide.platform.sum_evidence import SumEvidence
 from confide.platform.workers import MemberPool, RayMemberPool
 from confide.policies import FederationPolicy, InstitutionPolicy
 from confide.privacy.ledger_registry import registry_dir
@@ -287,63 +285,23 @@ class SimulatedClock:
         self.offset += max(0.0, when - self())
 
 
+_ROUND_METHODS = frozenset(name for name in vars(RoundMember) if not name.startswith("_")) - {"is_key_holder"}
+
+
 class RemoteMember:
-    """A member hosted in the worker pool, seen by its driver as a `RoundMember`."""
+    """A member hosted in the worker pool, seen by its driver as a `RoundMember`: each method of the
+    protocol runs on the hosted `Member`, in its process (`MemberPool.call`)."""
 
     def __init__(self, pool: MemberPool, institution_id: str, federation: FederationPolicy) -> None:
         self.pool, self.institution_id, self.federation = pool, institution_id, federation
 
-    def _call(self, function, *args):
-        return self.pool.call(self.institution_id, function, *args)
-
-    def is_key_holder(self) -> bool:
+    def is_key_holder(self) -> bool:  # answered here: the federation file says it
         return self.federation.key_holder_id == self.institution_id
 
-    def has_key(self) -> bool:
-        return self._call(Member.has_key)
-
-    def make_keys(self):
-        return self._call(Member.make_keys)
-
-    def key_id(self) -> str | None:
-        return self._call(Member.key_id)
-
-    def install_key(self, sealed: bytes, certificate: KeyCertificate) -> str:
-        return self._call(Member.install_key, sealed, certificate)
-
-    def round_state(self, round_index: int):
-        return self._call(Member.round_state, round_index)
-
-    def take_part(self, round_index: int):
-        return self._call(Member.take_part, round_index)
-
-    def note_declined(self, round_index: int) -> None:
-        self._call(Member.note_declined, round_index)
-
-    def note_missed(self, round_index: int) -> None:
-        self._call(Member.note_missed, round_index)
-
-    def record_receipt(self, round_index: int, receipt: dict, envelope: bytes | None, coordinator_key: bytes) -> dict:
-        return self._call(Member.record_receipt, round_index, receipt, envelope, coordinator_key)
-
-    def check_anchor(self, receipt: dict | None) -> None:
-        self._call(Member.check_anchor, receipt)
-
-    def apply_sum(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence):
-        return self._call(Member.apply_sum, round_index, sum_envelope, evidence)
-
-    def witness_applied(self, statements: list[AppliedStatement]) -> str | None:
-        return self._call(Member.witness_applied, statements)
-
-    def reveal(self, round_index: int, statements: list[ContributionStatement],
-               shares: dict[str, bytes]) -> RevealStatement:
-        return self._call(Member.reveal, round_index, statements, shares)
-
-    def note_failed_round(self, round_index: int, reason: str):
-        return self._call(Member.note_failed_round, round_index, reason)
-
-    def save_adapter(self, out_dir: Path) -> str:
-        return self._call(Member.save_adapter, out_dir)
+    def __getattr__(self, name: str):
+        if name not in _ROUND_METHODS:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return functools.partial(self.pool.call, self.institution_id, getattr(Member, name))
 
 
 class _Rounds:
