@@ -233,8 +233,7 @@ class Coordinator:
         blob addressed to someone else or under another key, a certificate the key holder's roster
         key did not sign.
         """
-        if by != self.state.key_holder:
-            raise ProtocolViolation(f"only the key holder ({self.state.key_holder}) publishes keys", Refusal.FORBIDDEN)
+        protocol.require_key_holder(self.state, by)  # before anything else is read
         members = set(self.state.members)
         if set(sealed) != members:  # also keeps caller-chosen names out of blob file names
             raise ProtocolViolation("sealed keys must be given for exactly the roster: "
@@ -278,8 +277,7 @@ class Coordinator:
         return KeyCertificate.model_validate_json(self.get_blob("key-certificate.json"))
 
     def sealed_key_for(self, member: str) -> bytes:
-        if member not in self.state.members:
-            raise ProtocolViolation(f"{member!r} is not a member", Refusal.FORBIDDEN)
+        protocol.require_member(self.state, member)
         if self.state.key_setup is None:
             raise ProtocolViolation("keys are not set up yet")
         return self.get_blob(f"sealed-{member}.bin")
@@ -394,10 +392,8 @@ class Coordinator:
         return statement
 
     def _signed_by(self, institution: str, document) -> bool:
-        identity = self.roster.get(institution)
-        if identity is None:
-            raise ProtocolViolation(f"{institution!r} is not a member of {self.state.federation_id}", Refusal.FORBIDDEN)
-        return identity.signed(document)
+        protocol.require_member(self.state, institution)
+        return self.roster[institution].signed(document)
 
     def contributions(self, round_index: int) -> list[ContributionStatement]:
         """The signed statements of the uploads in round `round_index`'s sum, in the sum's order."""

@@ -149,16 +149,22 @@ def new_federation(
                            list(committee), unmask_threshold)
 
 
-def _require_member(state: FederationState, institution: str) -> None:
+def require_member(state: FederationState, institution: str) -> None:
+    """Refuse anyone not on the roster (forbidden)."""
     if institution not in state.members:
         raise ProtocolViolation(f"{institution!r} is not a member of {state.federation_id}", Refusal.FORBIDDEN)
 
 
-def publish_keys(state: FederationState, by: str, setup: KeySetup) -> FederationState:
-    """The key holder publishes the key set-up. Only once, only by the key holder, sealed for every member."""
-    _require_member(state, by)
+def require_key_holder(state: FederationState, by: str) -> None:
+    """Refuse a key set-up from anyone but the federation's key holder (forbidden)."""
+    require_member(state, by)
     if by != state.key_holder:
         raise ProtocolViolation(f"only the key holder ({state.key_holder}) publishes keys", Refusal.FORBIDDEN)
+
+
+def publish_keys(state: FederationState, by: str, setup: KeySetup) -> FederationState:
+    """The key holder publishes the key set-up. Only once, only by the key holder, sealed for every member."""
+    require_key_holder(state, by)
     if state.key_setup is not None:
         if state.key_setup == setup:
             return state  # an idempotent retry after a lost reply
@@ -213,7 +219,7 @@ def accept_upload(
     different envelope for a round the institution already uploaded to is refused (no double
     counting).
     """
-    _require_member(state, institution)
+    require_member(state, institution)
     if state.key_setup is None:
         raise ProtocolViolation("keys are not set up yet")
     current = _open_round(state, round_index, now)
@@ -242,7 +248,7 @@ def record_decline(
     state: FederationState, institution: str, round_index: int, reason: str, now: float
 ) -> FederationState:
     """An institution says it will not take part in this round (its reason is kept)."""
-    _require_member(state, institution)
+    require_member(state, institution)
     current = _open_round(state, round_index, now)
     if institution in current.uploads:
         raise ProtocolViolation(f"{institution} already uploaded for round {round_index}")
@@ -298,7 +304,7 @@ def record_reveal(state: FederationState, institution: str, round_index: int, re
     """A committee member's signed reveal for the round's contributor set (checked by the caller).
     Once per member; the round is summed when `unmask_quorum` of the committee members not excluded
     are in. Later ones are kept too: members check every reveal they get against the others."""
-    _require_member(state, institution)
+    require_member(state, institution)
     if institution not in state.committee:
         raise ProtocolViolation(f"{institution} is not on the committee", Refusal.FORBIDDEN)
     r = next((x for x in state.rounds if x.index == round_index), None)
@@ -343,7 +349,7 @@ def record_undecryptable(state: FederationState, institution: str, round_index: 
                          reason: str) -> FederationState:
     """A member reports that the round's published sum does not decrypt (its count or padding
     check failed). Only a member's report of the sum actually published counts; once per member."""
-    _require_member(state, institution)
+    require_member(state, institution)
     rounds = {r.index: r for r in state.rounds}
     r = rounds.get(round_index)
     if r is None or r.sum_sha256 is None:
@@ -362,7 +368,7 @@ def record_applied(state: FederationState, institution: str, round_index: int, s
                    signature: str) -> FederationState:
     """A member's signed statement of the sum it applied in a summed round (kept to show the other
     members, who refuse to go on with a coordinator that handed out different sums). Once per member."""
-    _require_member(state, institution)
+    require_member(state, institution)
     r = next((x for x in state.rounds if x.index == round_index), None)
     if r is None or r.sum_sha256 is None:
         raise ProtocolViolation(f"round {round_index} has no sum to have applied",
