@@ -18,6 +18,7 @@ from confide.platform.member import Member
 from confide.platform.protocol import new_federation
 from confide.platform.secure_sum import Unmasking, unmask
 from confide.platform.sum_evidence import SumEvidence
+from confide.privacy.ledger_entries import Kind
 from tests.aggregation.aggregation_helpers import update_under_another_key
 from tests.platform.federation_kit import (
     evidence,
@@ -281,7 +282,7 @@ def test_coordinator_refuses_an_upload_whose_declared_spend_breaks_the_federatio
     assert coordinator.state == before and coordinator.store.receipts() == []
     receipt = upload(coordinator, "a", 1, contribution)  # the honest declaration is accepted and signed
     assert receipt.spend == contribution.declared
-    assert receipt.spend.entry_hash == members["a"].ledger.last_of("spend", "tiny", 1)["hash"]
+    assert receipt.spend.entry_hash == members["a"].ledger.last_of(Kind.SPEND, federation="tiny", round_index=1)["hash"]
 
 
 def test_coordinator_enforces_the_federations_per_round_epsilon_cap(tmp_path):

@@ -17,8 +17,10 @@ from confide.platform.member.engine import (
     MemberRecordError,
     RoundFacts,
     advance,
+    can_miss,
     fail,
     leave_federation,
+    own_envelope,
     receipt_problem,
     resume,
     settle,
@@ -55,7 +57,7 @@ def test_only_the_declared_transitions_are_allowed(before):
 
 
 def test_the_record_reads_back_what_it_wrote_and_refuses_another_format():
-    record = settle(advance(record_at("reserved"), 1, "trained", envelope_sha256="ab" * 32, ledger_seq=4,
+    record = settle(advance(record_at("reserved"), 1, "trained", envelope_sha256="ab" * 32,
                             ledger_head="cd" * 32), 1, "applied", count=3)
     record = leave_federation(advance(record, 2, "declining", reason="budget"), "split")
     data = record.to_dict()
@@ -64,6 +66,9 @@ def test_the_record_reads_back_what_it_wrote_and_refuses_another_format():
     for version in (None, MEMBER_RECORD_VERSION + 1, 0):
         with pytest.raises(MemberRecordError, match="member.json has format"):
             MemberRecord.from_dict({**data, "version": version}, "member.json")
+    for field in ("dataset_id", "last_applied_round", "aborted", "consecutive_failures"):
+        with pytest.raises(MemberRecordError, match="damaged"):  # a field missing is not a default
+            MemberRecord.from_dict({k: v for k, v in data.items() if k != field}, "member.json")
     with pytest.raises(MemberRecordError, match="damaged"):
         MemberRecord.from_dict({**data, "rounds": {"1": {"round": 2, "state": "applied"}}}, "member.json")
 
@@ -80,8 +85,9 @@ def test_a_written_envelope_is_uploaded_never_retrained_whatever_the_record_miss
         step = resume(record, 1, WRITTEN)
         assert step.action == "upload" and step.adopt and step.record.state_of(1) == "reserved"
     for states in (("reserved", "trained"), ("reserved", "trained", "receipted")):
-        step = resume(record_at(*states), 1, WRITTEN)
-        assert step.action == "upload" and not step.adopt and step.record is not None
+        record = record_at(*states)
+        step = resume(record, 1, WRITTEN)
+        assert step.action == "upload" and not step.adopt and step.record is record  # nothing to commit
 
 
 def test_a_spend_without_an_envelope_is_declined_with_the_spend_counted():
@@ -135,6 +141,14 @@ def test_only_the_next_round_moves_the_adapter_forward():
     assert settle(MemberRecord("ds"), 2, "applied", count=2).last_applied_round == 0
     assert settle(MemberRecord("ds"), 1, "aborted").last_applied_round == 0
     assert settle(MemberRecord("ds"), 1, "failed").last_applied_round == 1
+
+
+def test_only_an_unsettled_answer_can_be_missed_and_only_our_upload_is_ours():
+    assert can_miss(MemberRecord("ds"), 1) and can_miss(record_at("reserved", "trained"), 1)
+    assert not can_miss(record_at("reserved", "trained", "receipted"), 1)
+    assert not any(can_miss(record_at(state), 1) for state in MEMBER_ROUND_SETTLED)
+    trained = advance(record_at("reserved"), 1, "trained", envelope_sha256="ab" * 32)
+    assert own_envelope(trained, 1) == "ab" * 32 and own_envelope(advance(trained, 1, "missed"), 1) is None
 
 
 def test_a_sum_below_min_cohort_is_not_opened():

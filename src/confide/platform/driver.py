@@ -352,8 +352,8 @@ class RoundDriver:
             # Before anything is spent: our ledger must hold the head our newest receipt names.
             if view.last_receipt is not None:
                 receipt = view.last_receipt.to_receipt().to_dict()
+                self.member.check_anchor(receipt)  # first: nothing is written to a rolled-back ledger
                 self.member.record_receipt(view.last_receipt.round, receipt, None, self._coordinator_key())
-                self.member.check_anchor(receipt)
             self._anchored = True
 
     def _save_adapter(self) -> str:

@@ -26,7 +26,7 @@ from confide.formats import ROUND_ACTIVE, ROUND_PENDING, FederationStatus, Round
 
 
 class Refusal(Enum):
-    """Why the protocol refuses a message. Transports say it their way (`service.messages.HTTP_STATUS`)."""
+    """Why the protocol refuses a message. Transports say it their way (`service.errors.HTTP_STATUS`)."""
 
     MALFORMED = "malformed"
     """The message cannot be read (bad encoding, fields that do not go together)."""

@@ -72,7 +72,7 @@ def render_card(card: AdapterGuarantee, base_model_path: str | None = None) -> s
     lines += ["", "| institution | dataset | epsilon | replace-one eps | delta | accountant | rounds | dataset eps | "
               "budget | ledger head |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in card.guarantees:
-        head = f"{g.ledger_seq}:{g.ledger_head[:16]}" if g.ledger_head else "-"
+        head = g.ledger_head[:16] if g.ledger_head else "-"
         lines.append(f"| {g.institution} | {g.dataset} | {_number(g.epsilon) if g.private else 'no DP'} | "
                      f"{_number(g.replace_one_epsilon) if g.private else 'no DP'} | {g.delta:g} | "
                      f"{g.accountant} | {g.rounds_trained} | {_number(g.dataset_epsilon)} | "

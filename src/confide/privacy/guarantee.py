@@ -61,9 +61,9 @@ class InstitutionGuarantee:
     dataset_epsilon: float | None
     """Cumulative epsilon the ledger records for the dataset (every federation)."""
     budget_epsilon: float | None
-    ledger_seq: int | None
     ledger_head: str | None
-    """Hash of the ledger's newest entry when the guarantee was read from it."""
+    """Hash of the ledger's newest entry when the guarantee was read from it (never its position, which
+    would count the dataset's entries in other federations)."""
     replace_one_epsilon: float | None
     """Epsilon of the same spends for one record swapped for another (PLD; None: no DP)."""
 
@@ -146,7 +146,6 @@ def guarantee_from_entries(
         rounds_trained=len(spends) if private else 0,
         dataset_epsilon=float(all_spends[-1]["epsilon"]) if all_spends else 0.0,
         budget_epsilon=budget_epsilon,
-        ledger_seq=int(head["seq"]) if head else None,
         ledger_head=str(head["hash"]) if head else None,
         replace_one_epsilon=replace_one_epsilon(history, delta) if private else None,
     )

@@ -173,7 +173,10 @@ _ADAPTER: TypeAdapter = TypeAdapter(LedgerEntry)
 def entries_of(entries: Iterable[Any], *kinds: Kind, federation: str | None = None,
                round_index: int | None = None) -> list[dict]:
     """The entries (dicts) of any of `kinds`, of `federation` and `round_index` when given, in ledger
-    order. Anything that is not a dict, as an unparsed ledger line may be, is skipped."""
+    order. Anything that is not a dict, as an unparsed ledger line may be, is skipped. Raises TypeError
+    for a kind that is not a `Kind` (a federation or a round passed where a kind goes)."""
+    if not kinds or not all(isinstance(kind, Kind) for kind in kinds):
+        raise TypeError(f"entries_of takes Kind members as kinds, got {kinds!r}")
     return [e for e in entries if isinstance(e, dict) and e.get("kind") in kinds
             and (federation is None or e.get("federation") == federation)
             and (round_index is None or e.get("round") == round_index)]

@@ -321,9 +321,9 @@ def train_round(
     entry). The model keeps the trained weights; callers that must not keep them reload the
     previous state. Sampling and noise draw from the OS's randomness, reseeded every step: there is
     no seed to give (anyone who knew it could subtract the noise). `per_sample_hook` is the canary
-    audit's only (see PerSampleHook): it audits this function, the one `Member._train` calls, so a
-    bug anywhere on the real round's path shows in its verdict. Raises TrainingError (see
-    `run_dp_round`).
+    audit's only (see PerSampleHook): it audits this function, the one `LocalModel.train` calls
+    (platform/member/learner.py), so a bug anywhere on the real round's path shows in its verdict.
+    Raises TrainingError (see `run_dp_round`).
     """
     settings = DPSettings.from_policies(federation, institution, spend)
     # `_dp_round`, not the module's `run_dp_round`: replacing that name cannot seed a real round.

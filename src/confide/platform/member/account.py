@@ -120,24 +120,25 @@ class PrivacyAccount:
         return None if entry is None else DeclaredSpend.of_entry(entry)
 
     def record_decline(self, round_index: int, reason: str) -> None:
-        self.ledger.append(Kind.DECLINE, self.fed, round_index, reasons=[reason])
+        if self._first(Kind.DECLINE, round_index):  # a refused reservation wrote its own: no spend then
+            self.ledger.append(Kind.DECLINE, self.fed, round_index, reasons=[reason])
 
-    def record_upload(self, round_index: int, envelope: bytes, weight: float) -> tuple[int, str]:
-        """Record the upload of `envelope` (once); return the ledger head `(seq, hash)` it made."""
+    def record_upload(self, round_index: int, envelope: bytes, weight: float) -> str:
+        """Record the upload of `envelope` (once); return the ledger head (the entry's hash) it made."""
         head = self.upload_head(round_index, envelope)
         if head is not None:
             return head
         entry = self.ledger.append(Kind.OUTCOME, self.fed, round_index, result="uploaded",
                                    envelope_sha256=sha256(envelope), weight=weight)
-        return entry["seq"], entry["hash"]
+        return entry["hash"]
 
-    def upload_head(self, round_index: int, envelope: bytes) -> tuple[int, str] | None:
-        """The ledger head recorded with our upload of `envelope` (None: not recorded)."""
+    def upload_head(self, round_index: int, envelope: bytes) -> str | None:
+        """The ledger head (hash) recorded with our upload of `envelope` (None: not recorded)."""
         digest = sha256(envelope)
         for entry in reversed(entries_of(self.ledger.entries(), Kind.OUTCOME, federation=self.fed,
                                          round_index=round_index)):
             if entry.get("envelope_sha256") == digest:
-                return entry["seq"], entry["hash"]
+                return entry["hash"]
         return None
 
     def spend_differences(self, round_index: int, receipt: Receipt) -> list[str] | None:

@@ -64,9 +64,8 @@ class RoundRecord:
     reason: str = ""
     """Why we declined, or what the settled outcome says (the failure, the abort)."""
     envelope_sha256: str | None = None
-    ledger_seq: int | None = None
     ledger_head: str | None = None
-    """Our ledger's head (seq, hash) once the upload was recorded; the coordinator signs the hash into the receipt."""
+    """Our ledger's head (its hash) once the upload was recorded: what the coordinator signs into the receipt."""
     receipt: dict | None = None
     count: int = 0
     """Contributions in the sum we settled with."""
@@ -118,14 +117,24 @@ class MemberRecord:
                 if r.state not in TRANSITIONS or r.round != int(key):
                     raise ValueError(f"round {key}: state {r.state!r}")
                 rounds[r.round] = r
-            return cls(str(data["dataset_id"]) if data.get("dataset_id") is not None else "",
-                       int(data.get("last_applied_round", 0)), data.get("aborted"),
-                       int(data.get("consecutive_failures", 0)), rounds)
+            return cls(str(data["dataset_id"]), int(data["last_applied_round"]), data["aborted"],
+                       int(data["consecutive_failures"]), rounds)
         except MemberRecordError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise MemberRecordError(f"{where} is damaged ({exc})",
                                     "restore the federation's state directory from a backup") from None
+
+
+def can_miss(record: MemberRecord, index: int) -> bool:
+    """The round may still be marked missed (the round closed before our answer counted). Pure."""
+    return "missed" in TRANSITIONS[record.state_of(index)]
+
+
+def own_envelope(record: MemberRecord, index: int) -> str | None:
+    """The SHA-256 of our upload of the round, when it is ours to find in the sum. Pure."""
+    r = record.round(index)
+    return r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
 
 
 def advance(record: MemberRecord, index: int, state: MemberRoundState, **changes: Any) -> MemberRecord:

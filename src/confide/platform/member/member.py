@@ -195,6 +195,9 @@ class Member:
         if step.record is not self.record:
             self._commit(step.record)
         if step.action == "upload":
+            if envelope is None:
+                raise MemberError(f"round {round_index} was trained, but {self.store.envelope_path(round_index)} "
+                                  "is missing", "restore the federation's state directory from a backup")
             if step.adopt:
                 self._adopt(round_index, envelope)
             return self._upload(round_index, envelope)
@@ -233,9 +236,9 @@ class Member:
 
     def _adopt(self, round_index: int, envelope: bytes) -> None:
         """Record the upload of `envelope` in the ledger (once) and move the round to `trained`."""
-        seq, head = self.account.record_upload(round_index, envelope, self.weight)
+        head = self.account.record_upload(round_index, envelope, self.weight)
         self._commit(advance(self.record, round_index, "trained", envelope_sha256=sha256(envelope),
-                             ledger_seq=seq, ledger_head=head))
+                             ledger_head=head))
 
     def _upload(self, round_index: int, envelope: bytes) -> Contribution:
         """The upload of a trained round: envelope, mask shares, ledger head, declared spend, statement."""
@@ -265,7 +268,7 @@ class Member:
 
     def note_missed(self, round_index: int) -> None:
         """The round closed before our answer counted (deadline or quorum); its sum comes without us."""
-        if self.record.state_of(round_index) in (None, "declining", "reserved", "trained"):
+        if engine.can_miss(self.record, round_index):
             self._commit(advance(self.record, round_index, "missed"))
 
     def reveal(self, round_index: int, statements: list[ContributionStatement],
@@ -288,8 +291,7 @@ class Member:
         except (KeyError, TypeError, ValueError) as exc:
             raise MemberError(f"round {round_index}: malformed receipt ({exc})") from None
         envelope = envelope if envelope is not None else self.store.envelope(round_index)
-        recorded = self.account.upload_head(round_index, envelope) if envelope is not None else None
-        head = recorded[1] if recorded is not None else None
+        head = self.account.upload_head(round_index, envelope) if envelope is not None else None
         problem = engine.receipt_problem(parsed, (self.federation.federation_id, round_index, self.institution_id),
                                          sha256(envelope) if envelope is not None else None, head,
                                          self.account.spend_differences(round_index, parsed))
@@ -370,8 +372,7 @@ class Member:
 
     def _sum_problem(self, round_index: int, sum_envelope: bytes, evidence: SumEvidence) -> str | None:
         """What is wrong with the sum around its ciphertexts (`sum_evidence.sum_problem`), or None."""
-        r = self.record.round(round_index)
-        mine = r.envelope_sha256 if r is not None and r.state in ("trained", "receipted") else None
+        mine = engine.own_envelope(self.record, round_index)
         # A kill after the `applied` entry and before the record leaves this round's own sum in the
         # ledger: applying it again to the previous adapter is the resume, not a replay.
         earlier = {digest for index, digest in self.account.applied_sums().items() if index != round_index}

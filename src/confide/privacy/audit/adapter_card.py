@@ -90,12 +90,9 @@ class AdapterAudit:
                 "ledgers": self.ledgers.to_dict()}
 
 
-def _head_index(entries: list[dict], seq: int | None, head: str | None) -> int | None:
-    """Index of the entry the card names as the ledger head, or None if the ledger has no such entry."""
-    for index, entry in enumerate(entries):
-        if entry.get("seq") == seq and entry.get("hash") == head:
-            return index
-    return None
+def _head_index(entries: list[dict], head: str | None) -> int | None:
+    """Index of the entry the card names (by hash) as the ledger head, or None if the ledger has none."""
+    return next((index for index, entry in enumerate(entries) if head and entry.get("hash") == head), None)
 
 
 def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[dict] | None,
@@ -105,12 +102,12 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
     if entries is None:
         return [Check("card_ledger", False, f"{who}: no ledger of dataset {g.dataset} was handed in, so "
                       "its stated guarantee cannot be checked")]
-    index = _head_index(entries, g.ledger_seq, g.ledger_head)
+    index = _head_index(entries, g.ledger_head)
     if index is None:
-        return [Check("card_head", False, f"{who}: the ledger holds no entry {g.ledger_seq} with the hash the card "
-                      "names (the ledger was rewritten or rolled back, or the card belongs to another ledger)",
-                      seq=g.ledger_seq)]
-    checks = [Check("card_head", True, f"{who}: the ledger holds the card's head {g.ledger_seq}", seq=g.ledger_seq)]
+        return [Check("card_head", False, f"{who}: the ledger holds no entry with the hash the card names "
+                      "(the ledger was rewritten or rolled back, or the card belongs to another ledger)")]
+    seq = entries[index].get("seq")
+    checks = [Check("card_head", True, f"{who}: the ledger holds the card's head (entry {seq})", seq=seq)]
     upto, later = federation_spends(entries[: index + 1], federation), federation_spends(entries[index + 1:],
                                                                                           federation)
     checks += _budget_checks(g, entries[: index + 1], policy)
@@ -137,7 +134,7 @@ def _institution_checks(g: InstitutionGuarantee, federation: str, entries: list[
                                 f"{who}: " + (f"a receipt (round {later_receipts[0].round}) names a ledger entry "
                                               "after the card's head" if later_receipts else
                                               f"all {len(mine)} receipts name ledger entries up to the card's "
-                                              f"head {g.ledger_seq}")))
+                                              f"head (entry {seq})")))
     return checks
 
 
@@ -289,7 +286,7 @@ def card_checks(
     for g in card.guarantees:
         entries = by_owner.get((g.institution, g.dataset))
         checks += _institution_checks(g, card.federation, entries, usable, institutions.get(g.institution), tolerance)
-        index = _head_index(entries, g.ledger_seq, g.ledger_head) if entries is not None else None
+        index = _head_index(entries, g.ledger_head) if entries is not None else None
         if index is not None:
             heads.append(entries[: index + 1])
     if heads:

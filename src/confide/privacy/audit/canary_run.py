@@ -2,8 +2,8 @@
 
 The auditor adds m white-box canaries (Dirac canary gradients, `canary_gradients`), each
 included with probability 1/2, and trains the planned round(s) through `train_round`, the very
-function the agent's real rounds call (`Member._train`): the same settings from the same
-policies, Poisson sampling and Gaussian noise from the OS's randomness, clipping, normalisation.
+function the agent's real rounds call (`LocalModel.train`, platform/member/learner.py): the same
+settings from the same policies, Poisson sampling and Gaussian noise from the OS's randomness, clipping, normalisation.
 Each canary is scored from the privatized gradients the run releases (its likelihood ratio under
 the recorded mechanism), the highest are guessed "in" (and for some choices the lowest "out"),
 and the number of right guesses is tested against the trade-off curve of exactly what the ledger
@@ -228,7 +228,7 @@ def run_canary_audit(
             injector = CanaryInjector(chosen, params, settings.sample_rate, settings.clipping_norm,
                                       expected_batch_size=settings.sample_rate * len(train), generator=generator)
             for _ in range(rounds):
-                # Looked up at call time, as `Member._train` does: whatever a real round runs, this runs.
+                # Looked up at call time, as `LocalModel.train` does: whatever a real round runs, this runs.
                 training.train_round(model, train, federation, institution, spend, on_step=step_done(injector),
                                      per_sample_hook=injector.per_sample_hook)
             load_trainable_state(model, start)  # each run starts from the institution's adapter

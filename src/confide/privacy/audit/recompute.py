@@ -8,9 +8,10 @@ disagreement. Two recomputations per spend entry:
   recorded epsilon is measured whatever accountant recorded it;
 - the recorded accountant (PLD or RDP) rerun from scratch.
 
-Both sides share dp_accounting itself: a fault inside that library would be shared too (its golden
-values are pinned in tests/privacy/test_accounting_golden.py). Everything is a pure function of
-plain numbers: a history is a list of `(noise_multiplier, sample_rate, steps)` tuples.
+Both sides share dp_accounting itself, and the rule that sizes the PLD grid (so that honest ledgers
+match to floating-point noise): a fault in either would be shared too (the library's golden values
+are pinned in tests/privacy/test_accounting_golden.py; the grid only ever rounds pessimistically).
+Everything is a pure function of plain numbers: a history is a list of `(noise_multiplier, sample_rate, steps)` tuples.
 """
 
 from __future__ import annotations
