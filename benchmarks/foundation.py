@@ -130,7 +130,7 @@ def example_federation_seconds() -> dict:
     chosen = DEMO_EXAMPLES["smollm2"]
     data_dir = ensure_demo_data(EXAMPLES)
     fed, institutions = demo_policies(EXAMPLES, False, "smollm2")
-    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[: chosen.test_records]
+    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[:: chosen.test_stride]
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         summary = run_simulation(Simulation(fed, institutions, Path(out), test, len(institutions), own_registry=True))
