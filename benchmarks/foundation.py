@@ -3,7 +3,7 @@
 Model and adapter: those of `examples/federation-smollm2.yaml` (SmolLM2-135M-Instruct dequantized to
 float32; LoRA rank 8 on q/k/v/o of the top two of 30 layers, A frozen; the frozen prefix memoised).
 Data: BBC News articles (random token ids if the corpus is missing), truncated to the sequence
-length. Both sides use the same causal-LM loss code, AdamW and physical batch limit, and the same
+length. Both sides use the same causal-LM loss code, the example's optimizer and physical batch limit, and the same
 logical batches (the DP sampler's draws, reproduced from its seed).
 
 - Step time: the two sides alternate round by round in this process (the first side alternating
@@ -80,7 +80,13 @@ def dataset(tokenizer, seq: int, records: int) -> TensorDataset:
 def dp_settings(fed: FederationPolicy, batch: int, records: int, steps: int) -> DPSettings:
     return DPSettings(noise_multiplier=1.0, sample_rate=batch / records, steps=steps, clipping_norm=1.0,
                       max_physical_batch_size=fed.training.max_physical_batch_size,
-                      learning_rate=fed.training.learning_rate, optimizer="adamw")
+                      learning_rate=fed.training.learning_rate, optimizer=fed.training.optimizer)
+
+
+def plain_optimizer(fed: FederationPolicy, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The non-private side's optimizer: the example's, at its learning rate."""
+    kind = torch.optim.SGD if fed.training.optimizer == "sgd" else torch.optim.AdamW
+    return kind(list(trainable_parameters(model).values()), lr=fed.training.learning_rate)
 
 
 def measure_memory(mode: str, seq: int, batch: int, steps: int, device: str, threads: int, queue) -> None:
@@ -101,8 +107,7 @@ def measure_memory(mode: str, seq: int, batch: int, steps: int, device: str, thr
         if mode == "dp":
             run_dp_round(built.model, data, "causal_lm", settings, seed=0)
         else:
-            optimizer = torch.optim.AdamW(list(trainable_parameters(built.model).values()),
-                                          lr=settings.learning_rate)
+            optimizer = plain_optimizer(fed, built.model)
             batches = poisson_batches(len(data), settings.sample_rate, steps, seed=0)
             nonprivate_round(built.model, data, batches, settings.max_physical_batch_size, optimizer, "causal_lm")
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else sampler.peak_mb
@@ -130,7 +135,7 @@ def example_federation_seconds() -> dict:
     chosen = DEMO_EXAMPLES["smollm2"]
     data_dir = ensure_demo_data(EXAMPLES)
     fed, institutions = demo_policies(EXAMPLES, False, "smollm2")
-    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[: chosen.test_records]
+    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[:: chosen.test_stride]
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         summary = run_simulation(Simulation(fed, institutions, Path(out), test, len(institutions), own_registry=True))
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_s = time.perf_counter() - started
     data = dataset(built.tokenizer, seq, args.batch * RECORDS_PER_BATCH)
     dp_model, plain_model = built.model, copy.deepcopy(built.model)  # the copy holds its own memo
-    optimizer = torch.optim.AdamW(list(trainable_parameters(plain_model).values()), lr=fed.training.learning_rate)
+    optimizer = plain_optimizer(fed, plain_model)
     settings = dp_settings(fed, args.batch, len(data), steps)
 
     def timed(side: str, seed: int) -> tuple[float, int]:

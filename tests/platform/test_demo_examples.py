@@ -19,13 +19,20 @@ from typer.testing import CliRunner
 
 from confide.cli import app
 from confide.errors import BadInput
-from confide.platform.demo import EXAMPLES, default_examples_dir, demo_example, run_demo
+from confide.platform.corpus import BBC_LABELS
+from confide.platform.demo import (
+    EXAMPLES,
+    SMOLLM2_TOPICS,
+    default_examples_dir,
+    demo_example,
+    run_demo,
+    write_demo_data,
+)
 from confide.platform.display import causal_demo_table
-from confide.platform.split import split_to_files
 
 
 def _tiny_examples(tmp_path: Path) -> Path:
-    """The smollm2 example's files on a tiny random Llama, one short round, over a small synthetic split."""
+    """The smollm2 example's files on a tiny random Llama, one short round, the demo's split of synthetic articles."""
     examples = tmp_path / "examples"
     examples.mkdir()
     chosen = EXAMPLES["smollm2"]
@@ -44,8 +51,8 @@ def _tiny_examples(tmp_path: Path) -> Path:
         (examples / name).write_text(yaml.safe_dump(policy))
     words = ["market", "shares", "film", "award", "vote", "minister", "match", "goal", "phone", "chip"]
     records = [{"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(6 + i % 5)),
-                "label": ["business", "tech"][i % 2]} for i in range(80)]
-    split_to_files(records, examples / "data", ["hospital-a", "hospital-b", "hospital-c"], 0.5, 0.2, 4)
+                "label": BBC_LABELS[i % len(BBC_LABELS)]} for i in range(150)]
+    write_demo_data(records, examples / "data")
     return examples
 
 
@@ -53,7 +60,7 @@ def test_causal_example_scores_the_base_each_institution_alone_and_the_federatio
     examples = _tiny_examples(tmp_path)
     result = run_demo(tmp_path / "out", examples, workers=0, example="smollm2")
     test_size = len((examples / "data" / "test.jsonl").read_text().splitlines())
-    assert result.zero_shot["examples"] == min(test_size, EXAMPLES["smollm2"].test_records)
+    assert result.zero_shot["examples"] == len(range(0, test_size, EXAMPLES["smollm2"].test_stride))
     assert math.isclose(result.zero_shot["perplexity"], math.exp(result.zero_shot["loss"]))
     assert sorted(result.local) == ["hospital-a", "hospital-b", "hospital-c"]
     assert [r["status"] for r in result.federated["rounds"]] == ["summed"]
@@ -72,3 +79,16 @@ def test_an_unknown_example_is_one_line_naming_the_ones_there_are_and_exit_2(tmp
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "use one of bbc, smollm2" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_each_smollm2_hospital_holds_only_its_specialties_and_the_held_out_set_every_topic(tmp_path):
+    records = [{"text": f"article {i}", "label": BBC_LABELS[i % len(BBC_LABELS)]} for i in range(150)]
+    write_demo_data(records, tmp_path)
+    read = lambda name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]  # noqa: E731
+    held_by = {name: {r["label"] for r in read(name)} for name in SMOLLM2_TOPICS}
+    assert held_by == {name: set(topics) for name, topics in SMOLLM2_TOPICS.items()}
+    trained_on = sorted(r["text"] for name in SMOLLM2_TOPICS for r in read(name))
+    assert trained_on == sorted(r["text"] for name in ["hospital-a", "hospital-b", "hospital-c"] for r in read(name))
+    scored = read("test")[:: EXAMPLES["smollm2"].test_stride]
+    assert {r["label"] for r in scored} == set(BBC_LABELS)
+    assert not {r["text"] for r in scored} & set(trained_on)

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from confide.platform.split import SplitError, dirichlet_split, parse_split, train_test_split, write_jsonl
+from confide.platform.split import (
+    SplitError,
+    dirichlet_split,
+    parse_split,
+    topic_split,
+    train_test_split,
+    write_jsonl,
+)
 
 
 def records(n_per_label=60, labels=("x", "y", "z")):
@@ -33,6 +40,19 @@ def test_small_alpha_is_more_skewed_than_large_alpha():
         return sum(max(sum(r["label"] == label for r in s) for label in "xyz") / len(s) for s in shards) / 3
 
     assert skew(0.1) > skew(100.0) + 0.2
+
+
+def test_topic_split_gives_each_institution_exactly_the_records_of_its_topics():
+    parts = topic_split(records(), {"a": ("x", "y"), "b": ("z",)})
+    assert {name: {r["label"] for r in part} for name, part in parts.items()} == {"a": {"x", "y"}, "b": {"z"}}
+    assert (len(parts["a"]), len(parts["b"])) == (120, 60)
+
+
+def test_topic_split_refuses_a_topic_given_twice_and_an_institution_left_empty():
+    with pytest.raises(SplitError, match="'y' is given to two institutions"):
+        topic_split(records(), {"a": ("x", "y"), "b": ("y", "z")})
+    with pytest.raises(SplitError, match="b gets no record"):
+        topic_split(records(), {"a": ("x",), "b": ("w",)})
 
 
 def test_impossible_split_is_refused():

@@ -7,10 +7,10 @@ each institution trains alone under exactly the same privacy settings (a federat
 all models are scored on the same held-out test set.
 
 `--example smollm2` does the same for a causal LM on a real pretrained language model: the three
-hospitals adapt SmolLM2-135M-Instruct to their articles (examples/federation-smollm2.yaml, budgets
-3, 5 and 8), and the zero-shot base, each hospital alone and the federation are scored by
-perplexity on one held-out set of articles (the first 150 of the demo's test split, to fit the
-run in 15 minutes on two cores).
+hospitals, each holding the articles of its own specialties (SMOLLM2_TOPICS), adapt SmolLM2-135M-Instruct
+to them (examples/federation-smollm2.yaml, budgets 3, 5 and 8), and the zero-shot base, each hospital
+alone and the federation are scored by perplexity on one held-out set of articles of every topic
+(every third of the demo's test split, to fit the run in 15 minutes on two cores).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from confide.errors import BadInput
 from confide.platform.corpus import bbc_records
 from confide.platform.events import Phase, ProgressEvent, RoundSettled
 from confide.platform.simulation import Simulation, run_simulation
-from confide.platform.split import split_to_files
+from confide.platform.split import split_to_files, topic_split, write_jsonl
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 
 DEMO_INSTITUTIONS = ["hospital-a", "hospital-b", "hospital-c"]
@@ -36,6 +36,15 @@ DEMO_INSTITUTIONS = ["hospital-a", "hospital-b", "hospital-c"]
 SPLIT_ALPHA = 0.5
 TEST_FRACTION = 0.2
 SPLIT_SEED = 4
+# The SmolLM2 example's hospitals share the same training articles differently: each holds only its
+# specialties (1,781 articles: 742, 718 and 321), and the held-out set covers all five topics. What one
+# hospital learns alone fits its own topics; the federation's average covers every topic.
+SMOLLM2_TOPICS = {
+    "smollm2-hospital-a": ("business", "politics"),
+    "smollm2-hospital-b": ("sports", "entertainment"),
+    "smollm2-hospital-c": ("tech",),
+}
+DEMO_DATA_FILES = [*DEMO_INSTITUTIONS, *SMOLLM2_TOPICS, "test"]
 
 
 class DemoError(BadInput):
@@ -49,17 +58,18 @@ class DemoExample:
     name: str
     federation_file: str
     institution_files: tuple[str, ...]
-    test_records: int | None
-    """Score on the first this many records of data/test.jsonl (None: all of them)."""
+    test_stride: int
+    """Score on every this-many-th record of data/test.jsonl (1: all of them). The file is grouped by
+    topic, so a stride keeps every topic's share where a prefix would hold only the first topics."""
     title: str
     """What the plot says it shows."""
 
 
 EXAMPLES = {
-    "bbc": DemoExample("bbc", "federation.yaml", tuple(f"{n}.yaml" for n in DEMO_INSTITUTIONS), None,
+    "bbc": DemoExample("bbc", "federation.yaml", tuple(f"{n}.yaml" for n in DEMO_INSTITUTIONS), 1,
                        "BBC News, MiniLM-L6 + LoRA under DP: federated vs alone"),
     "smollm2": DemoExample("smollm2", "federation-smollm2.yaml",
-                           tuple(f"smollm2-{n}.yaml" for n in DEMO_INSTITUTIONS), 150,
+                           tuple(f"smollm2-{n}.yaml" for n in DEMO_INSTITUTIONS), 3,
                            "BBC News text, SmolLM2-135M + LoRA under DP: federated vs alone"),
 }
 
@@ -92,9 +102,19 @@ class DemoResult:
 def ensure_demo_data(examples_dir: Path) -> Path:
     """Write the BBC split the example policies point at (examples/data) unless it is already there."""
     data_dir = examples_dir / "data"
-    if not all((data_dir / f"{n}.jsonl").exists() for n in [*DEMO_INSTITUTIONS, "test"]):
-        split_to_files(bbc_records(), data_dir, DEMO_INSTITUTIONS, SPLIT_ALPHA, TEST_FRACTION, SPLIT_SEED)
+    if not all((data_dir / f"{n}.jsonl").exists() for n in DEMO_DATA_FILES):
+        write_demo_data(bbc_records(), data_dir)
     return data_dir
+
+
+def write_demo_data(records: list[dict], data_dir: Path) -> None:
+    """Both examples' data from one split of labelled `records`: one held-out test.jsonl; the training
+    articles as the bbc example's Dirichlet shares (hospital-*.jsonl) and as the smollm2 example's
+    specialties (smollm2-hospital-*.jsonl). Raises SplitError if `records` cannot be split so."""
+    parts = split_to_files(records, data_dir, DEMO_INSTITUTIONS, SPLIT_ALPHA, TEST_FRACTION, SPLIT_SEED)
+    train = [record for name in DEMO_INSTITUTIONS for record in parts[name]]
+    for name, part in topic_split(train, SMOLLM2_TOPICS).items():
+        write_jsonl(data_dir / f"{name}.jsonl", part)
 
 
 def demo_policies(examples_dir: Path, fast: bool, example: str = "bbc"
@@ -171,7 +191,7 @@ def run_demo(
     chosen = demo_example(example)
     federation, institutions = demo_policies(examples_dir, fast, example)
     workers = len(institutions) if workers is None else workers
-    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[: chosen.test_records]
+    test = read_records(data_dir / "test.jsonl", "jsonl", "text", "label")[:: chosen.test_stride]
     for sub in ("federated", "local"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)  # the demo's own previous output
     emit = on_event or (lambda stage, event: None)

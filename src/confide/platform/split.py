@@ -80,6 +80,25 @@ def dirichlet_split(
     raise SplitError(f"could not give every institution {min_records} records with alpha {alpha}; raise alpha")
 
 
+def topic_split(records: list[dict], topics: dict[str, tuple[str, ...]]) -> dict[str, list[dict]]:
+    """Give each institution (the keys of `topics`) the records whose label is one of its topics.
+
+    The realistic non-IID case for a language model: each institution sees its own specialties, and
+    a common test set covers them all. Raises SplitError if two institutions claim a topic (each
+    record must stay at one institution) or an institution gets no record.
+    """
+    claimed = [label for labels in topics.values() for label in labels]
+    twice = sorted({label for label in claimed if claimed.count(label) > 1})
+    if twice:
+        raise SplitError(f"topic {twice[0]!r} is given to two institutions", "give each topic to one institution")
+    parts = {name: [r for r in records if r["label"] in labels] for name, labels in topics.items()}
+    empty = [name for name, part in parts.items() if not part]
+    if empty:
+        raise SplitError(f"{empty[0]} gets no record: no label is one of {list(topics[empty[0]])}",
+                         "name topics that occur among the records' labels")
+    return parts
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     """Write records as JSON Lines (atomically: a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
