@@ -831,14 +831,16 @@ def data_bbc(
     test_fraction: float = typer.Option(0.2, help="Fraction of each class held out as the common test set."),
     seed: int = typer.Option(4, help="Seed of the split (4: the demo's split)."),
 ) -> None:
-    """Split the bundled BBC News corpus non-IID into one JSONL file per institution plus test.jsonl."""
+    """Split the bundled BBC News corpus non-IID into one JSONL file per institution plus test.jsonl,
+    and the same training articles by topic for the SmolLM2 example (smollm2-hospital-*.jsonl)."""
     from confide.platform.corpus import bbc_records
-    from confide.platform.split import split_to_files
+    from confide.platform.split import split_to_files, write_specialties
 
     make_out_dir(out_dir)
     ids = [n.strip() for n in names.split(",") if n.strip()]
     parts = split_to_files(bbc_records(), out_dir, ids, alpha, test_fraction, seed)
     out.print(_split_table(parts, out_dir, f"BBC News split (Dirichlet alpha={alpha:g})"))
+    out.print(_split_table(write_specialties(parts, out_dir), out_dir, "the same articles by topic (SmolLM2)"))
 
 
 def _split_table(parts: dict[str, list[dict]], out_dir: Path, title: str) -> Table:

@@ -27,7 +27,7 @@ from confide.errors import BadInput
 from confide.platform.corpus import bbc_records
 from confide.platform.events import Phase, ProgressEvent, RoundSettled
 from confide.platform.simulation import Simulation, run_simulation
-from confide.platform.split import split_to_files, topic_split, write_jsonl
+from confide.platform.split import SMOLLM2_TOPICS, split_to_files, write_specialties
 from confide.policies import FederationPolicy, InstitutionPolicy, load_federation, load_institution
 
 DEMO_INSTITUTIONS = ["hospital-a", "hospital-b", "hospital-c"]
@@ -36,14 +36,6 @@ DEMO_INSTITUTIONS = ["hospital-a", "hospital-b", "hospital-c"]
 SPLIT_ALPHA = 0.5
 TEST_FRACTION = 0.2
 SPLIT_SEED = 4
-# The SmolLM2 example's hospitals share the same training articles differently: each holds only its
-# specialties (1,781 articles: 742, 718 and 321), and the held-out set covers all five topics. What one
-# hospital learns alone fits its own topics; the federation's average covers every topic.
-SMOLLM2_TOPICS = {
-    "smollm2-hospital-a": ("business", "politics"),
-    "smollm2-hospital-b": ("sports", "entertainment"),
-    "smollm2-hospital-c": ("tech",),
-}
 DEMO_DATA_FILES = [*DEMO_INSTITUTIONS, *SMOLLM2_TOPICS, "test"]
 
 
@@ -112,9 +104,7 @@ def write_demo_data(records: list[dict], data_dir: Path) -> None:
     articles as the bbc example's Dirichlet shares (hospital-*.jsonl) and as the smollm2 example's
     specialties (smollm2-hospital-*.jsonl). Raises SplitError if `records` cannot be split so."""
     parts = split_to_files(records, data_dir, DEMO_INSTITUTIONS, SPLIT_ALPHA, TEST_FRACTION, SPLIT_SEED)
-    train = [record for name in DEMO_INSTITUTIONS for record in parts[name]]
-    for name, part in topic_split(train, SMOLLM2_TOPICS).items():
-        write_jsonl(data_dir / f"{name}.jsonl", part)
+    write_specialties(parts, data_dir)
 
 
 def demo_policies(examples_dir: Path, fast: bool, example: str = "bbc"

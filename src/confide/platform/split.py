@@ -126,3 +126,23 @@ def split_to_files(
     for name, part in parts.items():
         write_jsonl(out_dir / f"{name}.jsonl", part)
     return parts
+
+
+# The SmolLM2 example's hospitals share the same training articles differently: each holds only its
+# specialties (1,781 articles: 742, 718 and 321), and the held-out set covers all five topics. What one
+# hospital learns alone fits its own topics; the federation's average covers every topic.
+SMOLLM2_TOPICS = {
+    "smollm2-hospital-a": ("business", "politics"),
+    "smollm2-hospital-b": ("sports", "entertainment"),
+    "smollm2-hospital-c": ("tech",),
+}
+
+
+def write_specialties(parts: dict[str, list[dict]], data_dir: Path) -> dict[str, list[dict]]:
+    """The SmolLM2 example's hospitals from the training articles of a split (`parts` by institution, a
+    `test` part left out): each holds only its topics (`SMOLLM2_TOPICS`), one JSONL file each."""
+    train = [record for name, part in parts.items() if name != "test" for record in part]
+    specialties = topic_split(train, SMOLLM2_TOPICS)
+    for name, part in specialties.items():
+        write_jsonl(data_dir / f"{name}.jsonl", part)
+    return specialties
