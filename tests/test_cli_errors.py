@@ -47,6 +47,8 @@ CASES = {
         "policy explain {FED}",
         "audit ledgers",
         "audit canaries {FED}",
+        "export-receipts --state {DIR}",
+        "export-receipts --out {DIR}/r.jsonl",
     ],
     "unusable output path": [
         "keys init --out {FILE}/sub",
@@ -60,6 +62,7 @@ CASES = {
         "coordinator {FED} --state {FILE}",
         "data bbc --out {FILE}/sub",
         "data bbc --out /proc/confide-test",
+        "export-receipts --state {DIR} --out {DIR}",
     ],
     "nonexistent input file": [
         "policy check {MISSING}",
@@ -79,6 +82,8 @@ CASES = {
         "coordinator {FED} --state {DIR}/s --tls-cert {MISSING} --tls-key {FILE}",
         "join {MISSING} --federation {FED} --coordinator https://127.0.0.1:1",
         "join {INST} --federation {MISSING} --coordinator https://127.0.0.1:1",
+        "export-receipts --state {MISSING} --out {DIR}/r.jsonl",
+        "export-receipts --state {DIR} --out {DIR}/r.jsonl",
     ],
     "value out of range": [
         "calibrate --epsilon 3 --delta 1e-5 --sample-rate 1e-12 --steps 40",

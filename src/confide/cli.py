@@ -773,6 +773,22 @@ def coordinator(
     run_coordinator(federation, state, settings, say=lambda text: out.print(text, highlight=False, soft_wrap=True))
 
 
+@app.command("export-receipts")
+@handles_bad_input
+def export_receipts_command(
+    state: Path = typer.Option(..., "--state", help="The coordinator's state directory."),
+    out_file: Path = typer.Option(..., "--out", help="The receipts export to write (JSON Lines)."),
+) -> None:
+    """Export every receipt the coordinator signed, for `confide audit --receipts` (its public key:
+    STATE/identity/identity.json, for --coordinator-key). Safe while the coordinator runs."""
+    from confide.platform.coordinator import export_receipts
+
+    make_out_file_parent(out_file)
+    count = export_receipts(state, out_file)
+    out.print(f"{count} receipts written to {out_file}; verify them with --coordinator-key "
+              f"{state / 'identity' / 'identity.json'}", soft_wrap=True)
+
+
 def _check_listen_address(host: str, port: int) -> None:
     """Refuse a port outside 1-65535 or a host that does not resolve, in one line, before any state is made."""
     import socket

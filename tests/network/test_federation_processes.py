@@ -187,16 +187,25 @@ def test_two_rounds_over_tls_survive_killed_agent_and_killed_coordinator(tmp_pat
     assert others <= {"state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "nonces.sqlite", "nonces.sqlite-wal",
                       "nonces.sqlite-shm", "tls", "identity", "federation.sha256"}
 
-    # An auditor without the training packages verifies the three ledgers and recomputes every epsilon.
-    # Without the coordinator's receipts completeness cannot be known: the verdict is "incomplete" (3).
+    # An auditor without the training packages verifies the three ledgers, recomputes every epsilon and,
+    # with the receipts the coordinator exports and its public key, their completeness: "verified" (0).
     python, env = procs.roles
+
+    def confide(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([python, "-m", "confide.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    exported = confide("export-receipts", "--state", str(state), "--out", str(tmp_path / "receipts.jsonl"))
+    assert exported.returncode == 0 and "5 receipts written" in exported.stdout, exported.stdout + exported.stderr
     ledgers = sorted(str(p) for who in "abc" for p in (tmp_path / "state" / who / "ledger").glob("*.jsonl"))
-    audit = subprocess.run([python, "-m", "confide.cli", "audit", *ledgers, "--federation", str(federation.path),
-                            *[arg for who in "abc" for arg in ("--policy", str(policies[who]))], "--json"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert audit.returncode == 3, audit.stdout + audit.stderr
+    policy_args = [arg for who in "abc" for arg in ("--policy", str(policies[who]))]
+    audit = confide("audit", *ledgers, "--federation", str(federation.path), *policy_args, "--json",
+                    "--receipts", str(tmp_path / "receipts.jsonl"),
+                    "--coordinator-key", str(state / "identity" / "identity.json"))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
     result = json.loads(audit.stdout)
+    assert result["verdict"] == "verified" and len(result["ledgers"]) == 3
     checks = result["checks"] + [c for ledger in result["ledgers"] for c in ledger["checks"]]
-    assert not [c for c in checks if c["passed"] is False], checks
-    assert {c["name"] for c in checks if c["passed"]} >= {"epsilon_pld", "epsilon_accountant", "budget"}
-    assert len(result["ledgers"]) == 3 and all(ledger["spends"] for ledger in result["ledgers"])
+    assert {c["name"] for c in checks if c["passed"]} >= {"epsilon_pld", "epsilon_accountant", "budget", "receipts"}
+    # Without the receipts, completeness cannot be known: "incomplete" (3), never a pass.
+    assert confide("audit", *ledgers, "--federation", str(federation.path), *policy_args).returncode == 3

@@ -175,6 +175,25 @@ class StateStore:
         self.db.close()
 
 
+def export_receipts(state_dir: Path, out: Path) -> int:
+    """Write every receipt the coordinator under `state_dir` signed, one JSON line each with its
+    federation: the export `confide audit --receipts` reads (verified with the coordinator's public key,
+    `state_dir/identity/identity.json`). Safe while the coordinator runs (SQLite readers do not block
+    it). Returns how many; raises StateFormatError for a state file of another format, BadInput when
+    there is no coordinator state there."""
+    path = state_dir / "state.sqlite"
+    if not path.is_file():
+        raise BadInput(f"{path}: no coordinator state here", "pass the --state directory the coordinator ran with")
+    store = StateStore(path)
+    try:
+        row = store.db.execute("SELECT id FROM federation").fetchone()
+        receipts = [dict(r, federation=row[0]) for r in store.receipts()] if row else []
+    finally:
+        store.close()
+    write_atomically(out, "".join(json.dumps(r) + "\n" for r in receipts).encode())
+    return len(receipts)
+
+
 class Coordinator:
     """Applies protocol transitions and keeps their results durable under `state_dir`."""
 

@@ -39,6 +39,7 @@ from confide.formats import (
     StatementClaims,
 )
 from confide.identity import Identity, unb64
+from confide.platform.coordinator import export_receipts
 from confide.platform.driver import AgentError, CoordinatorRefused, RoundDriver, admit
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.events import MemberNote, Phase, Plans, ProgressEvent, RoundOpened, RoundSettled
@@ -428,8 +429,7 @@ def run_simulation(sim: Simulation) -> dict:
         _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
         status = pool.call_many([(m, Member.privacy_status, (), {}) for m in specs])
         complete_cards([out_adapters / m for m in specs])  # every institution's guarantee on every card
-        receipts = [dict(r, federation=federation.federation_id) for r in hub.coordinator.store.receipts()]
-        (sim.out_dir / "receipts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
+        export_receipts(sim.out_dir / "coordinator", sim.out_dir / "receipts.jsonl")
         sim.rounds = [rounds.report(r.index) for r in hub.state.rounds]
     finally:
         pool.close()
