@@ -171,6 +171,13 @@ class StateStore:
             receipts.append(receipt)
         return receipts
 
+    def write_receipts(self, out: Path) -> int:
+        """Write every stored receipt to `out`, one JSON line each with its federation (`export_receipts`)."""
+        row = self.db.execute("SELECT id FROM federation").fetchone()
+        receipts = [dict(r, federation=row[0]) for r in self.receipts()] if row else []
+        write_atomically(out, "".join(json.dumps(r) + "\n" for r in receipts).encode())
+        return len(receipts)
+
     def close(self) -> None:
         self.db.close()
 
@@ -186,12 +193,9 @@ def export_receipts(state_dir: Path, out: Path) -> int:
         raise BadInput(f"{path}: no coordinator state here", "pass the --state directory the coordinator ran with")
     store = StateStore(path)
     try:
-        row = store.db.execute("SELECT id FROM federation").fetchone()
-        receipts = [dict(r, federation=row[0]) for r in store.receipts()] if row else []
+        return store.write_receipts(out)
     finally:
         store.close()
-    write_atomically(out, "".join(json.dumps(r) + "\n" for r in receipts).encode())
-    return len(receipts)
 
 
 class Coordinator:

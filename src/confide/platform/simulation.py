@@ -39,7 +39,6 @@ from confide.formats import (
     StatementClaims,
 )
 from confide.identity import Identity, unb64
-from confide.platform.coordinator import export_receipts
 from confide.platform.driver import AgentError, CoordinatorRefused, RoundDriver, admit
 from confide.platform.evaluation import add_matrices, scores
 from confide.platform.events import MemberNote, Phase, Plans, ProgressEvent, RoundOpened, RoundSettled
@@ -429,7 +428,7 @@ def run_simulation(sim: Simulation) -> dict:
         _drive(drivers, hub, clock, idle, events, sim.on_event, emit)
         status = pool.call_many([(m, Member.privacy_status, (), {}) for m in specs])
         complete_cards([out_adapters / m for m in specs])  # every institution's guarantee on every card
-        export_receipts(sim.out_dir / "coordinator", sim.out_dir / "receipts.jsonl")
+        hub.coordinator.store.write_receipts(sim.out_dir / "receipts.jsonl")
         sim.rounds = [rounds.report(r.index) for r in hub.state.rounds]
     finally:
         pool.close()

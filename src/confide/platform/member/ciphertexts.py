@@ -33,9 +33,7 @@ def seal_update(federation: FederationPolicy, roster: dict[str, PublicIdentity],
     """The round's envelope (`vector` under a fresh one-time mask, times our public `weight`) and
     the mask's shares, sealed to the committee. The mask itself is never kept."""
     mask, shares = mask_upload(federation, roster, secret.key_id, round_index, institution)
-    envelope = encrypt_update(secret, vector, weight, layout_hash, mask=mask)
-    del mask
-    return envelope, shares
+    return encrypt_update(secret, vector, weight, layout_hash, mask=mask), shares
 
 
 def state_upload(identity: Identity, federation: FederationPolicy, secret: SecretKeyMaterial, integrity_key: bytes,

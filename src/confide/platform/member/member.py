@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from confide.errors import BadInput
 from confide.formats import (
     AppliedStatement,
     ContributionStatement,
@@ -295,7 +294,7 @@ class Member:
         problem = engine.receipt_problem(parsed, (self.federation.federation_id, round_index, self.institution_id),
                                          sha256(envelope) if envelope is not None else None, head,
                                          self.account.spend_differences(round_index, parsed))
-        if problem is None and not _signed_by(coordinator_key, parsed):
+        if problem is None and not PublicIdentity(coordinator_key, b"").signed(parsed):
             problem = "the receipt's signature does not verify under the coordinator's key"
         if problem is not None:
             raise MemberError(f"round {round_index}: {problem}")
@@ -454,13 +453,4 @@ class Member:
 
     def privacy_status(self) -> dict:
         return {**self.account.status(), "aborted": self.aborted}
-
-
-def _signed_by(coordinator_key: bytes, receipt: Receipt) -> bool:
-    try:
-        signature = unb64(receipt.signature, "receipt signature", 64)
-    except BadInput:
-        return False
-    return PublicIdentity(coordinator_key, b"").verify(signature, receipt.message())
-
 

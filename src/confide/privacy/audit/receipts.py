@@ -27,7 +27,6 @@ proves nothing either: no signature covers the export as a whole).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -47,13 +46,6 @@ class UploadReceipt(Receipt):
 
     index: int = 0
     """Position in the receipts file (1-based), to name it in findings."""
-
-    def verifies(self, coordinator: PublicIdentity) -> bool:
-        try:
-            signature = base64.b64decode(self.signature.encode("ascii"), validate=True)
-        except (ValueError, UnicodeEncodeError):
-            return False
-        return coordinator.verify(signature, self.message())
 
 
 def _receipt_from(record: dict, index: int, where: str = "receipt") -> UploadReceipt:
@@ -131,7 +123,7 @@ class FederationReceipts:
         """The receipts that may be held against a ledger: all when no key is given, else only verified ones."""
         if self.coordinator is None:
             return list(self.receipts)
-        return [r for r in self.receipts if r.verifies(self.coordinator)]
+        return [r for r in self.receipts if self.coordinator.signed(r)]
 
 
 def load_federation_receipts(paths: Sequence[Path], keys: Sequence[PublicIdentity],
@@ -183,7 +175,7 @@ def receipt_signature_checks(exports: Sequence[FederationReceipts]) -> list[Chec
         failures = [Check("receipt_signature", False,
                           f"receipt {r.index} ({r.institution}, round {r.round} of {r.federation}) is not signed by "
                           f"the coordinator key given for {export.source}", federation=r.federation)
-                    for r in receipts if not r.verifies(coordinator)]
+                    for r in receipts if not coordinator.signed(r)]
         checks += failures or [Check("receipt_signature", True, f"{len(receipts)} receipts of {export.federation} "
                                      "signed by its coordinator", federation=export.federation)]
     return checks
@@ -313,7 +305,7 @@ def ledger_receipt_checks(entries: list[dict], coordinators: dict[str, PublicIde
             failures.append(Check("ledger_receipts", False, f"the kept receipt is for {receipt.institution}, "
                                   f"{where}, not for this entry's institution and round", seq))
         coordinator = coordinators.get(receipt.federation)
-        if coordinator is not None and not receipt.verifies(coordinator):
+        if coordinator is not None and not coordinator.signed(receipt):
             failures.append(Check("ledger_receipts", False, f"kept receipt for {where} is not signed by the "
                                   "coordinator key", seq))
         if (receipt.federation, receipt.round) not in spends:
